@@ -1,0 +1,105 @@
+# proxyherd -- build, test and run the herd.
+#
+#   make            build every program into bin/
+#   make deps       install the missing Debian packages (nothing when all are there)
+#   make test       build, run the whole suite, then again under ASan+UBSan
+#   make run        build and start the herd on the default config
+#   make stop       stop the herd
+#   make benchmark  load the running herd (CONCURRENCY=N DURATION=S MIX=...)
+#   make clean      remove what the build made
+
+CC      ?= gcc
+PKGS    := libcurl yaml-0.1 libcjson libcrypto
+OPT     ?= -O2 -g
+CFLAGS  := $(OPT) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wformat=2 \
+           -Icommon -Iserver -MMD -MP
+LDFLAGS := $(SAN) -Wl,--as-needed
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+LIBS    = $(PKG_LIBS) -lm
+
+# Debian packages the build and the tests need.
+DEB_PACKAGES := gcc make libc6-dev pkg-config libcurl4-openssl-dev libyaml-dev \
+                libcjson-dev libssl-dev python3 python3-pytest
+
+# Where objects go: build/ for the normal build, build/asan/ for the
+# sanitizer build (its programs land in build/asan/bin/).
+B       ?= build
+BIN     ?= bin
+PYTEST  := /usr/bin/python3 -m pytest
+
+COMMON_SRC := common/buf.c common/config.c common/log.c common/net.c common/protocol.c
+SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c
+UNIT_SRC   := $(wildcard tests/unit/test_*.c)
+
+COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(B)/%.o)
+SERVER_LIB := $(filter-out $(B)/server/main.o,$(SERVER_OBJ))
+UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+
+PROGRAMS := $(BIN)/herd-server
+
+.PHONY: all deps check-deps test unit integration asan-test run stop benchmark clean
+
+all: check-deps $(PROGRAMS) $(UNIT_BIN)
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+
+$(BIN)/herd-server: $(SERVER_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+$(B)/tests/%: tests/unit/%.c tests/unit/check.h $(SERVER_LIB) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit $(LDFLAGS) $< $(SERVER_LIB) $(COMMON_OBJ) -o $@ $(LIBS)
+
+# Stop early with a useful message when a library is missing.
+check-deps:
+	@pkg-config --exists $(PKGS) 2>/dev/null || { \
+	  echo "missing build libraries ($(PKGS)); run 'make deps' first" >&2; exit 1; }
+
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "deps: all packages are installed"; exit 0; fi; \
+	echo "deps: installing$$missing"; \
+	SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing
+
+unit: all
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+integration: all
+	HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration
+
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all
+
+asan-test:
+	$(MAKE) --no-print-directory B=build/asan BIN=build/asan/bin \
+	  OPT="-O1 -g -fno-omit-frame-pointer $(SANITIZE)" SAN="$(SANITIZE)" unit integration
+
+test: deps
+	$(MAKE) --no-print-directory unit integration
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  $(MAKE) --no-print-directory asan-test
+	@echo "make test: all passed (normal and ASan+UBSan builds)"
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@echo "make run: the supervisor is not built yet; start one server with: bin/herd-server Bailey"
+
+stop:
+	@echo "make stop: not built yet (the supervisor and stop_servers.sh come with their issue)"
+
+benchmark:
+	@echo "make benchmark: not built yet (bin/herd-benchmark comes with its issue)"
+
+clean:
+	rm -rf build $(BIN)
+
+-include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,103 @@
+/* config.h -- the herd's configuration, loaded from YAML into plain structs.
+ *
+ * config_load() reads the whole file with libyaml's document API, checks
+ * every key and value, and refuses a bad file with "FILE:LINE: reason".
+ * Relative paths are resolved against the folder holding the config file, so
+ * the herd behaves the same from any working directory.
+ */
+#ifndef HERD_CONFIG_H
+#define HERD_CONFIG_H
+
+#include <stddef.h>
+
+#define CONFIG_MAX_SERVERS 64
+#define CONFIG_MAX_NAME 64
+#define CONFIG_MAX_PATH 4096
+
+typedef struct {
+    char name[CONFIG_MAX_NAME];
+    char host[256];
+    int port;
+    int neighbors[CONFIG_MAX_SERVERS];   /* indexes into config.servers */
+    int n_neighbors;
+    int line;                            /* where it is defined */
+} config_server;
+
+typedef enum { PLACES_LOCAL, PLACES_GOOGLE, PLACES_GOOGLE_LEGACY } places_provider;
+
+typedef struct {
+    places_provider provider;
+    char base_url[1024];      /* empty: the provider's default */
+    char api_key[512];        /* from GOOGLE_PLACES_API_KEY or the file */
+    char local_file[CONFIG_MAX_PATH];
+    int timeout_ms;
+    int cache_ttl_s;
+    int cache_max_entries;
+    size_t max_response_bytes;
+} config_places;
+
+typedef struct {
+    size_t max_line_bytes;
+    size_t max_output_bytes;
+    int max_clients;
+    int idle_timeout_s;       /* 0: never */
+} config_limits;
+
+typedef struct {
+    char dir[CONFIG_MAX_PATH];
+    int flush_ms;
+    int log_lines;            /* 1: log every input and output line */
+} config_logging;
+
+typedef struct {
+    int restart_max;
+    int restart_window_s;
+    int backoff_initial_ms;
+    int backoff_max_ms;
+    int stop_timeout_s;
+} config_supervisor;
+
+typedef struct {
+    char secret_file[CONFIG_MAX_PATH];
+    char state_dir[CONFIG_MAX_PATH];
+    int snapshot_interval_s;
+} config_herd;
+
+typedef struct {
+    int concurrency;
+    int duration_s;
+    int iamat_pct;            /* WHATSAT gets the rest */
+    int clients;
+    int warmup_s;
+    double radius_km;
+    int bound;
+} config_benchmark;
+
+typedef struct {
+    char path[CONFIG_MAX_PATH];   /* the file as given */
+    char dir[CONFIG_MAX_PATH];    /* its folder, for relative paths */
+    config_server servers[CONFIG_MAX_SERVERS];
+    int n_servers;
+    config_places places;
+    config_limits limits;
+    config_logging logging;
+    config_supervisor supervisor;
+    config_herd herd;
+    config_benchmark benchmark;
+} config;
+
+/* Load and check 'path' into *cfg.  Returns 0, or -1 with "FILE:LINE: reason"
+ * (or "FILE: reason") in err. */
+int config_load(const char *path, config *cfg, char *err, size_t errlen);
+
+/* Index of the server called 'name', or -1. */
+int config_find_server(const config *cfg, const char *name);
+
+/* Parse "iamat=P,whatsat=Q" (either may be left out; they add up to 100).
+ * Returns 0 and sets *iamat_pct, or -1. */
+int config_parse_mix(const char *s, int *iamat_pct);
+
+/* Name of a provider as written in the config. */
+const char *config_provider_name(places_provider p);
+
+#endif

@@ -1,0 +1,128 @@
+/* commands.c -- one client line in, its reply out (SPEC section 3).
+ *
+ *   IAMAT    -> "AT <server> <diff> <client> <location> <time>", and the
+ *               update is stored when it is newer than what we hold
+ *   WHATSAT  -> the stored AT line, LF, the places JSON, LF, LF
+ *   anything else, or a bad field -> "? " + the line as received
+ *
+ * Replies are appended to the client's output buffer whole, so each goes out
+ * in one write.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "protocol.h"
+#include "server.h"
+
+/* Log the client's line or our reply, as "id=N "-prefixed escaped data. */
+static void log_client_data(const client *c, const char *event, const char *data,
+                            size_t len, const char *suffix) {
+    char prefix[48];
+    snprintf(prefix, sizeof prefix, "id=%llu ", (unsigned long long)c->id);
+    log_data(LOG_INFO, event, prefix, data, len, suffix);
+}
+
+static void log_reply(server *s, client *c, size_t start) {
+    if (!s->cfg->logging.log_lines) return;
+    size_t len = c->out.len - start;
+    if (len && c->out.p[c->out.len - 1] == '\n') len--;  /* the line's own LF */
+    log_client_data(c, "send", c->out.p + start, len, NULL);
+}
+
+static void reply_invalid(server *s, client *c, const char *line, size_t len) {
+    size_t start = c->out.len;
+    buf_reserve(&c->out, len + 3);
+    buf_append(&c->out, "? ", 2);
+    buf_append(&c->out, line, len);
+    buf_append_char(&c->out, '\n');
+    log_reply(s, c, start);
+}
+
+static void do_iamat(server *s, client *c, const proto_iamat *ia) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    proto_time now = {ts.tv_sec, (int32_t)ts.tv_nsec};
+    char diff[PROTO_DIFF_MAX];
+    size_t dlen = proto_format_diff(diff, now, ia->t);
+    table_update u = {
+        .origin = {s->me->name, strlen(s->me->name)},
+        .diff = {diff, dlen},
+        .client = ia->client,
+        .location = ia->location,
+        .time = ia->time,
+        .t = ia->t,
+        .lat = ia->lat,
+        .lng = ia->lng,
+    };
+    size_t start = c->out.len;
+    buf_reserve(&c->out, 3 + u.origin.len + dlen + ia->client.len +
+                             ia->location.len + ia->time.len + 8);
+    buf_append(&c->out, "AT ", 3);
+    buf_append(&c->out, u.origin.p, u.origin.len);
+    buf_append_char(&c->out, ' ');
+    buf_append(&c->out, diff, dlen);
+    buf_append_char(&c->out, ' ');
+    buf_append(&c->out, ia->client.p, ia->client.len);
+    buf_append_char(&c->out, ' ');
+    buf_append(&c->out, ia->location.p, ia->location.len);
+    buf_append_char(&c->out, ' ');
+    buf_append(&c->out, ia->time.p, ia->time.len);
+    buf_append_char(&c->out, '\n');
+    log_reply(s, c, start);
+    if (table_offer(&s->tab, &u))
+        log_data(LOG_INFO, "update", "origin=self client=", ia->client.p, ia->client.len, NULL);
+}
+
+static void do_whatsat(server *s, client *c, const proto_whatsat *ws,
+                       const char *line, size_t len) {
+    const table_entry *e = table_get(&s->tab, ws->client.p, ws->client.len);
+    if (!e) {
+        if (s->cfg->logging.log_lines)
+            log_msg(LOG_INFO, "invalid", "id=%llu reason=unknown client",
+                    (unsigned long long)c->id);
+        reply_invalid(s, c, line, len);
+        return;
+    }
+    buf_append(&c->out, e->line, e->line_len);
+    buf_append_char(&c->out, '\n');
+    size_t json_start = c->out.len;
+    int n = places_local_render(&s->places, e->lat, e->lng, ws->radius_km,
+                                ws->bound, &c->out);
+    size_t json_len = c->out.len - json_start;
+    buf_append(&c->out, "\n\n", 2);
+    if (s->cfg->logging.log_lines) {
+        /* the AT line, and the JSON summarised: a full dump is kilobytes */
+        char suffix[96];
+        snprintf(suffix, sizeof suffix, " json_bytes=%zu results=%d status=%s",
+                 json_len, n, n ? "OK" : "ZERO_RESULTS");
+        log_client_data(c, "send", e->line, e->line_len, suffix);
+    }
+}
+
+void command_handle(server *s, client *c, const char *line, size_t len) {
+    proto_iamat ia;
+    proto_whatsat ws;
+    const char *why = NULL;
+    if (s->cfg->logging.log_lines) log_client_data(c, "recv", line, len, NULL);
+    switch (proto_parse(line, len, &ia, &ws, &why)) {
+    case PROTO_EMPTY:
+        return;
+    case PROTO_IAMAT:
+        do_iamat(s, c, &ia);
+        return;
+    case PROTO_WHATSAT:
+        do_whatsat(s, c, &ws, line, len);
+        return;
+    case PROTO_INVALID:
+        if (s->cfg->logging.log_lines)
+            log_msg(LOG_INFO, "invalid", "id=%llu reason=%s",
+                    (unsigned long long)c->id, why);
+        reply_invalid(s, c, line, len);
+        return;
+    case PROTO_OTHER:
+        reply_invalid(s, c, line, len);
+        return;
+    }
+}

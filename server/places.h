@@ -1,0 +1,60 @@
+/* places.h -- the places JSON a WHATSAT reply carries.
+ *
+ * The reply is the legacy Nearby Search shape, pretty-printed the way
+ * Google's own legacy API prints it (three-space indent, "key" : value), with
+ * no empty line and no trailing LF:
+ *
+ *   {
+ *      "html_attributions" : [],
+ *      "results" : [ ...at most bound places, nearest first... ],
+ *      "status" : "OK"
+ *   }
+ *
+ * The 'local' provider reads a GeoJSON FeatureCollection of Point places at
+ * start and renders each place's JSON once, so a query is a distance scan
+ * and a few memcpy()s.
+ */
+#ifndef HERD_PLACES_H
+#define HERD_PLACES_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+
+#include "buf.h"
+
+typedef struct {
+    double lat, lng;
+    char *json;                 /* the rendered result object, indented */
+    size_t json_len;
+} place;
+
+typedef struct {
+    place *v;
+    size_t n;
+} places_local;
+
+/* Read a GeoJSON file.  Returns 0, or -1 with "FILE: reason" in err. */
+int places_local_load(places_local *pl, const char *path, char *err, size_t errlen);
+void places_local_free(places_local *pl);
+
+/* Great-circle distance in km (haversine, mean Earth radius 6371.0088 km). */
+double places_distance_km(double lat1, double lng1, double lat2, double lng2);
+
+/* Indexes of the places within radius_km of (lat, lng), nearest first, at
+ * most 'bound' of them (bound <= 20) into idx.  Returns how many. */
+int places_local_search(const places_local *pl, double lat, double lng,
+                        double radius_km, int bound, size_t *idx);
+
+/* Append the whole reply JSON for a local search to out.  Returns the
+ * number of results. */
+int places_local_render(const places_local *pl, double lat, double lng,
+                         double radius_km, int bound, buf_t *out);
+
+/* Append a reply JSON with no results, a status and an error_message. */
+void places_render_error(buf_t *out, const char *status, const char *message);
+
+/* Append 'v' pretty-printed at nesting depth 'depth' (no leading indent,
+ * no trailing LF). */
+void places_json_pretty(const cJSON *v, int depth, buf_t *out);
+
+#endif

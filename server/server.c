@@ -1,0 +1,384 @@
+/* server.c -- the poll() loop, the listener and client connections.
+ *
+ * One loop round: poll, handle signals, accept, read and answer each ready
+ * client, write what is pending, close idle or finished clients once a
+ * second, then free the clients marked dead.  A client is never freed while
+ * the poll set is being walked; client_kill() only marks it.
+ *
+ * Input: bytes land in c->in; each LF ends a line, which goes to
+ * command_handle().  A line longer than limits.max_line_bytes gets one
+ * "? " line, after which the input is read and thrown away for a moment
+ * and the connection closed once the reply is out.
+ * Output: replies are appended to c->out and written at the end of the
+ * client's turn; POLLOUT is asked for only while something is left.  A
+ * client whose unsent output passes limits.max_output_bytes is cut off.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "net.h"
+#include "xalloc.h"
+
+#define READ_CHUNK (64 * 1024)
+#define READS_PER_TURN 4        /* fairness: then let the others talk */
+#define ACCEPTS_PER_TURN 256
+#define DRAIN_MS 1000           /* reading after "line too long" */
+#define SWEEP_MS 1000
+#define OUT_KEEP (64 * 1024)    /* an empty output buffer larger is freed */
+
+static int sig_write_fd = -1;
+
+static void on_signal(int sig) {
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    if (write(sig_write_fd, &b, 1) < 0) { /* pipe full: a signal is pending anyway */ }
+    errno = saved;
+}
+
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ------------------------------------------------------------ poll set */
+
+static size_t pollset_add(server *s, int fd, short events, client *c) {
+    if (s->npfd == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 64;
+        s->pfd = xrealloc(s->pfd, s->cap * sizeof *s->pfd);
+        s->conn = xrealloc(s->conn, s->cap * sizeof *s->conn);
+    }
+    size_t i = s->npfd++;
+    s->pfd[i] = (struct pollfd){.fd = fd, .events = events, .revents = 0};
+    s->conn[i] = c;
+    return i;
+}
+
+/* ------------------------------------------------------------- clients */
+
+void client_kill(server *s, client *c, const char *reason) {
+    (void)s;
+    if (c->dead) return;
+    c->dead = 1;
+    c->close_reason = reason;
+}
+
+static void client_free(server *s, client *c) {
+    log_msg(LOG_INFO, "conn-close", "id=%llu from=%s reason=%s",
+            (unsigned long long)c->id, c->addr, c->close_reason);
+    close(c->fd);
+    buf_free(&c->in);
+    buf_free(&c->out);
+    free(c);
+    s->nclients--;
+}
+
+/* Remove the dead clients from the poll set (swap with the last). */
+static void reap_clients(server *s) {
+    for (size_t i = s->npfd; i-- > SERVER_FIRST_CLIENT;) {
+        client *c = s->conn[i];
+        if (!c->dead) continue;
+        client_free(s, c);
+        size_t last = --s->npfd;
+        if (i != last) {
+            s->pfd[i] = s->pfd[last];
+            s->conn[i] = s->conn[last];
+            s->conn[i]->slot = i;
+        }
+    }
+}
+
+/* Write what is pending; close when asked to after the flush. */
+static void client_write(server *s, client *c) {
+    while (buf_pending(&c->out)) {
+        ssize_t n = send(c->fd, buf_data(&c->out), buf_pending(&c->out), MSG_NOSIGNAL);
+        if (n > 0) {
+            buf_consume(&c->out, (size_t)n);
+            c->last_ms = s->now_ms;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        client_kill(s, c, "write error");
+        return;
+    }
+    buf_shrink_if_empty(&c->out, OUT_KEEP);
+    if (c->close_after_flush) {
+        client_kill(s, c, c->draining ? "line too long" : "client closed");
+    } else if (c->draining && !c->shut) {
+        shutdown(c->fd, SHUT_WR);   /* the reply is out: tell the client */
+        c->shut = 1;
+    }
+}
+
+/* The output passed the cap: try to write, and cut the client off if it
+ * still does not fit.  Returns -1 when the client was killed. */
+static int check_output_cap(server *s, client *c) {
+    if (buf_pending(&c->out) <= s->cfg->limits.max_output_bytes) return 0;
+    client_write(s, c);
+    if (c->dead) return -1;
+    if (buf_pending(&c->out) <= s->cfg->limits.max_output_bytes) return 0;
+    log_msg(LOG_WARN, "output-cap", "id=%llu unsent=%zu cap=%zu",
+            (unsigned long long)c->id, buf_pending(&c->out),
+            s->cfg->limits.max_output_bytes);
+    client_kill(s, c, "output cap");
+    return -1;
+}
+
+static void line_too_long(server *s, client *c) {
+    buf_printf(&c->out, "? line too long (more than %zu bytes)\n",
+               s->cfg->limits.max_line_bytes);
+    log_msg(LOG_WARN, "line-too-long", "id=%llu max=%zu", (unsigned long long)c->id,
+            s->cfg->limits.max_line_bytes);
+    c->draining = 1;
+    c->drain_until_ms = s->now_ms + DRAIN_MS;
+    buf_free(&c->in);
+    c->scanned = 0;
+}
+
+/* Serve every complete line in c->in; on EOF, the last unterminated one. */
+static void process_input(server *s, client *c) {
+    size_t max = s->cfg->limits.max_line_bytes;
+    while (!c->dead && !c->draining) {
+        char *start = c->in.p + c->in.off;
+        size_t avail = buf_pending(&c->in);
+        char *nl = avail > c->scanned ? memchr(start + c->scanned, '\n', avail - c->scanned) : NULL;
+        size_t len;
+        if (nl) {
+            len = (size_t)(nl - start);
+        } else {
+            c->scanned = avail;
+            if (avail > max) { line_too_long(s, c); break; }
+            if (!c->eof || avail == 0) break;
+            len = avail;                      /* half-closed: serve the rest */
+        }
+        if (len > max) { line_too_long(s, c); break; }
+        size_t l = (nl && len && start[len - 1] == '\r') ? len - 1 : len;
+        command_handle(s, c, start, l);
+        buf_consume(&c->in, nl ? len + 1 : len);
+        c->scanned = 0;
+        if (check_output_cap(s, c) < 0) return;
+    }
+    if (buf_pending(&c->in) == 0) buf_shrink_if_empty(&c->in, OUT_KEEP);
+}
+
+static void client_read(server *s, client *c) {
+    for (int turn = 0; turn < READS_PER_TURN && !c->dead && !c->eof; turn++) {
+        if (c->draining) buf_clear(&c->in);   /* read only to throw away */
+        buf_reserve(&c->in, READ_CHUNK);
+        ssize_t n = read(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len);
+        if (n > 0) {
+            c->in.len += (size_t)n;
+            c->last_ms = s->now_ms;
+            if (!c->draining) process_input(s, c);
+            if ((size_t)n < READ_CHUNK) break;   /* drained the socket */
+        } else if (n == 0) {
+            c->eof = 1;
+            if (c->draining) { client_kill(s, c, "line too long"); return; }
+            process_input(s, c);
+            c->close_after_flush = 1;
+        } else if (errno == EINTR) {
+            continue;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            break;
+        } else {
+            client_kill(s, c, errno == ECONNRESET ? "reset by client" : "read error");
+            return;
+        }
+    }
+    if (c->draining) buf_clear(&c->in);
+    if (!c->dead) client_write(s, c);
+}
+
+static void client_add(server *s, int fd, const char *addr) {
+    client *c = xcalloc(1, sizeof *c);
+    c->fd = fd;
+    c->id = ++s->next_id;
+    c->last_ms = s->now_ms;
+    snprintf(c->addr, sizeof c->addr, "%s", addr);
+    c->slot = pollset_add(s, fd, POLLIN, c);
+    s->nclients++;
+    log_msg(LOG_INFO, "conn-open", "id=%llu from=%s", (unsigned long long)c->id, addr);
+}
+
+/* Accept a connection and close it at once, to drain the backlog when we
+ * are out of descriptors (the spare one is given up for a moment). */
+static void shed_connection(server *s) {
+    if (s->spare_fd >= 0) close(s->spare_fd);
+    char addr[48];
+    int fd = net_accept(s->lfd, addr, sizeof addr);
+    if (fd >= 0) close(fd);
+    s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    log_msg(LOG_WARN, "conn-refused", "reason=out of file descriptors");
+}
+
+static void accept_clients(server *s) {
+    static const char busy[] = "? too many connections, try again later\n";
+    for (int k = 0; k < ACCEPTS_PER_TURN; k++) {
+        char addr[48];
+        int fd = net_accept(s->lfd, addr, sizeof addr);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) shed_connection(s);
+            else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED)
+                log_msg(LOG_WARN, "accept", "%s", strerror(errno));
+            return;
+        }
+        if (s->nclients >= (size_t)s->cfg->limits.max_clients) {
+            if (send(fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* best effort */ }
+            close(fd);
+            log_msg(LOG_WARN, "conn-refused", "from=%s reason=max_clients %d reached",
+                    addr, s->cfg->limits.max_clients);
+            continue;
+        }
+        net_nodelay(fd);
+        client_add(s, fd, addr);
+    }
+}
+
+/* Once a second: idle clients and finished drains are closed. */
+static void sweep_clients(server *s) {
+    int64_t idle_ms = (int64_t)s->cfg->limits.idle_timeout_s * 1000;
+    for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd; i++) {
+        client *c = s->conn[i];
+        if (c->draining && s->now_ms >= c->drain_until_ms)
+            client_kill(s, c, "line too long");
+        else if (idle_ms && s->now_ms - c->last_ms >= idle_ms)
+            client_kill(s, c, "idle timeout");
+    }
+}
+
+static void handle_signals(server *s) {
+    unsigned char sigs[64];
+    ssize_t n;
+    while ((n = read(s->sig_r, sigs, sizeof sigs)) > 0) {
+        for (ssize_t i = 0; i < n; i++) {
+            if (sigs[i] == SIGHUP) {
+                log_reopen();
+            } else {
+                log_msg(LOG_INFO, "stopping", "signal=%s", sigs[i] == SIGINT ? "INT" : "TERM");
+                s->stop = 1;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- setup */
+
+static int setup_signals(server *s, char *err, size_t errlen) {
+    int p[2];
+    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) {
+        snprintf(err, errlen, "pipe: %s", strerror(errno));
+        return -1;
+    }
+    s->sig_r = p[0];
+    s->sig_w = sig_write_fd = p[1];
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) {
+    memset(s, 0, sizeof *s);
+    s->cfg = cfg;
+    s->me = &cfg->servers[me];
+    s->lfd = s->sig_r = s->sig_w = s->spare_fd = -1;
+    table_init(&s->tab);
+    if (log_open(cfg->logging.dir, s->me->name, cfg->logging.flush_ms, err, errlen) < 0)
+        return -1;
+    if (cfg->places.provider == PLACES_LOCAL &&
+        places_local_load(&s->places, cfg->places.local_file, err, errlen) < 0)
+        return -1;
+    if (setup_signals(s, err, errlen) < 0) return -1;
+    long fds = net_raise_fd_limit();
+    s->lfd = net_listen(s->me->host, s->me->port, 4096, err, errlen);
+    if (s->lfd < 0) return -1;
+    s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    pollset_add(s, s->lfd, POLLIN, NULL);
+    pollset_add(s, s->sig_r, POLLIN, NULL);
+    log_msg(LOG_INFO, "listening", "server=%s addr=%s:%d provider=%s places=%zu "
+            "max_clients=%d fd_limit=%ld pid=%ld",
+            s->me->name, s->me->host, s->me->port,
+            config_provider_name(cfg->places.provider), s->places.n,
+            cfg->limits.max_clients, fds, (long)getpid());
+    return 0;
+}
+
+/* Poll timeout: the next sweep or log flush, whichever is first. */
+static int poll_timeout(server *s) {
+    int64_t t = s->next_sweep_ms - s->now_ms;
+    int lf = log_next_flush_ms(log_now_ms());
+    if (lf >= 0 && lf < t) t = lf;
+    return t < 0 ? 0 : (int)t;
+}
+
+int server_run(server *s) {
+    s->now_ms = mono_ms();
+    s->next_sweep_ms = s->now_ms + SWEEP_MS;
+    while (!s->stop) {
+        for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd; i++) {
+            client *c = s->conn[i];
+            short ev = 0;
+            if (!c->eof) ev |= POLLIN;
+            if (buf_pending(&c->out)) ev |= POLLOUT;
+            s->pfd[i].events = ev;
+        }
+        int n = poll(s->pfd, s->npfd, poll_timeout(s));
+        if (n < 0 && errno != EINTR) {
+            log_msg(LOG_ERROR, "poll", "%s", strerror(errno));
+            break;
+        }
+        s->now_ms = mono_ms();
+        if (n > 0) {
+            if (s->pfd[1].revents) handle_signals(s);
+            for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd; i++) {
+                short re = s->pfd[i].revents;
+                client *c = s->conn[i];
+                if (!re || c->dead) continue;
+                if (re & (POLLIN | POLLHUP | POLLERR)) client_read(s, c);
+                if (!c->dead && (re & POLLOUT)) client_write(s, c);
+            }
+        }
+        if (s->now_ms >= s->next_sweep_ms) {
+            sweep_clients(s);
+            s->next_sweep_ms = s->now_ms + SWEEP_MS;
+        }
+        reap_clients(s);
+        /* after the reap, so closed connections free their slots first */
+        if (n > 0 && (s->pfd[0].revents & POLLIN)) accept_clients(s);
+        log_tick(log_now_ms());
+    }
+    return 0;
+}
+
+void server_free(server *s) {
+    for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd; i++)
+        client_kill(s, s->conn[i], "server stopping");
+    reap_clients(s);
+    log_msg(LOG_INFO, "stopped", "server=%s", s->me ? s->me->name : "?");
+    log_close();
+    if (s->lfd >= 0) close(s->lfd);
+    if (s->sig_r >= 0) close(s->sig_r);
+    if (s->sig_w >= 0) close(s->sig_w);
+    if (s->spare_fd >= 0) close(s->spare_fd);
+    free(s->pfd);
+    free(s->conn);
+    table_free(&s->tab);
+    places_local_free(&s->places);
+}
