@@ -1,0 +1,207 @@
+"""Fixtures for driving the real herd-server binary on free loopback ports.
+
+HERD_BIN_DIR names the folder holding the programs (the Makefile points it
+at bin/ or at the sanitizer build).  Every process a test starts is stopped
+when the test ends, pass or fail, and a sanitizer report or a non-zero exit
+status fails the test.
+"""
+import os
+import resource
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN_DIR = os.environ.get("HERD_BIN_DIR", os.path.join(ROOT, "bin"))
+PLACES = os.path.join(ROOT, "data", "places.geojson")
+
+# 2,000 concurrent connections need more descriptors than the usual 1024.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _soft < min(_hard, 8192):
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(_hard, 8192), _hard))
+
+
+def free_port():
+    """A TCP port nobody listens on right now (never a default herd port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in (10099, 10044, 10022, 10211, 10194):
+            return port
+
+
+def program(name):
+    return os.path.join(BIN_DIR, name)
+
+
+def yaml_section(name, values):
+    if not values:
+        return ""
+    lines = [f"{name}:"]
+    for k, v in values.items():
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        lines.append(f"  {k}: {v}")
+    return "\n".join(lines) + "\n"
+
+
+def write_config(path, servers, places=None, limits=None, logging=None, extra=""):
+    """servers: {name: (port, [neighbours])}.  Returns the config path."""
+    text = "servers:\n"
+    for name, (port, neigh) in servers.items():
+        text += f"  {name}: {{ host: 127.0.0.1, port: {port}, neighbors: [{', '.join(neigh)}] }}\n"
+    text += yaml_section("places", {"provider": "local", "local_file": PLACES, **(places or {})})
+    text += yaml_section("limits", limits or {})
+    text += yaml_section("logging", {"dir": "logs", "flush_ms": 50, **(logging or {})})
+    text += extra
+    cfg = os.path.join(path, "config.yml")
+    with open(cfg, "w") as f:
+        f.write(text)
+    return cfg
+
+
+def wait_listening(port, proc, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+class Server:
+    """One herd-server process on a free port, in its own folder."""
+
+    def __init__(self, tmp_path, name="Bailey", limits=None, places=None, logging=None):
+        self.dir = str(tmp_path)
+        self.name = name
+        self.port = free_port()
+        self.config = write_config(self.dir, {name: (self.port, [])}, places=places,
+                                   limits=limits, logging=logging)
+        self.log_path = os.path.join(self.dir, "logs", f"{name}.log")
+        self.stderr_path = os.path.join(self.dir, f"{name}.stderr")
+        self.proc = None
+
+    def start(self):
+        self.stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen([program("herd-server"), self.name, "-c", self.config],
+                                     stdout=subprocess.DEVNULL, stderr=self.stderr)
+        if not wait_listening(self.port, self.proc):
+            self.stop(check=False)
+            raise AssertionError(f"herd-server did not start: {self.read_stderr()}")
+        return self
+
+    def read_stderr(self):
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def read_log(self, wait_for=None, timeout=3.0):
+        """The log's text; with wait_for, poll until that text shows up."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with open(self.log_path, "rb") as f:
+                    text = f.read().decode(errors="replace")
+            except FileNotFoundError:
+                text = ""
+            if wait_for is None or wait_for in text or time.time() > deadline:
+                return text
+            time.sleep(0.05)
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self, check=True):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                if check:
+                    raise AssertionError("herd-server ignored SIGTERM")
+        rc = self.proc.returncode
+        self.proc = None
+        self.stderr.close()
+        err = self.read_stderr()
+        if check:
+            assert "Sanitizer" not in err and "runtime error" not in err, err
+            assert rc == 0, f"herd-server exited with {rc}: {err}"
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    started = []
+
+    def make(**kw):
+        sub = tmp_path / f"s{len(started)}"
+        sub.mkdir()
+        s = Server(sub, **kw).start()
+        started.append(s)
+        return s
+
+    yield make
+    errors = []
+    for s in started:
+        try:
+            s.stop()
+        except AssertionError as e:
+            errors.append(str(e))
+    assert not errors, errors
+
+
+@pytest.fixture
+def server(make_server):
+    return make_server()
+
+
+def connect(port, timeout=10.0):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return s
+
+
+def recv_until_eof(sock, limit=64 << 20):
+    chunks = []
+    total = 0
+    while True:
+        b = sock.recv(65536)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+        total += len(b)
+        if total > limit:
+            raise AssertionError("reply larger than expected")
+
+
+def exchange(port, data):
+    """Send data, half-close, return everything until the server closes."""
+    with connect(port) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        return recv_until_eof(s)
+
+
+def recv_exact_lines(sock, n):
+    """Read until n LF-terminated lines arrived."""
+    data = b""
+    while data.count(b"\n") < n:
+        b = sock.recv(65536)
+        if not b:
+            break
+        data += b
+    return data

@@ -1,0 +1,146 @@
+"""Limits of SPEC section 3: each enforced without stopping or slowing others."""
+import errno
+import os
+import selectors
+import socket
+import time
+
+from conftest import connect, exchange, recv_exact_lines, recv_until_eof
+
+
+def assert_serves(port):
+    reply = exchange(port, b"IAMAT alive +1.0+1.0 1\n")
+    assert reply.startswith(b"AT ") and reply.endswith(b" alive +1.0+1.0 1\n"), reply
+
+
+def test_line_at_the_limit_is_served(make_server):
+    s = make_server(limits={"max_line_bytes": 100})
+    line = b"X" * 100
+    assert exchange(s.port, line + b"\n") == b"? " + line + b"\n"
+
+
+def test_line_over_the_limit_gets_error_and_close(make_server):
+    s = make_server(limits={"max_line_bytes": 100})
+    reply = exchange(s.port, b"X" * 101 + b"\nIAMAT never +1.0+1.0 1\n")
+    assert reply.startswith(b"? ") and reply.count(b"\n") == 1, reply
+
+
+def test_megabyte_line_without_lf(server):
+    """1 MiB without LF: one '? ' line and a close, while another client is served."""
+    other = connect(server.port)
+    with connect(server.port) as big:
+        payload = b"A" * (1 << 20)
+        sent = 0
+        try:
+            while sent < len(payload):
+                sent += big.send(payload[sent:sent + 65536])
+                if sent > 64 * 1024:
+                    other.sendall(b"IAMAT other +1.0+1.0 %d\n" % sent)
+                    assert b" other +1.0+1.0 " in recv_exact_lines(other, 1)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may close while we still push
+        big.settimeout(5)
+        try:
+            reply = recv_until_eof(big)
+        except ConnectionResetError:
+            reply = b""
+            raise AssertionError("the error line was lost to a reset")
+        assert reply.startswith(b"? line too long") and reply.endswith(b"\n")
+        assert reply.count(b"\n") == 1
+    other.close()
+    assert_serves(server.port)
+    log = server.read_log(wait_for="line-too-long")
+    assert "line-too-long" in log
+
+
+def test_client_that_never_reads_is_cut_off(make_server):
+    cap = 64 * 1024
+    s = make_server(limits={"max_output_bytes": cap})
+    assert_serves(s.port)
+    exchange(s.port, b"IAMAT reader +34.068930-118.445127 1\n")
+    rss_before = s.rss_kib()
+    sock = connect(s.port)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    request = b"WHATSAT reader 50 20\n" * 200          # ~ 200 x 9 KB of replies
+    cut = False
+    deadline = time.time() + 20
+    sock.settimeout(2)
+    try:
+        while time.time() < deadline:
+            sock.sendall(request)
+    except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        cut = True
+    sock.close()
+    assert cut, "the server kept accepting requests from a client that never reads"
+    log = s.read_log(wait_for="output-cap")
+    assert "output-cap" in log and "reason=output cap" in log
+    assert s.rss_kib() - rss_before < 32 * 1024, "memory must stay bounded"
+    assert_serves(s.port)
+
+
+def test_max_clients(make_server):
+    s = make_server(limits={"max_clients": 5})
+    time.sleep(0.3)   # let the start-up probe's connection be closed
+    socks = [connect(s.port) for _ in range(5)]
+    for i, c in enumerate(socks):       # make sure all five are accepted
+        c.sendall(b"PING %d\n" % i)
+        assert recv_exact_lines(c, 1) == b"? PING %d\n" % i
+    with connect(s.port) as extra:
+        extra.settimeout(5)
+        reply = recv_until_eof(extra)
+        assert reply.startswith(b"? too many connections") and reply.endswith(b"\n")
+    for i, c in enumerate(socks):
+        c.sendall(b"IAMAT m%d +1.0+1.0 1\n" % i)
+        assert recv_exact_lines(c, 1).startswith(b"AT ")
+        c.close()
+    time.sleep(0.2)
+    assert_serves(s.port)
+    assert "max_clients 5 reached" in s.read_log(wait_for="max_clients")
+
+
+def test_idle_timeout(make_server):
+    s = make_server(limits={"idle_timeout_s": 1})
+    with connect(s.port) as idle:
+        idle.settimeout(5)
+        start = time.time()
+        assert idle.recv(10) == b""
+        assert 0.9 <= time.time() - start <= 4
+    assert "reason=idle timeout" in s.read_log(wait_for="idle timeout")
+
+
+def test_two_thousand_concurrent_connections(server):
+    n = 2000
+    sel = selectors.DefaultSelector()
+    socks = []
+    for i in range(n):
+        c = socket.socket()
+        c.setblocking(True)
+        c.settimeout(10)
+        c.connect(("127.0.0.1", server.port))
+        socks.append(c)
+    for i, c in enumerate(socks):
+        c.sendall(b"IAMAT conc%d +1.0+1.0 %d\n" % (i, i))
+    got = {}
+    for i, c in enumerate(socks):
+        c.setblocking(False)
+        sel.register(c, selectors.EVENT_READ, i)
+        got[i] = b""
+    pending = set(range(n))
+    deadline = time.time() + 60
+    while pending and time.time() < deadline:
+        for key, _ in sel.select(timeout=1):
+            i = key.data
+            try:
+                data = key.fileobj.recv(4096)
+            except BlockingIOError:
+                continue
+            got[i] += data
+            if got[i].endswith(b"\n"):
+                pending.discard(i)
+                sel.unregister(key.fileobj)
+    assert not pending, f"{len(pending)} connections got no reply"
+    for i in range(n):
+        assert got[i].startswith(b"AT Bailey ") and got[i].endswith(b" conc%d +1.0+1.0 %d\n" % (i, i))
+    for c in socks:
+        c.close()
+    assert_serves(server.port)

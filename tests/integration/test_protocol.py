@@ -1,0 +1,263 @@
+"""The client protocol of SPEC section 3, byte for byte, against the real binary."""
+import json
+import math
+import re
+import time
+
+import pytest
+
+from conftest import connect, exchange, recv_exact_lines
+
+LOC = b"+34.068930-118.445127"
+AT_RE = re.compile(rb"^AT (\S+) ([+-])(\d+)\.(\d{9}) (\S+) (\S+) (\S+)$")
+
+
+def iamat(port, client, loc=LOC, t=None):
+    t = t if t is not None else b"%.9f" % time.time()
+    reply = exchange(port, b"IAMAT %s %s %s\n" % (client, loc, t))
+    assert reply.endswith(b"\n") and reply.count(b"\n") == 1, reply
+    return reply[:-1]
+
+
+def read_reply(sock):
+    data = b""
+    while not data.endswith(b"\n\n"):
+        b = sock.recv(65536)
+        assert b, f"connection closed mid-reply: {data!r}"
+        data += b
+    return data
+
+
+def whatsat(port, client, radius=b"10", bound=b"5"):
+    return exchange(port, b"WHATSAT %s %s %s\n" % (client, radius, bound))
+
+
+def split_whatsat(reply):
+    first, rest = reply.split(b"\n", 1)
+    assert rest.endswith(b"}\n\n") and not rest.endswith(b"\n\n\n"), rest[-20:]
+    body = rest[:-2]
+    assert b"\n\n" not in body, "the JSON must have no empty line"
+    return first, json.loads(body)
+
+
+def haversine(lat1, lng1, lat2, lng2):
+    r = math.radians
+    a = (math.sin(r(lat2 - lat1) / 2) ** 2
+         + math.cos(r(lat1)) * math.cos(r(lat2)) * math.sin(r(lng2 - lng1) / 2) ** 2)
+    return 2 * 6371.0088 * math.asin(math.sqrt(a))
+
+
+# ------------------------------------------------------------------ IAMAT
+
+def test_iamat_reply_is_exact(server):
+    client = b"kiwi.cs.ucla.edu"
+    t = b"1621464827.959498503"
+    before = time.time()
+    line = iamat(server.port, client, LOC, t)
+    after = time.time()
+    m = AT_RE.match(line)
+    assert m, line
+    assert m.group(1) == b"Bailey"
+    assert m.group(5) == client and m.group(6) == LOC and m.group(7) == t
+    assert m.group(2) == b"+"
+    diff = int(m.group(3)) + int(m.group(4)) / 1e9
+    assert before - 1621464827.959498503 - 0.01 <= diff <= after - 1621464827.959498503 + 0.01
+
+
+def test_iamat_diff_is_exact_integer_arithmetic(server):
+    # A time with more than 9 fraction digits: the echo keeps them all, the
+    # diff ignores those past the ninth, so sec + nsec of the diff plus the
+    # client's time is a receive time within the test's window.
+    t = b"%d.123456789999999" % int(time.time())
+    before = time.time_ns()
+    line = iamat(server.port, b"frac", LOC, t)
+    after = time.time_ns()
+    m = AT_RE.match(line)
+    assert m and m.group(7) == t
+    sign = -1 if m.group(2) == b"-" else 1
+    diff_ns = sign * (int(m.group(3)) * 10**9 + int(m.group(4)))
+    sec, frac = t.split(b".")
+    t_ns = int(sec) * 10**9 + int(frac[:9])
+    assert before <= t_ns + diff_ns <= after + 1_000_000
+
+
+def test_iamat_future_time_gives_negative_diff(server):
+    t = b"%d.5" % (int(time.time()) + 1000)
+    m = AT_RE.match(iamat(server.port, b"skewed", LOC, t))
+    assert m and m.group(2) == b"-" and 998 <= int(m.group(3)) <= 1000
+
+
+@pytest.mark.parametrize("client", ["kiwi", "héllo-wörld", "🥝🍋‍🟩", "a" * 256, "🥝" * 64])
+def test_iamat_utf8_ids_echo_verbatim(server, client):
+    c = client.encode()
+    m = AT_RE.match(iamat(server.port, c, b"-90.0+180.0", b"0"))
+    assert m and m.group(5) == c and m.group(6) == b"-90.0+180.0" and m.group(7) == b"0"
+
+
+def test_whitespace_forms_and_crlf(server):
+    reply = exchange(server.port, b" \t IAMAT\t\x0bws\x0c +1.0+2.0   5  \r\n")
+    m = AT_RE.match(reply[:-1])
+    assert m and m.group(5) == b"ws" and m.group(6) == b"+1.0+2.0" and m.group(7) == b"5"
+
+
+# ---------------------------------------------------------------- WHATSAT
+
+def test_whatsat_reply_shape(server):
+    at = iamat(server.port, b"ucla", LOC)
+    reply = whatsat(server.port, b"ucla", b"10", b"5")
+    first, js = split_whatsat(reply)
+    assert first == at
+    assert js["status"] == "OK" and js["html_attributions"] == []
+    assert 1 <= len(js["results"]) <= 5
+    for r in js["results"]:
+        for key in ("name", "place_id", "vicinity", "types"):
+            assert key in r
+        assert isinstance(r["geometry"]["location"]["lat"], float)
+
+
+def test_whatsat_nearest_first_within_radius(server):
+    iamat(server.port, b"near", LOC)
+    for radius, bound in ((b"0.5", b"20"), (b"2", b"20"), (b"50", b"20"), (b"1", b"3")):
+        _, js = split_whatsat(whatsat(server.port, b"near", radius, bound))
+        dists = [haversine(34.068930, -118.445127, r["geometry"]["location"]["lat"],
+                           r["geometry"]["location"]["lng"]) for r in js["results"]]
+        assert len(dists) <= int(bound)
+        assert dists == sorted(dists)
+        assert all(d <= float(radius) + 1e-6 for d in dists)
+    _, js = split_whatsat(whatsat(server.port, b"near", b"50", b"20"))
+    assert len(js["results"]) == 20, "the sample has at least 20 places within 50 km"
+
+
+def test_whatsat_zero_results(server):
+    iamat(server.port, b"ocean", b"-40.0-140.0")
+    first, js = split_whatsat(whatsat(server.port, b"ocean", b"50", b"20"))
+    assert js == {"html_attributions": [], "results": [], "status": "ZERO_RESULTS"}
+
+
+def test_whatsat_reply_arrives_in_one_piece(server):
+    iamat(server.port, b"onewrite", LOC)
+    with connect(server.port) as s:
+        s.sendall(b"WHATSAT onewrite 50 20\n")
+        time.sleep(0.3)
+        data = s.recv(1 << 20)   # everything is there at once
+        assert data.endswith(b"}\n\n"), len(data)
+
+
+# ----------------------------------------------------------- invalid lines
+
+INVALID = [
+    b"HELLO",
+    b"iamat kiwi +34.068930-118.445127 1621464827.959498503",
+    b"IAMAT kiwi +34.068930-118.445127",
+    b"IAMAT kiwi +34.068930-118.445127 1 extra",
+    b"IAMAT kiwi +34-118 1621464827.959498503",
+    b"IAMAT kiwi 34.06-118.44 1621464827.959498503",
+    b"IAMAT kiwi +34.0 1621464827.959498503",
+    b"IAMAT kiwi +34.-118. 1621464827.959498503",
+    b"IAMAT kiwi +90.1+0.0 1",
+    b"IAMAT kiwi +0.0-180.000001 1",
+    b"IAMAT kiwi +34.068930-118.445127 -1",
+    b"IAMAT kiwi +34.068930-118.445127 1e9",
+    b"IAMAT kiwi +34.068930-118.445127 nan",
+    b"IAMAT kiwi +34.068930-118.445127 1234567890123456789",
+    b"IAMAT " + b"x" * 257 + b" +1.0+1.0 1",
+    b"WHATSAT nobody-knows-me 10 5",
+    b"WHATSAT kiwi 0 5",
+    b"WHATSAT kiwi 50.5 5",
+    b"WHATSAT kiwi 10 0",
+    b"WHATSAT kiwi 10 21",
+    b"WHATSAT kiwi 10",
+    b"AT Bona +0.1 kiwi +1.0+1.0 1",
+    b"FOO\ttab  and  spaces \t",
+    b"\x01\x02 control \x7f bytes",
+]
+
+
+@pytest.mark.parametrize("line", INVALID)
+def test_invalid_line_echoed(server, line):
+    assert exchange(server.port, line + b"\n") == b"? " + line + b"\n"
+
+
+def test_invalid_line_crlf_is_stripped(server):
+    assert exchange(server.port, b"FOO bar\r\n") == b"? FOO bar\n"
+
+
+def test_empty_lines_get_no_reply(server):
+    assert exchange(server.port, b"\n   \n\t\r\n\x0b\nFOO\n\n") == b"? FOO\n"
+
+
+def test_whatsat_known_client_but_bad_args(server):
+    iamat(server.port, b"kiwi")
+    assert exchange(server.port, b"WHATSAT kiwi 51 5\n") == b"? WHATSAT kiwi 51 5\n"
+
+
+# -------------------------------------------------- connections and order
+
+def test_pipelined_commands_in_order(server):
+    lines = []
+    for i in range(500):
+        lines.append(b"IAMAT p%d +1.%d+2.0 %d" % (i, i, i))
+        lines.append(b"BAD %d" % i)
+    reply = exchange(server.port, b"\n".join(lines) + b"\n")
+    out = reply.split(b"\n")[:-1]
+    assert len(out) == 1000
+    for i in range(500):
+        m = AT_RE.match(out[2 * i])
+        assert m and m.group(5) == b"p%d" % i
+        assert out[2 * i + 1] == b"? BAD %d" % i
+
+
+def test_many_commands_one_connection_interactive(server):
+    with connect(server.port) as s:
+        for i in range(50):
+            s.sendall(b"IAMAT inter +1.0+1.0 %d\n" % i)
+            assert AT_RE.match(recv_exact_lines(s, 1)[:-1])
+        s.sendall(b"WHATSAT inter 50 1\n")
+        first, js = split_whatsat(read_reply(s))
+        assert first.endswith(b" inter +1.0+1.0 49")
+
+
+def test_half_close_serves_last_unterminated_line(server):
+    reply = exchange(server.port, b"FOO\nIAMAT last +1.0+1.0 7")
+    lines = reply.split(b"\n")
+    assert lines[0] == b"? FOO"
+    m = AT_RE.match(lines[1])
+    assert m and m.group(7) == b"7" and lines[2] == b""
+
+
+def test_half_close_unterminated_invalid_line(server):
+    assert exchange(server.port, b"just words") == b"? just words\n"
+
+
+# ------------------------------------------------------------- newer order
+
+def stored_line(port, client):
+    first, _ = split_whatsat(whatsat(port, client, b"1", b"1"))
+    return first
+
+
+def test_older_iamat_leaves_store_unchanged(server):
+    newer = iamat(server.port, b"order", b"+10.0+10.0", b"200")
+    older = iamat(server.port, b"order", b"+20.0+20.0", b"100")
+    assert older.endswith(b" order +20.0+20.0 100"), "the reply is always for this IAMAT"
+    assert stored_line(server.port, b"order") == newer
+
+
+def test_newer_iamat_replaces(server):
+    iamat(server.port, b"upd", b"+10.0+10.0", b"100")
+    newer = iamat(server.port, b"upd", b"+20.0+20.0", b"100.000000001")
+    assert stored_line(server.port, b"upd") == newer
+
+
+def test_equal_time_larger_location_wins(server):
+    big = iamat(server.port, b"tie", b"+20.0+20.0", b"100.5")
+    iamat(server.port, b"tie", b"+10.0+10.0", b"100.500000000")
+    assert stored_line(server.port, b"tie") == big
+    bigger = iamat(server.port, b"tie", b"+30.0+20.0", b"100.5000000009")  # same time past 9 digits
+    assert stored_line(server.port, b"tie") == bigger
+
+
+def test_same_update_again_keeps_first_line(server):
+    first = iamat(server.port, b"dup", b"+1.0+1.0", b"50")
+    iamat(server.port, b"dup", b"+1.0+1.0", b"50")
+    assert stored_line(server.port, b"dup") == first

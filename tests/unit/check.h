@@ -1,0 +1,40 @@
+/* check.h -- the smallest test harness that does the job.
+ *
+ *   CHECK(cond, "what")      records a failure with file:line when false
+ *   CHECK_STR(got, want)     compares C strings
+ *   return check_report("name") at the end of main(): prints
+ *   "name: N passed, M failed" and returns non-zero on any failure.
+ */
+#ifndef HERD_CHECK_H
+#define HERD_CHECK_H
+
+#include <stdio.h>
+#include <string.h>
+
+static int check_passed, check_failed;
+
+#define CHECK(cond, ...)                                                  \
+    do {                                                                  \
+        if (cond) {                                                       \
+            check_passed++;                                               \
+        } else {                                                          \
+            check_failed++;                                               \
+            fprintf(stderr, "%s:%d: FAIL: ", __FILE__, __LINE__);         \
+            fprintf(stderr, __VA_ARGS__);                                 \
+            fputc('\n', stderr);                                          \
+        }                                                                 \
+    } while (0)
+
+#define CHECK_STR(got, want)                                              \
+    do {                                                                  \
+        const char *g_ = (got), *w_ = (want);                             \
+        CHECK(g_ && w_ && strcmp(g_, w_) == 0, "got '%s', want '%s'",     \
+              g_ ? g_ : "(null)", w_ ? w_ : "(null)");                    \
+    } while (0)
+
+static inline int check_report(const char *name) {
+    printf("%s: %d passed, %d failed\n", name, check_passed, check_failed);
+    return check_failed ? 1 : 0;
+}
+
+#endif

@@ -1,0 +1,142 @@
+/* test_places.c -- the local provider: distance, order, bound, JSON shape. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "places.h"
+
+static const char *write_tmp(const char *text) {
+    static char path[64];
+    strcpy(path, "/tmp/herdplacesXXXXXX");
+    int fd = mkstemp(path);
+    if (fd < 0) return NULL;
+    if (write(fd, text, strlen(text)) < 0) { close(fd); return NULL; }
+    close(fd);
+    return path;
+}
+
+#define FEATURE(name, lng, lat) \
+    "{\"type\":\"Feature\",\"geometry\":{\"type\":\"Point\",\"coordinates\":[" #lng "," #lat "]}," \
+    "\"properties\":{\"name\":\"" name "\",\"place_id\":\"id-" name "\",\"types\":[\"cafe\"]}}"
+
+static void test_distance(void) {
+    /* one degree of latitude on the mean sphere: 6371.0088 * pi / 180 */
+    double d = places_distance_km(0, 0, 1, 0);
+    CHECK(fabs(d - 111.1950802) < 1e-6, "1 degree = %.7f km", d);
+    CHECK(places_distance_km(34.06893, -118.445127, 34.06893, -118.445127) == 0, "zero");
+    /* UCLA to LAX, about 13.1 km by great circle */
+    d = places_distance_km(34.06893, -118.445127, 33.9416, -118.4085);
+    CHECK(d > 14.0 && d < 14.6, "UCLA-LAX %.3f km", d);
+    /* antipodes: half the circumference */
+    d = places_distance_km(0, 0, 0, 180);
+    CHECK(fabs(d - 6371.0088 * M_PI) < 1e-6, "antipode %.3f", d);
+    d = places_distance_km(10, 170, 10, -170);
+    CHECK(d < 2200 && d > 2180, "across the date line %.1f", d);
+}
+
+static void test_order_and_bound(void) {
+    const char *path = write_tmp(
+        "{\"type\":\"FeatureCollection\",\"features\":["
+        FEATURE("far", 0.0, 0.3) ","
+        FEATURE("near", 0.0, 0.01) ","
+        FEATURE("mid", 0.05, 0.0) ","
+        FEATURE("tie-a", 0.0, -0.1) ","
+        FEATURE("tie-b", -0.1, 0.0) ","
+        FEATURE("outside", 0.0, 1.0) "]}");
+    CHECK(path != NULL, "temp file");
+    places_local pl;
+    char err[256];
+    CHECK(places_local_load(&pl, path, err, sizeof err) == 0, "load: %s", err);
+    CHECK(pl.n == 6, "six places, got %zu", pl.n);
+    size_t idx[32];
+    int n = places_local_search(&pl, 0, 0, 50, 20, idx);
+    CHECK(n == 5, "five within 50 km, got %d", n);
+    /* near (1.1 km), mid (5.6), tie-a and tie-b (11.1, file order), far (33.4) */
+    size_t want[] = {1, 2, 3, 4, 0};
+    for (int i = 0; i < n && i < 5; i++)
+        CHECK(idx[i] == want[i], "position %d: got %zu want %zu", i, idx[i], want[i]);
+    n = places_local_search(&pl, 0, 0, 50, 2, idx);
+    CHECK(n == 2 && idx[0] == 1 && idx[1] == 2, "bound 2 keeps the two nearest");
+    n = places_local_search(&pl, 0, 0, 1.0, 20, idx);
+    CHECK(n == 0, "nothing within 1 km (near is 1.11 km)");
+    n = places_local_search(&pl, 0, 0, 1.12, 20, idx);
+    CHECK(n == 1 && idx[0] == 1, "near is within 1.12 km");
+
+    buf_t out = {0};
+    places_local_render(&pl, 0, 0, 50, 3, &out);
+    buf_append_char(&out, '\0');
+    CHECK(strstr(out.p, "\n\n") == NULL, "no empty line");
+    CHECK(out.p[out.len - 2] == '}', "ends with } and no LF");
+    CHECK(strncmp(out.p, "{\n   \"html_attributions\" : [],\n   \"results\" : [\n      {\n", 55) == 0,
+          "legacy pretty shape: %.60s", out.p);
+    cJSON *js = cJSON_Parse(out.p);
+    CHECK(js != NULL, "valid JSON");
+    cJSON *res = cJSON_GetObjectItem(js, "results");
+    CHECK(cJSON_GetArraySize(res) == 3, "three results");
+    CHECK_STR(cJSON_GetObjectItem(cJSON_GetArrayItem(res, 0), "name")->valuestring, "near");
+    CHECK_STR(cJSON_GetObjectItem(js, "status")->valuestring, "OK");
+    cJSON *loc = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetArrayItem(res, 1), "geometry"), "location");
+    CHECK(cJSON_GetObjectItem(loc, "lng")->valuedouble == 0.05, "lng kept exactly");
+    CHECK(cJSON_GetObjectItem(cJSON_GetArrayItem(res, 1), "vicinity") != NULL, "vicinity always present");
+    cJSON_Delete(js);
+
+    buf_clear(&out);
+    places_local_render(&pl, 0, 0, 0.5, 3, &out);
+    buf_append_char(&out, '\0');
+    CHECK_STR(out.p, "{\n   \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"ZERO_RESULTS\"\n}");
+    buf_clear(&out);
+    places_render_error(&out, "REQUEST_DENIED", "bad \"key\"");
+    buf_append_char(&out, '\0');
+    CHECK_STR(out.p, "{\n   \"error_message\" : \"bad \\\"key\\\"\",\n   \"html_attributions\" : [],\n"
+                     "   \"results\" : [],\n   \"status\" : \"REQUEST_DENIED\"\n}");
+    buf_free(&out);
+    places_local_free(&pl);
+    unlink(path);
+}
+
+static void test_bad_files(void) {
+    static const struct { const char *text, *want; } cases[] = {
+        {"not json", "not valid JSON"},
+        {"{\"type\":\"FeatureCollection\"}", "\"features\" list"},
+        {"{\"features\":[{\"geometry\":{\"type\":\"LineString\"}}]}", "feature 1: geometry is not a Point"},
+        {"{\"features\":[" FEATURE("a", 1, 1) ",{\"geometry\":{\"type\":\"Point\",\"coordinates\":[1]}}]}",
+         "feature 2: coordinates"},
+        {"{\"features\":[" FEATURE("a", 200, 1) "]}", "feature 1: coordinates out of range"},
+        {"{\"features\":[{\"geometry\":{\"type\":\"Point\",\"coordinates\":[1,2]},\"properties\":{}}]}",
+         "feature 1: properties.name"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *path = write_tmp(cases[i].text);
+        places_local pl;
+        char err[256] = "";
+        CHECK(places_local_load(&pl, path, err, sizeof err) < 0, "case %zu refused", i);
+        CHECK(strstr(err, cases[i].want) && strstr(err, path), "case %zu: '%s'", i, err);
+        unlink(path);
+    }
+    places_local pl;
+    char err[256];
+    CHECK(places_local_load(&pl, "/nonexistent/x.geojson", err, sizeof err) < 0 &&
+          strstr(err, "cannot open"), "missing file: %s", err);
+}
+
+/* The shipped sample: at least 40 real places around the default spot. */
+static void test_sample_file(void) {
+    places_local pl;
+    char err[256];
+    CHECK(places_local_load(&pl, "data/places.geojson", err, sizeof err) == 0, "%s", err);
+    CHECK(pl.n >= 40, "%zu places", pl.n);
+    size_t idx[32];
+    int n = places_local_search(&pl, 34.068930, -118.445127, 2, 20, idx);
+    CHECK(n == 20, "20 places within 2 km, got %d", n);
+    places_local_free(&pl);
+}
+
+int main(void) {
+    test_distance();
+    test_order_and_bound();
+    test_bad_files();
+    test_sample_file();
+    return check_report("places");
+}
