@@ -115,7 +115,7 @@ int proto_parse_time(const char *s, size_t len, proto_time *t) {
         for (size_t k = 0; k < 9; k++)
             nsec = nsec * 10 + (k < flen ? fp[k] - '0' : 0);
     }
-    t->sec = digits_value(s, ilen, INT64_MAX / 10);
+    t->sec = digits_value(s, ilen, 999999999999999999LL);   /* <= 18 digits */
     t->nsec = nsec;
     return 0;
 }

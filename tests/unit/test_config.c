@@ -1,0 +1,158 @@
+/* test_config.c -- config_load: the default file, defaults, paths, and every
+ * refusal with its line number. */
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "config.h"
+
+static char dir[64], path[128];
+
+static int load_text(const char *text, config *cfg, char *err, size_t errlen) {
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+    return config_load(path, cfg, err, errlen);
+}
+
+#define HERD2 "servers:\n  A: { port: 7001, neighbors: [B] }\n  B: { port: 7002, neighbors: [A] }\n"
+
+/* Each bad config, the line the error must name (0: none) and a word of
+ * the reason. */
+static void test_refusals(void) {
+    static const struct { const char *text; int line; const char *why; } cases[] = {
+        {"servers:\n  A: { port: 7001, neighbors: [B] }\n", 2, "unknown neighbour 'B'"},
+        {"servers:\n  A: { port: 7001, neighbors: [B] }\n  B: { port: 7002, neighbors: [] }\n",
+         2, "one-way link"},
+        {"servers:\n  A: { port: 7001 }\n  B: { port: 7002 }\n  A: { port: 7003 }\n", 4,
+         "defined twice"},
+        {"servers:\n  A: { port: 7001 }\n  B:\n    host: 127.0.0.1\n    port: 7001\n", 4,
+         "already used by A"},
+        {"servers:\n  A: { port: 0 }\n", 2, "port from 1 to 65535"},
+        {"servers:\n  A: { port: 70000 }\n", 2, "port from 1 to 65535"},
+        {"servers:\n  A: { port: abc }\n", 2, "port from 1 to 65535"},
+        {"servers:\n  A: { neighbors: [] }\n", 2, "no port"},
+        {"servers:\n  A: { port: 7001, host: example.com }\n", 2, "not an IPv4 address"},
+        {"places:\n  provider: local\n", 0, "missing section 'servers'"},
+        {"servers: {}\n", 1, "no server defined"},
+        {HERD2 "limits: [1, 2]\n", 4, "expected a mapping"},
+        {HERD2 "limits:\n  max_clients: lots\n", 5, "expected an integer"},
+        {HERD2 "limits:\n  max_clients: 0\n", 5, "out of range"},
+        {HERD2 "limits:\n  max_line_bytes: [1]\n", 5, "expected a value"},
+        {HERD2 "limits:\n  max_lines: 5\n", 5, "unknown key 'max_lines'"},
+        {HERD2 "logging:\n  dir: logs\n  dir: other\n", 6, "given twice"},
+        {HERD2 "logging:\n  log_lines: maybe\n", 5, "true or false"},
+        {HERD2 "limit:\n  max_clients: 5\n", 4, "unknown section 'limit'"},
+        {HERD2 "places: { provider: bing }\n", 4, "unknown provider 'bing'"},
+        {HERD2 "benchmark:\n  mix: iamat=60,whatsat=60\n", 5, "adding up to 100"},
+        {"servers:\n  A: { port: 7001, neighbors: [A] }\n", 2, "its own neighbour"},
+        {"servers:\n  A: { port: 7001, neighbors: [B, B] }\n  B: { port: 7002, neighbors: [A] }\n",
+         2, "listed twice"},
+        {"servers:\n  A: { port: 7001, colour: red }\n", 2, "unknown key 'colour'"},
+        {"servers:\n  A: { port: 7001\n", 3, "invalid YAML"},
+        {"servers:\n  A: [port, 7001]\n", 2, "expected a mapping"},
+        {"servers:\n  \"bad name\": { port: 7001 }\n", 2, "server name"},
+        {HERD2 "supervisor:\n  backoff_initial_ms: 500\n  backoff_max_ms: 100\n", 0,
+         "backoff_max_ms"},
+        {"", 0, "empty"},
+        {"- a\n- b\n", 1, "expected a mapping of sections"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        config cfg;
+        char err[512] = "";
+        int rc = load_text(cases[i].text, &cfg, err, sizeof err);
+        CHECK(rc < 0, "case %zu accepted", i);
+        char want[160];
+        if (cases[i].line)
+            snprintf(want, sizeof want, "%s:%d: ", path, cases[i].line);
+        else
+            snprintf(want, sizeof want, "%s: ", path);
+        CHECK(strncmp(err, want, strlen(want)) == 0, "case %zu: '%s' does not start with '%s'",
+              i, err, want);
+        CHECK(strstr(err, cases[i].why) != NULL, "case %zu: '%s' lacks '%s'", i, err,
+              cases[i].why);
+    }
+}
+
+static void test_google_needs_key(void) {
+    config cfg;
+    char err[512];
+    unsetenv("GOOGLE_PLACES_API_KEY");
+    CHECK(load_text(HERD2 "places: { provider: google }\n", &cfg, err, sizeof err) < 0 &&
+          strstr(err, "no API key"), "google without a key: %s", err);
+    setenv("GOOGLE_PLACES_API_KEY", "from-env", 1);
+    CHECK(load_text(HERD2 "places: { provider: google, api_key: in-file }\n", &cfg, err,
+                    sizeof err) == 0, "%s", err);
+    CHECK_STR(cfg.places.api_key, "from-env");
+    unsetenv("GOOGLE_PLACES_API_KEY");
+    CHECK(load_text(HERD2 "places: { provider: google-legacy, api_key: in-file }\n", &cfg,
+                    err, sizeof err) == 0 && !strcmp(cfg.places.api_key, "in-file"), "%s", err);
+}
+
+static void test_defaults_and_paths(void) {
+    config cfg;
+    char err[512], want[256];
+    CHECK(load_text(HERD2 "places: { local_file: p.geojson }\nlogging: { dir: /var/x }\n",
+                    &cfg, err, sizeof err) == 0, "%s", err);
+    snprintf(want, sizeof want, "%s/p.geojson", dir);
+    CHECK_STR(cfg.places.local_file, want);
+    CHECK_STR(cfg.logging.dir, "/var/x");
+    snprintf(want, sizeof want, "%s/state", dir);
+    CHECK_STR(cfg.herd.state_dir, want);
+    CHECK(cfg.limits.max_line_bytes == 8192 && cfg.limits.max_output_bytes == 1048576 &&
+          cfg.limits.max_clients == 10000 && cfg.limits.idle_timeout_s == 300, "limits");
+    CHECK(cfg.places.provider == PLACES_LOCAL && cfg.places.timeout_ms == 5000, "places");
+    CHECK(!strcmp(cfg.servers[0].host, "127.0.0.1") && cfg.servers[1].port == 7002, "servers");
+}
+
+static void test_default_file(void) {
+    config cfg;
+    char err[512];
+    CHECK(config_load("config.yml", &cfg, err, sizeof err) == 0, "%s", err);
+    static const struct { const char *name; int port; const char *neigh[3]; } herd[] = {
+        {"Bailey", 10099, {"Bona", "Campbell"}},
+        {"Bona", 10044, {"Bailey", "Clark", "Campbell"}},
+        {"Campbell", 10022, {"Bailey", "Bona", "Jaquez"}},
+        {"Clark", 10211, {"Jaquez", "Bona"}},
+        {"Jaquez", 10194, {"Clark", "Campbell"}},
+    };
+    CHECK(cfg.n_servers == 5, "%d servers", cfg.n_servers);
+    for (int i = 0; i < 5; i++) {
+        int k = config_find_server(&cfg, herd[i].name);
+        CHECK(k >= 0 && cfg.servers[k].port == herd[i].port, "%s port", herd[i].name);
+        if (k < 0) continue;
+        int n = 0;
+        while (n < 3 && herd[i].neigh[n]) n++;
+        CHECK(cfg.servers[k].n_neighbors == n, "%s neighbours", herd[i].name);
+        for (int j = 0; j < n && j < cfg.servers[k].n_neighbors; j++)
+            CHECK_STR(cfg.servers[cfg.servers[k].neighbors[j]].name, herd[i].neigh[j]);
+    }
+    CHECK_STR(cfg.places.local_file, "./data/places.geojson");
+    CHECK(config_load("no-such.yml", &cfg, err, sizeof err) < 0 &&
+          strstr(err, "no-such.yml: cannot open"), "%s", err);
+}
+
+static void test_mix(void) {
+    int p = -1;
+    CHECK(config_parse_mix("iamat=30,whatsat=70", &p) == 0 && p == 30, "30/70");
+    CHECK(config_parse_mix("whatsat=70", &p) == 0 && p == 30, "whatsat only");
+    CHECK(config_parse_mix("iamat=100", &p) == 0 && p == 100, "iamat only");
+    CHECK(config_parse_mix("iamat=30,whatsat=60", &p) < 0, "not 100");
+    CHECK(config_parse_mix("iamat=30,iamat=70", &p) < 0, "twice");
+    CHECK(config_parse_mix("bogus", &p) < 0, "bogus");
+    CHECK(config_parse_mix("iamat=x", &p) < 0, "not a number");
+}
+
+int main(void) {
+    snprintf(dir, sizeof dir, "/tmp/herdcfgXXXXXX");
+    if (!mkdtemp(dir)) return 1;
+    snprintf(path, sizeof path, "%s/config.yml", dir);
+    test_refusals();
+    test_google_needs_key();
+    test_defaults_and_paths();
+    test_default_file();
+    test_mix();
+    unlink(path);
+    rmdir(dir);
+    return check_report("config");
+}
