@@ -29,7 +29,8 @@ BIN     ?= bin
 PYTEST  := /usr/bin/python3 -m pytest
 
 COMMON_SRC := common/buf.c common/config.c common/log.c common/net.c common/protocol.c
-SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c
+SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c \
+              server/peer.c server/snapshot.c
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 
 COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o)
@@ -43,17 +44,23 @@ PROGRAMS := $(BIN)/herd-server
 
 all: check-deps $(PROGRAMS) $(UNIT_BIN)
 
+# Quiet by default; V=1 shows the commands.
+Q := $(if $(V),,@)
+
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+	@$(if $(Q),echo "  CC    $<")
+	$(Q)$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
 
 $(BIN)/herd-server: $(SERVER_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LIBS)
+	@$(if $(Q),echo "  LINK  $@")
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LIBS)
 
 $(B)/tests/%: tests/unit/%.c tests/unit/check.h $(SERVER_LIB) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit $(LDFLAGS) $< $(SERVER_LIB) $(COMMON_OBJ) -o $@ $(LIBS)
+	@$(if $(Q),echo "  LINK  $@")
+	$(Q)$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/unit $(LDFLAGS) $< $(SERVER_LIB) $(COMMON_OBJ) -o $@ $(LIBS)
 
 # Stop early with a useful message when a library is missing.
 check-deps:

@@ -194,6 +194,35 @@ proto_kind proto_parse(const char *line, size_t len, proto_iamat *ia,
     return PROTO_WHATSAT;
 }
 
+static int valid_diff(proto_str d) {
+    size_t i = 1;
+    if (d.len < 12 || (d.p[0] != '+' && d.p[0] != '-')) return 0;
+    size_t ilen = scan_digits(d.p, d.len, &i);
+    if (ilen == 0 || ilen > 19 || i >= d.len || d.p[i] != '.') return 0;
+    i++;
+    return scan_digits(d.p, d.len, &i) == 9 && i == d.len;
+}
+
+int proto_parse_at(const char *line, size_t len, proto_at *at, const char **why) {
+    proto_str f[PROTO_MAX_FIELDS];
+    int n = proto_split(line, len, f, PROTO_MAX_FIELDS);
+    if (n != 6 || !str_is(f[0], "AT")) { *why = "not an AT line"; return -1; }
+    if (f[1].len == 0 || f[1].len > PROTO_MAX_ORIGIN_LEN) { *why = "bad origin"; return -1; }
+    if (!valid_diff(f[2])) { *why = "bad diff"; return -1; }
+    if (f[3].len > PROTO_MAX_CLIENT_LEN) { *why = "client id too long"; return -1; }
+    if (proto_parse_location(f[4].p, f[4].len, &at->u.lat, &at->u.lng) < 0) {
+        *why = "bad location";
+        return -1;
+    }
+    if (proto_parse_time(f[5].p, f[5].len, &at->u.t) < 0) { *why = "bad time"; return -1; }
+    at->origin = f[1];
+    at->diff = f[2];
+    at->u.client = f[3];
+    at->u.location = f[4];
+    at->u.time = f[5];
+    return 0;
+}
+
 int proto_time_cmp(proto_time a, proto_time b) {
     if (a.sec != b.sec) return a.sec < b.sec ? -1 : 1;
     if (a.nsec != b.nsec) return a.nsec < b.nsec ? -1 : 1;

@@ -82,6 +82,19 @@ int proto_bytes_cmp(const char *a, size_t alen, const char *b, size_t blen);
 int proto_update_cmp(proto_time ta, proto_str loca, proto_str origa,
                      proto_time tb, proto_str locb, proto_str origb);
 
+/* An update as it travels between servers and sits in a snapshot:
+ *   AT <origin> <diff> <client> <location> <time>
+ * exactly the line the receiving server first produced. */
+typedef struct {
+    proto_str origin, diff;
+    proto_iamat u;                   /* client, location, time, parsed */
+} proto_at;
+
+#define PROTO_MAX_ORIGIN_LEN 63
+
+/* Parse an AT line.  Returns 0, or -1 with a static reason in *why. */
+int proto_parse_at(const char *line, size_t len, proto_at *at, const char **why);
+
 /* Write now - t as a sign and 9 decimals ("+0.263873386") into out, which
  * must hold at least PROTO_DIFF_MAX bytes.  Returns the length written. */
 #define PROTO_DIFF_MAX 32

@@ -71,8 +71,11 @@ static void do_iamat(server *s, client *c, const proto_iamat *ia) {
     buf_append(&c->out, ia->time.p, ia->time.len);
     buf_append_char(&c->out, '\n');
     log_reply(s, c, start);
-    if (table_offer(&s->tab, &u))
-        log_data(LOG_INFO, "update", "origin=self client=", ia->client.p, ia->client.len, NULL);
+    table_entry *e = table_offer(&s->tab, &u);
+    if (e) {
+        s->table_dirty = 1;
+        peer_flood(s, e, -1);
+    }
 }
 
 static void do_whatsat(server *s, client *c, const proto_whatsat *ws,
@@ -105,7 +108,14 @@ void command_handle(server *s, client *c, const char *line, size_t len) {
     proto_iamat ia;
     proto_whatsat ws;
     const char *why = NULL;
-    if (s->cfg->logging.log_lines) log_client_data(c, "recv", line, len, NULL);
+    if (s->cfg->logging.log_lines && c->role == ROLE_CLIENT)
+        log_client_data(c, "recv", line, len, NULL);
+    if (c->role != ROLE_CLIENT) {          /* peers are never answered "? " */
+        peer_line(s, c, line, len);
+        return;
+    }
+    if (len > 5 && memcmp(line, "PEER ", 5) == 0 && peer_hello(s, c, line, len) == 0)
+        return;
     switch (proto_parse(line, len, &ia, &ws, &why)) {
     case PROTO_EMPTY:
         return;

@@ -89,6 +89,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     int rc = server_run(&s);
+    if (snapshot_write(&s) < 0) rc = 1;
     server_free(&s);
     return rc;
 }

@@ -67,14 +67,15 @@ static size_t pollset_add(server *s, int fd, short events, client *c) {
 /* ------------------------------------------------------------- clients */
 
 void client_kill(server *s, client *c, const char *reason) {
-    (void)s;
     if (c->dead) return;
     c->dead = 1;
     c->close_reason = reason;
+    if (c->role != ROLE_CLIENT) peer_lost(s, c);   /* the link is down now */
 }
 
 static void client_free(server *s, client *c) {
-    log_msg(LOG_INFO, "conn-close", "id=%llu from=%s reason=%s",
+    if (!c->quiet)
+        log_msg(LOG_INFO, "conn-close", "id=%llu from=%s reason=%s",
             (unsigned long long)c->id, c->addr, c->close_reason);
     close(c->fd);
     buf_free(&c->in);
@@ -99,7 +100,7 @@ static void reap_clients(server *s) {
 }
 
 /* Write what is pending; close when asked to after the flush. */
-static void client_write(server *s, client *c) {
+void client_write(server *s, client *c) {
     while (buf_pending(&c->out)) {
         ssize_t n = send(c->fd, buf_data(&c->out), buf_pending(&c->out), MSG_NOSIGNAL);
         if (n > 0) {
@@ -124,6 +125,7 @@ static void client_write(server *s, client *c) {
 /* The output passed the cap: try to write, and cut the client off if it
  * still does not fit.  Returns -1 when the client was killed. */
 static int check_output_cap(server *s, client *c) {
+    if (c->role == ROLE_PEER) return 0;   /* bounded by peer.c instead */
     if (buf_pending(&c->out) <= s->cfg->limits.max_output_bytes) return 0;
     client_write(s, c);
     if (c->dead) return -1;
@@ -148,7 +150,8 @@ static void line_too_long(server *s, client *c) {
 
 /* Serve every complete line in c->in; on EOF, the last unterminated one. */
 static void process_input(server *s, client *c) {
-    size_t max = s->cfg->limits.max_line_bytes;
+    /* a peer's AT line is a client's line plus an origin and a diff */
+    size_t max = s->cfg->limits.max_line_bytes + (c->role == ROLE_CLIENT ? 0 : 256);
     while (!c->dead && !c->draining) {
         char *start = c->in.p + c->in.off;
         size_t avail = buf_pending(&c->in);
@@ -200,15 +203,16 @@ static void client_read(server *s, client *c) {
     if (!c->dead) client_write(s, c);
 }
 
-static void client_add(server *s, int fd, const char *addr) {
+client *client_add(server *s, int fd, const char *addr) {
     client *c = xcalloc(1, sizeof *c);
     c->fd = fd;
+    c->link = -1;
     c->id = ++s->next_id;
     c->last_ms = s->now_ms;
     snprintf(c->addr, sizeof c->addr, "%s", addr);
     c->slot = pollset_add(s, fd, POLLIN, c);
     s->nclients++;
-    log_msg(LOG_INFO, "conn-open", "id=%llu from=%s", (unsigned long long)c->id, addr);
+    return c;
 }
 
 /* Accept a connection and close it at once, to drain the backlog when we
@@ -241,18 +245,23 @@ static void accept_clients(server *s) {
             continue;
         }
         net_nodelay(fd);
-        client_add(s, fd, addr);
+        client *c = client_add(s, fd, addr);
+        log_msg(LOG_INFO, "conn-open", "id=%llu from=%s", (unsigned long long)c->id, addr);
     }
 }
 
-/* Once a second: idle clients and finished drains are closed. */
+/* Once a second: idle clients, finished drains and stuck handshakes are
+ * closed.  Links are never idle-closed. */
 static void sweep_clients(server *s) {
     int64_t idle_ms = (int64_t)s->cfg->limits.idle_timeout_s * 1000;
     for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd; i++) {
         client *c = s->conn[i];
         if (c->draining && s->now_ms >= c->drain_until_ms)
             client_kill(s, c, "line too long");
-        else if (idle_ms && s->now_ms - c->last_ms >= idle_ms)
+        else if ((c->role == ROLE_DIALING || c->role == ROLE_ACCEPTED) &&
+                 s->now_ms >= c->handshake_until_ms)
+            client_kill(s, c, "handshake timeout");
+        else if (c->role == ROLE_CLIENT && idle_ms && s->now_ms - c->last_ms >= idle_ms)
             client_kill(s, c, "idle timeout");
     }
 }
@@ -307,6 +316,8 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
         return -1;
     if (setup_signals(s, err, errlen) < 0) return -1;
     long fds = net_raise_fd_limit();
+    if (peer_init(s, err, errlen) < 0) return -1;
+    snapshot_load(s);
     s->lfd = net_listen(s->me->host, s->me->port, 4096, err, errlen);
     if (s->lfd < 0) return -1;
     s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -320,11 +331,13 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
     return 0;
 }
 
-/* Poll timeout: the next sweep or log flush, whichever is first. */
+/* Poll timeout: the next sweep, log flush or dial, whichever is first. */
 static int poll_timeout(server *s) {
     int64_t t = s->next_sweep_ms - s->now_ms;
     int lf = log_next_flush_ms(log_now_ms());
     if (lf >= 0 && lf < t) t = lf;
+    int pt = peer_poll_timeout(s);
+    if (pt >= 0 && pt < t) t = pt;
     return t < 0 ? 0 : (int)t;
 }
 
@@ -335,7 +348,8 @@ int server_run(server *s) {
         for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd; i++) {
             client *c = s->conn[i];
             short ev = 0;
-            if (!c->eof) ev |= POLLIN;
+            if (c->connecting) ev = POLLOUT;
+            else if (!c->eof) ev |= POLLIN;
             if (buf_pending(&c->out)) ev |= POLLOUT;
             s->pfd[i].events = ev;
         }
@@ -351,14 +365,21 @@ int server_run(server *s) {
                 short re = s->pfd[i].revents;
                 client *c = s->conn[i];
                 if (!re || c->dead) continue;
+                if (c->connecting) {
+                    peer_connected(s, c);
+                    continue;
+                }
                 if (re & (POLLIN | POLLHUP | POLLERR)) client_read(s, c);
                 if (!c->dead && (re & POLLOUT)) client_write(s, c);
             }
         }
         if (s->now_ms >= s->next_sweep_ms) {
             sweep_clients(s);
+            snapshot_tick(s);
             s->next_sweep_ms = s->now_ms + SWEEP_MS;
         }
+        peer_tick(s);
+        peer_flush(s);
         reap_clients(s);
         /* after the reap, so closed connections free their slots first */
         if (n > 0 && (s->pfd[0].revents & POLLIN)) accept_clients(s);

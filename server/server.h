@@ -9,14 +9,26 @@
 
 #include <poll.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "buf.h"
 #include "config.h"
 #include "places.h"
 #include "table.h"
 
+typedef enum {
+    ROLE_CLIENT,        /* a plain client */
+    ROLE_DIALING,       /* our connection to a neighbour, before WELCOME */
+    ROLE_ACCEPTED,      /* a neighbour said HELLO; we wait for its PROOF */
+    ROLE_PEER,          /* an authenticated link */
+} client_role;
+
 typedef struct client {
     int fd;
+    client_role role;
+    int link;                   /* index in server.links, or -1 */
+    int64_t handshake_until_ms; /* a handshake not done by then is dropped */
+    char nonce_mine[33], nonce_theirs[33];
     size_t slot;                /* index in the poll set */
     uint64_t id;                /* for log lines */
     char addr[48];              /* "ip:port" of the other end */
@@ -29,8 +41,25 @@ typedef struct client {
     unsigned draining : 1;      /* sent "line too long"; discarding input */
     unsigned shut : 1;          /* our side is shut down for writing */
     unsigned dead : 1;          /* free after this poll round */
+    unsigned connecting : 1;    /* a dial in progress: wait for POLLOUT */
+    unsigned quiet : 1;         /* no conn-open/close lines (dials) */
     const char *close_reason;
 } client;
+
+/* One link to a neighbour (peer.c). */
+typedef struct {
+    int server;                 /* index in config.servers */
+    int dialer;                 /* we open this link (our name is smaller) */
+    client *conn;               /* the authenticated connection, or NULL */
+    client *dialing;            /* our connection being set up, or NULL */
+    int64_t next_dial_ms;
+    int backoff_ms;
+    int failures;               /* dial failures since the last link-up */
+    int streaming;              /* sending the whole table */
+    size_t stream_pos, stream_cap;
+    int resync;                 /* stream again once the current one ends */
+    uint64_t sent, received;    /* updates, for the log */
+} peer_link;
 
 typedef struct server {
     const config *cfg;
@@ -48,6 +77,13 @@ typedef struct server {
     int stop;
     table tab;
     places_local places;
+    peer_link links[CONFIG_MAX_SERVERS];
+    int n_links;
+    char secret[256];           /* empty: links are disabled */
+    size_t secret_len;
+    int table_dirty;            /* changed since the last snapshot */
+    int64_t next_snapshot_ms;
+    pid_t snapshot_pid;         /* a child writing a snapshot, or 0 */
 } server;
 
 #define SERVER_FIRST_CLIENT 2
@@ -67,5 +103,27 @@ void command_handle(server *s, client *c, const char *line, size_t len);
 
 /* server.c: mark c to be closed after this round, with a reason to log. */
 void client_kill(server *s, client *c, const char *reason);
+
+/* server.c: a new connection in the poll set (role ROLE_CLIENT). */
+client *client_add(server *s, int fd, const char *addr);
+
+/* server.c: write what c has pending, now. */
+void client_write(server *s, client *c);
+
+/* peer.c: links to the neighbours. */
+int peer_init(server *s, char *err, size_t errlen);
+void peer_tick(server *s);                 /* dial, time out, stream */
+void peer_flush(server *s);                /* write what each link has pending */
+int peer_hello(server *s, client *c, const char *line, size_t len);
+void peer_line(server *s, client *c, const char *line, size_t len);
+void peer_lost(server *s, client *c);      /* c is going away */
+void peer_connected(server *s, client *c); /* a dial finished (POLLOUT) */
+void peer_flood(server *s, const table_entry *e, int from_link);
+int peer_poll_timeout(server *s);          /* ms to the next dial, or -1 */
+
+/* snapshot.c: state/NAME.snap */
+void snapshot_load(server *s);
+void snapshot_tick(server *s);             /* periodic, in a child process */
+int snapshot_write(server *s);             /* now, in this process */
 
 #endif

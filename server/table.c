@@ -138,6 +138,10 @@ table_entry *table_offer(table *t, const table_update *u) {
     return e;
 }
 
+size_t table_index(const table *t, const table_entry *e) {
+    return find_slot(t, e->hash, e->line + e->client_off, e->client_len);
+}
+
 void table_each(const table *t, int (*fn)(const table_entry *, void *), void *arg) {
     for (size_t i = 0; i < t->cap; i++)
         if (t->slots[i] && fn(t->slots[i], arg)) return;

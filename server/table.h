@@ -53,6 +53,9 @@ typedef struct {
  * stored, NULL when the table already had the same or a newer update. */
 table_entry *table_offer(table *t, const table_update *u);
 
+/* The slot index holding e (which must be in the table). */
+size_t table_index(const table *t, const table_entry *e);
+
 /* Visit every entry (unordered); stop early when fn returns non-zero. */
 void table_each(const table *t, int (*fn)(const table_entry *, void *), void *arg);
 

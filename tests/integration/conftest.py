@@ -205,3 +205,128 @@ def recv_exact_lines(sock, n):
             break
         data += b
     return data
+
+
+# ------------------------------------------------------------------ herds
+
+DEFAULT_LINKS = {
+    "Bailey": ["Bona", "Campbell"],
+    "Bona": ["Bailey", "Clark", "Campbell"],
+    "Campbell": ["Bailey", "Bona", "Jaquez"],
+    "Clark": ["Jaquez", "Bona"],
+    "Jaquez": ["Clark", "Campbell"],
+}
+
+
+class Herd:
+    """The five servers of SPEC section 2 on free ports, in one folder."""
+
+    def __init__(self, path, secret="test-secret-0123456789", logging=None):
+        self.dir = str(path)
+        self.secret = secret
+        self.ports = {name: free_port() for name in DEFAULT_LINKS}
+        self.config = write_config(
+            self.dir, {n: (self.ports[n], DEFAULT_LINKS[n]) for n in DEFAULT_LINKS},
+            logging=logging, extra="herd:\n  snapshot_interval_s: 1\n")
+        self.procs = {}
+        self.stderr = {}
+
+    def start(self, *names, secret=None):
+        names = names or tuple(DEFAULT_LINKS)
+        env = dict(os.environ, HERD_SECRET=secret or self.secret)
+        for n in names:
+            err = open(os.path.join(self.dir, f"{n}.stderr"), "ab")
+            self.stderr[n] = err
+            self.procs[n] = subprocess.Popen([program("herd-server"), n, "-c", self.config],
+                                             stdout=subprocess.DEVNULL, stderr=err, env=env)
+        for n in names:
+            assert wait_listening(self.ports[n], self.procs[n]), f"{n} did not start"
+        return self
+
+    def stop(self, *names, check=True):
+        names = names or tuple(self.procs)
+        for n in names:
+            p = self.procs.get(n)
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        problems = []
+        for n in names:
+            p = self.procs.pop(n, None)
+            if not p:
+                continue
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                problems.append(f"{n} ignored SIGTERM")
+            self.stderr.pop(n).close()
+            err = open(os.path.join(self.dir, f"{n}.stderr"), errors="replace").read()
+            if p.returncode != 0 or "Sanitizer" in err or "runtime error" in err:
+                problems.append(f"{n} exited {p.returncode}: {err[-2000:]}")
+        if check:
+            assert not problems, problems
+
+    def kill(self, name):
+        p = self.procs.pop(name)
+        p.kill()
+        p.wait()
+        self.stderr.pop(name).close()
+
+    def log(self, name):
+        try:
+            return open(os.path.join(self.dir, "logs", f"{name}.log"), errors="replace").read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, name, text, timeout=3):
+        """True once the server's log holds text (lines are batched)."""
+        deadline = time.time() + timeout
+        while text not in self.log(name):
+            if time.time() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def snap_path(self, name):
+        return os.path.join(self.dir, "state", f"{name}.snap")
+
+    def send(self, name, data):
+        return exchange(self.ports[name], data)
+
+    def stored(self, name, client):
+        """The AT line a server holds for a client, or None."""
+        reply = self.send(name, b"WHATSAT %s 1 1\n" % client)
+        if reply.startswith(b"? "):
+            return None
+        return reply.split(b"\n", 1)[0]
+
+    def wait_links(self, timeout=10):
+        """Until every server logged link-up for each of its neighbours."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if all(self.log(n).count("link-up") >= len(DEFAULT_LINKS[n])
+                   for n in self.procs):
+                return
+            time.sleep(0.05)
+        raise AssertionError("links did not come up")
+
+    def wait_stored(self, names, client, want, timeout=10):
+        """Poll until each server holds 'want' for client; returns seconds."""
+        start = time.time()
+        pending = set(names)
+        while pending and time.time() - start < timeout:
+            for n in list(pending):
+                if self.stored(n, client) == want:
+                    pending.discard(n)
+            if pending:
+                time.sleep(0.01)
+        assert not pending, {n: self.stored(n, client) for n in pending}
+        return time.time() - start
+
+
+@pytest.fixture
+def herd(tmp_path):
+    h = Herd(tmp_path)
+    yield h
+    h.stop()

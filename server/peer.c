@@ -1,0 +1,423 @@
+/* peer.c -- links between servers: dial, authenticate, flood, catch up.
+ *
+ * Each pair of neighbours shares one TCP connection.  The server whose name
+ * sorts first dials; the other accepts on its ordinary port.  Dials that
+ * fail are retried with exponential back-off (100 ms doubling to 3.2 s).
+ *
+ * Handshake, with N a fresh random nonce per side and P an HMAC-SHA256 over
+ * the shared secret:
+ *   dialer A -> B:  PEER HELLO A nA
+ *   B -> A:         PEER WELCOME B nB P("welcome B A nA nB")
+ *   A -> B:         PEER PROOF P("proof A B nA nB")
+ * Each side checks the other's proof before it accepts any AT line; a wrong
+ * proof closes the connection and is logged.  The two labels differ, so a
+ * proof cannot be reflected back.
+ *
+ * Once up, both sides stream their whole table (catch-up), then every newer
+ * update as one "AT ..." line.  Updates pending for a link collect in its
+ * output buffer and leave in one write per loop round.  A link whose
+ * unsent output passes limits.max_output_bytes stops queueing single
+ * updates and instead streams the table again when it has drained: the
+ * backlog is bounded and never more than one line per client.
+ */
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "log.h"
+#include "net.h"
+#include "server.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 3200
+#define HANDSHAKE_MS 5000
+#define STREAM_CHUNK (256 * 1024)   /* catch-up output per round and link */
+
+static const char *peer_name(const server *s, const peer_link *L) {
+    return s->cfg->servers[L->server].name;
+}
+
+/* ---------------------------------------------------------------- secret */
+
+static void hex(const unsigned char *in, size_t n, char *out) {
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+static void random_nonce(char out[33]) {
+    unsigned char r[16];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+        struct timespec ts;     /* never expected; still unique per call */
+        clock_gettime(CLOCK_REALTIME, &ts);
+        memcpy(r, &ts, sizeof r < sizeof ts ? sizeof r : sizeof ts);
+    }
+    hex(r, sizeof r, out);
+}
+
+/* out gets 64 hex digits of HMAC-SHA256(secret, "herd-v1 kind a b na nb"). */
+static void proof(const server *s, const char *kind, const char *a, const char *b,
+                  const char *na, const char *nb, char out[65]) {
+    char msg[512];
+    int n = snprintf(msg, sizeof msg, "herd-v1 %s %s %s %s %s", kind, a, b, na, nb);
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int maclen = 0;
+    HMAC(EVP_sha256(), s->secret, (int)s->secret_len, (const unsigned char *)msg,
+         (size_t)n, mac, &maclen);
+    hex(mac, 32, out);
+}
+
+static int proof_ok(const char *want, proto_str got) {
+    return got.len == 64 && CRYPTO_memcmp(want, got.p, 64) == 0;
+}
+
+/* HERD_SECRET, else the secret file; empty when neither exists. */
+static int load_secret(server *s, char *err, size_t errlen) {
+    const char *env = getenv("HERD_SECRET");
+    if (env && *env) {
+        snprintf(s->secret, sizeof s->secret, "%s", env);
+    } else {
+        FILE *f = fopen(s->cfg->herd.secret_file, "r");
+        if (!f) {
+            if (errno == ENOENT) return 0;
+            snprintf(err, errlen, "%s: %s", s->cfg->herd.secret_file, strerror(errno));
+            return -1;
+        }
+        size_t n = fread(s->secret, 1, sizeof s->secret - 1, f);
+        fclose(f);
+        s->secret[n] = '\0';
+    }
+    size_t n = strlen(s->secret);
+    while (n && (s->secret[n - 1] == '\n' || s->secret[n - 1] == '\r' ||
+                 s->secret[n - 1] == ' ' || s->secret[n - 1] == '\t'))
+        s->secret[--n] = '\0';
+    s->secret_len = n;
+    return 0;
+}
+
+int peer_init(server *s, char *err, size_t errlen) {
+    if (load_secret(s, err, errlen) < 0) return -1;
+    for (int k = 0; k < s->me->n_neighbors; k++) {
+        peer_link *L = &s->links[s->n_links++];
+        memset(L, 0, sizeof *L);
+        L->server = s->me->neighbors[k];
+        L->dialer = strcmp(s->me->name, peer_name(s, L)) < 0;
+        L->backoff_ms = BACKOFF_MIN_MS;
+    }
+    if (s->n_links && !s->secret_len)
+        log_msg(LOG_WARN, "links-disabled",
+                "no secret (set HERD_SECRET or create %s): serving clients only",
+                s->cfg->herd.secret_file);
+    return 0;
+}
+
+/* ----------------------------------------------------------------- links */
+
+static void start_stream(server *s, peer_link *L) {
+    L->streaming = 1;
+    L->stream_pos = 0;
+    L->stream_cap = s->tab.cap;
+    L->resync = 0;
+}
+
+static void link_up(server *s, int li, client *c, const char *direction) {
+    peer_link *L = &s->links[li];
+    if (L->conn && L->conn != c) client_kill(s, L->conn, "replaced by a new link");
+    if (L->dialing == c) L->dialing = NULL;
+    c->role = ROLE_PEER;
+    c->link = li;
+    c->quiet = 0;
+    L->conn = c;
+    L->failures = 0;
+    L->backoff_ms = BACKOFF_MIN_MS;
+    L->sent = L->received = 0;
+    start_stream(s, L);
+    log_msg(LOG_INFO, "link-up", "peer=%s addr=%s dir=%s id=%llu", peer_name(s, L),
+            c->addr, direction, (unsigned long long)c->id);
+}
+
+void peer_lost(server *s, client *c) {
+    if (c->link < 0) return;
+    peer_link *L = &s->links[c->link];
+    if (c->role == ROLE_ACCEPTED) {       /* gone between HELLO and PROOF */
+        log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s before its proof "
+                "(wrong secret?)", peer_name(s, L), c->addr, c->close_reason);
+        c->link = -1;
+        return;
+    }
+    if (L->dialing == c) {
+        L->dialing = NULL;
+        if (L->failures++ == 0)
+            log_msg(LOG_WARN, "link-dial-failed", "peer=%s addr=%s reason=%s (retrying)",
+                    peer_name(s, L), c->addr, c->close_reason);
+        L->next_dial_ms = s->now_ms + L->backoff_ms;
+        L->backoff_ms = L->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : L->backoff_ms * 2;
+    } else if (L->conn == c) {
+        L->conn = NULL;
+        L->streaming = 0;
+        L->next_dial_ms = s->now_ms + BACKOFF_MIN_MS;
+        L->backoff_ms = BACKOFF_MIN_MS;
+        log_msg(LOG_WARN, "link-down", "peer=%s reason=%s sent=%llu received=%llu",
+                peer_name(s, L), c->close_reason, (unsigned long long)L->sent,
+                (unsigned long long)L->received);
+    }
+    c->link = -1;
+}
+
+static void dial(server *s, int li) {
+    peer_link *L = &s->links[li];
+    const config_server *o = &s->cfg->servers[L->server];
+    char err[256], addr[300];
+    snprintf(addr, sizeof addr, "%s:%d", o->host, o->port);
+    int fd = net_connect(o->host, o->port, err, sizeof err);
+    if (fd < 0) {
+        if (L->failures++ == 0)
+            log_msg(LOG_WARN, "link-dial-failed", "peer=%s reason=%s (retrying)", o->name, err);
+        L->next_dial_ms = s->now_ms + L->backoff_ms;
+        L->backoff_ms = L->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : L->backoff_ms * 2;
+        return;
+    }
+    net_nodelay(fd);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    client *c = client_add(s, fd, addr);
+    c->quiet = 1;
+    c->role = ROLE_DIALING;
+    c->link = li;
+    c->connecting = 1;
+    c->handshake_until_ms = s->now_ms + HANDSHAKE_MS;
+    L->dialing = c;
+}
+
+void peer_connected(server *s, client *c) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+    if (err) {
+        client_kill(s, c, strerror(err));
+        return;
+    }
+    c->connecting = 0;
+    random_nonce(c->nonce_mine);
+    buf_printf(&c->out, "PEER HELLO %s %s\n", s->me->name, c->nonce_mine);
+    client_write(s, c);
+}
+
+/* ------------------------------------------------------------- handshake */
+
+static int find_link(const server *s, proto_str name) {
+    for (int i = 0; i < s->n_links; i++) {
+        const char *n = s->cfg->servers[s->links[i].server].name;
+        if (strlen(n) == name.len && memcmp(n, name.p, name.len) == 0) return i;
+    }
+    return -1;
+}
+
+static int is_nonce(proto_str f) {
+    if (f.len != 32) return 0;
+    for (size_t i = 0; i < 32; i++)
+        if (!((f.p[i] >= '0' && f.p[i] <= '9') || (f.p[i] >= 'a' && f.p[i] <= 'f'))) return 0;
+    return 1;
+}
+
+static int field_is(proto_str f, const char *w) {
+    return f.len == strlen(w) && memcmp(f.p, w, f.len) == 0;
+}
+
+int peer_hello(server *s, client *c, const char *line, size_t len) {
+    proto_str f[5];
+    if (proto_split(line, len, f, 4) != 4 || !field_is(f[0], "PEER") ||
+        !field_is(f[1], "HELLO") || !is_nonce(f[3]) || !s->secret_len)
+        return -1;
+    int li = find_link(s, f[2]);
+    if (li < 0 || s->links[li].dialer) return -1;   /* not a neighbour that dials us */
+    c->role = ROLE_ACCEPTED;
+    c->link = li;
+    c->handshake_until_ms = s->now_ms + HANDSHAKE_MS;
+    memcpy(c->nonce_theirs, f[3].p, 32);
+    c->nonce_theirs[32] = '\0';
+    random_nonce(c->nonce_mine);
+    const char *them = peer_name(s, &s->links[li]);
+    char p[65];
+    proof(s, "welcome", s->me->name, them, c->nonce_theirs, c->nonce_mine, p);
+    buf_printf(&c->out, "PEER WELCOME %s %s %s\n", s->me->name, c->nonce_mine, p);
+    log_msg(LOG_INFO, "peer-hello", "peer=%s addr=%s id=%llu", them, c->addr,
+            (unsigned long long)c->id);
+    return 0;
+}
+
+static void refuse(server *s, client *c, const char *why) {
+    log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s",
+            peer_name(s, &s->links[c->link]), c->addr, why);
+    if (c->role == ROLE_ACCEPTED) c->link = -1;   /* logged once is enough */
+    client_kill(s, c, why);
+}
+
+/* Dialer side: the neighbour's WELCOME. */
+static void on_welcome(server *s, client *c, const char *line, size_t len) {
+    proto_str f[6];
+    peer_link *L = &s->links[c->link];
+    const char *them = peer_name(s, L);
+    if (proto_split(line, len, f, 5) != 5 || !field_is(f[0], "PEER") ||
+        !field_is(f[1], "WELCOME") || !field_is(f[2], them) || !is_nonce(f[3])) {
+        refuse(s, c, "unexpected handshake line");
+        return;
+    }
+    memcpy(c->nonce_theirs, f[3].p, 32);
+    c->nonce_theirs[32] = '\0';
+    char want[65], mine[65];
+    proof(s, "welcome", them, s->me->name, c->nonce_mine, c->nonce_theirs, want);
+    if (!proof_ok(want, f[4])) {
+        refuse(s, c, "bad proof (wrong secret?)");
+        return;
+    }
+    proof(s, "proof", s->me->name, them, c->nonce_mine, c->nonce_theirs, mine);
+    buf_printf(&c->out, "PEER PROOF %s\n", mine);
+    link_up(s, c->link, c, "out");
+}
+
+/* Accepting side: the dialer's PROOF. */
+static void on_proof(server *s, client *c, const char *line, size_t len) {
+    proto_str f[4];
+    const char *them = peer_name(s, &s->links[c->link]);
+    if (proto_split(line, len, f, 3) != 3 || !field_is(f[0], "PEER") ||
+        !field_is(f[1], "PROOF")) {
+        refuse(s, c, "unexpected handshake line");
+        return;
+    }
+    char want[65];
+    proof(s, "proof", them, s->me->name, c->nonce_theirs, c->nonce_mine, want);
+    if (!proof_ok(want, f[2])) {
+        refuse(s, c, "bad proof (wrong secret?)");
+        return;
+    }
+    link_up(s, c->link, c, "in");
+}
+
+/* ------------------------------------------------------------- updates */
+
+static void on_update(server *s, client *c, const char *line, size_t len) {
+    proto_at at;
+    const char *why = "";
+    peer_link *L = &s->links[c->link];
+    if (proto_parse_at(line, len, &at, &why) < 0) {
+        log_msg(LOG_WARN, "peer-bad-line", "peer=%s reason=%s", peer_name(s, L), why);
+        return;
+    }
+    L->received++;
+    table_update u = {
+        .origin = at.origin, .diff = at.diff, .client = at.u.client,
+        .location = at.u.location, .time = at.u.time, .t = at.u.t,
+        .lat = at.u.lat, .lng = at.u.lng,
+    };
+    table_entry *e = table_offer(&s->tab, &u);
+    if (!e) return;
+    s->table_dirty = 1;
+    if (s->cfg->logging.log_lines) {
+        char prefix[96];
+        snprintf(prefix, sizeof prefix, "from=%s ", peer_name(s, L));
+        log_data(LOG_INFO, "update", prefix, e->line, e->line_len, NULL);
+    }
+    peer_flood(s, e, c->link);
+}
+
+void peer_line(server *s, client *c, const char *line, size_t len) {
+    switch (c->role) {
+    case ROLE_DIALING: on_welcome(s, c, line, len); return;
+    case ROLE_ACCEPTED: on_proof(s, c, line, len); return;
+    case ROLE_PEER:
+        if (len > 3 && memcmp(line, "AT", 2) == 0) on_update(s, c, line, len);
+        return;   /* anything else from a peer is ignored, never answered */
+    case ROLE_CLIENT: return;
+    }
+}
+
+void peer_flood(server *s, const table_entry *e, int from_link) {
+    size_t cap = s->cfg->limits.max_output_bytes;
+    size_t slot = (size_t)-1;
+    for (int li = 0; li < s->n_links; li++) {
+        peer_link *L = &s->links[li];
+        if (li == from_link || !L->conn || L->conn->dead) continue;
+        if (L->streaming) {
+            /* the stream will reach this slot later, with the newest entry */
+            if (slot == (size_t)-1) slot = table_index(&s->tab, e);
+            if (s->tab.cap == L->stream_cap && slot >= L->stream_pos) continue;
+        }
+        if (buf_pending(&L->conn->out) > cap) {
+            if (L->streaming) L->resync = 1;
+            else start_stream(s, L);
+            continue;
+        }
+        buf_reserve(&L->conn->out, e->line_len + 1);
+        buf_append(&L->conn->out, e->line, e->line_len);
+        buf_append_char(&L->conn->out, '\n');
+        L->sent++;
+    }
+}
+
+/* Append the next part of the table to a catching-up link. */
+static void pump_stream(server *s, peer_link *L) {
+    buf_t *out = &L->conn->out;
+    if (s->tab.cap != L->stream_cap) {     /* the table grew: slots moved */
+        L->stream_pos = 0;
+        L->stream_cap = s->tab.cap;
+    }
+    while (L->stream_pos < s->tab.cap && buf_pending(out) < STREAM_CHUNK) {
+        const table_entry *e = s->tab.slots[L->stream_pos++];
+        if (!e) continue;
+        buf_append(out, e->line, e->line_len);
+        buf_append_char(out, '\n');
+        L->sent++;
+    }
+    if (L->stream_pos < s->tab.cap) return;
+    if (L->resync) {
+        start_stream(s, L);
+        return;
+    }
+    L->streaming = 0;
+    log_msg(LOG_INFO, "catch-up-sent", "peer=%s updates=%llu clients=%zu", peer_name(s, L),
+            (unsigned long long)L->sent, s->tab.count);
+}
+
+void peer_tick(server *s) {
+    for (int li = 0; li < s->n_links; li++) {
+        peer_link *L = &s->links[li];
+        if (!s->secret_len) continue;
+        if (L->dialer && !L->conn && !L->dialing && s->now_ms >= L->next_dial_ms) dial(s, li);
+        if (L->conn && !L->conn->dead && L->streaming &&
+            buf_pending(&L->conn->out) < STREAM_CHUNK)
+            pump_stream(s, L);
+    }
+}
+
+void peer_flush(server *s) {
+    for (int li = 0; li < s->n_links; li++) {
+        client *c = s->links[li].conn;
+        if (c && !c->dead && buf_pending(&c->out)) client_write(s, c);
+    }
+}
+
+int peer_poll_timeout(server *s) {
+    int64_t best = -1;
+    for (int li = 0; li < s->n_links; li++) {
+        peer_link *L = &s->links[li];
+        if (!s->secret_len) break;
+        if (L->conn && L->streaming && buf_pending(&L->conn->out) < STREAM_CHUNK) return 0;
+        if (L->dialer && !L->conn && !L->dialing) {
+            int64_t t = L->next_dial_ms - s->now_ms;
+            if (t < 0) t = 0;
+            if (best < 0 || t < best) best = t;
+        }
+    }
+    return (int)best;
+}

@@ -1,0 +1,174 @@
+/* snapshot.c -- the client table on disk: state/NAME.snap.
+ *
+ * Format, one text line each:
+ *   HERDSNAP 1 <server name>
+ *   AT <origin> <diff> <client> <location> <time>     (one per client)
+ *   END <number of AT lines>
+ * Written to a temporary file, fsync'ed, renamed over the old one, and the
+ * folder fsync'ed, so a crash leaves the old or the new snapshot, never half
+ * of one.  The periodic snapshot is written by a forked child, as Redis
+ * does, so the loop never waits on the disk; the one at a graceful stop is
+ * written in process.  A snapshot that does not parse, is cut short or
+ * belongs to another server is renamed NAME.snap.bad-<time>, logged, and the
+ * server starts empty: the herd's catch-up fills it again.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "server.h"
+
+static void snap_path(const server *s, char *out, size_t n, const char *suffix) {
+    snprintf(out, n, "%s/%s.snap%s", s->cfg->herd.state_dir, s->me->name, suffix);
+}
+
+static int write_entry(const table_entry *e, void *arg) {
+    FILE *f = arg;
+    fwrite(e->line, 1, e->line_len, f);
+    return putc('\n', f) == EOF;
+}
+
+/* Write the snapshot; returns 0 or -1 with errno set.  Uses no log call, so
+ * a forked child can run it. */
+static int write_file(const server *s) {
+    char path[4200], tmp[4300];
+    snap_path(s, path, sizeof path, "");
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    mkdir(s->cfg->herd.state_dir, 0755);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return -1;
+    setvbuf(f, NULL, _IOFBF, 1 << 20);
+    fprintf(f, "HERDSNAP 1 %s\n", s->me->name);
+    table_each(&s->tab, write_entry, f);
+    fprintf(f, "END %zu\n", s->tab.count);
+    int rc = 0;
+    if (fflush(f) == EOF || fsync(fileno(f)) < 0) rc = -1;
+    int saved = errno;
+    if (fclose(f) == EOF) rc = -1;
+    if (rc == 0 && rename(tmp, path) < 0) rc = -1;
+    if (rc < 0) {
+        saved = errno;
+        unlink(tmp);
+        errno = saved;
+        return -1;
+    }
+    int dfd = open(s->cfg->herd.state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    return 0;
+}
+
+/* Wait for a snapshot child; 'block' waits, else only reaps a finished one. */
+static void reap_child(server *s, int block) {
+    if (!s->snapshot_pid) return;
+    int st;
+    pid_t r = waitpid(s->snapshot_pid, &st, block ? 0 : WNOHANG);
+    if (r == 0) return;
+    if (r < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        log_msg(LOG_ERROR, "snapshot-failed", "child=%ld status=%d", (long)s->snapshot_pid, st);
+        s->table_dirty = 1;   /* try again next time */
+    }
+    s->snapshot_pid = 0;
+}
+
+int snapshot_write(server *s) {
+    reap_child(s, 1);
+    int64_t t0 = log_now_ms();
+    if (write_file(s) < 0) {
+        log_msg(LOG_ERROR, "snapshot-failed", "dir=%s reason=%s", s->cfg->herd.state_dir,
+                strerror(errno));
+        return -1;
+    }
+    s->table_dirty = 0;
+    log_msg(LOG_INFO, "snapshot", "clients=%zu ms=%lld", s->tab.count,
+            (long long)(log_now_ms() - t0));
+    return 0;
+}
+
+void snapshot_tick(server *s) {
+    reap_child(s, 0);
+    if (!s->table_dirty || s->snapshot_pid || s->now_ms < s->next_snapshot_ms) return;
+    s->next_snapshot_ms = s->now_ms + (int64_t)s->cfg->herd.snapshot_interval_s * 1000;
+    log_flush();              /* the child must not inherit unwritten lines */
+    pid_t pid = fork();
+    if (pid < 0) {
+        log_msg(LOG_ERROR, "snapshot-failed", "fork: %s", strerror(errno));
+        return;
+    }
+    if (pid == 0) _exit(write_file(s) < 0 ? 1 : 0);
+    s->snapshot_pid = pid;
+    s->table_dirty = 0;
+}
+
+static void set_aside(server *s, const char *path, const char *why, long line) {
+    char bad[4300];
+    snprintf(bad, sizeof bad, "%s.bad-%ld", path, (long)time(NULL));
+    rename(path, bad);
+    log_msg(LOG_WARN, "snapshot-damaged", "file=%s line=%ld reason=%s moved-to=%s", path,
+            line, why, bad);
+    table_free(&s->tab);
+    table_init(&s->tab);
+}
+
+void snapshot_load(server *s) {
+    char path[4200];
+    snap_path(s, path, sizeof path, "");
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        if (errno != ENOENT)
+            log_msg(LOG_WARN, "snapshot-unreadable", "file=%s reason=%s", path, strerror(errno));
+        else
+            log_msg(LOG_INFO, "snapshot", "file=%s none: starting empty", path);
+        return;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    long lineno = 0, count = 0;
+    const char *why = NULL;
+    int ended = 0;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        lineno++;
+        if (line[n - 1] != '\n') { why = "cut short"; break; }
+        line[--n] = '\0';
+        if (ended) { why = "data after END"; break; }
+        if (lineno == 1) {
+            char want[128];
+            snprintf(want, sizeof want, "HERDSNAP 1 %s", s->me->name);
+            if (strncmp(line, "HERDSNAP ", 9) != 0) { why = "not a snapshot"; break; }
+            if (strcmp(line, want) != 0) { why = "another server's snapshot"; break; }
+            continue;
+        }
+        if (strncmp(line, "END ", 4) == 0) {
+            if (strtol(line + 4, NULL, 10) != count) { why = "count does not match"; break; }
+            ended = 1;
+            continue;
+        }
+        proto_at at;
+        if (proto_parse_at(line, (size_t)n, &at, &why) < 0) break;
+        table_update u = {
+            .origin = at.origin, .diff = at.diff, .client = at.u.client,
+            .location = at.u.location, .time = at.u.time, .t = at.u.t,
+            .lat = at.u.lat, .lng = at.u.lng,
+        };
+        table_offer(&s->tab, &u);
+        count++;
+    }
+    free(line);
+    fclose(f);
+    if (!why && !ended) why = lineno ? "cut short (no END line)" : "empty file";
+    if (why) {
+        set_aside(s, path, why, lineno);
+        return;
+    }
+    log_msg(LOG_INFO, "snapshot-loaded", "file=%s clients=%zu", path, s->tab.count);
+}

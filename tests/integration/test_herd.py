@@ -1,0 +1,172 @@
+"""The herd: flooding, authentication, catch-up and snapshots (SPEC section 4)."""
+import os
+import socket
+import time
+
+from conftest import DEFAULT_LINKS, exchange
+
+ALL = tuple(DEFAULT_LINKS)
+
+
+def iamat(herd, name, client, loc=b"+34.068930-118.445127", t=None):
+    t = t if t is not None else b"%.9f" % time.time()
+    reply = herd.send(name, b"IAMAT %s %s %s\n" % (client, loc, t))
+    assert reply.startswith(b"AT %s " % name.encode()), reply
+    return reply[:-1]
+
+
+def test_update_reaches_every_server(herd):
+    herd.start().wait_links()
+    at = iamat(herd, "Bailey", b"kiwi")
+    took = herd.wait_stored(ALL, b"kiwi", at)
+    print(f"an update at Bailey was visible at all five servers after {took * 1000:.1f} ms")
+    # the WHATSAT reply at a far server carries the line Bailey produced
+    reply = herd.send("Jaquez", b"WHATSAT kiwi 1 2\n")
+    assert reply.startswith(at + b"\n{\n")
+
+
+def test_flood_routes_around_a_stopped_server(herd):
+    herd.start().wait_links()
+    herd.stop("Bona")
+    at = iamat(herd, "Bailey", b"detour")
+    herd.wait_stored(["Campbell", "Jaquez", "Clark"], b"detour", at)
+    # Bona comes back empty and catches up with no client sending again
+    os.remove(herd.snap_path("Bona"))
+    later = [iamat(herd, "Clark", b"while-down-%d" % i) for i in range(20)]
+    herd.start("Bona")
+    herd.wait_stored(["Bona"], b"detour", at, timeout=5)
+    for i, line in enumerate(later):
+        herd.wait_stored(["Bona"], b"while-down-%d" % i, line, timeout=5)
+    assert herd.wait_log("Bona", "catch-up-sent")
+
+
+def test_partition_heals_to_the_newest_value(herd):
+    herd.start().wait_links()
+    herd.stop("Campbell", "Bona")     # Bailey | Clark, Jaquez
+    west = iamat(herd, "Bailey", b"split", b"+1.0+1.0", b"200")
+    east = iamat(herd, "Jaquez", b"split", b"+2.0+2.0", b"100")
+    iamat(herd, "Clark", b"split2", b"+3.0+3.0", b"300")
+    east2 = herd.stored("Clark", b"split2")
+    old2 = iamat(herd, "Bailey", b"split2", b"+4.0+4.0", b"250")
+    assert herd.stored("Clark", b"split") == east and herd.stored("Bailey", b"split2") == old2
+    herd.start("Campbell", "Bona")
+    herd.wait_stored(ALL, b"split", west)
+    herd.wait_stored(ALL, b"split2", east2)
+
+
+def test_equal_times_converge_on_larger_location(herd):
+    herd.start().wait_links()
+    t = b"%d.5" % int(time.time())
+    a = socket.create_connection(("127.0.0.1", herd.ports["Bailey"]))
+    b = socket.create_connection(("127.0.0.1", herd.ports["Jaquez"]))
+    a.sendall(b"IAMAT tie -10.0+10.0 " + t + b"\n")
+    b.sendall(b"IAMAT tie +10.0+10.0 " + t + b"\n")
+    ra, rb = a.recv(4096), b.recv(4096)
+    a.close()
+    b.close()
+    winner = ra[:-1] if b"-10.0+10.0" in ra else rb[:-1]   # '-' sorts after '+'
+    herd.wait_stored(ALL, b"tie", winner)
+
+
+def test_clients_cannot_forge_updates(herd):
+    herd.start().wait_links()
+    at = iamat(herd, "Bailey", b"victim", b"+1.0+1.0", b"100")
+    herd.wait_stored(ALL, b"victim", at)
+    forged = [
+        b"AT Bona +0.000000001 victim +9.0+9.0 999",
+        b"PEER HELLO Bona 0123456789abcdef0123456789abcdef",   # Bona does not dial Bailey
+        b"PEER HELLO Nobody 0123456789abcdef0123456789abcdef",
+        b"PEER PROOF " + b"0" * 64,
+        b"PEER WELCOME Bona 0123456789abcdef0123456789abcdef " + b"0" * 64,
+    ]
+    for line in forged:
+        assert herd.send("Bailey", line + b"\n") == b"? " + line + b"\n"
+    # a client may start a handshake as a neighbour, but not finish it
+    with socket.create_connection(("127.0.0.1", herd.ports["Bona"])) as s:
+        s.sendall(b"PEER HELLO Bailey 0123456789abcdef0123456789abcdef\n")
+        assert s.recv(4096).startswith(b"PEER WELCOME Bona ")
+        s.sendall(b"PEER PROOF " + b"f" * 64 + b"\nAT Bailey +0.1 victim +9.0+9.0 999\n")
+        s.settimeout(5)
+        assert s.recv(4096) == b""
+    time.sleep(0.3)
+    for n in ALL:
+        assert herd.stored(n, b"victim") == at
+    assert herd.wait_log("Bona", "peer-refused")
+
+
+def test_wrong_secret_never_gets_a_link(herd):
+    herd.start().wait_links()
+    herd.stop("Bailey")
+    herd.start("Bailey", secret="not-the-herd-secret")
+    time.sleep(1.0)
+    at = iamat(herd, "Bailey", b"outsider")
+    time.sleep(0.5)
+    for n in ("Bona", "Campbell"):
+        assert herd.stored(n, b"outsider") is None
+        assert herd.wait_log(n, "peer-refused")
+    assert herd.wait_log("Bailey", "bad proof (wrong secret?)")
+    assert herd.stored("Bailey", b"outsider") == at
+
+
+def test_catch_up_of_100k_clients(herd):
+    herd.start().wait_links()
+    herd.stop("Jaquez")
+    os.remove(herd.snap_path("Jaquez"))
+    n = 100_000
+    with socket.create_connection(("127.0.0.1", herd.ports["Bailey"])) as s:
+        data = b"".join(b"IAMAT bulk%d +1.%d+2.0 %d\n" % (i, i % 1000, i + 1) for i in range(n))
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        got = 0
+        while True:
+            b = s.recv(1 << 20)
+            if not b:
+                break
+            got += b.count(b"\n")
+    assert got == n
+    start = time.time()
+    herd.start("Jaquez")
+    last = herd.stored("Bailey", b"bulk%d" % (n - 1))
+    herd.wait_stored(["Jaquez", "Clark"], b"bulk%d" % (n - 1), last, timeout=60)
+    print(f"catch-up of {n} clients: {time.time() - start:.2f} s")
+    # every table matches: compare the snapshots written at a graceful stop
+    time.sleep(0.5)
+    herd.stop()
+    tables = {}
+    for name in ALL:
+        with open(herd.snap_path(name)) as f:
+            lines = f.read().splitlines()
+        assert lines[0] == f"HERDSNAP 1 {name}" and lines[-1] == f"END {len(lines) - 2}"
+        tables[name] = sorted(lines[1:-1])
+    assert len(tables["Bailey"]) == n
+    for name in ALL:
+        assert tables[name] == tables["Bailey"], name
+
+
+def test_snapshot_survives_restart_of_the_whole_herd(herd):
+    herd.start().wait_links()
+    at = iamat(herd, "Clark", b"persist")
+    herd.wait_stored(ALL, b"persist", at)
+    herd.stop()
+    herd.start()            # each loads its own snapshot, links or not
+    for n in ALL:
+        assert herd.stored(n, b"persist") == at
+        assert herd.wait_log(n, "snapshot-loaded")
+
+
+def test_damaged_snapshot_is_set_aside(herd):
+    herd.start("Bailey")
+    iamat(herd, "Bailey", b"x1")
+    herd.stop("Bailey")
+    path = herd.snap_path("Bailey")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) - 5])      # cut short
+    herd.start("Bailey")
+    assert herd.stored("Bailey", b"x1") is None
+    assert herd.wait_log("Bailey", "snapshot-damaged")
+    assert any(f.startswith("Bailey.snap.bad-") for f in os.listdir(os.path.dirname(path)))
+    herd.stop("Bailey")
+    # a snapshot of another server is not loaded either
+    open(path, "w").write("HERDSNAP 1 Bona\nEND 0\n")
+    herd.start("Bailey")
+    assert herd.wait_log("Bailey", "another server's snapshot")
