@@ -354,6 +354,10 @@ void peer_flood(server *s, const table_entry *e, int from_link) {
             if (s->tab.cap == L->stream_cap && slot >= L->stream_pos) continue;
         }
         if (buf_pending(&L->conn->out) > cap) {
+            if (!L->streaming && !L->resync)
+                log_msg(LOG_WARN, "link-backlog", "peer=%s unsent=%zu cap=%zu: "
+                        "sending the table again once it drains", peer_name(s, L),
+                        buf_pending(&L->conn->out), cap);
             if (L->streaming) L->resync = 1;
             else start_stream(s, L);
             continue;

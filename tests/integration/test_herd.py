@@ -170,3 +170,69 @@ def test_damaged_snapshot_is_set_aside(herd):
     open(path, "w").write("HERDSNAP 1 Bona\nEND 0\n")
     herd.start("Bailey")
     assert herd.wait_log("Bailey", "another server's snapshot")
+
+
+def fake_peer(herd, me, them):
+    """Complete the handshake as server 'me' towards 'them'; returns the socket."""
+    import hashlib
+    import hmac
+    key = herd.secret.encode()
+
+    def mac(text):
+        return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+    s = socket.create_connection(("127.0.0.1", herd.ports[them]))
+    na = os.urandom(16).hex()
+    s.sendall(f"PEER HELLO {me} {na}\n".encode())
+    line = b""
+    while not line.endswith(b"\n"):
+        line += s.recv(1)
+    word, welcome, name, nb, proof = line.decode().split()
+    assert (word, welcome, name) == ("PEER", "WELCOME", them)
+    assert proof == mac(f"herd-v1 welcome {them} {me} {na} {nb}"), "the documented proof"
+    s.sendall(f"PEER PROOF {mac(f'herd-v1 proof {me} {them} {na} {nb}')}\n".encode())
+    return s
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+
+def test_slow_peer_backlog_is_bounded_and_nothing_is_lost(herd):
+    herd.start().wait_links()
+    herd.stop("Bailey")                     # we play Bailey towards Bona
+    peer = fake_peer(herd, "Bailey", "Bona")
+    rss_before = rss_kib(herd.procs["Bona"].pid)
+    n, clients = 200_000, 100              # every update newer: each one floods
+    with socket.create_connection(("127.0.0.1", herd.ports["Clark"])) as s:
+        s.sendall(b"".join(b"IAMAT slow%d +1.0+1.0 %d\n" % (i % clients, i + 1)
+                           for i in range(n)))
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(1 << 20):
+            pass
+    last = {b"slow%d" % c: herd.stored("Clark", b"slow%d" % c) for c in range(clients)}
+    herd.wait_stored(["Bona"], b"slow0", last[b"slow0"])
+    grown = rss_kib(herd.procs["Bona"].pid) - rss_before
+    assert grown < 8 * 1024, f"Bona grew {grown} KiB for a peer that does not read"
+    assert herd.wait_log("Bona", "link-backlog peer=Bailey")
+    # now read everything: the newest value of every client must be there
+    newest = {}
+    peer.settimeout(1.0)
+    buf = b""
+    try:
+        while True:
+            b = peer.recv(1 << 20)
+            if not b:
+                break
+            buf += b
+    except socket.timeout:
+        pass
+    peer.close()
+    for line in buf.split(b"\n"):
+        f = line.split()
+        if len(f) == 6 and f[0] == b"AT":
+            newest[f[3]] = max(newest.get(f[3], 0), int(f[5]))
+    for client, at in last.items():
+        assert newest.get(client) == int(at.split()[5]), client
+    print(f"slow peer: Bona grew {grown} KiB; {len(buf)} bytes reached the peer for {n} updates")
