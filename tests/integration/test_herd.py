@@ -194,6 +194,11 @@ def fake_peer(herd, me, them):
     return s
 
 
+def sanitized(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        return "libasan" in f.read()
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
@@ -214,7 +219,9 @@ def test_slow_peer_backlog_is_bounded_and_nothing_is_lost(herd):
     last = {b"slow%d" % c: herd.stored("Clark", b"slow%d" % c) for c in range(clients)}
     herd.wait_stored(["Bona"], b"slow0", last[b"slow0"])
     grown = rss_kib(herd.procs["Bona"].pid) - rss_before
-    assert grown < 8 * 1024, f"Bona grew {grown} KiB for a peer that does not read"
+    # (under ASan freed entries sit in its quarantine, so RSS says little there)
+    if not sanitized(herd.procs["Bona"].pid):
+        assert grown < 8 * 1024, f"Bona grew {grown} KiB for a peer that does not read"
     assert herd.wait_log("Bona", "link-backlog peer=Bailey")
     # now read everything: the newest value of every client must be there
     newest = {}
