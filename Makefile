@@ -5,6 +5,7 @@
 #   make test       build, run the whole suite, then again under ASan+UBSan
 #   make run        build and start the herd on the default config
 #   make stop       stop the herd
+#   make status     each server's pid, uptime, restarts, and whether it listens
 #   make benchmark  load the running herd (CONCURRENCY=N DURATION=S MIX=...)
 #   make clean      remove what the build made
 
@@ -12,7 +13,7 @@ CC      ?= gcc
 PKGS    := libcurl yaml-0.1 libcjson libcrypto
 OPT     ?= -O2 -g
 CFLAGS  := $(OPT) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wformat=2 \
-           -Icommon -Iserver -MMD -MP
+           -Icommon -Iserver -Isupervisor -MMD -MP
 LDFLAGS := $(SAN) -Wl,--as-needed
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
@@ -20,7 +21,7 @@ LIBS    = $(PKG_LIBS) -lm
 
 # Debian packages the build and the tests need.
 DEB_PACKAGES := gcc make libc6-dev pkg-config libcurl4-openssl-dev libyaml-dev \
-                libcjson-dev libssl-dev python3 python3-pytest
+                libcjson-dev libssl-dev python3 python3-pytest netcat-openbsd
 
 # Where objects go: build/ for the normal build, build/asan/ for the
 # sanitizer build (its programs land in build/asan/bin/).
@@ -31,16 +32,18 @@ PYTEST  := /usr/bin/python3 -m pytest
 COMMON_SRC := common/buf.c common/config.c common/log.c common/net.c common/protocol.c
 SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c \
               server/peer.c server/snapshot.c
+SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 
 COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o)
 SERVER_OBJ := $(SERVER_SRC:%.c=$(B)/%.o)
 SERVER_LIB := $(filter-out $(B)/server/main.o,$(SERVER_OBJ))
+SUPER_OBJ  := $(SUPER_SRC:%.c=$(B)/%.o)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
-PROGRAMS := $(BIN)/herd-server
+PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor
 
-.PHONY: all deps check-deps test unit integration asan-test run stop benchmark clean
+.PHONY: all deps check-deps test unit integration asan-test run stop status benchmark clean
 
 all: check-deps $(PROGRAMS) $(UNIT_BIN)
 
@@ -53,6 +56,11 @@ $(B)/%.o: %.c
 	$(Q)$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
 
 $(BIN)/herd-server: $(SERVER_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LINK  $@")
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+$(BIN)/herd-supervisor: $(SUPER_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LINK  $@")
 	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LIBS)
@@ -98,15 +106,23 @@ test: deps
 
 run: deps
 	@$(MAKE) --no-print-directory all
-	@echo "make run: the supervisor is not built yet; start one server with: bin/herd-server Bailey"
+	@./start_servers.sh
+	@echo "try:  echo 'IAMAT me +34.068930-118.445127 1700000000.5' | nc -q1 127.0.0.1 10099"
+	@echo "      echo 'WHATSAT me 1 3' | nc -q1 127.0.0.1 10044"
+	@echo "stop: make stop    status: make status"
 
 stop:
-	@echo "make stop: not built yet (the supervisor and stop_servers.sh come with their issue)"
+	@./stop_servers.sh
+
+status:
+	@$(BIN)/herd-supervisor --status || true
 
 benchmark:
 	@echo "make benchmark: not built yet (bin/herd-benchmark comes with its issue)"
 
 clean:
-	rm -rf build $(BIN)
+	@if [ -f servers.pid ]; then echo "the herd is running: make stop first" >&2; exit 1; fi
+	rm -rf build $(BIN) state servers.pid
+	find logs -type f ! -name .keep -delete
 
 -include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,86 @@
+#!/bin/sh
+# start_servers.sh -- start the herd in the background and wait until every
+# server accepts connections.  Usage: ./start_servers.sh [-c CONFIG]
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+config="$here/config.yml"
+wait_s=${HERD_START_TIMEOUT:-20}
+
+usage() {
+    echo "Usage: ./start_servers.sh [-c CONFIG]"
+    echo "Start the supervisor and every server of CONFIG (default: config.yml beside"
+    echo "this script) in the background; wait until all listen; print their table."
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -c|--config) [ $# -ge 2 ] || { usage >&2; exit 2; }; config=$2; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "start_servers.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+[ -f "$config" ] || { echo "start_servers.sh: no config file '$config'" >&2; exit 1; }
+dir=$(cd "$(dirname "$config")" && pwd)
+config="$dir/$(basename "$config")"
+pidfile="$dir/servers.pid"
+
+if [ -n "${HERD_BIN_DIR:-}" ]; then
+    bindir=$HERD_BIN_DIR
+else
+    bindir="$here/bin"
+    make -s -C "$here" all || { echo "start_servers.sh: the build failed" >&2; exit 1; }
+fi
+sup="$bindir/herd-supervisor"
+
+if [ -f "$pidfile" ]; then
+    pid=$(awk '$1 == "supervisor" { print $2 }' "$pidfile")
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        echo "start_servers.sh: a herd is already running (supervisor pid $pid, $pidfile)." >&2
+        echo "Stop it first with ./stop_servers.sh" >&2
+        exit 1
+    fi
+    echo "clearing a stale $pidfile"
+    rm -f "$pidfile"
+fi
+
+"$sup" -c "$config" --init-secret
+
+errfile=$(mktemp)
+trap 'rm -f "$errfile"' EXIT
+# setsid: a new session, so the terminal's Ctrl-C does not reach the herd
+# (in a script the job is no group leader, so setsid execs without a fork and
+# $! is the supervisor)
+setsid "$sup" -c "$config" </dev/null >/dev/null 2>"$errfile" &
+spid=$!
+started=$(date +%s)
+
+# Wait for the pid file, then for every server to listen.
+while :; do
+    if "$sup" -c "$config" --status >/dev/null 2>&1; then
+        "$sup" -c "$config" --status
+        echo "logs: tail -f $(dirname "$("$sup" -c "$config" --status | awk 'NR == 3 { print $NF }')")/*.log"
+        exit 0
+    fi
+    if [ $(( $(date +%s) - started )) -ge "$wait_s" ] || ! kill -0 "$spid" 2>/dev/null; then
+        break
+    fi
+    sleep 0.1
+done
+
+echo "start_servers.sh: the herd did not start within ${wait_s}s" >&2
+if [ -s "$errfile" ]; then
+    echo "--- the supervisor said:" >&2
+    cat "$errfile" >&2
+fi
+status=$("$sup" -c "$config" --status 2>&1 || true)
+echo "$status" >&2
+echo "$status" | awk 'NR > 2 && $6 != "yes" { print $NF }' | while read -r log; do
+    if [ -f "$log" ]; then
+        echo "--- last lines of $log:" >&2
+        tail -n 5 "$log" >&2
+    fi
+done
+"$here/stop_servers.sh" -c "$config" >/dev/null 2>&1 || true
+exit 1

@@ -1,0 +1,83 @@
+/* main.c -- command line of herd-supervisor. */
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "supervisor.h"
+
+static void usage(FILE *f) {
+    fputs("Usage: herd-supervisor [-c FILE] [--status [--wait SECONDS]] [--init-secret]\n"
+          "\n"
+          "Run the whole herd: one herd-server per name in the config, restarted\n"
+          "when it crashes; servers.pid (beside the config) lists every pid.\n"
+          "\n"
+          "Options:\n"
+          "  -c, --config FILE  the herd's configuration (default: ./config.yml)\n"
+          "      --status       print each server's pid, uptime, restarts and whether\n"
+          "                     it listens; exit 0 when all listen, 1 when not, 3 when\n"
+          "                     no herd runs\n"
+          "      --wait SECONDS with --status: first wait that long for all to listen\n"
+          "      --init-secret  create the herd secret file (mode 0600) if it is missing\n"
+          "                     and HERD_SECRET is not set\n"
+          "  -h, --help         show this help and exit\n"
+          "\n"
+          "Signals: TERM or INT stop every server, then the supervisor; HUP makes\n"
+          "every process reopen its log.  Logs: LOGDIR/supervisor.log.\n"
+          "HERD_BIN_DIR names the folder of herd-server (default: beside this program).\n",
+          f);
+}
+
+int main(int argc, char **argv) {
+    const char *cfg_path = "config.yml";
+    int status = 0, wait_s = 0, init_secret = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        } else if ((!strcmp(a, "-c") || !strcmp(a, "--config")) && i + 1 < argc) {
+            cfg_path = argv[++i];
+        } else if (!strcmp(a, "--status")) {
+            status = 1;
+        } else if (!strcmp(a, "--wait") && i + 1 < argc) {
+            wait_s = atoi(argv[++i]);
+        } else if (!strcmp(a, "--init-secret")) {
+            init_secret = 1;
+        } else {
+            fprintf(stderr, "herd-supervisor: unknown or incomplete option '%s' (try --help)\n", a);
+            return 2;
+        }
+    }
+    static config cfg;
+    char err[1024];
+    if (config_load(cfg_path, &cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "herd-supervisor: %s\n", err);
+        return 1;
+    }
+    if (init_secret) return supervisor_init_secret(&cfg) < 0 ? 1 : 0;
+    if (status) return supervisor_status(&cfg, wait_s, 0);
+
+    char server[PATH_MAX + 32];
+    const char *bindir = getenv("HERD_BIN_DIR");
+    if (bindir && *bindir) {
+        snprintf(server, sizeof server, "%s/herd-server", bindir);
+    } else {
+        char self[PATH_MAX];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (n < 0) {
+            perror("herd-supervisor: /proc/self/exe");
+            return 1;
+        }
+        self[n] = '\0';
+        snprintf(server, sizeof server, "%s/herd-server", dirname(self));
+    }
+    if (access(server, X_OK) < 0) {
+        fprintf(stderr, "herd-supervisor: %s is missing or not executable (run make)\n", server);
+        return 1;
+    }
+    return supervisor_run(&cfg, server);
+}

@@ -1,0 +1,164 @@
+/* status.c -- herd-supervisor --status and --init-secret: the read-only and
+ * one-time helpers the shell scripts and `make status` use. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "net.h"
+#include "supervisor.h"
+
+typedef struct {
+    long pid;
+    long long started_ms;
+    int restarts;
+    char state[16];
+} srv_status;
+
+static int64_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int alive(long pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
+
+/* True when host:port accepts a connection within 300 ms. */
+static int listens(const char *host, int port) {
+    char err[128];
+    int fd = net_connect(host, port, err, sizeof err);
+    if (fd < 0) return 0;
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    int ok = 0;
+    if (poll(&p, 1, 300) == 1) {
+        int e = 0;
+        socklen_t len = sizeof e;
+        ok = getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) == 0 && e == 0;
+    }
+    close(fd);
+    return ok;
+}
+
+/* servers.pid and supervisor.state into sup and st[]; -1 without a pid file. */
+static int read_files(const config *cfg, long *sup, srv_status *st) {
+    char path[8192], name[128];
+    long pid;
+    memset(st, 0, sizeof *st * (size_t)cfg->n_servers);
+    *sup = 0;
+    snprintf(path, sizeof path, "%s/servers.pid", cfg->dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    while (fscanf(f, "%127s %ld", name, &pid) == 2) {
+        if (!strcmp(name, "supervisor")) *sup = pid;
+        int i = config_find_server(cfg, name);
+        if (i >= 0) st[i].pid = pid;
+    }
+    fclose(f);
+    snprintf(path, sizeof path, "%s/supervisor.state", cfg->herd.state_dir);
+    f = fopen(path, "r");
+    if (f) {
+        long long started;
+        int restarts;
+        char state[16];
+        while (fscanf(f, "%127s %ld %lld %d %15s", name, &pid, &started, &restarts, state) == 5) {
+            int i = config_find_server(cfg, name);
+            if (i < 0) continue;
+            st[i].started_ms = started;
+            st[i].restarts = restarts;
+            snprintf(st[i].state, sizeof st[i].state, "%s", state);
+        }
+        fclose(f);
+    }
+    return 0;
+}
+
+static void uptime(long long ms, char *out, size_t n) {
+    long long s = ms / 1000;
+    if (s < 120) snprintf(out, n, "%llds", s);
+    else if (s < 7200) snprintf(out, n, "%lldm%02llds", s / 60, s % 60);
+    else snprintf(out, n, "%lldh%02lldm", s / 3600, s / 60 % 60);
+}
+
+int supervisor_status(const config *cfg, int wait_s, int quiet) {
+    srv_status st[CONFIG_MAX_SERVERS];
+    long sup = 0;
+    int64_t deadline = wall_ms() + (int64_t)wait_s * 1000;
+    int up;
+    for (;;) {
+        if (read_files(cfg, &sup, st) < 0 || !alive(sup)) {
+            if (!quiet) printf("no herd is running (%s/servers.pid: %s)\n", cfg->dir,
+                               sup ? "stale" : "missing");
+            return 3;
+        }
+        up = 0;
+        for (int i = 0; i < cfg->n_servers; i++)
+            up += alive(st[i].pid) && listens(cfg->servers[i].host, cfg->servers[i].port);
+        if (up == cfg->n_servers || wall_ms() >= deadline) break;
+        usleep(100 * 1000);
+    }
+    if (!quiet) {
+        printf("supervisor pid %ld; %d of %d servers listening\n", sup, up, cfg->n_servers);
+        printf("%-12s %-21s %-8s %-9s %-8s %-9s %s\n", "NAME", "ADDRESS", "PID", "UPTIME",
+               "RESTARTS", "LISTENING", "LOG");
+        int64_t now = wall_ms();
+        for (int i = 0; i < cfg->n_servers; i++) {
+            const config_server *c = &cfg->servers[i];
+            char addr[300], up_s[32] = "-", pid_s[24] = "-";
+            snprintf(addr, sizeof addr, "%s:%d", c->host, c->port);
+            int a = alive(st[i].pid);
+            if (a) snprintf(pid_s, sizeof pid_s, "%ld", st[i].pid);
+            if (a && st[i].started_ms) uptime(now - st[i].started_ms, up_s, sizeof up_s);
+            int l = a && listens(c->host, c->port);
+            printf("%-12s %-21s %-8s %-9s %-8d %-9s %s/%s.log\n", c->name, addr, pid_s, up_s,
+                   st[i].restarts, l ? "yes" : (st[i].state[0] ? st[i].state : "no"),
+                   cfg->logging.dir, c->name);
+        }
+    }
+    return up == cfg->n_servers ? 0 : 1;
+}
+
+int supervisor_init_secret(const config *cfg) {
+    const char *env = getenv("HERD_SECRET");
+    if (env && *env) return 0;
+    const char *path = cfg->herd.secret_file;
+    if (access(path, F_OK) == 0) return 0;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = '\0';
+        mkdir(dir, 0755);
+    }
+    unsigned char r[32];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+        fprintf(stderr, "herd-supervisor: no randomness for the secret: %s\n", strerror(errno));
+        return -1;
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        if (errno == EEXIST) return 0;
+        fprintf(stderr, "herd-supervisor: cannot create %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char hex[66];
+    for (size_t i = 0; i < sizeof r; i++) snprintf(hex + 2 * i, 3, "%02x", r[i]);
+    hex[64] = '\n';
+    int ok = write(fd, hex, 65) == 65;
+    close(fd);
+    if (!ok) {
+        fprintf(stderr, "herd-supervisor: cannot write %s\n", path);
+        unlink(path);
+        return -1;
+    }
+    printf("created the herd secret %s (mode 0600)\n", path);
+    return 0;
+}

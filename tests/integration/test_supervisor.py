@@ -1,0 +1,213 @@
+"""The supervisor and the start/stop scripts (SPEC sections 1 and 6)."""
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import (BIN_DIR, DEFAULT_LINKS, ROOT, exchange, free_port, program,
+                      wait_listening, write_config)
+
+SUPERVISOR = "supervisor:\n  restart_max: 3\n  restart_window_s: 60\n" \
+             "  backoff_initial_ms: 100\n  backoff_max_ms: 400\n  stop_timeout_s: 5\n"
+
+
+class ScriptHerd:
+    def __init__(self, path):
+        self.dir = str(path)
+        self.ports = {n: free_port() for n in DEFAULT_LINKS}
+        self.config = write_config(self.dir, {n: (self.ports[n], DEFAULT_LINKS[n])
+                                              for n in DEFAULT_LINKS}, extra=SUPERVISOR)
+        self.pidfile = os.path.join(self.dir, "servers.pid")
+        self.env = dict(os.environ, HERD_BIN_DIR=BIN_DIR, HERD_START_TIMEOUT="10")
+        self.env.pop("HERD_SECRET", None)
+
+    def script(self, name, *args):
+        return subprocess.run([os.path.join(ROOT, name), "-c", self.config, *args],
+                              capture_output=True, text=True, env=self.env, timeout=60)
+
+    def pids(self):
+        with open(self.pidfile) as f:
+            return {k: int(v) for k, v in (line.split() for line in f)}
+
+    def log(self, name):
+        try:
+            return open(os.path.join(self.dir, "logs", f"{name}.log")).read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, name, text, timeout=10):
+        deadline = time.time() + timeout
+        while text not in self.log(name):
+            if time.time() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:      # a zombie is gone for our purpose
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def wait_gone(pids, timeout=10):
+    deadline = time.time() + timeout
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.05)
+    return not any(alive(p) for p in pids)
+
+
+@pytest.fixture
+def sherd(tmp_path):
+    h = ScriptHerd(tmp_path)
+    yield h
+    if os.path.exists(h.pidfile):
+        pids = list(h.pids().values())
+        h.script("stop_servers.sh")
+        for p in pids:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+        assert wait_gone(pids), "a process of the herd survived its stop"
+
+
+def test_start_status_stop(sherd):
+    r = sherd.script("start_servers.sh")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "created the herd secret" in r.stdout
+    secret = os.path.join(sherd.dir, "state", "herd.secret")
+    assert os.stat(secret).st_mode & 0o777 == 0o600
+    pids = sherd.pids()
+    assert set(pids) == {"supervisor", *DEFAULT_LINKS}
+    assert all(alive(p) for p in pids.values())
+    for name, port in sherd.ports.items():
+        assert f"{name}" in r.stdout and f"127.0.0.1:{port}" in r.stdout
+        reply = exchange(port, b"IAMAT s +1.0+1.0 1\n")
+        assert reply.startswith(b"AT %s " % name.encode())
+    st = subprocess.run([program("herd-supervisor"), "-c", sherd.config, "--status"],
+                        capture_output=True, text=True)
+    assert st.returncode == 0 and "5 of 5 servers listening" in st.stdout
+    r = sherd.script("stop_servers.sh")
+    assert r.returncode == 0 and "stopped" in r.stdout
+    assert not os.path.exists(sherd.pidfile)
+    assert wait_gone(pids.values())
+    r = sherd.script("stop_servers.sh")
+    assert r.returncode == 0 and "not running" in r.stdout
+
+
+def test_kill_child_is_restarted_and_catches_up(sherd):
+    assert sherd.script("start_servers.sh").returncode == 0
+    for n in DEFAULT_LINKS:
+        assert sherd.wait_log(n, "link-up")
+    old = sherd.pids()["Clark"]
+    at = exchange(sherd.ports["Bailey"], b"IAMAT rs +1.0+1.0 %.9f\n" % time.time())[:-1]
+    t0 = time.time()
+    os.kill(old, signal.SIGKILL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        new = sherd.pids().get("Clark")
+        if new and new != old:
+            break
+        time.sleep(0.01)
+    assert new and new != old and alive(new)
+    proc = type("P", (), {"poll": lambda self: None})()
+    assert wait_listening(sherd.ports["Clark"], proc)
+    took = time.time() - t0
+    print(f"Clark: kill -9 to listening again in {took * 1000:.0f} ms")
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        if exchange(sherd.ports["Clark"], b"WHATSAT rs 1 1\n").startswith(at):
+            break
+        time.sleep(0.05)
+    assert exchange(sherd.ports["Clark"], b"WHATSAT rs 1 1\n").startswith(at)
+    assert sherd.wait_log("supervisor", f"child-crash server=Clark pid={old} killed by signal 9")
+
+
+def test_crashing_child_is_given_up_others_keep_serving(sherd):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", sherd.ports["Jaquez"]))
+    blocker.listen()
+    sup = subprocess.Popen([program("herd-supervisor"), "-c", sherd.config],
+                           env=sherd.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert sherd.wait_log("supervisor", "child-given-up server=Jaquez", timeout=15)
+        log = sherd.log("supervisor")
+        assert log.count("child-crash server=Jaquez") == 3
+        assert "restart 1 in 0 ms" in log and "restart 2 in 100 ms" in log \
+            and "restart 3 in 200 ms" in log
+        for n in ("Bailey", "Bona", "Campbell", "Clark"):
+            assert exchange(sherd.ports[n], b"PING\n") == b"? PING\n"
+        assert "Jaquez" not in sherd.pids()
+        assert "Address already in use" in sherd.log("Jaquez")
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(timeout=15) == 0
+        blocker.close()
+    assert not os.path.exists(sherd.pidfile)
+
+
+def test_start_failure_explains_itself(sherd):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", sherd.ports["Bona"]))
+    blocker.listen()
+    sherd.env["HERD_START_TIMEOUT"] = "3"
+    try:
+        r = sherd.script("start_servers.sh")
+    finally:
+        blocker.close()
+    assert r.returncode != 0
+    assert "did not start" in r.stderr and "Bona.log" in r.stderr
+    assert "Address already in use" in r.stderr
+    assert not os.path.exists(sherd.pidfile)
+
+
+def test_sigterm_and_sigkill_of_the_supervisor(sherd):
+    sup = subprocess.Popen([program("herd-supervisor"), "-c", sherd.config],
+                           env=sherd.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for port in sherd.ports.values():
+        assert wait_listening(port, sup)
+    time.sleep(0.2)
+    kids = [p for n, p in sherd.pids().items() if n != "supervisor"]
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(timeout=15) == 0
+    assert wait_gone(kids) and not os.path.exists(sherd.pidfile)
+    # SIGKILL: the children go too
+    sup = subprocess.Popen([program("herd-supervisor"), "-c", sherd.config],
+                           env=sherd.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for port in sherd.ports.values():
+        assert wait_listening(port, sup)
+    time.sleep(0.2)
+    kids = [p for n, p in sherd.pids().items() if n != "supervisor"]
+    sup.kill()
+    sup.wait()
+    assert wait_gone(kids), "children outlived a SIGKILLed supervisor"
+    r = sherd.script("stop_servers.sh")        # the stale pid file is cleared
+    assert r.returncode == 0 and "not running" in r.stdout
+
+
+def test_start_twice_refuses_and_stale_pidfile_is_cleared(sherd):
+    with open(sherd.pidfile, "w") as f:
+        f.write("supervisor 999999\nBailey 999998\n")
+    r = sherd.script("start_servers.sh")
+    assert r.returncode == 0 and "stale" in r.stdout
+    r = sherd.script("start_servers.sh")
+    assert r.returncode != 0 and "already running" in r.stderr
+
+
+def test_sighup_reopens_every_log(sherd):
+    assert sherd.script("start_servers.sh").returncode == 0
+    logs = os.path.join(sherd.dir, "logs")
+    assert sherd.wait_log("Bailey", "listening")
+    for f in os.listdir(logs):
+        os.rename(os.path.join(logs, f), os.path.join(logs, f + ".1"))
+    os.kill(sherd.pids()["supervisor"], signal.SIGHUP)
+    for n in ("supervisor", *DEFAULT_LINKS):
+        assert sherd.wait_log(n, "reopen"), n
+    exchange(sherd.ports["Bailey"], b"AFTER-HUP\n")
+    assert sherd.wait_log("Bailey", "AFTER-HUP")
+    assert "AFTER-HUP" not in open(os.path.join(logs, "Bailey.log.1")).read()
