@@ -59,8 +59,9 @@ started=$(date +%s)
 # Wait for the pid file, then for every server to listen.
 while :; do
     if "$sup" -c "$config" --status >/dev/null 2>&1; then
-        "$sup" -c "$config" --status
-        echo "logs: tail -f $(dirname "$("$sup" -c "$config" --status | awk 'NR == 3 { print $NF }')")/*.log"
+        table=$("$sup" -c "$config" --status || true)
+        echo "$table"
+        echo "logs: tail -f $(dirname "$(echo "$table" | awk 'NR == 3 { print $NF }')")/*.log"
         exit 0
     fi
     if [ $(( $(date +%s) - started )) -ge "$wait_s" ] || ! kill -0 "$spid" 2>/dev/null; then

@@ -48,6 +48,48 @@ static int listens(const char *host, int port) {
     return ok;
 }
 
+/* True when process pid holds a listening TCP socket on 'port': the port's
+ * LISTEN entries in /proc/net/tcp, matched against the process's fds.  A
+ * mere connect() would be fooled by another program on the port. */
+static int pid_listens(long pid, int port) {
+    FILE *f = fopen("/proc/net/tcp", "r");
+    if (!f) return -1;
+    unsigned long inodes[16];
+    int n = 0;
+    char line[512];
+    while (fgets(line, sizeof line, f) && n < 16) {
+        unsigned lport, st;
+        unsigned long inode;
+        if (sscanf(line, " %*d: %*x:%x %*x:%*x %x %*x:%*x %*x:%*x %*x %*d %*d %lu",
+                   &lport, &st, &inode) == 3 && (int)lport == port && st == 0x0A)
+            inodes[n++] = inode;
+    }
+    fclose(f);
+    for (int fd = 0; fd < 65536 && n; fd++) {
+        char path[64], target[64];
+        snprintf(path, sizeof path, "/proc/%ld/fd/%d", pid, fd);
+        ssize_t len = readlink(path, target, sizeof target - 1);
+        if (len < 0) {
+            if (errno == ENOENT && fd > 256) break;
+            if (errno == EACCES) return -1;
+            continue;
+        }
+        target[len] = '\0';
+        unsigned long inode;
+        if (sscanf(target, "socket:[%lu]", &inode) == 1)
+            for (int i = 0; i < n; i++)
+                if (inodes[i] == inode) return 1;
+    }
+    return 0;
+}
+
+/* The server with this pid is up: it listens itself and answers. */
+static int serving(long pid, const config_server *c) {
+    if (!alive(pid)) return 0;
+    int own = pid_listens(pid, c->port);
+    return own != 0 && listens(c->host, c->port);
+}
+
 /* servers.pid and supervisor.state into sup and st[]; -1 without a pid file. */
 static int read_files(const config *cfg, long *sup, srv_status *st) {
     char path[8192], name[128];
@@ -101,7 +143,7 @@ int supervisor_status(const config *cfg, int wait_s, int quiet) {
         }
         up = 0;
         for (int i = 0; i < cfg->n_servers; i++)
-            up += alive(st[i].pid) && listens(cfg->servers[i].host, cfg->servers[i].port);
+            up += serving(st[i].pid, &cfg->servers[i]);
         if (up == cfg->n_servers || wall_ms() >= deadline) break;
         usleep(100 * 1000);
     }
@@ -117,7 +159,7 @@ int supervisor_status(const config *cfg, int wait_s, int quiet) {
             int a = alive(st[i].pid);
             if (a) snprintf(pid_s, sizeof pid_s, "%ld", st[i].pid);
             if (a && st[i].started_ms) uptime(now - st[i].started_ms, up_s, sizeof up_s);
-            int l = a && listens(c->host, c->port);
+            int l = serving(st[i].pid, c);
             printf("%-12s %-21s %-8s %-9s %-8d %-9s %s/%s.log\n", c->name, addr, pid_s, up_s,
                    st[i].restarts, l ? "yes" : (st[i].state[0] ? st[i].state : "no"),
                    cfg->logging.dir, c->name);
