@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "google.h"
 #include "log.h"
 #include "protocol.h"
 #include "server.h"
@@ -86,6 +87,10 @@ static void do_whatsat(server *s, client *c, const proto_whatsat *ws,
             log_msg(LOG_INFO, "invalid", "id=%llu reason=unknown client",
                     (unsigned long long)c->id);
         reply_invalid(s, c, line, len);
+        return;
+    }
+    if (s->google) {
+        google_whatsat(s, c, e, ws);
         return;
     }
     buf_append(&c->out, e->line, e->line_len);

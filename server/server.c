@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "google.h"
 #include "log.h"
 #include "net.h"
 #include "xalloc.h"
@@ -74,6 +75,7 @@ void client_kill(server *s, client *c, const char *reason) {
 }
 
 static void client_free(server *s, client *c) {
+    if (c->waiting) google_detach(s, c);   /* its request may still finish */
     if (!c->quiet)
         log_msg(LOG_INFO, "conn-close", "id=%llu from=%s reason=%s",
             (unsigned long long)c->id, c->addr, c->close_reason);
@@ -114,7 +116,7 @@ void client_write(server *s, client *c) {
         return;
     }
     buf_shrink_if_empty(&c->out, OUT_KEEP);
-    if (c->close_after_flush) {
+    if (c->close_after_flush && !c->waiting) {
         client_kill(s, c, c->draining ? "line too long" : "client closed");
     } else if (c->draining && !c->shut) {
         shutdown(c->fd, SHUT_WR);   /* the reply is out: tell the client */
@@ -152,7 +154,7 @@ static void line_too_long(server *s, client *c) {
 static void process_input(server *s, client *c) {
     /* a peer's AT line is a client's line plus an origin and a diff */
     size_t max = s->cfg->limits.max_line_bytes + (c->role == ROLE_CLIENT ? 0 : 256);
-    while (!c->dead && !c->draining) {
+    while (!c->dead && !c->draining && !c->waiting) {
         char *start = c->in.p + c->in.off;
         size_t avail = buf_pending(&c->in);
         char *nl = avail > c->scanned ? memchr(start + c->scanned, '\n', avail - c->scanned) : NULL;
@@ -173,6 +175,12 @@ static void process_input(server *s, client *c) {
         if (check_output_cap(s, c) < 0) return;
     }
     if (buf_pending(&c->in) == 0) buf_shrink_if_empty(&c->in, OUT_KEEP);
+}
+
+void client_resume(server *s, client *c) {
+    if (c->dead) return;
+    process_input(s, c);
+    if (!c->dead) client_write(s, c);
 }
 
 static void client_read(server *s, client *c) {
@@ -314,6 +322,7 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
     if (cfg->places.provider == PLACES_LOCAL &&
         places_local_load(&s->places, cfg->places.local_file, err, errlen) < 0)
         return -1;
+    if (cfg->places.provider != PLACES_LOCAL && google_init(s, err, errlen) < 0) return -1;
     if (setup_signals(s, err, errlen) < 0) return -1;
     long fds = net_raise_fd_limit();
     if (peer_init(s, err, errlen) < 0) return -1;
@@ -338,6 +347,8 @@ static int poll_timeout(server *s) {
     if (lf >= 0 && lf < t) t = lf;
     int pt = peer_poll_timeout(s);
     if (pt >= 0 && pt < t) t = pt;
+    int ht = s->google ? http_timeout(&s->http, s->now_ms) : -1;
+    if (ht >= 0 && ht < t) t = ht;
     return t < 0 ? 0 : (int)t;
 }
 
@@ -349,16 +360,27 @@ int server_run(server *s) {
             client *c = s->conn[i];
             short ev = 0;
             if (c->connecting) ev = POLLOUT;
-            else if (!c->eof) ev |= POLLIN;
+            else if (!c->eof && !c->waiting) ev |= POLLIN;
             if (buf_pending(&c->out)) ev |= POLLOUT;
             s->pfd[i].events = ev;
         }
-        int n = poll(s->pfd, s->npfd, poll_timeout(s));
+        /* libcurl's sockets ride at the end of the poll set */
+        size_t nh = 0;
+        if (s->google) {
+            while (s->cap < s->npfd + s->http.n) {
+                s->cap *= 2;
+                s->pfd = xrealloc(s->pfd, s->cap * sizeof *s->pfd);
+                s->conn = xrealloc(s->conn, s->cap * sizeof *s->conn);
+            }
+            nh = http_fill_poll(&s->http, s->pfd + s->npfd);
+        }
+        int n = poll(s->pfd, s->npfd + nh, poll_timeout(s));
         if (n < 0 && errno != EINTR) {
             log_msg(LOG_ERROR, "poll", "%s", strerror(errno));
             break;
         }
         s->now_ms = mono_ms();
+        if (s->google) http_poll_done(&s->http, s->pfd + s->npfd, n > 0 ? nh : 0, s->now_ms);
         if (n > 0) {
             if (s->pfd[1].revents) handle_signals(s);
             for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd; i++) {
@@ -400,6 +422,7 @@ void server_free(server *s) {
     if (s->spare_fd >= 0) close(s->spare_fd);
     free(s->pfd);
     free(s->conn);
+    google_free(s);
     table_free(&s->tab);
     places_local_free(&s->places);
 }

@@ -13,6 +13,7 @@
 
 #include "buf.h"
 #include "config.h"
+#include "http.h"
 #include "places.h"
 #include "table.h"
 
@@ -43,6 +44,7 @@ typedef struct client {
     unsigned dead : 1;          /* free after this poll round */
     unsigned connecting : 1;    /* a dial in progress: wait for POLLOUT */
     unsigned quiet : 1;         /* no conn-open/close lines (dials) */
+    unsigned waiting : 1;       /* a WHATSAT waits upstream: hold the rest */
     const char *close_reason;
 } client;
 
@@ -84,6 +86,8 @@ typedef struct server {
     int table_dirty;            /* changed since the last snapshot */
     int64_t next_snapshot_ms;
     pid_t snapshot_pid;         /* a child writing a snapshot, or 0 */
+    http http;                  /* libcurl multi, for the google providers */
+    struct google *google;      /* NULL with the local provider */
 } server;
 
 #define SERVER_FIRST_CLIENT 2
@@ -106,6 +110,9 @@ void client_kill(server *s, client *c, const char *reason);
 
 /* server.c: a new connection in the poll set (role ROLE_CLIENT). */
 client *client_add(server *s, int fd, const char *addr);
+
+/* server.c: go on with c's buffered commands after a wait, and write. */
+void client_resume(server *s, client *c);
 
 /* server.c: write what c has pending, now. */
 void client_write(server *s, client *c);

@@ -1,0 +1,258 @@
+"""WHATSAT through Google Places (both APIs) against a fake on loopback."""
+import json
+import socket
+import time
+
+import pytest
+
+from conftest import connect, exchange
+from fake_places import FakePlaces
+
+KEY = "test-key-Sekr3t/+="
+LOC = b"+34.068930-118.445127"
+MASK = ("places.id,places.displayName,places.shortFormattedAddress,places.types,"
+        "places.location,places.rating,places.userRatingCount,places.businessStatus,"
+        "places.priceLevel,places.currentOpeningHours.openNow")
+
+
+@pytest.fixture
+def fake():
+    f = FakePlaces()
+    yield f
+    f.close()
+
+
+def google_server(make_server, fake, provider="google", **places):
+    opts = {"provider": provider, "base_url": fake.base, "api_key": f'"{KEY}"',
+            "timeout_ms": 1000, "cache_ttl_s": 60, **places}
+    s = make_server(places=opts)
+    exchange(s.port, b"IAMAT kiwi " + LOC + b" %.9f\n" % time.time())
+    return s
+
+
+def split(reply):
+    first, rest = reply.split(b"\n", 1)
+    assert rest.endswith(b"}\n\n") and b"\n\n" not in rest[:-2], reply
+    return first, rest[:-2].decode()
+
+
+def test_new_api_request_and_mapping(make_server, fake):
+    s = google_server(make_server, fake)
+    reply = exchange(s.port, b"WHATSAT kiwi 10 2\n")
+    first, body = split(reply)
+    assert first.startswith(b"AT Bailey ") and first.endswith(b" kiwi " + LOC + b" " + first.split()[-1])
+    assert len(fake.requests) == 1
+    r = fake.requests[0]
+    assert r["method"] == "POST" and r["path"] == "/v1/places:searchNearby"
+    assert r["headers"]["x-goog-api-key"] == KEY
+    assert r["headers"]["x-goog-fieldmask"] == MASK
+    assert r["headers"]["content-type"] == "application/json"
+    req = json.loads(r["body"])
+    assert req["maxResultCount"] == 2
+    circle = req["locationRestriction"]["circle"]
+    assert circle["radius"] == 10000
+    assert abs(circle["center"]["latitude"] - 34.06893) < 1e-7
+    assert abs(circle["center"]["longitude"] + 118.445127) < 1e-7
+    assert body == """{
+   "html_attributions" : [],
+   "results" : [
+      {
+         "business_status" : "OPERATIONAL",
+         "geometry" : {
+            "location" : {
+               "lat" : 34.0729157,
+               "lng" : -118.4421933
+            }
+         },
+         "name" : "Royce Hall",
+         "opening_hours" : {
+            "open_now" : true
+         },
+         "place_id" : "ChIJ-royce",
+         "rating" : 4.8,
+         "types" : [
+            "performing_arts_theater",
+            "point_of_interest",
+            "establishment"
+         ],
+         "user_ratings_total" : 612,
+         "vicinity" : "10745 Dickson Ct, Los Angeles"
+      },
+      {
+         "business_status" : "OPERATIONAL",
+         "geometry" : {
+            "location" : {
+               "lat" : 34.0630126,
+               "lng" : -118.4468657
+            }
+         },
+         "name" : "Diddy Riese",
+         "opening_hours" : {
+            "open_now" : false
+         },
+         "place_id" : "ChIJ-diddy",
+         "price_level" : 1,
+         "rating" : 4.7,
+         "types" : [
+            "bakery",
+            "food",
+            "store"
+         ],
+         "user_ratings_total" : 7310,
+         "vicinity" : "926 Broxton Ave, Los Angeles"
+      }
+   ],
+   "status" : "OK"
+}"""
+    log = s.read_log(wait_for="upstream provider=google")
+    assert "upstream provider=google http=200" in log and "status=OK results=2" in log
+    assert KEY not in log and "Sekr3t" not in log
+
+
+def test_new_api_zero_results(make_server, fake):
+    fake.mode = "zero"
+    s = google_server(make_server, fake)
+    _, body = split(exchange(s.port, b"WHATSAT kiwi 1 5\n"))
+    assert json.loads(body) == {"html_attributions": [], "results": [], "status": "ZERO_RESULTS"}
+
+
+def test_legacy_request_and_trim(make_server, fake):
+    s = google_server(make_server, fake, provider="google-legacy")
+    _, body = split(exchange(s.port, b"WHATSAT kiwi 2.5 2\n"))
+    r = fake.requests[0]
+    assert r["method"] == "GET" and r["path"] == "/maps/api/place/nearbysearch/json"
+    assert r["query"]["location"] == ["34.0689300,-118.4451270"]
+    assert r["query"]["radius"] == ["2500"]
+    assert r["query"]["key"] == [KEY]
+    assert "Sekr3t%2F%2B%3D" in r["raw_query"], "the key is URL-encoded"
+    js = json.loads(body)
+    assert js["status"] == "OK" and [p["name"] for p in js["results"]] == ["Royce Hall", "Diddy Riese"]
+    log = s.read_log(wait_for="upstream provider=google-legacy")
+    assert "Sekr3t" not in log
+
+
+FAILURES = [
+    ("http", {"http_status": 500}, {}, "UNKNOWN_ERROR", "HTTP 500"),
+    ("http", {"http_status": 429}, {}, "OVER_QUERY_LIMIT", "HTTP 429"),
+    ("google-error", {"error_status": "PERMISSION_DENIED"}, {}, "REQUEST_DENIED", "API key not valid"),
+    ("google-error", {"error_status": "RESOURCE_EXHAUSTED"}, {}, "OVER_QUERY_LIMIT", "API key not valid"),
+    ("google-error", {"error_status": "INVALID_ARGUMENT"}, {}, "INVALID_REQUEST", "API key not valid"),
+    ("bad-json", {}, {}, "UNKNOWN_ERROR", "not valid JSON"),
+    ("huge", {}, {"max_response_bytes": 65536}, "UNKNOWN_ERROR", "larger than 65536 bytes"),
+    ("hang", {}, {"timeout_ms": 500}, "UNKNOWN_ERROR", "timed out after 500 ms"),
+]
+
+
+@pytest.mark.parametrize("mode,fake_opts,places,status,message", FAILURES)
+def test_upstream_failures(make_server, fake, mode, fake_opts, places, status, message):
+    fake.mode = mode
+    for k, v in fake_opts.items():
+        setattr(fake, k, v)
+    s = google_server(make_server, fake, **places)
+    slow = connect(s.port)
+    slow.sendall(b"WHATSAT kiwi 10 5\n")
+    # meanwhile the server keeps serving IAMAT
+    t0 = time.time()
+    assert exchange(s.port, b"IAMAT other +1.0+1.0 1\n").startswith(b"AT Bailey ")
+    assert time.time() - t0 < 0.3
+    data = b""
+    while not data.endswith(b"\n\n"):
+        chunk = slow.recv(65536)
+        assert chunk, data
+        data += chunk
+    slow.close()
+    _, body = split(data)
+    js = json.loads(body)
+    assert js["results"] == [] and js["status"] == status
+    assert message in js["error_message"] and "Sekr3t" not in js["error_message"]
+    assert f"status={status}" in s.read_log(wait_for="upstream provider")
+
+
+def test_refused_connection(make_server, fake):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    s = make_server(places={"provider": "google", "base_url": f"http://127.0.0.1:{port}",
+                            "api_key": "k", "timeout_ms": 1000})
+    exchange(s.port, b"IAMAT kiwi " + LOC + b" 1\n")
+    _, body = split(exchange(s.port, b"WHATSAT kiwi 10 5\n"))
+    js = json.loads(body)
+    assert js["status"] == "UNKNOWN_ERROR" and "upstream request failed" in js["error_message"]
+
+
+def test_slow_upstream_does_not_slow_iamat(make_server, fake):
+    fake.delay = 0.2
+    s = google_server(make_server, fake, timeout_ms=10000)   # 32 connections at most
+    socks = []
+    for i in range(200):                     # 200 distinct questions in flight
+        c = connect(s.port)
+        c.sendall(b"WHATSAT kiwi %.2f 5\n" % (1 + i * 0.01))
+        socks.append(c)
+    lat = []
+    with connect(s.port) as c:
+        end = time.time() + 1.0
+        while time.time() < end:
+            t0 = time.perf_counter()
+            c.sendall(b"IAMAT fast +1.0+1.0 1\n")
+            assert c.recv(4096).startswith(b"AT ")
+            lat.append(time.perf_counter() - t0)
+    for c in socks:
+        data = b""
+        c.settimeout(30)
+        while not data.endswith(b"\n\n"):
+            chunk = c.recv(65536)
+            assert chunk
+            data += chunk
+        assert json.loads(split(data)[1])["status"] == "OK"
+        c.close()
+    lat.sort()
+    p50, p99, mx = lat[len(lat) // 2], lat[int(len(lat) * 0.99)], lat[-1]
+    print(f"IAMAT latency with 200 WHATSATs in flight: n={len(lat)} p50={p50 * 1e3:.2f} ms "
+          f"p99={p99 * 1e3:.2f} ms max={mx * 1e3:.2f} ms")
+    assert mx < 0.2, "an IAMAT waited behind the upstream calls"
+    assert len(fake.requests) == 200
+
+
+def test_cache_and_shared_in_flight_requests(make_server, fake):
+    fake.delay = 0.3
+    s = google_server(make_server, fake)
+    socks = [connect(s.port) for _ in range(50)]
+    for c in socks:
+        c.sendall(b"WHATSAT kiwi 7 3\n")
+    replies = []
+    for c in socks:
+        data = b""
+        while not data.endswith(b"\n\n"):
+            data += c.recv(65536)
+        replies.append(data)
+        c.close()
+    assert len(set(replies)) == 1
+    assert len(fake.requests) == 1, "50 identical questions share one upstream call"
+    again = exchange(s.port, b"WHATSAT kiwi 7 3\n")
+    assert again == replies[0] and len(fake.requests) == 1, "cached within the TTL"
+    exchange(s.port, b"WHATSAT kiwi 7 4\n")
+    assert len(fake.requests) == 2, "another bound is another question"
+
+
+def test_pipelined_commands_wait_for_the_upstream_reply(make_server, fake):
+    fake.delay = 0.2
+    s = google_server(make_server, fake)
+    reply = exchange(s.port, b"WHATSAT kiwi 3 1\nIAMAT after +1.0+1.0 1\nFOO\n")
+    first, rest = reply.split(b"\n", 1)
+    body, tail = rest.split(b"}\n\n", 1)
+    assert json.loads(body + b"}")["status"] == "OK"
+    lines = tail.split(b"\n")
+    assert lines[0].startswith(b"AT Bailey ") and lines[1] == b"? FOO"
+
+
+def test_client_gone_mid_request(make_server, fake):
+    fake.delay = 0.3
+    s = google_server(make_server, fake)
+    for _ in range(10):
+        c = connect(s.port)
+        c.sendall(b"WHATSAT kiwi 9 5\n")
+        c.close()
+    time.sleep(0.6)
+    assert exchange(s.port, b"IAMAT still +1.0+1.0 1\n").startswith(b"AT ")
+    assert "upstream provider=google" in s.read_log(wait_for="upstream provider=google")
+    # the fixture's stop checks for sanitizer reports and leaks
