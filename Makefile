@@ -32,6 +32,7 @@ PYTEST  := /usr/bin/python3 -m pytest
 COMMON_SRC := common/buf.c common/config.c common/log.c common/net.c common/protocol.c
 SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c \
               server/peer.c server/snapshot.c server/http.c server/google.c
+BENCH_SRC  := benchmark/benchmark.c
 SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 
@@ -39,9 +40,10 @@ COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o)
 SERVER_OBJ := $(SERVER_SRC:%.c=$(B)/%.o)
 SERVER_LIB := $(filter-out $(B)/server/main.o,$(SERVER_OBJ))
 SUPER_OBJ  := $(SUPER_SRC:%.c=$(B)/%.o)
+BENCH_OBJ  := $(BENCH_SRC:%.c=$(B)/%.o)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
-PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor
+PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor $(BIN)/herd-benchmark
 
 .PHONY: all deps check-deps test unit integration asan-test run stop status benchmark clean
 
@@ -61,6 +63,11 @@ $(BIN)/herd-server: $(SERVER_OBJ) $(COMMON_OBJ)
 	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LIBS)
 
 $(BIN)/herd-supervisor: $(SUPER_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LINK  $@")
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+$(BIN)/herd-benchmark: $(BENCH_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LINK  $@")
 	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LIBS)
@@ -117,8 +124,14 @@ stop:
 status:
 	@$(BIN)/herd-supervisor --status || true
 
-benchmark:
-	@echo "make benchmark: not built yet (bin/herd-benchmark comes with its issue)"
+CONCURRENCY ?=
+DURATION ?=
+MIX ?=
+benchmark: all
+	@$(BIN)/herd-supervisor --status >/dev/null 2>&1 || { \
+	  echo "make benchmark: no herd is running; start one with: make run" >&2; exit 1; }
+	$(BIN)/herd-benchmark -c config.yml $(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) \
+	  $(if $(DURATION),--duration $(DURATION)) $(if $(MIX),--mix $(MIX)) $(BENCH_ARGS)
 
 clean:
 	@if [ -f servers.pid ]; then echo "the herd is running: make stop first" >&2; exit 1; fi

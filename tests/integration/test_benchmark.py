@@ -1,0 +1,158 @@
+"""herd-benchmark: counting and error classes against a tiny fake, then the real herd."""
+import json
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from conftest import program
+
+
+class FakeLineServer:
+    """Answers herd commands, well or badly, one thread per connection."""
+
+    def __init__(self, behaviour):
+        self.behaviour = behaviour
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def answer(self, line):
+        f = line.split()
+        b = self.behaviour
+        if b == "question":
+            return b"? " + line + b"\n"
+        if f and f[0] == b"PING":
+            return b"+PONG\r\n"
+        if f and f[0] == b"IAMAT":
+            if b == "wrong-client":
+                f[1] = b"someone-else"
+            return b"AT Fake +0.000000001 " + b" ".join(f[1:]) + b"\n"
+        if f and f[0] == b"WHATSAT":
+            at = b"AT Fake +0.000000001 %s +1.0+1.0 1\n" % f[1]
+            if b == "bad-json":
+                return at + b'{\n   "results" : [\n\n'
+            return at + b'{\n   "html_attributions" : [],\n   "results" : [],\n   "status" : "ZERO_RESULTS"\n}\n\n'
+        return b"? " + line + b"\n"
+
+    def serve(self, c):
+        buf = b""
+        with c:
+            while True:
+                try:
+                    data = c.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    try:
+                        c.sendall(self.answer(line.rstrip(b"\r")))
+                    except OSError:
+                        return
+
+    def close(self):
+        self.sock.close()
+
+
+def bench(tmp_path, *args):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([program("herd-benchmark"), "--quiet", "--json", str(out), *args],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout, json.loads(out.read_text())
+
+
+@pytest.fixture
+def fake_line():
+    servers = []
+
+    def make(behaviour):
+        s = FakeLineServer(behaviour)
+        servers.append(s)
+        return s
+    yield make
+    for s in servers:
+        s.close()
+
+
+def check_json(js, n, conc):
+    for key in ("requests", "errors", "rps", "latency_us", "errors_by_kind", "histogram"):
+        assert key in js
+    for key in ("min", "p50", "p90", "p99", "p999", "max"):
+        assert key in js["latency_us"]
+    total = js["requests"] + js["errors"]
+    assert n <= total <= n + conc
+    assert sum(h["count"] for h in js["histogram"]) == js["requests"]
+    assert sum(js["errors_by_kind"].values()) == js["errors"]
+
+
+def test_counts_a_good_server(tmp_path, fake_line):
+    s = fake_line("good")
+    out, js = bench(tmp_path, "--target", f"127.0.0.1:{s.port}", "--requests", "2000",
+                    "--concurrency", "4", "--warmup", "0", "--mix", "iamat=50,whatsat=50")
+    check_json(js, 2000, 4)
+    assert js["errors"] == 0 and js["requests"] >= 2000
+    assert js["latency_us"]["min"] <= js["latency_us"]["p50"] <= js["latency_us"]["max"]
+    assert "histogram" in out and "rps" in out
+
+
+@pytest.mark.parametrize("behaviour,kind", [("question", "question_reply"),
+                                            ("wrong-client", "wrong_client"),
+                                            ("bad-json", "bad_json")])
+def test_wrong_replies_are_errors(tmp_path, fake_line, behaviour, kind):
+    s = fake_line(behaviour)
+    mix = "iamat=100" if behaviour != "bad-json" else "iamat=10,whatsat=90"
+    _, js = bench(tmp_path, "--target", f"127.0.0.1:{s.port}", "--requests", "500",
+                  "--concurrency", "2", "--warmup", "0", "--mix", mix)
+    check_json(js, 500, 2)
+    assert js["errors_by_kind"][kind] > 0
+    if behaviour != "bad-json":
+        assert js["requests"] == 0 and js["errors_by_kind"][kind] == js["errors"]
+
+
+def test_reference_mode_counts_reply_lines(tmp_path, fake_line):
+    s = fake_line("good")
+    _, js = bench(tmp_path, "--target", f"127.0.0.1:{s.port}", "--reference", "PING",
+                  "--requests", "1000", "--concurrency", "3", "--warmup", "0")
+    check_json(js, 1000, 3)
+    assert js["errors"] == 0 and js["mode"] == "reference"
+
+
+def test_open_loop_mode(tmp_path, fake_line):
+    s = fake_line("good")
+    _, js = bench(tmp_path, "--target", f"127.0.0.1:{s.port}", "--rate", "500",
+                  "--duration", "1", "--concurrency", "4", "--warmup", "0", "--mix", "iamat=100")
+    assert js["mode"] == "open" and js["errors"] == 0
+    assert 350 <= js["requests"] <= 520
+
+
+@pytest.mark.parametrize("conc", [1, 50])
+def test_real_herd_short_run_has_no_errors(tmp_path, herd, conc):
+    herd.start().wait_links()
+    out, js = bench(tmp_path, "-c", herd.config, "--concurrency", str(conc), "--duration", "1",
+                    "--warmup", "0", "--mix", "iamat=70,whatsat=30")
+    assert js["errors"] == 0, out
+    assert js["requests"] > 0 and js["servers"] == 5
+
+
+def test_real_herd_propagation(tmp_path, herd):
+    herd.start().wait_links()
+    out, js = bench(tmp_path, "-c", herd.config, "--propagation", "20")
+    assert js["failures"] == 0 and js["updates"] == 20
+    for name in ("Bona", "Campbell", "Clark", "Jaquez", "all"):
+        assert name in out
