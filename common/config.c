@@ -365,7 +365,7 @@ static void set_defaults(config *cfg) {
     cfg->places.max_response_bytes = 4 << 20;
     cfg->limits.max_line_bytes = 8192;
     cfg->limits.max_output_bytes = 1 << 20;
-    cfg->limits.max_clients = 10000;
+    cfg->limits.max_clients = 20000;
     cfg->limits.idle_timeout_s = 300;
     path_join(cfg->logging.dir, sizeof cfg->logging.dir, cfg->dir, "logs");
     cfg->logging.flush_ms = 200;

@@ -45,6 +45,8 @@ typedef struct client {
     unsigned connecting : 1;    /* a dial in progress: wait for POLLOUT */
     unsigned quiet : 1;         /* no conn-open/close lines (dials) */
     unsigned waiting : 1;       /* a WHATSAT waits upstream: hold the rest */
+    unsigned cold : 1;          /* idle: parked in the cold set, not polled */
+    size_t cold_slot;           /* index in server.cold while cold */
     const char *close_reason;
 } client;
 
@@ -69,10 +71,14 @@ typedef struct server {
     int lfd;                    /* listening socket */
     int sig_r, sig_w;           /* self-pipe for signals */
     int spare_fd;               /* kept open to shed connections on EMFILE */
-    struct pollfd *pfd;         /* [0] listener, [1] signals, then clients */
+    struct pollfd *pfd;         /* [0] listener, [1] signals, [2] cold set, then clients */
     client **conn;              /* parallel to pfd; NULL for the first two */
     size_t npfd, cap;
-    size_t nclients;
+    size_t nclients;            /* active and cold */
+    size_t ndead;               /* marked dead this round */
+    int cold_fd;                /* epoll set of idle clients */
+    client **cold;
+    size_t ncold, coldcap;
     uint64_t next_id;
     int64_t now_ms;
     int64_t next_sweep_ms;
@@ -90,7 +96,7 @@ typedef struct server {
     struct google *google;      /* NULL with the local provider */
 } server;
 
-#define SERVER_FIRST_CLIENT 2
+#define SERVER_FIRST_CLIENT 3
 
 /* Set up everything (log, places, listener).  Returns 0, or -1 with a
  * message in err. */

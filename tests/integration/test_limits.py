@@ -144,3 +144,29 @@ def test_two_thousand_concurrent_connections(server):
     for c in socks:
         c.close()
     assert_serves(server.port)
+
+
+def test_quiet_clients_are_parked_and_woken(server):
+    """Clients silent for over a second leave the poll set; they must be
+    served as before when they speak again, or half-close, or finish a line."""
+    socks = [connect(server.port) for _ in range(50)]
+    for i, c in enumerate(socks):
+        c.sendall(b"IAMAT park%d +1.0+1.0 1\n" % i)
+        assert recv_exact_lines(c, 1).startswith(b"AT ")
+    partial = connect(server.port)
+    partial.sendall(b"IAMAT half")
+    time.sleep(2.5)                      # two sweeps: all of them parked
+    for i, c in enumerate(socks[:-1]):
+        c.sendall(b"WHATSAT park%d 1 1\n" % i)
+        data = b""
+        while not data.endswith(b"\n\n"):
+            data += c.recv(65536)
+        assert data.startswith(b"AT Bailey ")
+    last = socks[-1]
+    last.sendall(b"FOO")
+    last.shutdown(socket.SHUT_WR)        # half-close from the cold set
+    assert recv_until_eof(last) == b"? FOO\n"
+    partial.sendall(b" +1.0+1.0 2\n")
+    assert recv_exact_lines(partial, 1).endswith(b" half +1.0+1.0 2\n")
+    for c in socks + [partial]:
+        c.close()

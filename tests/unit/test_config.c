@@ -100,7 +100,7 @@ static void test_defaults_and_paths(void) {
     snprintf(want, sizeof want, "%s/state", dir);
     CHECK_STR(cfg.herd.state_dir, want);
     CHECK(cfg.limits.max_line_bytes == 8192 && cfg.limits.max_output_bytes == 1048576 &&
-          cfg.limits.max_clients == 10000 && cfg.limits.idle_timeout_s == 300, "limits");
+          cfg.limits.max_clients == 20000 && cfg.limits.idle_timeout_s == 300, "limits");
     CHECK(cfg.places.provider == PLACES_LOCAL && cfg.places.timeout_ms == 5000, "places");
     CHECK(!strcmp(cfg.servers[0].host, "127.0.0.1") && cfg.servers[1].port == 7002, "servers");
 }
