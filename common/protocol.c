@@ -86,18 +86,18 @@ static int parse_coord(const char *s, size_t len, size_t *i, int limit,
     if (flen == 0) return -1;
     int64_t iv = digits_value(ip, ilen, limit);
     if (iv > limit || (iv == limit && !all_zero(fp, flen))) return -1;
-    *out = decimal_to_double(sign, ip, ilen, fp, flen);
+    if (out) *out = decimal_to_double(sign, ip, ilen, fp, flen);
     return 0;
 }
 
 int proto_parse_location(const char *s, size_t len, double *lat, double *lng) {
     size_t i = 0;
     double a, b;
-    if (parse_coord(s, len, &i, 90, &a) < 0) return -1;
-    if (parse_coord(s, len, &i, 180, &b) < 0) return -1;
+    if (parse_coord(s, len, &i, 90, lat ? &a : NULL) < 0) return -1;
+    if (parse_coord(s, len, &i, 180, lng ? &b : NULL) < 0) return -1;
     if (i != len) return -1;
-    *lat = a;
-    *lng = b;
+    if (lat) *lat = a;
+    if (lng) *lng = b;
     return 0;
 }
 
@@ -210,7 +210,8 @@ int proto_parse_at(const char *line, size_t len, proto_at *at, const char **why)
     if (f[1].len == 0 || f[1].len > PROTO_MAX_ORIGIN_LEN) { *why = "bad origin"; return -1; }
     if (!valid_diff(f[2])) { *why = "bad diff"; return -1; }
     if (f[3].len > PROTO_MAX_CLIENT_LEN) { *why = "client id too long"; return -1; }
-    if (proto_parse_location(f[4].p, f[4].len, &at->u.lat, &at->u.lng) < 0) {
+    at->u.lat = at->u.lng = 0;   /* not computed: WHATSAT parses the stored text */
+    if (proto_parse_location(f[4].p, f[4].len, NULL, NULL) < 0) {
         *why = "bad location";
         return -1;
     }

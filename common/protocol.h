@@ -65,7 +65,8 @@ int proto_is_space(unsigned char c);
 proto_kind proto_parse(const char *line, size_t len, proto_iamat *ia,
                        proto_whatsat *ws, const char **why);
 
-/* Field validators; each returns 0 when valid, -1 otherwise. */
+/* Field validators; each returns 0 when valid, -1 otherwise.  The location's
+ * lat and lng may be NULL to only validate (no strtod). */
 int proto_parse_location(const char *s, size_t len, double *lat, double *lng);
 int proto_parse_time(const char *s, size_t len, proto_time *t);
 int proto_parse_radius(const char *s, size_t len, double *km);
@@ -92,7 +93,8 @@ typedef struct {
 
 #define PROTO_MAX_ORIGIN_LEN 63
 
-/* Parse an AT line.  Returns 0, or -1 with a static reason in *why. */
+/* Parse an AT line.  Returns 0, or -1 with a static reason in *why.  The
+ * location is validated but at->u.lat/lng are left 0. */
 int proto_parse_at(const char *line, size_t len, proto_at *at, const char **why);
 
 /* Write now - t as a sign and 9 decimals ("+0.263873386") into out, which

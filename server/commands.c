@@ -20,8 +20,14 @@
 /* Log the client's line or our reply, as "id=N "-prefixed escaped data. */
 static void log_client_data(const client *c, const char *event, const char *data,
                             size_t len, const char *suffix) {
-    char prefix[48];
-    snprintf(prefix, sizeof prefix, "id=%llu ", (unsigned long long)c->id);
+    char digits[24], prefix[32];
+    int n = 0;
+    uint64_t v = c->id;
+    do digits[n++] = (char)('0' + v % 10); while ((v /= 10));
+    memcpy(prefix, "id=", 3);
+    for (int i = 0; i < n; i++) prefix[3 + i] = digits[n - 1 - i];
+    prefix[3 + n] = ' ';
+    prefix[4 + n] = '\0';
     log_data(LOG_INFO, event, prefix, data, len, suffix);
 }
 
@@ -54,8 +60,6 @@ static void do_iamat(server *s, client *c, const proto_iamat *ia) {
         .location = ia->location,
         .time = ia->time,
         .t = ia->t,
-        .lat = ia->lat,
-        .lng = ia->lng,
     };
     size_t start = c->out.len;
     buf_reserve(&c->out, 3 + u.origin.len + dlen + ia->client.len +
@@ -96,7 +100,9 @@ static void do_whatsat(server *s, client *c, const proto_whatsat *ws,
     buf_append(&c->out, e->line, e->line_len);
     buf_append_char(&c->out, '\n');
     size_t json_start = c->out.len;
-    int n = places_local_render(&s->places, e->lat, e->lng, ws->radius_km,
+    double lat, lng;
+    table_entry_latlng(e, &lat, &lng);
+    int n = places_local_render(&s->places, lat, lng, ws->radius_km,
                                 ws->bound, &c->out);
     size_t json_len = c->out.len - json_start;
     buf_append(&c->out, "\n\n", 2);

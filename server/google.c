@@ -314,13 +314,13 @@ static void upstream_free(upstream *u) {
 }
 
 /* The question without the key, which also names the request. */
-static void make_key(const server *s, const table_entry *e, const proto_whatsat *ws,
+static void make_key(const server *s, double lat, double lng, const proto_whatsat *ws,
                      char *key, size_t n) {
     snprintf(key, n, "%s %.7f,%.7f r=%.17g b=%d", config_provider_name(s->cfg->places.provider),
-             e->lat, e->lng, ws->radius_km * 1000.0, ws->bound);
+             lat, lng, ws->radius_km * 1000.0, ws->bound);
 }
 
-static upstream *start_request(server *s, const char *key, const table_entry *e,
+static upstream *start_request(server *s, const char *key, double lat, double lng,
                                const proto_whatsat *ws) {
     struct google *g = s->google;
     const config_places *p = &s->cfg->places;
@@ -342,7 +342,7 @@ static upstream *start_request(server *s, const char *key, const table_entry *e,
         snprintf(body, sizeof body,
                  "{\"maxResultCount\": %d, \"locationRestriction\": {\"circle\": "
                  "{\"center\": {\"latitude\": %.7f, \"longitude\": %.7f}, \"radius\": %s}}}",
-                 ws->bound, e->lat, e->lng, metres);
+                 ws->bound, lat, lng, metres);
         u->body = strdup(body);
         char hdr[700];
         u->headers = curl_slist_append(u->headers, "Content-Type: application/json");
@@ -354,7 +354,7 @@ static upstream *start_request(server *s, const char *key, const table_entry *e,
     } else {
         char *k = curl_easy_escape(u->easy, p->api_key, 0);
         snprintf(url, sizeof url, "%s/maps/api/place/nearbysearch/json?location=%.7f%%2C%.7f"
-                 "&radius=%s&key=%s", g->base, e->lat, e->lng, metres, k ? k : "");
+                 "&radius=%s&key=%s", g->base, lat, lng, metres, k ? k : "");
         curl_free(k);
     }
     curl_easy_setopt(u->easy, CURLOPT_URL, url);
@@ -390,7 +390,9 @@ static void add_waiter(upstream *u, client *c, const table_entry *e) {
 int google_whatsat(server *s, client *c, const table_entry *e, const proto_whatsat *ws) {
     struct google *g = s->google;
     char key[256];
-    make_key(s, e, ws, key, sizeof key);
+    double lat, lng;
+    table_entry_latlng(e, &lat, &lng);
+    make_key(s, lat, lng, ws, key, sizeof key);
     centry *hit = cache_get(g, key, mono_ms());
     if (hit) {
         append_reply(c, e->line, e->line_len, hit->json, hit->json_len);
@@ -403,7 +405,7 @@ int google_whatsat(server *s, client *c, const table_entry *e, const proto_whats
             add_waiter(u, c, e);
             return 1;
         }
-    upstream *u = start_request(s, key, e, ws);
+    upstream *u = start_request(s, key, lat, lng, ws);
     if (!u) {
         buf_t b = {0};
         places_render_error(&b, "UNKNOWN_ERROR", "cannot start the upstream request");

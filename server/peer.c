@@ -317,8 +317,7 @@ static void on_update(server *s, client *c, const char *line, size_t len) {
     L->received++;
     table_update u = {
         .origin = at.origin, .diff = at.diff, .client = at.u.client,
-        .location = at.u.location, .time = at.u.time, .t = at.u.t,
-        .lat = at.u.lat, .lng = at.u.lng,
+        .location = at.u.location, .time = at.u.time, .t = at.u.t
     };
     table_entry *e = table_offer(&s->tab, &u);
     if (!e) return;

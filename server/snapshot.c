@@ -157,8 +157,7 @@ void snapshot_load(server *s) {
         if (proto_parse_at(line, (size_t)n, &at, &why) < 0) break;
         table_update u = {
             .origin = at.origin, .diff = at.diff, .client = at.u.client,
-            .location = at.u.location, .time = at.u.time, .t = at.u.t,
-            .lat = at.u.lat, .lng = at.u.lng,
+            .location = at.u.location, .time = at.u.time, .t = at.u.t
         };
         table_offer(&s->tab, &u);
         count++;

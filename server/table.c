@@ -104,8 +104,6 @@ static table_entry *make_entry(const table_update *u, uint64_t h) {
     char *o = e->line;
     e->hash = h;
     e->t = u->t;
-    e->lat = u->lat;
-    e->lng = u->lng;
     memcpy(o, "AT ", 3); o += 3;
     e->origin_off = (uint16_t)(o - e->line); e->origin_len = (uint16_t)u->origin.len;
     memcpy(o, u->origin.p, u->origin.len); o += u->origin.len; *o++ = ' ';
@@ -136,6 +134,11 @@ table_entry *table_offer(table *t, const table_update *u) {
         grow(t);
     }
     return e;
+}
+
+void table_entry_latlng(const table_entry *e, double *lat, double *lng) {
+    if (proto_parse_location(e->line + e->location_off, e->location_len, lat, lng) < 0)
+        *lat = *lng = 0;   /* cannot happen: every stored location was checked */
 }
 
 size_t table_index(const table *t, const table_entry *e) {

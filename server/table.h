@@ -19,7 +19,6 @@
 typedef struct {
     uint64_t hash;
     proto_time t;
-    double lat, lng;
     uint32_t line_len;          /* "AT origin diff client location time" */
     uint16_t origin_off, origin_len;
     uint16_t client_off, client_len;
@@ -45,7 +44,6 @@ table_entry *table_get(const table *t, const char *client, size_t len);
 typedef struct {
     proto_str origin, diff, client, location, time;
     proto_time t;
-    double lat, lng;
 } table_update;
 
 /* Store 'u' if it is newer than what the table holds for its client (the
@@ -58,6 +56,9 @@ size_t table_index(const table *t, const table_entry *e);
 
 /* Visit every entry (unordered); stop early when fn returns non-zero. */
 void table_each(const table *t, int (*fn)(const table_entry *, void *), void *arg);
+
+/* The stored location in degrees (parsed on demand: only WHATSAT needs it). */
+void table_entry_latlng(const table_entry *e, double *lat, double *lng);
 
 static inline proto_str entry_field(const table_entry *e, uint32_t off, uint32_t len) {
     proto_str s = {e->line + off, len};
