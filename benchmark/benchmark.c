@@ -11,7 +11,8 @@
  * Modes: the herd mix of IAMAT (fresh timestamps, so each one floods) and
  * WHATSAT; --reference LINE (count one reply line per request, e.g. PING to
  * redis-server); --propagation N (time until each server holds an update
- * given to the first one).
+ * given to the first one).  --converge: after the load, time until every
+ * server holds the newest update of every client id the run used.
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -70,6 +71,10 @@ static struct {
     long long max_requests;
     const char *json_path, *reference;
     int propagation;
+    int converge;
+    char (*newest)[40];         /* per client id: the time of its newest IAMAT */
+    double converge_ms;
+    int converged;
     int quiet;
     conn *conns;
     uint64_t seq;
@@ -170,6 +175,8 @@ static void send_request(conn *c, int64_t due) {
         n = snprintf(c->expect, sizeof c->expect, " %s %+.6f%+.6f %lld.%09ld", c->client,
                      34.068930 + dlat, -118.445127 - dlng, (long long)ts.tv_sec, ts.tv_nsec);
         n = snprintf(line, sizeof line, "IAMAT%s\n", c->expect);
+        if (B.newest) snprintf(B.newest[k], sizeof B.newest[k], "%lld.%09ld",
+                               (long long)ts.tv_sec, ts.tv_nsec);
     }
     c->busy = 1;
     c->sent_ns = now_ns();
@@ -508,6 +515,76 @@ static int run_propagation(void) {
     return failures ? 1 : 0;
 }
 
+/* ------------------------------------------------------------ converge */
+
+/* Ask server t for every client id; returns how many hold the newest time. */
+static long count_current(conn *c) {
+    buf_t req = {0};
+    for (int k = 0; k < B.clients; k++)
+        if (B.newest[k][0]) buf_printf(&req, "WHATSAT bench-%d 0.001 1\n", k);
+    send_all(c, req.p, req.len);
+    buf_free(&req);
+    long good = 0;
+    int k = 0;
+    buf_clear(&c->in);
+    for (;;) {
+        while (k < B.clients && !B.newest[k][0]) k++;
+        if (k == B.clients) break;
+        const char *d = buf_data(&c->in);
+        size_t n = buf_pending(&c->in);
+        const char *nl = n ? memchr(d, '\n', n) : NULL;
+        size_t used = 0;
+        if (nl && d[0] == '?') {
+            used = (size_t)(nl - d) + 1;
+        } else if (nl) {
+            const char *end = NULL;
+            for (const char *p = nl; p + 1 < d + n; p++)
+                if (p[0] == '\n' && p[1] == '\n') { end = p; break; }
+            if (end) {
+                size_t tl = strlen(B.newest[k]);
+                if ((size_t)(nl - d) > tl && !memcmp(nl - tl, B.newest[k], tl) && nl[-tl - 1] == ' ')
+                    good++;
+                used = (size_t)(end - d) + 2;
+            }
+        }
+        if (used) {
+            buf_consume(&c->in, used);
+            k++;
+            continue;
+        }
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        buf_reserve(&c->in, 65536);
+        if (poll(&p, 1, 2000) != 1) return -1;
+        ssize_t r = read(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len);
+        if (r <= 0) return -1;
+        c->in.len += (size_t)r;
+    }
+    return good;
+}
+
+static void run_converge(void) {
+    long want = 0;
+    for (int k = 0; k < B.clients; k++) want += B.newest[k][0] != 0;
+    int64_t t0 = now_ns();
+    conn c = {0};
+    int all = 0;
+    while (!all && now_ns() - t0 < 5000000000LL) {
+        all = 1;
+        for (int i = 0; i < B.n_targets && all; i++) {
+            c.target = i;
+            if (open_conn(&c) < 0) { all = 0; break; }
+            if (count_current(&c) != want) all = 0;
+            close(c.fd);
+        }
+    }
+    buf_free(&c.in);
+    B.converged = all;
+    B.converge_ms = (double)(now_ns() - t0) / 1e6;
+    printf("converge     %s: all %d servers hold the newest update of all %ld clients "
+           "%.1f ms after the load stopped\n", all ? "yes" : "NO", B.n_targets, want,
+           B.converge_ms);
+}
+
 /* -------------------------------------------------------------- report */
 
 static void report(void) {
@@ -565,7 +642,11 @@ static void report(void) {
         fprintf(f, "%s{\"le_us\": %lld, \"count\": %lld}", first ? "" : ", ", 1LL << b, hist[b]);
         first = 0;
     }
-    fprintf(f, "]\n}\n");
+    fprintf(f, "]");
+    if (B.converge)
+        fprintf(f, ",\n  \"converged\": %s,\n  \"converge_ms\": %.1f", B.converged ? "true" : "false",
+                B.converge_ms);
+    fprintf(f, "\n}\n");
     fclose(f);
 }
 
@@ -593,6 +674,8 @@ static void usage(FILE *f) {
           "                         (e.g. --reference PING --target 127.0.0.1:6379)\n"
           "      --propagation N    give N updates to the first server and time\n"
           "                         until each other server holds them\n"
+          "      --converge         after the load, time until every server holds the\n"
+          "                         newest update of every client id used\n"
           "      --json FILE        write the figures as JSON\n"
           "      --quiet            no progress line\n"
           "  -h, --help             show this help and exit\n",
@@ -625,6 +708,7 @@ int main(int argc, char **argv) {
             if (!strcmp(a, names[k])) break;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         if (!strcmp(a, "--quiet")) { B.quiet = 1; continue; }
+        if (!strcmp(a, "--converge")) { B.converge = 1; continue; }
         if (i + 1 >= argc) {
             fprintf(stderr, "herd-benchmark: unknown or incomplete option '%s' (try --help)\n", a);
             return 2;
@@ -709,8 +793,11 @@ int main(int argc, char **argv) {
     if (!B.quiet && isatty(STDERR_FILENO))
         fprintf(stderr, "herd-benchmark: %d connections over %d servers, %.0f s warm-up, %.0f s\n",
                 B.concurrency, B.n_targets, B.warmup_s, B.duration_s);
+    if (B.converge && !B.reference) B.newest = xcalloc((size_t)B.clients, sizeof *B.newest);
     run_load();
+    if (B.newest) run_converge();
     report();
+    free(B.newest);
     free(B.lat);
     return 0;
 }

@@ -145,9 +145,10 @@ def test_open_loop_mode(tmp_path, fake_line):
 def test_real_herd_short_run_has_no_errors(tmp_path, herd, conc):
     herd.start().wait_links()
     out, js = bench(tmp_path, "-c", herd.config, "--concurrency", str(conc), "--duration", "1",
-                    "--warmup", "0", "--mix", "iamat=70,whatsat=30")
+                    "--warmup", "0", "--mix", "iamat=70,whatsat=30", "--converge")
     assert js["errors"] == 0, out
     assert js["requests"] > 0 and js["servers"] == 5
+    assert js["converged"] is True, out
 
 
 def test_real_herd_propagation(tmp_path, herd):
