@@ -13,6 +13,7 @@
 
 #define PLACES_MAX_FILE (256u << 20)
 #define INDENT 3
+#define EARTH_KM 6371.0088      /* mean radius */
 
 /* ---------------------------------------------------------- JSON printer */
 
@@ -110,7 +111,7 @@ void places_render_error(buf_t *out, const char *status, const char *message) {
 /* ------------------------------------------------------------- distance */
 
 double places_distance_km(double lat1, double lng1, double lat2, double lng2) {
-    const double r = 6371.0088, rad = M_PI / 180.0;
+    const double r = EARTH_KM, rad = M_PI / 180.0;
     double dlat = (lat2 - lat1) * rad, dlng = (lng2 - lng1) * rad;
     double a = sin(dlat / 2) * sin(dlat / 2) +
                cos(lat1 * rad) * cos(lat2 * rad) * sin(dlng / 2) * sin(dlng / 2);
@@ -118,16 +119,31 @@ double places_distance_km(double lat1, double lng1, double lat2, double lng2) {
     return 2 * r * asin(sqrt(a));
 }
 
+static void unit_vector(double lat, double lng, double *x, double *y, double *z) {
+    const double rad = M_PI / 180.0;
+    double cl = cos(lat * rad);
+    *x = cl * cos(lng * rad);
+    *y = cl * sin(lng * rad);
+    *z = sin(lat * rad);
+}
+
+/* Places are ranked by the squared chord between unit vectors, which grows
+ * with the great-circle distance, so a query costs one sin/cos set and no
+ * trigonometry per place (the haversine per place was 18% of a WHATSAT). */
 int places_local_search(const places_local *pl, double lat, double lng,
                         double radius_km, int bound, size_t *idx) {
-    double dist[32];
+    double dist[32], qx, qy, qz;
     int n = 0;
     if (bound > 20) bound = 20;
+    unit_vector(lat, lng, &qx, &qy, &qz);
+    double angle = radius_km / EARTH_KM;
+    if (angle > M_PI) angle = M_PI;
+    double chord = 2 * sin(angle / 2), max2 = chord * chord * (1 + 1e-12);
     for (size_t i = 0; i < pl->n; i++) {
-        /* one degree of latitude is at least 110.5 km: cheap rejection */
-        if (fabs(pl->v[i].lat - lat) * 110.5 > radius_km) continue;
-        double d = places_distance_km(lat, lng, pl->v[i].lat, pl->v[i].lng);
-        if (d > radius_km) continue;
+        const place *p = &pl->v[i];
+        double dx = p->x - qx, dy = p->y - qy, dz = p->z - qz;
+        double d = dx * dx + dy * dy + dz * dz;
+        if (d > max2) continue;
         if (n == bound && d >= dist[n - 1]) continue;
         int k = n < bound ? n++ : n - 1;     /* insertion into a sorted top-k */
         while (k > 0 && dist[k - 1] > d) {
@@ -256,6 +272,7 @@ int places_local_load(places_local *pl, const char *path, char *err, size_t errl
             places_local_free(pl);
             goto out;
         }
+        unit_vector(p->lat, p->lng, &p->x, &p->y, &p->z);
         buf_t b = {0};
         places_json_pretty(r, 2, &b);
         cJSON_Delete(r);

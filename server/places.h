@@ -24,6 +24,7 @@
 
 typedef struct {
     double lat, lng;
+    double x, y, z;             /* unit vector: distances without trigonometry */
     char *json;                 /* the rendered result object, indented */
     size_t json_len;
 } place;
