@@ -24,14 +24,19 @@ static int fill_addr(struct sockaddr_in *sa, const char *host, int port,
     return 0;
 }
 
+/* A non-blocking TCP socket for host:port, its address in *sa; or -1. */
+static int new_socket(struct sockaddr_in *sa, const char *host, int port, char *err,
+                      size_t errlen) {
+    if (fill_addr(sa, host, port, err, errlen) < 0) return -1;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) snprintf(err, errlen, "socket: %s", strerror(errno));
+    return fd;
+}
+
 int net_listen(const char *host, int port, int backlog, char *err, size_t errlen) {
     struct sockaddr_in sa;
-    if (fill_addr(&sa, host, port, err, errlen) < 0) return -1;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, errlen, "socket: %s", strerror(errno));
-        return -1;
-    }
+    int fd = new_socket(&sa, host, port, err, errlen);
+    if (fd < 0) return -1;
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
@@ -63,12 +68,8 @@ int net_accept(int lfd, char *addr, size_t addrlen) {
 
 int net_connect(const char *host, int port, char *err, size_t errlen) {
     struct sockaddr_in sa;
-    if (fill_addr(&sa, host, port, err, errlen) < 0) return -1;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, errlen, "socket: %s", strerror(errno));
-        return -1;
-    }
+    int fd = new_socket(&sa, host, port, err, errlen);
+    if (fd < 0) return -1;
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS) {
         snprintf(err, errlen, "connect to %s:%d: %s", host, port, strerror(errno));
         close(fd);

@@ -218,6 +218,24 @@ DEFAULT_LINKS = {
 }
 
 
+def read_log(folder, name):
+    """logs/NAME.log below folder, or "" when it does not exist yet."""
+    try:
+        return open(os.path.join(folder, "logs", f"{name}.log"), errors="replace").read()
+    except FileNotFoundError:
+        return ""
+
+
+def wait_log(folder, name, text, timeout=3):
+    """True once logs/NAME.log holds text (lines are written in batches)."""
+    deadline = time.time() + timeout
+    while text not in read_log(folder, name):
+        if time.time() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 class Herd:
     """The five servers of SPEC section 2 on free ports, in one folder."""
 
@@ -274,19 +292,10 @@ class Herd:
         self.stderr.pop(name).close()
 
     def log(self, name):
-        try:
-            return open(os.path.join(self.dir, "logs", f"{name}.log"), errors="replace").read()
-        except FileNotFoundError:
-            return ""
+        return read_log(self.dir, name)
 
     def wait_log(self, name, text, timeout=3):
-        """True once the server's log holds text (lines are batched)."""
-        deadline = time.time() + timeout
-        while text not in self.log(name):
-            if time.time() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return wait_log(self.dir, name, text, timeout)
 
     def snap_path(self, name):
         return os.path.join(self.dir, "state", f"{name}.snap")

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from conftest import (BIN_DIR, DEFAULT_LINKS, ROOT, exchange, free_port, program,
-                      wait_listening, write_config)
+from conftest import (BIN_DIR, DEFAULT_LINKS, ROOT, exchange, free_port, program, read_log,
+                      wait_listening, wait_log, write_config)
 
 SUPERVISOR = "supervisor:\n  restart_max: 3\n  restart_window_s: 60\n" \
              "  backoff_initial_ms: 100\n  backoff_max_ms: 400\n  stop_timeout_s: 5\n"
@@ -33,18 +33,19 @@ class ScriptHerd:
             return {k: int(v) for k, v in (line.split() for line in f)}
 
     def log(self, name):
-        try:
-            return open(os.path.join(self.dir, "logs", f"{name}.log")).read()
-        except FileNotFoundError:
-            return ""
+        return read_log(self.dir, name)
 
     def wait_log(self, name, text, timeout=10):
-        deadline = time.time() + timeout
-        while text not in self.log(name):
-            if time.time() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return wait_log(self.dir, name, text, timeout)
+
+    def start_supervisor(self):
+        """The supervisor without the script; returns (process, child pids)."""
+        sup = subprocess.Popen([program("herd-supervisor"), "-c", self.config], env=self.env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for port in self.ports.values():
+            assert wait_listening(port, sup)
+        time.sleep(0.2)
+        return sup, [p for n, p in self.pids().items() if n != "supervisor"]
 
 
 def alive(pid):
@@ -167,22 +168,12 @@ def test_start_failure_explains_itself(sherd):
 
 
 def test_sigterm_and_sigkill_of_the_supervisor(sherd):
-    sup = subprocess.Popen([program("herd-supervisor"), "-c", sherd.config],
-                           env=sherd.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for port in sherd.ports.values():
-        assert wait_listening(port, sup)
-    time.sleep(0.2)
-    kids = [p for n, p in sherd.pids().items() if n != "supervisor"]
+    sup, kids = sherd.start_supervisor()
     sup.send_signal(signal.SIGTERM)
     assert sup.wait(timeout=15) == 0
     assert wait_gone(kids) and not os.path.exists(sherd.pidfile)
     # SIGKILL: the children go too
-    sup = subprocess.Popen([program("herd-supervisor"), "-c", sherd.config],
-                           env=sherd.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for port in sherd.ports.values():
-        assert wait_listening(port, sup)
-    time.sleep(0.2)
-    kids = [p for n, p in sherd.pids().items() if n != "supervisor"]
+    sup, kids = sherd.start_supervisor()
     sup.kill()
     sup.wait()
     assert wait_gone(kids), "children outlived a SIGKILLed supervisor"
