@@ -7,6 +7,7 @@
 #   make stop       stop the herd
 #   make status     each server's pid, uptime, restarts, and whether it listens
 #   make benchmark  load the running herd (CONCURRENCY=N DURATION=S MIX=...)
+#   make fuzz       run each libFuzzer harness for FUZZ_SECONDS (default 60)
 #   make clean      remove what the build made
 
 CC      ?= gcc
@@ -21,7 +22,8 @@ LIBS    = $(PKG_LIBS) -lm
 
 # Debian packages the build and the tests need.
 DEB_PACKAGES := gcc make libc6-dev pkg-config libcurl4-openssl-dev libyaml-dev \
-                libcjson-dev libssl-dev python3 python3-pytest netcat-openbsd
+                libcjson-dev libssl-dev python3 python3-pytest netcat-openbsd \
+                clang libclang-rt-14-dev
 
 # Where objects go: build/ for the normal build, build/asan/ for the
 # sanitizer build (its programs land in build/asan/bin/).
@@ -45,7 +47,8 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
 PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor $(BIN)/herd-benchmark
 
-.PHONY: all deps check-deps test unit integration asan-test run stop status benchmark clean
+.PHONY: all deps check-deps test unit integration asan-test fuzz fuzz-build run stop status \
+        benchmark clean
 
 all: check-deps $(PROGRAMS) $(UNIT_BIN)
 
@@ -71,6 +74,11 @@ $(BIN)/herd-benchmark: $(BENCH_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LINK  $@")
 	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+$(B)/fuzz_%: tests/fuzz/fuzz_%.c $(SERVER_LIB) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LINK  $@")
+	$(Q)$(CC) $(CFLAGS) $(PKG_CFLAGS) -fsanitize=fuzzer $< $(SERVER_LIB) $(COMMON_OBJ) -o $@ $(LIBS)
 
 $(B)/tests/%: tests/unit/%.c tests/unit/check.h $(SERVER_LIB) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
@@ -105,11 +113,33 @@ asan-test:
 	$(MAKE) --no-print-directory B=build/asan BIN=build/asan/bin \
 	  OPT="-O1 -g -fno-omit-frame-pointer $(SANITIZE)" SAN="$(SANITIZE)" unit integration
 
+# libFuzzer harnesses (clang, ASan+UBSan), each with its seed corpus in
+# tests/fuzz/corpus/; what they find lands in build/fuzz/ as crash-* files.
+FUZZ_TARGETS := protocol config places
+FUZZ_SECONDS ?= 60
+FUZZ_OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
+            -fno-sanitize-recover=all
+
+fuzz-build:
+	@$(MAKE) --no-print-directory CC=clang B=build/fuzz BIN=build/fuzz/bin OPT="$(FUZZ_OPT)" \
+	  SAN="-fsanitize=address,undefined" $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+
+fuzz: fuzz-build
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus-$$t; \
+	  echo "== fuzz_$$t for $(FUZZ_SECONDS) s"; \
+	  build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=build/fuzz/$$t- build/fuzz/corpus-$$t tests/fuzz/corpus/$$t \
+	    2>build/fuzz/$$t.log || { tail -40 build/fuzz/$$t.log; exit 1; }; \
+	  grep -E "stat::number_of_executed_units|stat::peak_rss_mb" build/fuzz/$$t.log; \
+	done
+
 test: deps
 	$(MAKE) --no-print-directory unit integration
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(MAKE) --no-print-directory asan-test
-	@echo "make test: all passed (normal and ASan+UBSan builds)"
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=30
+	@echo "make test: all passed (normal and ASan+UBSan builds, fuzzing)"
 
 run: deps
 	@$(MAKE) --no-print-directory all

@@ -55,18 +55,26 @@ static int all_zero(const char *s, size_t n) {
 }
 
 /* A decimal "[sign]int.frac" as a double, from its already checked parts.
- * Leading zeros of the integer part and fraction digits past 30 are dropped:
- * they cannot change a double that was range-checked to a few digits. */
+ * Leading zeros are dropped and at most 30 significant fraction digits are
+ * kept (more cannot change a double); a value of zeros then digits, such as
+ * 0.000...087 with 40 zeros, keeps its digits through an exponent, so a
+ * positive value never rounds to 0 on the way. */
 static double decimal_to_double(char sign, const char *ip, size_t ilen,
                                 const char *fp, size_t flen) {
-    char tmp[80];
-    size_t o = 0;
+    char tmp[96];
+    size_t o = 0, skip = 0;
     while (ilen > 1 && *ip == '0') { ip++; ilen--; }
     if (ilen > 20) ilen = 20;    /* callers range-check before this */
+    if (ilen == 1 && *ip == '0')
+        while (skip < flen && fp[skip] == '0') skip++;
+    if (skip == flen) skip = 0;  /* all zeros: plain 0.0 */
+    fp += skip;
+    flen -= skip;
     if (flen > 30) flen = 30;
     if (sign == '-') tmp[o++] = '-';
     memcpy(tmp + o, ip, ilen); o += ilen;
     if (flen) { tmp[o++] = '.'; memcpy(tmp + o, fp, flen); o += flen; }
+    if (skip) o += (size_t)snprintf(tmp + o, sizeof tmp - o, "e-%zu", skip);
     tmp[o] = '\0';
     return strtod(tmp, NULL);
 }

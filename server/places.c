@@ -47,7 +47,7 @@ static void put_number(buf_t *out, double d) {
         buf_append_str(out, "null");
         return;
     }
-    if (d == (double)(long long)d && fabs(d) < 1e15) {
+    if (fabs(d) < 1e15 && d == (double)(long long)d) {   /* no cast out of range */
         snprintf(tmp, sizeof tmp, "%lld", (long long)d);
     } else {
         for (int prec = 15; prec <= 17; prec++) {

@@ -133,7 +133,25 @@ static void test_sample_file(void) {
     places_local_free(&pl);
 }
 
+/* Found by fuzzing: a number too large for long long was cast to it. */
+static void test_printer_numbers(void) {
+    static const struct { double d; const char *want; } cases[] = {
+        {1e300, "1e+300"}, {-1e300, "-1e+300"}, {34.0689, "34.0689"}, {612, "612"},
+        {-118.445127, "-118.445127"}, {0.1, "0.1"}, {1e15, "1e+15"}, {9.2233720368547758e18, "9.223372036854776e+18"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cJSON *n = cJSON_CreateNumber(cases[i].d);
+        buf_t b = {0};
+        places_json_pretty(n, 0, &b);
+        buf_append_char(&b, '\0');
+        CHECK_STR(b.p, cases[i].want);
+        buf_free(&b);
+        cJSON_Delete(n);
+    }
+}
+
 int main(void) {
+    test_printer_numbers();
     test_distance();
     test_order_and_bound();
     test_bad_files();

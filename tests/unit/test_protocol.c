@@ -170,6 +170,13 @@ static void test_fields(void) {
               t.sec == times[i].sec && t.nsec == times[i].nsec,
               "time '%s' -> %lld.%09d", times[i].s, (long long)t.sec, t.nsec);
     }
+    /* found by fuzzing: a tiny positive radius once rounded to 0 */
+    double km = -1;
+    const char *tiny = "000000000.0000000000000000000000000000000087";
+    CHECK(proto_parse_radius(tiny, strlen(tiny), &km) == 0 && km > 0 && km < 1e-30,
+          "tiny radius %g", km);
+    CHECK(proto_parse_location("+0.00000000000000000000000000000000000001-0.5", 45, NULL, NULL) == 0,
+          "tiny latitude");
     line = "WHATSAT kiwi 12.5 7";
     CHECK(proto_parse(line, strlen(line), &ia, &ws, NULL) == PROTO_WHATSAT &&
           ws.radius_km == 12.5 && ws.bound == 7 && ws.client.len == 4, "whatsat fields");
