@@ -8,6 +8,7 @@
 #   make status     each server's pid, uptime, restarts, and whether it listens
 #   make benchmark  load the running herd (CONCURRENCY=N DURATION=S MIX=...)
 #   make fuzz       run each libFuzzer harness for FUZZ_SECONDS (default 60)
+#   make test-chaos kill servers under load for CHAOS_SECONDS (default 60)
 #   make clean      remove what the build made
 
 CC      ?= gcc
@@ -47,7 +48,7 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
 PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor $(BIN)/herd-benchmark
 
-.PHONY: all deps check-deps test unit integration asan-test fuzz fuzz-build run stop status \
+.PHONY: all deps check-deps test unit integration asan-test fuzz fuzz-build test-chaos run stop status \
         benchmark clean
 
 all: check-deps $(PROGRAMS) $(UNIT_BIN)
@@ -119,6 +120,10 @@ FUZZ_TARGETS := protocol config places
 FUZZ_SECONDS ?= 60
 FUZZ_OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
             -fno-sanitize-recover=all
+
+CHAOS_SECONDS ?= 60
+test-chaos: all
+	CHAOS_SECONDS=$(CHAOS_SECONDS) HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -s tests/integration/test_chaos.py
 
 fuzz-build:
 	@$(MAKE) --no-print-directory CC=clang B=build/fuzz BIN=build/fuzz/bin OPT="$(FUZZ_OPT)" \

@@ -16,7 +16,10 @@
  * "? " line, after which the input is read and thrown away for a moment
  * and the connection closed once the reply is out.
  * Output: replies are appended to c->out and written at the end of the
- * client's turn; POLLOUT is asked for only while something is left.  A
+ * round, after the links: an IAMAT's update is in the kernel's hands on the
+ * way to the neighbours before its AT reply is, so a server killed right
+ * after acknowledging an update has still passed it on.  POLLOUT is asked
+ * for only while something is left.  A
  * client whose unsent output passes limits.max_output_bytes is cut off.
  */
 #include "server.h"
@@ -183,11 +186,32 @@ void client_write(server *s, client *c) {
     }
 }
 
+/* Write c's replies at the end of this round (see the top of the file). */
+static void queue_write(server *s, client *c) {
+    if (c->queued || c->dead) return;
+    if (s->nwq == s->wqcap) {
+        s->wqcap = s->wqcap ? s->wqcap * 2 : 64;
+        s->wq = xrealloc(s->wq, s->wqcap * sizeof *s->wq);
+    }
+    s->wq[s->nwq++] = c;
+    c->queued = 1;
+}
+
+static void write_queued(server *s) {
+    for (size_t i = 0; i < s->nwq; i++) {
+        client *c = s->wq[i];
+        c->queued = 0;
+        if (!c->dead) client_write(s, c);
+    }
+    s->nwq = 0;
+}
+
 /* The output passed the cap: try to write, and cut the client off if it
  * still does not fit.  Returns -1 when the client was killed. */
 static int check_output_cap(server *s, client *c) {
     if (c->role == ROLE_PEER) return 0;   /* bounded by peer.c instead */
     if (buf_pending(&c->out) <= s->cfg->limits.max_output_bytes) return 0;
+    peer_flush(s);                         /* floods before acks, as always */
     client_write(s, c);
     if (c->dead) return -1;
     if (buf_pending(&c->out) <= s->cfg->limits.max_output_bytes) return 0;
@@ -267,7 +291,7 @@ static void client_read(server *s, client *c) {
         }
     }
     if (c->draining) buf_clear(&c->in);
-    if (!c->dead) client_write(s, c);
+    if (!c->dead) queue_write(s, c);
 }
 
 client *client_add(server *s, int fd, const char *addr) {
@@ -488,6 +512,7 @@ int server_run(server *s) {
         }
         peer_tick(s);
         peer_flush(s);
+        write_queued(s);
         reap_clients(s);
         /* after the reap, so closed connections free their slots first */
         if (n > 0 && (s->pfd[0].revents & POLLIN)) accept_clients(s);
@@ -508,6 +533,7 @@ void server_free(server *s) {
         client_kill(s, s->conn[i], "server stopping");
     reap_clients(s);
     free(s->cold);
+    free(s->wq);
     if (s->cold_fd >= 0) close(s->cold_fd);
     log_msg(LOG_INFO, "stopped", "server=%s", s->me ? s->me->name : "?");
     log_close();

@@ -46,6 +46,7 @@ typedef struct client {
     unsigned quiet : 1;         /* no conn-open/close lines (dials) */
     unsigned waiting : 1;       /* a WHATSAT waits upstream: hold the rest */
     unsigned cold : 1;          /* idle: parked in the cold set, not polled */
+    unsigned queued : 1;        /* in server.wq: replies to write this round */
     size_t cold_slot;           /* index in server.cold while cold */
     const char *close_reason;
 } client;
@@ -76,6 +77,8 @@ typedef struct server {
     size_t npfd, cap;
     size_t nclients;            /* active and cold */
     size_t ndead;               /* marked dead this round */
+    client **wq;                /* clients with replies to write after the */
+    size_t nwq, wqcap;          /* links are flushed (so acks follow floods) */
     int cold_fd;                /* epoll set of idle clients */
     client **cold;
     size_t ncold, coldcap;

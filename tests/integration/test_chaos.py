@@ -1,0 +1,121 @@
+"""Chaos: servers killed with SIGKILL under load lose no acknowledged update.
+
+Load goes to all five servers while one of them is killed every couple of
+seconds and the supervisor restarts it. Afterwards every server must hold,
+for every client, the newest update any server acknowledged. The run length
+is CHAOS_SECONDS (default 12; `make test-chaos` runs 60).
+"""
+import os
+import random
+import signal
+import socket
+import threading
+import time
+
+from conftest import DEFAULT_LINKS, exchange
+from test_supervisor import ScriptHerd, alive, wait_gone
+
+CHAOS_SECONDS = float(os.environ.get("CHAOS_SECONDS", "12"))
+CLIENTS = 200
+
+
+def loader(sherd, name, stop, acked, lock, counts):
+    """IAMATs to one server; remembers the newest time acknowledged per client."""
+    rnd = random.Random(name)
+    sock = None
+    while not stop.is_set():
+        try:
+            if sock is None:
+                sock = socket.create_connection(("127.0.0.1", sherd.ports[name]), timeout=2)
+            k = rnd.randrange(CLIENTS)
+            t = time.time_ns()
+            tstr = b"%d.%09d" % (t // 10**9, t % 10**9)
+            sock.sendall(b"IAMAT chaos%d +1.0+1.0 %s\n" % (k, tstr))
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError("closed")
+                reply += chunk
+            if reply.startswith(b"AT ") and reply.rstrip().endswith(tstr):
+                with lock:
+                    counts["acked"] += 1
+                    if t > acked.get(k, 0):
+                        acked[k] = t
+        except OSError:
+            if sock:
+                sock.close()
+            sock = None
+            time.sleep(0.05)
+    if sock:
+        sock.close()
+
+
+def test_no_acknowledged_update_is_lost(tmp_path):
+    sherd = ScriptHerd(tmp_path)
+    with open(sherd.config, "a") as f:       # restart as often as it takes
+        f.write("")
+    text = open(sherd.config).read().replace("restart_max: 3", "restart_max: 1000")
+    open(sherd.config, "w").write(text)
+    r = sherd.script("start_servers.sh")
+    assert r.returncode == 0, r.stderr
+    try:
+        for n in DEFAULT_LINKS:
+            assert sherd.wait_log(n, "link-up")
+        stop = threading.Event()
+        acked, lock, counts = {}, threading.Lock(), {"acked": 0}
+        threads = [threading.Thread(target=loader, args=(sherd, n, stop, acked, lock, counts))
+                   for n in DEFAULT_LINKS]
+        for t in threads:
+            t.start()
+        kills = 0
+        end = time.time() + CHAOS_SECONDS
+        rnd = random.Random(7)
+        while time.time() < end:
+            time.sleep(2)
+            victim = rnd.choice(list(DEFAULT_LINKS))
+            pid = sherd.pids().get(victim)
+            if pid and alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                kills += 1
+        stop.set()
+        for t in threads:
+            t.join()
+        # every server back and listening
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            pids = sherd.pids()
+            if all(n in pids and alive(pids[n]) for n in DEFAULT_LINKS):
+                try:
+                    for n in DEFAULT_LINKS:
+                        exchange(sherd.ports[n], b"PING\n")
+                    break
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        lost = {}
+        deadline = time.time() + 15
+        while True:
+            lost = {}
+            for n in DEFAULT_LINKS:
+                for k, t in acked.items():
+                    reply = exchange(sherd.ports[n], b"WHATSAT chaos%d 0.001 1\n" % k)
+                    line = reply.split(b"\n", 1)[0].split()
+                    have = 0
+                    if line and line[0] == b"AT":
+                        sec, frac = line[-1].split(b".")
+                        have = int(sec) * 10**9 + int(frac)
+                    if have < t:
+                        lost.setdefault(n, []).append(k)
+            if not lost or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        restarts = sherd.log("supervisor").count("child-crash")
+        print(f"chaos: {CHAOS_SECONDS:.0f} s, {counts['acked']} updates acknowledged for "
+              f"{len(acked)} clients, {kills} kills, {restarts} restarts, "
+              f"{sum(len(v) for v in lost.values())} (server, client) pairs behind")
+        assert not lost, lost
+    finally:
+        pids = list(sherd.pids().values()) if os.path.exists(sherd.pidfile) else []
+        sherd.script("stop_servers.sh")
+        assert wait_gone(pids)
