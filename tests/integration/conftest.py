@@ -24,13 +24,19 @@ if _soft < min(_hard, 8192):
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(_hard, 8192), _hard))
 
 
+_HANDED_OUT = set()
+
+
 def free_port():
-    """A TCP port nobody listens on right now (never a default herd port)."""
+    """A TCP port nobody listens on right now, never a default herd port and
+    never one this test run handed out before (the kernel may offer the same
+    free port twice in a row, and a herd needs five different ones)."""
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port not in (10099, 10044, 10022, 10211, 10194):
+        if port not in (10099, 10044, 10022, 10211, 10194) and port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
             return port
 
 
