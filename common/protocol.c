@@ -5,6 +5,7 @@
  */
 #include "protocol.h"
 
+#include <float.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -146,6 +147,7 @@ int proto_parse_radius(const char *s, size_t len, double *km) {
     if (iv == PROTO_MAX_RADIUS_KM && !all_zero(fp, flen)) return -1;
     if (iv == 0 && all_zero(fp, flen)) return -1;
     *km = decimal_to_double('+', s, ilen, fp, flen);
+    if (*km == 0) *km = DBL_MIN;   /* valid (> 0) but below what a double holds */
     return 0;
 }
 

@@ -175,6 +175,10 @@ static void test_fields(void) {
     const char *tiny = "000000000.0000000000000000000000000000000087";
     CHECK(proto_parse_radius(tiny, strlen(tiny), &km) == 0 && km > 0 && km < 1e-30,
           "tiny radius %g", km);
+    char tinier[700] = "0.";     /* 1e-600: below any double, still > 0 */
+    memset(tinier + 2, '0', 599);
+    strcpy(tinier + 601, "1");
+    CHECK(proto_parse_radius(tinier, strlen(tinier), &km) == 0 && km > 0, "tinier %g", km);
     CHECK(proto_parse_location("+0.00000000000000000000000000000000000001-0.5", 45, NULL, NULL) == 0,
           "tiny latitude");
     line = "WHATSAT kiwi 12.5 7";
