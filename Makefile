@@ -9,6 +9,7 @@
 #   make benchmark  load the running herd (CONCURRENCY=N DURATION=S MIX=...)
 #   make fuzz       run each libFuzzer harness for FUZZ_SECONDS (default 60)
 #   make test-chaos kill servers under load for CHAOS_SECONDS (default 60)
+#   make test-valgrind  the protocol and log tests with the server under valgrind
 #   make clean      remove what the build made
 
 CC      ?= gcc
@@ -24,7 +25,7 @@ LIBS    = $(PKG_LIBS) -lm
 # Debian packages the build and the tests need.
 DEB_PACKAGES := gcc make libc6-dev pkg-config libcurl4-openssl-dev libyaml-dev \
                 libcjson-dev libssl-dev python3 python3-pytest netcat-openbsd \
-                clang libclang-rt-14-dev
+                clang libclang-rt-14-dev valgrind
 
 # Where objects go: build/ for the normal build, build/asan/ for the
 # sanitizer build (its programs land in build/asan/bin/).
@@ -48,7 +49,7 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
 PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor $(BIN)/herd-benchmark
 
-.PHONY: all deps check-deps test unit integration asan-test fuzz fuzz-build test-chaos run stop status \
+.PHONY: all deps check-deps test unit integration asan-test fuzz fuzz-build test-chaos test-valgrind run stop status \
         benchmark clean
 
 all: check-deps $(PROGRAMS) $(UNIT_BIN)
@@ -124,6 +125,10 @@ FUZZ_OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,und
 CHAOS_SECONDS ?= 60
 test-chaos: all
 	CHAOS_SECONDS=$(CHAOS_SECONDS) HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -s tests/integration/test_chaos.py
+
+test-valgrind: all
+	HERD_VALGRIND=1 HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration/test_protocol.py \
+	  tests/integration/test_logs.py
 
 fuzz-build:
 	@$(MAKE) --no-print-directory CC=clang B=build/fuzz BIN=build/fuzz/bin OPT="$(FUZZ_OPT)" \

@@ -27,6 +27,13 @@ if _soft < min(_hard, 8192):
 _HANDED_OUT = set()
 
 
+# make test-valgrind: run the server under valgrind; any error or leak makes
+# it exit 99, which the fixture's stop() reports.
+VALGRIND = ["valgrind", "--quiet", "--error-exitcode=99", "--leak-check=full",
+            "--show-leak-kinds=definite,indirect", "--errors-for-leak-kinds=definite,indirect"] \
+    if os.environ.get("HERD_VALGRIND") else []
+
+
 def free_port():
     """A TCP port nobody listens on right now, never a default herd port and
     never one this test run handed out before (the kernel may offer the same
@@ -98,7 +105,7 @@ class Server:
 
     def start(self):
         self.stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([program("herd-server"), self.name, "-c", self.config],
+        self.proc = subprocess.Popen(VALGRIND + [program("herd-server"), self.name, "-c", self.config],
                                      stdout=subprocess.DEVNULL, stderr=self.stderr)
         if not wait_listening(self.port, self.proc):
             self.stop(check=False)
