@@ -25,7 +25,7 @@ LIBS    = $(PKG_LIBS) -lm
 # Debian packages the build and the tests need.
 DEB_PACKAGES := gcc make libc6-dev pkg-config libcurl4-openssl-dev libyaml-dev \
                 libcjson-dev libssl-dev python3 python3-pytest netcat-openbsd \
-                clang libclang-rt-14-dev valgrind
+                clang libclang-rt-14-dev valgrind iproute2
 
 # Where objects go: build/ for the normal build, build/asan/ for the
 # sanitizer build (its programs land in build/asan/bin/).
