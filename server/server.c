@@ -257,7 +257,12 @@ static void process_input(server *s, client *c) {
         c->scanned = 0;
         if (check_output_cap(s, c) < 0) return;
     }
-    if (buf_pending(&c->in) == 0) buf_shrink_if_empty(&c->in, OUT_KEEP);
+    if (buf_pending(&c->in) == 0) {
+        buf_shrink_if_empty(&c->in, OUT_KEEP);
+        c->partial_since_ms = 0;
+    } else if (!c->partial_since_ms) {
+        c->partial_since_ms = s->now_ms;   /* a line must end within the idle timeout */
+    }
 }
 
 void client_resume(server *s, client *c) {
@@ -374,6 +379,9 @@ static void sweep_clients(server *s) {
             client_kill(s, c, "handshake timeout");
         else if (c->role == ROLE_CLIENT && idle_ms && s->now_ms - c->last_ms >= idle_ms)
             client_kill(s, c, "idle timeout");
+        else if (c->role == ROLE_CLIENT && idle_ms && c->partial_since_ms && !c->waiting &&
+                 s->now_ms - c->partial_since_ms >= idle_ms)
+            client_kill(s, c, "line not finished within the idle timeout");
     }
 }
 

@@ -37,6 +37,7 @@ typedef struct client {
     size_t scanned;             /* bytes of 'in' already searched for LF */
     int64_t last_ms;            /* last read or write progress */
     int64_t drain_until_ms;     /* while draining: when to give up */
+    int64_t partial_since_ms;   /* an unfinished line began then; 0: none */
     unsigned eof : 1;           /* the client half-closed */
     unsigned close_after_flush : 1;
     unsigned draining : 1;      /* sent "line too long"; discarding input */

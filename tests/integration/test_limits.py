@@ -170,3 +170,36 @@ def test_quiet_clients_are_parked_and_woken(server):
     assert recv_exact_lines(partial, 1).endswith(b" half +1.0+1.0 2\n")
     for c in socks + [partial]:
         c.close()
+
+
+def test_slowloris_line_must_end_within_the_idle_timeout(make_server):
+    """One byte a second keeps a connection busy but never finishes a line:
+    it is closed once its line is older than the idle timeout."""
+    s = make_server(limits={"idle_timeout_s": 2})
+    slow = connect(s.port)
+    start = time.time()
+    closed = False
+    while time.time() - start < 8:
+        try:
+            slow.sendall(b"X")
+        except OSError:
+            closed = True
+            break
+        assert_serves(s.port)            # everyone else is served meanwhile
+        time.sleep(0.5)
+        slow.setblocking(False)
+        try:
+            if slow.recv(1) == b"":
+                closed = True
+                break
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed = True
+            break
+        finally:
+            slow.setblocking(True)
+    slow.close()
+    assert closed, "a line trickling in forever kept its connection"
+    assert 1.5 <= time.time() - start <= 5
+    assert "line not finished within the idle timeout" in s.read_log(wait_for="line not finished")
