@@ -18,8 +18,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN_DIR = os.environ.get("HERD_BIN_DIR", os.path.join(ROOT, "bin"))
 PLACES = os.path.join(ROOT, "data", "places.geojson")
 
-# 2,000 concurrent connections need more descriptors than the usual 1024.
+# 2,000 concurrent connections need more descriptors than the usual 1024;
+# the servers inherit the raised limit.  Root may raise the hard limit too.
 _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if os.geteuid() == 0 and _hard < 8192:
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
+        _soft, _hard = 8192, 8192
+    except (ValueError, OSError):
+        pass
 if _soft < min(_hard, 8192):
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(_hard, 8192), _hard))
 

@@ -110,6 +110,9 @@ def test_idle_timeout(make_server):
 
 def test_two_thousand_concurrent_connections(server):
     n = 2000
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert soft >= 2 * n + 64, f"this test needs RLIMIT_NOFILE >= {2 * n + 64} (have {soft})"
     sel = selectors.DefaultSelector()
     socks = []
     for i in range(n):
