@@ -7,7 +7,8 @@
 #   make stop       stop the herd
 #   make status     each server's pid, uptime, restarts, and whether it listens
 #   make benchmark  load the running herd (CONCURRENCY=N DURATION=S MIX=...)
-#   make fuzz       run each libFuzzer harness for FUZZ_SECONDS (default 60)
+#   make fuzz       run each libFuzzer harness for FUZZ_SECONDS (default 60),
+#                   or FUZZ_RUNS executions each when that is set
 #   make test-chaos kill servers under load for CHAOS_SECONDS (default 60)
 #   make test-valgrind  the protocol and log tests with the server under valgrind
 #   make clean      remove what the build made
@@ -33,7 +34,7 @@ B       ?= build
 BIN     ?= bin
 PYTEST  := /usr/bin/python3 -m pytest
 
-COMMON_SRC := common/buf.c common/config.c common/log.c common/net.c common/protocol.c
+COMMON_SRC := common/buf.c common/config.c common/handshake.c common/log.c common/net.c common/protocol.c
 SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c \
               server/peer.c server/snapshot.c server/http.c server/google.c
 BENCH_SRC  := benchmark/benchmark.c
@@ -117,8 +118,10 @@ asan-test:
 
 # libFuzzer harnesses (clang, ASan+UBSan), each with its seed corpus in
 # tests/fuzz/corpus/; what they find lands in build/fuzz/ as crash-* files.
-FUZZ_TARGETS := protocol config places
+FUZZ_TARGETS := protocol handshake config places
 FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?=
+FUZZ_LIMIT = $(if $(FUZZ_RUNS),-runs=$(FUZZ_RUNS),-max_total_time=$(FUZZ_SECONDS))
 FUZZ_OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
             -fno-sanitize-recover=all
 
@@ -137,11 +140,11 @@ fuzz-build:
 fuzz: fuzz-build
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p build/fuzz/corpus-$$t; \
-	  echo "== fuzz_$$t for $(FUZZ_SECONDS) s"; \
-	  build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  echo "== fuzz_$$t for $(if $(FUZZ_RUNS),$(FUZZ_RUNS) runs,$(FUZZ_SECONDS) s) (log: build/fuzz/$$t.log)"; \
+	  build/fuzz/fuzz_$$t $(FUZZ_LIMIT) -print_final_stats=1 \
 	    -artifact_prefix=build/fuzz/$$t- build/fuzz/corpus-$$t tests/fuzz/corpus/$$t \
 	    2>build/fuzz/$$t.log || { tail -40 build/fuzz/$$t.log; exit 1; }; \
-	  grep -E "stat::number_of_executed_units|stat::peak_rss_mb" build/fuzz/$$t.log; \
+	  grep -E "stat::number_of_executed_units|stat::peak_rss_mb|Done [0-9]+ runs" build/fuzz/$$t.log; \
 	done
 
 test: deps

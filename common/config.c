@@ -425,7 +425,11 @@ static int load_root(loader *L, config *cfg, const yaml_node_t *root) {
     return 0;
 }
 
-int config_load(const char *path, config *cfg, char *err, size_t errlen) {
+/* The part both entry points share: 'path' names the text in messages and
+ * sets the directory relative paths are resolved against; 'f' or
+ * 'text'/'len' is the YAML. */
+static int load(const char *path, FILE *f, const char *text, size_t len, config *cfg,
+                char *err, size_t errlen) {
     loader L = {path, NULL, err, errlen};
     memset(cfg, 0, sizeof *cfg);
     if (strlen(path) >= sizeof cfg->path) return fail(&L, NULL, "path too long");
@@ -436,16 +440,13 @@ int config_load(const char *path, config *cfg, char *err, size_t errlen) {
     else snprintf(cfg->dir, sizeof cfg->dir, "%.*s", (int)(slash - path), path);
     set_defaults(cfg);
 
-    FILE *f = fopen(path, "rb");
-    if (!f) return fail(&L, NULL, "cannot open: %s", strerror(errno));
     yaml_parser_t parser;
     yaml_document_t doc;
     int rc = -1;
-    if (!yaml_parser_initialize(&parser)) {
-        fclose(f);
+    if (!yaml_parser_initialize(&parser))
         return fail(&L, NULL, "cannot initialise the YAML parser");
-    }
-    yaml_parser_set_input_file(&parser, f);
+    if (f) yaml_parser_set_input_file(&parser, f);
+    else yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
     if (!yaml_parser_load(&parser, &doc)) {
         snprintf(err, errlen, "%s:%zu: invalid YAML: %s%s%s", path,
                  (size_t)parser.problem_mark.line + 1,
@@ -469,8 +470,24 @@ int config_load(const char *path, config *cfg, char *err, size_t errlen) {
     }
 out_parser:
     yaml_parser_delete(&parser);
+    return rc;
+}
+
+int config_load(const char *path, config *cfg, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        memset(cfg, 0, sizeof *cfg);
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    int rc = load(path, f, NULL, 0, cfg, err, errlen);
     fclose(f);
     return rc;
+}
+
+int config_load_text(const char *path, const char *text, size_t len, config *cfg,
+                     char *err, size_t errlen) {
+    return load(path, NULL, text, len, cfg, err, errlen);
 }
 
 int config_find_server(const config *cfg, const char *name) {

@@ -90,6 +90,11 @@ typedef struct {
  * (or "FILE: reason") in err. */
 int config_load(const char *path, config *cfg, char *err, size_t errlen);
 
+/* The same for YAML already in memory; 'path' names it in messages and
+ * places relative paths as if the text had been read from there. */
+int config_load_text(const char *path, const char *text, size_t len, config *cfg,
+                     char *err, size_t errlen);
+
 /* Index of the server called 'name', or -1. */
 int config_find_server(const config *cfg, const char *name);
 

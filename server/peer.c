@@ -21,18 +21,15 @@
  * backlog is bounded and never more than one line per client.
  */
 #include <errno.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
 
+#include "handshake.h"
 #include "log.h"
 #include "net.h"
 #include "server.h"
@@ -48,39 +45,9 @@ static const char *peer_name(const server *s, const peer_link *L) {
 
 /* ---------------------------------------------------------------- secret */
 
-static void hex(const unsigned char *in, size_t n, char *out) {
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-static void random_nonce(char out[33]) {
-    unsigned char r[16];
-    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
-        struct timespec ts;     /* never expected; still unique per call */
-        clock_gettime(CLOCK_REALTIME, &ts);
-        memcpy(r, &ts, sizeof r < sizeof ts ? sizeof r : sizeof ts);
-    }
-    hex(r, sizeof r, out);
-}
-
-/* out gets 64 hex digits of HMAC-SHA256(secret, "herd-v1 kind a b na nb"). */
 static void proof(const server *s, const char *kind, const char *a, const char *b,
-                  const char *na, const char *nb, char out[65]) {
-    char msg[512];
-    int n = snprintf(msg, sizeof msg, "herd-v1 %s %s %s %s %s", kind, a, b, na, nb);
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int maclen = 0;
-    HMAC(EVP_sha256(), s->secret, (int)s->secret_len, (const unsigned char *)msg,
-         (size_t)n, mac, &maclen);
-    hex(mac, 32, out);
-}
-
-static int proof_ok(const char *want, proto_str got) {
-    return got.len == 64 && CRYPTO_memcmp(want, got.p, 64) == 0;
+                  const char *na, const char *nb, char out[HS_PROOF_LEN + 1]) {
+    hs_proof(s->secret, s->secret_len, kind, a, b, na, nb, out);
 }
 
 /* HERD_SECRET, else the secret file; empty when neither exists. */
@@ -221,7 +188,7 @@ void peer_connected(server *s, client *c) {
         return;
     }
     c->connecting = 0;
-    random_nonce(c->nonce_mine);
+    hs_nonce(c->nonce_mine);
     buf_printf(&c->out, "PEER HELLO %s %s\n", s->me->name, c->nonce_mine);
     client_write(s, c);
 }
@@ -236,32 +203,23 @@ static int find_link(const server *s, proto_str name) {
     return -1;
 }
 
-static int is_nonce(proto_str f) {
-    if (f.len != 32) return 0;
-    for (size_t i = 0; i < 32; i++)
-        if (!((f.p[i] >= '0' && f.p[i] <= '9') || (f.p[i] >= 'a' && f.p[i] <= 'f'))) return 0;
-    return 1;
-}
-
-static int field_is(proto_str f, const char *w) {
+static int name_is(proto_str f, const char *w) {
     return f.len == strlen(w) && memcmp(f.p, w, f.len) == 0;
 }
 
 int peer_hello(server *s, client *c, const char *line, size_t len) {
-    proto_str f[5];
-    if (proto_split(line, len, f, 4) != 4 || !field_is(f[0], "PEER") ||
-        !field_is(f[1], "HELLO") || !is_nonce(f[3]) || !s->secret_len)
-        return -1;
-    int li = find_link(s, f[2]);
+    hs_line h;
+    if (hs_parse_hello(line, len, &h) < 0 || !s->secret_len) return -1;
+    int li = find_link(s, h.name);
     if (li < 0 || s->links[li].dialer) return -1;   /* not a neighbour that dials us */
     c->role = ROLE_ACCEPTED;
     c->link = li;
     c->handshake_until_ms = s->now_ms + HANDSHAKE_MS;
-    memcpy(c->nonce_theirs, f[3].p, 32);
-    c->nonce_theirs[32] = '\0';
-    random_nonce(c->nonce_mine);
+    memcpy(c->nonce_theirs, h.nonce.p, HS_NONCE_LEN);
+    c->nonce_theirs[HS_NONCE_LEN] = '\0';
+    hs_nonce(c->nonce_mine);
     const char *them = peer_name(s, &s->links[li]);
-    char p[65];
+    char p[HS_PROOF_LEN + 1];
     proof(s, "welcome", s->me->name, them, c->nonce_theirs, c->nonce_mine, p);
     buf_printf(&c->out, "PEER WELCOME %s %s %s\n", s->me->name, c->nonce_mine, p);
     log_msg(LOG_INFO, "peer-hello", "peer=%s addr=%s id=%llu", them, c->addr,
@@ -278,19 +236,17 @@ static void refuse(server *s, client *c, const char *why) {
 
 /* Dialer side: the neighbour's WELCOME. */
 static void on_welcome(server *s, client *c, const char *line, size_t len) {
-    proto_str f[6];
-    peer_link *L = &s->links[c->link];
-    const char *them = peer_name(s, L);
-    if (proto_split(line, len, f, 5) != 5 || !field_is(f[0], "PEER") ||
-        !field_is(f[1], "WELCOME") || !field_is(f[2], them) || !is_nonce(f[3])) {
+    hs_line h;
+    const char *them = peer_name(s, &s->links[c->link]);
+    if (hs_parse_welcome(line, len, &h) < 0 || !name_is(h.name, them)) {
         refuse(s, c, "unexpected handshake line");
         return;
     }
-    memcpy(c->nonce_theirs, f[3].p, 32);
-    c->nonce_theirs[32] = '\0';
-    char want[65], mine[65];
+    memcpy(c->nonce_theirs, h.nonce.p, HS_NONCE_LEN);
+    c->nonce_theirs[HS_NONCE_LEN] = '\0';
+    char want[HS_PROOF_LEN + 1], mine[HS_PROOF_LEN + 1];
     proof(s, "welcome", them, s->me->name, c->nonce_mine, c->nonce_theirs, want);
-    if (!proof_ok(want, f[4])) {
+    if (!hs_proof_ok(want, h.proof)) {
         refuse(s, c, "bad proof (wrong secret?)");
         return;
     }
@@ -301,16 +257,15 @@ static void on_welcome(server *s, client *c, const char *line, size_t len) {
 
 /* Accepting side: the dialer's PROOF. */
 static void on_proof(server *s, client *c, const char *line, size_t len) {
-    proto_str f[4];
+    hs_line h;
     const char *them = peer_name(s, &s->links[c->link]);
-    if (proto_split(line, len, f, 3) != 3 || !field_is(f[0], "PEER") ||
-        !field_is(f[1], "PROOF")) {
+    if (hs_parse_proof(line, len, &h) < 0) {
         refuse(s, c, "unexpected handshake line");
         return;
     }
-    char want[65];
+    char want[HS_PROOF_LEN + 1];
     proof(s, "proof", them, s->me->name, c->nonce_theirs, c->nonce_mine, want);
-    if (!proof_ok(want, f[2])) {
+    if (!hs_proof_ok(want, h.proof)) {
         refuse(s, c, "bad proof (wrong secret?)");
         return;
     }

@@ -132,6 +132,27 @@ static void test_default_file(void) {
           strstr(err, "no-such.yml: cannot open"), "%s", err);
 }
 
+/* The in-memory loader is the file loader's twin: same answer, same lines. */
+static void test_load_text(void) {
+    static const char ok[] = "servers:\n  A: {port: 7001, neighbors: [B]}\n"
+                             "  B: {port: 7002, neighbors: [A]}\n";
+    static const char bad[] = "servers:\n  A: {port: 7001}\nlimits:\n  max_line_bytes: -3\n";
+    config cfg;
+    char err[512];
+    CHECK(config_load_text("etc/herd.yml", ok, sizeof ok - 1, &cfg, err, sizeof err) == 0,
+          "%s", err);
+    CHECK(cfg.n_servers == 2 && cfg.servers[1].port == 7002 && cfg.servers[0].n_neighbors == 1,
+          "two servers linked");
+    CHECK_STR(cfg.dir, "etc");
+    CHECK(config_load_text("etc/herd.yml", bad, sizeof bad - 1, &cfg, err, sizeof err) < 0,
+          "negative limit refused");
+    CHECK(!strncmp(err, "etc/herd.yml:4: ", 16), "%s", err);
+    CHECK(config_load_text("x.yml", "a: [", 4, &cfg, err, sizeof err) < 0 &&
+          !strncmp(err, "x.yml:", 6) && strstr(err, ": invalid YAML: "), "%s", err);
+    CHECK(config_load_text("x.yml", "", 0, &cfg, err, sizeof err) < 0 &&
+          !strncmp(err, "x.yml: ", 7), "%s", err);
+}
+
 static void test_mix(void) {
     int p = -1;
     CHECK(config_parse_mix("iamat=30,whatsat=70", &p) == 0 && p == 30, "30/70");
@@ -151,6 +172,7 @@ int main(void) {
     test_google_needs_key();
     test_defaults_and_paths();
     test_default_file();
+    test_load_text();
     test_mix();
     unlink(path);
     rmdir(dir);
