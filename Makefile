@@ -108,7 +108,7 @@ unit: all
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
 integration: all
-	HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration
+	HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -rs tests/integration
 
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all
 
@@ -127,7 +127,7 @@ FUZZ_OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,und
 
 CHAOS_SECONDS ?= 60
 test-chaos: all
-	CHAOS_SECONDS=$(CHAOS_SECONDS) HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -s tests/integration/test_chaos.py
+	CHAOS_SECONDS=$(CHAOS_SECONDS) HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration/test_chaos.py
 
 test-valgrind: all
 	HERD_VALGRIND=1 HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration/test_protocol.py \

@@ -51,7 +51,7 @@ def loader(sherd, name, stop, acked, lock, counts):
         sock.close()
 
 
-def test_no_acknowledged_update_is_lost(tmp_path):
+def test_no_acknowledged_update_is_lost(tmp_path, report):
     sherd = ScriptHerd(tmp_path)
     with open(sherd.config, "a") as f:       # restart as often as it takes
         f.write("")
@@ -111,9 +111,9 @@ def test_no_acknowledged_update_is_lost(tmp_path):
                 break
             time.sleep(0.5)
         restarts = sherd.log("supervisor").count("child-crash")
-        print(f"chaos: {CHAOS_SECONDS:.0f} s, {counts['acked']} updates acknowledged for "
-              f"{len(acked)} clients, {kills} kills, {restarts} restarts, "
-              f"{sum(len(v) for v in lost.values())} (server, client) pairs behind")
+        report(f"{CHAOS_SECONDS:.0f} s, {counts['acked']} updates acknowledged for "
+               f"{len(acked)} clients, {kills} kills, {restarts} restarts, "
+               f"{sum(len(v) for v in lost.values())} (server, client) pairs behind")
         assert not lost, lost
     finally:
         pids = list(sherd.pids().values()) if os.path.exists(sherd.pidfile) else []

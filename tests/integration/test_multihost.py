@@ -153,7 +153,7 @@ def wait_all(hosts, client, want, timeout=30):
     raise AssertionError({n: hosts.stored(n, client) for n in NAMES})
 
 
-def test_herd_across_hosts_survives_cut_links(tmp_path):
+def test_herd_across_hosts_survives_cut_links(tmp_path, report):
     why = netns_available()
     if why:
         pytest.skip(f"multi-host test skipped: {why}")
@@ -183,8 +183,8 @@ def test_herd_across_hosts_survives_cut_links(tmp_path):
             wait_all(hosts, b"cut-%s" % victim.encode(), inside[:-1])
             wait_all(hosts, b"out-%s" % victim.encode(), outside[:-1])
             wait_all(hosts, b"both-%s" % victim.encode(), newer[:-1])
-            print(f"multi-host: {victim} cut for 2 s; all five converged "
-                  f"{time.time() - start:.1f} s after healing")
+            report(f"{victim} cut for 2 s; all five converged "
+                   f"{time.time() - start:.1f} s after healing")
     finally:
         problems = hosts.down()
     assert not problems, problems
