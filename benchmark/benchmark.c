@@ -492,16 +492,23 @@ static int run_propagation(void) {
                (double)v[n - 1] / 1000);
     }
     if (failures) printf("failures: %d (an update not seen within 5 s)\n", failures);
-    if (B.json_path) {
+    if (B.json_path) {      /* every row is sorted by now */
         FILE *f = fopen(B.json_path, "w");
         if (f) {
-            qsort(times[0], (size_t)B.propagation, sizeof **times, cmp_i64);
             size_t n = (size_t)B.propagation;
-            fprintf(f, "{\"mode\": \"propagation\", \"updates\": %d, \"failures\": %d, "
-                    "\"all_us\": {\"min\": %.1f, \"p50\": %.1f, \"p90\": %.1f, \"p99\": %.1f, "
-                    "\"max\": %.1f}}\n", B.propagation, failures, (double)times[0][0] / 1000,
-                    pct(times[0], n, 50), pct(times[0], n, 90), pct(times[0], n, 99),
-                    (double)times[0][n - 1] / 1000);
+            fprintf(f, "{\n  \"mode\": \"propagation\",\n  \"from\": \"%s\",\n"
+                    "  \"updates\": %d,\n  \"failures\": %d,\n  \"servers_us\": {",
+                    B.targets[0].name, B.propagation, failures);
+            for (int i = 0; i <= m; i++)
+                fprintf(f, "%s\n    \"%s\": {\"min\": %.1f, \"p50\": %.1f, \"p90\": %.1f, "
+                        "\"p99\": %.1f, \"max\": %.1f}", i ? "," : "",
+                        i ? B.targets[i].name : "all", (double)times[i][0] / 1000,
+                        pct(times[i], n, 50), pct(times[i], n, 90), pct(times[i], n, 99),
+                        (double)times[i][n - 1] / 1000);
+            fprintf(f, "\n  },\n  \"all_sorted_us\": [");
+            for (size_t k = 0; k < n; k++)
+                fprintf(f, "%s%.1f", k ? ", " : "", (double)times[0][k] / 1000);
+            fprintf(f, "]\n}\n");
             fclose(f);
         }
     }

@@ -154,6 +154,11 @@ def test_real_herd_short_run_has_no_errors(tmp_path, herd, conc):
 def test_real_herd_propagation(tmp_path, herd):
     herd.start().wait_links()
     out, js = bench(tmp_path, "-c", herd.config, "--propagation", "20")
-    assert js["failures"] == 0 and js["updates"] == 20
+    assert js["failures"] == 0 and js["updates"] == 20 and js["from"] == "Bailey"
     for name in ("Bona", "Campbell", "Clark", "Jaquez", "all"):
         assert name in out
+        row = js["servers_us"][name]
+        assert 0 < row["min"] <= row["p50"] <= row["p99"] <= row["max"] < 5e6
+    samples = js["all_sorted_us"]
+    assert len(samples) == 20 and samples == sorted(samples)
+    assert samples[-1] == js["servers_us"]["all"]["max"]
