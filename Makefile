@@ -11,6 +11,8 @@
 #                   or FUZZ_RUNS executions each when that is set
 #   make test-chaos kill servers under load for CHAOS_SECONDS (default 60)
 #   make test-valgrind  the protocol and log tests with the server under valgrind
+#   make report     rebuild report.pdf from docs/report.md and docs/data/
+#   make report-data  measure again what the report shows (several minutes)
 #   make clean      remove what the build made
 
 CC      ?= gcc
@@ -26,7 +28,8 @@ LIBS    = $(PKG_LIBS) -lm
 # Debian packages the build and the tests need.
 DEB_PACKAGES := gcc make libc6-dev pkg-config libcurl4-openssl-dev libyaml-dev \
                 libcjson-dev libssl-dev python3 python3-pytest netcat-openbsd \
-                clang libclang-rt-14-dev valgrind iproute2
+                clang libclang-rt-14-dev valgrind iproute2 \
+                pandoc weasyprint gnuplot-nox graphviz fonts-dejavu-core poppler-utils
 
 # Where objects go: build/ for the normal build, build/asan/ for the
 # sanitizer build (its programs land in build/asan/bin/).
@@ -51,7 +54,7 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor $(BIN)/herd-benchmark
 
 .PHONY: all deps check-deps test unit integration asan-test fuzz fuzz-build test-chaos test-valgrind run stop status \
-        benchmark clean
+        benchmark report report-data clean
 
 all: check-deps $(PROGRAMS) $(UNIT_BIN)
 
@@ -175,6 +178,20 @@ benchmark: all
 	  echo "make benchmark: no herd is running; start one with: make run" >&2; exit 1; }
 	$(BIN)/herd-benchmark -c config.yml $(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) \
 	  $(if $(DURATION),--duration $(DURATION)) $(if $(MIX),--mix $(MIX)) $(BENCH_ARGS)
+
+# The report: text in docs/report.md, figures from the JSON in docs/data/,
+# which make report-data measures (the sweep against redis-server, the
+# propagation run, then the chaos, multi-host and abuse tests' figures).
+report: deps
+	@/usr/bin/python3 docs/report/build.py
+
+report-data: all
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES=redis-server
+	/usr/bin/python3 benchmark/report_data.py
+	rm -f docs/data/resilience.jsonl
+	HERD_MEASURED_FILE=$(abspath docs/data/resilience.jsonl) CHAOS_SECONDS=$(CHAOS_SECONDS) \
+	  HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -rs tests/integration/test_chaos.py \
+	  tests/integration/test_multihost.py tests/integration/test_abuse.py
 
 clean:
 	@if [ -f servers.pid ]; then echo "the herd is running: make stop first" >&2; exit 1; fi

@@ -5,6 +5,7 @@ at bin/ or at the sanitizer build).  Every process a test starts is stopped
 when the test ends, pass or fail, and a sanitizer report or a non-zero exit
 status fails the test.
 """
+import json
 import os
 import resource
 import signal
@@ -34,7 +35,9 @@ if _soft < min(_hard, WANT_FILES):
 
 
 # Figures a test measured (resident sizes, counts), printed at the end of
-# the run whether or not output is captured.
+# the run whether or not output is captured; with HERD_MEASURED_FILE set,
+# also appended there as JSON lines (make report-data keeps them for the
+# report).
 _MEASURED = []
 
 
@@ -42,6 +45,10 @@ _MEASURED = []
 def report(request):
     def add(text):
         _MEASURED.append(f"{request.node.name}: {text}")
+        path = os.environ.get("HERD_MEASURED_FILE")
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps({"test": request.node.name, "text": text}) + "\n")
     return add
 
 

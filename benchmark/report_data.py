@@ -1,0 +1,261 @@
+#!/usr/bin/python3
+"""Measure what the report plots and write it to docs/data/ as JSON.
+
+    benchmark/report_data.py [--out DIR] [--duration S] [--levels 1,2,5,...]
+
+Starts, on free loopback ports: the default five-server topology, one
+server with no neighbours ("Solo"), and redis-server as the reference (when
+installed); then runs bin/herd-benchmark at each concurrency level against
+each, and the propagation test on the idle herd.  Every process it starts
+is stopped when it ends.  Each JSON file records the command that made it.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("HERD_BIN_DIR", os.path.join(ROOT, "bin"))
+TOPOLOGY = {
+    "Bailey": ["Bona", "Campbell"],
+    "Bona": ["Bailey", "Clark", "Campbell"],
+    "Campbell": ["Bailey", "Bona", "Jaquez"],
+    "Clark": ["Jaquez", "Bona"],
+    "Jaquez": ["Clark", "Campbell"],
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"report_data: a process on port {port} exited at start")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"report_data: nothing listens on port {port}")
+
+
+def write_config(folder, servers):
+    lines = ["servers:"]
+    for name, (port, neigh) in servers.items():
+        lines.append(f"  {name}: {{host: 127.0.0.1, port: {port}, neighbors: [{', '.join(neigh)}]}}")
+    lines += ["places:", "  provider: local", f"  local_file: {ROOT}/data/places.geojson",
+              "herd:", f"  state_dir: {folder}/state", "logging:", f"  dir: {folder}/logs"]
+    path = os.path.join(folder, "config.yml")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
+            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
+def bench(args, out_json):
+    cmd = [os.path.join(BIN, "herd-benchmark"), "--quiet", "--json", out_json] + args
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"report_data: {' '.join(cmd)} failed:\n{r.stdout}")
+    with open(out_json) as f:
+        js = json.load(f)
+    js["command"] = "herd-benchmark " + " ".join(a if not a.startswith("/") else os.path.basename(a)
+                                                 for a in args)
+    return js
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def fill_clients(port, n):
+    """n IAMATs for distinct ids over one pipelined connection; every reply read."""
+    import threading
+    sock = socket.create_connection(("127.0.0.1", port))
+    got = [0]
+
+    def reader():
+        while got[0] < n:
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            got[0] += data.count(b"\n")
+    t = threading.Thread(target=reader)
+    t.start()
+    chunk = 10_000
+    for base in range(0, n, chunk):
+        sock.sendall(b"".join(b"IAMAT mem%d +34.068930-118.445127 %d.5\n" % (i, 1700000000 + i)
+                              for i in range(base, min(n, base + chunk))))
+    t.join()
+    sock.close()
+    if got[0] != n:
+        raise SystemExit(f"report_data: {got[0]} replies for {n} IAMATs")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "data"),
+                    help="where the JSON files go (default: docs/data)")
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds per run (default 3)")
+    ap.add_argument("--levels", default="1,2,5,10,20,50,100",
+                    help="concurrency levels (default 1,2,5,10,20,50,100)")
+    ap.add_argument("--propagation", type=int, default=1000,
+                    help="updates timed on the idle herd (default 1000)")
+    ap.add_argument("--clients", type=int, default=1_000_000,
+                    help="clients stored for the memory figure (default 1000000)")
+    a = ap.parse_args()
+    levels = [int(x) for x in a.levels.split(",")]
+    os.makedirs(a.out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="herd-report-")
+    procs = []
+    env = dict(os.environ, HERD_SECRET="report-data-secret")
+
+    def start(argv, port):
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        procs.append(p)
+        wait_port(port, p)
+
+    try:
+        ports = {n: free_port() for n in TOPOLOGY}
+        herd_dir = os.path.join(tmp, "herd")
+        os.makedirs(herd_dir)
+        herd_cfg = write_config(herd_dir, {n: (ports[n], TOPOLOGY[n]) for n in TOPOLOGY})
+        for n in TOPOLOGY:
+            start([os.path.join(BIN, "herd-server"), n, "-c", herd_cfg], ports[n])
+        solo_dir = os.path.join(tmp, "solo")
+        os.makedirs(solo_dir)
+        solo_port = free_port()
+        solo_cfg = write_config(solo_dir, {"Solo": (solo_port, [])})
+        start([os.path.join(BIN, "herd-server"), "Solo", "-c", solo_cfg], solo_port)
+        redis = shutil.which("redis-server")
+        redis_port = free_port()
+        if redis:
+            start([redis, "--port", str(redis_port), "--save", "", "--appendonly", "no"], redis_port)
+        else:
+            print("report_data: redis-server is not installed; no reference runs", file=sys.stderr)
+        time.sleep(1.5)   # links up, catch-up done
+
+        common = ["--duration", str(a.duration), "--warmup", "0.5"]
+        series = {
+            "redis_ping": lambda c: (["--reference", "PING", "--target", f"127.0.0.1:{redis_port}",
+                                      "--concurrency", str(c)] if redis else None),
+            "solo_iamat": lambda c: ["-c", solo_cfg, "--mix", "iamat=100", "--concurrency", str(c)],
+            "solo_whatsat": lambda c: ["-c", solo_cfg, "--mix", "whatsat=100", "--concurrency", str(c)],
+            "herd_iamat": lambda c: ["-c", herd_cfg, "--mix", "iamat=100", "--converge",
+                                     "--concurrency", str(c)],
+        }
+        result = {"machine": machine(), "duration_s": a.duration, "levels": levels, "series": {}}
+        scratch = os.path.join(tmp, "run.json")
+        for c in levels:          # interleaved, so drift hits every series alike
+            for name, argv in series.items():
+                args = argv(c)
+                if args is None:
+                    continue
+                js = bench(args + common, scratch)
+                result["series"].setdefault(name, []).append(js)
+                print(f"{name:13s} c={c:<4d} {js['rps']:>10.0f} req/s  p50 {js['latency_us']['p50']:8.1f} us"
+                      f"  p99 {js['latency_us']['p99']:8.1f} us", flush=True)
+        # The herd below saturation: open loop at a fixed rate.
+        rate = 20000
+        js = bench(["-c", herd_cfg, "--mix", "iamat=100", "--concurrency", "20",
+                    "--rate", str(rate)] + common, scratch)
+        js["rate"] = rate
+        result["open"] = js
+        print(f"herd open loop at {rate}/s: p50 {js['latency_us']['p50']:.1f} us  "
+              f"p99 {js['latency_us']['p99']:.1f} us", flush=True)
+        with open(os.path.join(a.out, "sweep.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        time.sleep(1)
+        js = bench(["-c", herd_cfg, "--propagation", str(a.propagation)], scratch)
+        js["machine"] = result["machine"]
+        with open(os.path.join(a.out, "propagation.json"), "w") as f:
+            json.dump(js, f, indent=1)
+        print(f"propagation   p50 {js['servers_us']['all']['p50']:.1f} us  "
+              f"p99 {js['servers_us']['all']['p99']:.1f} us over {js['updates']} updates")
+
+        # Idle connections: the same load with 10,000 quiet sockets held open.
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        idle = {"command": "herd-benchmark -c solo.yml --mix iamat=100 --concurrency 20, "
+                           "without and then with 10,000 idle connections open"}
+        run20 = ["-c", solo_cfg, "--mix", "iamat=100", "--concurrency", "20"] + common
+        idle["without_rps"] = bench(run20, scratch)["rps"]
+        held = []
+        if hard >= 10_500:
+            for _ in range(10_000):
+                held.append(socket.create_connection(("127.0.0.1", solo_port)))
+            time.sleep(2.5)   # quiet for two sweeps
+            idle["with_rps"] = bench(run20, scratch)["rps"]
+            idle["rss_kib_with_idle"] = rss_kib(procs[len(TOPOLOGY)].pid)   # Solo
+        for c in held:
+            c.close()
+        print(f"idle          {idle['without_rps']:.0f} req/s without, "
+              f"{idle.get('with_rps', 0):.0f} req/s with 10,000 idle connections")
+
+        # Memory: a fresh server, one million clients.
+        mem_dir = os.path.join(tmp, "mem")
+        os.makedirs(mem_dir)
+        mem_port = free_port()
+        mem_cfg = write_config(mem_dir, {"Mem": (mem_port, [])})
+        with open(mem_cfg, "a") as f:        # logging: is the last section
+            f.write("  log_lines: false\n")
+        start([os.path.join(BIN, "herd-server"), "Mem", "-c", mem_cfg], mem_port)
+        time.sleep(0.3)
+        before = rss_kib(procs[-1].pid)
+        fill_clients(mem_port, a.clients)
+        after = rss_kib(procs[-1].pid)
+        memory = {"command": f"report_data.py: {a.clients} IAMATs for distinct ids, VmRSS before "
+                             f"and after", "clients": a.clients, "rss_before_kib": before,
+                  "rss_after_kib": after,
+                  "bytes_per_client": (after - before) * 1024 / a.clients}
+        print(f"memory        {memory['bytes_per_client']:.0f} bytes per client "
+              f"({before} KiB -> {after} KiB for {a.clients} clients)")
+        with open(os.path.join(a.out, "resources.json"), "w") as f:
+            json.dump({"machine": result["machine"], "idle": idle, "memory": memory}, f, indent=1)
+        print(f"report_data: wrote sweep.json, propagation.json and resources.json in {a.out}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

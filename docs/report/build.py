@@ -1,0 +1,200 @@
+#!/usr/bin/python3
+"""Build report.pdf from docs/report.md and the measurements in docs/data/.
+
+    docs/report/build.py [--out report.pdf] [--work build/report] [--data docs/data]
+
+Steps: the figures' data files from the JSON, the plots (gnuplot), the
+architecture diagram (graphviz), the text with its {{...}} figures filled
+in from the JSON, HTML (pandoc), PDF (weasyprint).  Every figure in the
+text comes from a file in docs/data/, never typed by hand:
+
+    {{machine}}                         the measuring machine
+    {{value:sweep.SERIES@C.KEY.KEY}}    a number from the concurrency sweep
+    {{value:propagation.KEY.KEY}}       a number from the propagation run
+    {{ratio:A/B}}                       two such numbers divided
+    {{table:throughput}} {{table:latency}}
+    {{measured:TEST}}                   what a test reported (resilience.jsonl)
+    {{command:NAME}}                    the command that made a figure
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DOCS = os.path.join(ROOT, "docs")
+DATA = os.path.join(DOCS, "data")
+HERE = os.path.join(DOCS, "report")
+
+SERIES = [("redis_ping", "redis PING"), ("solo_iamat", "one server IAMAT"),
+          ("herd_iamat", "herd IAMAT"), ("solo_whatsat", "one server WHATSAT")]
+
+
+def fail(msg):
+    sys.exit(f"report: {msg}")
+
+
+def load(name):
+    path = os.path.join(DATA, name)
+    try:
+        with open(path) as f:
+            if name.endswith(".jsonl"):
+                return [json.loads(line) for line in f if line.strip()]
+            return json.load(f)
+    except FileNotFoundError:
+        fail(f"{os.path.relpath(path, ROOT)} is missing (make report-data measures it)")
+
+
+def lookup(data, path):
+    """sweep.herd_iamat@20.latency_us.p99 or propagation.servers_us.all.p99"""
+    head, *rest = path.split(".")
+    node = data[head]
+    if head == "sweep" and rest and "@" in rest[0]:
+        series, _, conc = rest[0].partition("@")
+        runs = [r for r in node["series"][series] if r["concurrency"] == int(conc)]
+        if not runs:
+            fail(f"no {series} run at concurrency {conc}")
+        node, rest = runs[0], rest[1:]
+    for key in rest:
+        node = node[key]
+    return node
+
+
+def fmt(v):
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def tables(data):
+    sweep = data["sweep"]
+    by = {name: {r["concurrency"]: r for r in runs} for name, runs in sweep["series"].items()}
+
+    def rps(name, c):
+        r = by.get(name, {}).get(c)
+        return r["rps"] if r else None
+
+    def cell(v):
+        return fmt(v) if v is not None else "-"
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if a is not None and b else "-"
+
+    out = {}
+    rows = ["| connections | redis PING | one server IAMAT | (vs redis) | herd IAMAT | (vs redis) "
+            "| WHATSAT | (vs IAMAT) |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in sweep["levels"]:
+        r, s, h, w = (rps(n, c) for n in ("redis_ping", "solo_iamat", "herd_iamat", "solo_whatsat"))
+        rows.append(f"| {c} | {cell(r)} | {cell(s)} | {ratio(s, r)} | {cell(h)} | {ratio(h, r)} "
+                    f"| {cell(w)} | {ratio(w, s)} |")
+    out["throughput"] = "\n".join(rows)
+    rows = ["| connections | " + " | ".join(label for _, label in SERIES) + " |",
+            "|---:|" + "---:|" * len(SERIES)]
+    for c in sweep["levels"]:
+        cells = []
+        for name, _ in SERIES:
+            r = by.get(name, {}).get(c)
+            cells.append(f"{r['latency_us']['p50']:.0f} / {r['latency_us']['p99']:.0f}" if r else "-")
+        rows.append(f"| {c} | " + " | ".join(cells) + " |")
+    out["latency"] = "\n".join(rows)
+    return out
+
+
+def fill(text, data, measured):
+    tabs = tables(data)
+
+    def one(m):
+        kind, _, arg = m.group(1).partition(":")
+        if kind == "machine":
+            mc = data["sweep"]["machine"]
+            return f"{mc['cpus']} vCPU ({mc['cpu']}), Linux {mc['kernel']}, measured {mc['date']}"
+        if kind == "value":
+            return fmt(lookup(data, arg))
+        if kind == "ratio":
+            a, b = arg.split("/")
+            return f"{lookup(data, a) / lookup(data, b):.2f}"
+        if kind == "table":
+            return tabs[arg]
+        if kind == "measured":
+            lines = [m["text"] for m in measured if m["test"] == arg]
+            if not lines:
+                fail(f"docs/data/resilience.jsonl has nothing from {arg}")
+            return "; ".join(lines)
+        if kind == "command":
+            if arg == "sweep":
+                return ("`make report-data` (benchmark/report_data.py), which runs "
+                        "`herd-benchmark --concurrency C --duration "
+                        f"{fmt(data['sweep']['duration_s'])}` for each series and level")
+            return f"`{data[arg]['command']}`"
+        fail(f"unknown placeholder {{{{{m.group(1)}}}}}")
+    return re.sub(r"\{\{([^}]+)\}\}", one, text)
+
+
+def write_dat(data, work):
+    sweep = data["sweep"]
+    for name, runs in sweep["series"].items():
+        with open(os.path.join(work, f"{name}.dat"), "w") as f:
+            f.write("# concurrency rps p50_us p99_us\n")
+            for r in sorted(runs, key=lambda r: r["concurrency"]):
+                f.write(f"{r['concurrency']} {r['rps']} {r['latency_us']['p50']} "
+                        f"{r['latency_us']['p99']}\n")
+    samples = data["propagation"]["all_sorted_us"]
+    with open(os.path.join(work, "propagation.dat"), "w") as f:
+        f.write("# microseconds fraction_of_updates\n")
+        for i, v in enumerate(samples):
+            f.write(f"{v} {(i + 1) / len(samples)}\n")
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, **kw)
+    if r.returncode != 0:
+        fail(f"{' '.join(cmd)} failed (exit {r.returncode})")
+
+
+def main():
+    global DATA
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    ap.add_argument("--out", default=os.path.join(ROOT, "report.pdf"))
+    ap.add_argument("--work", default=os.path.join(ROOT, "build", "report"))
+    ap.add_argument("--data", default=DATA, help="the measurements (default: docs/data)")
+    a = ap.parse_args()
+    DATA = a.data
+    for tool in ("gnuplot", "dot", "pandoc", "weasyprint"):
+        if not shutil.which(tool):
+            fail(f"{tool} is not installed (make deps installs it)")
+    os.makedirs(a.work, exist_ok=True)
+    data = {"sweep": load("sweep.json"), "propagation": load("propagation.json"),
+            "resources": load("resources.json")}
+    data["open"] = data["sweep"]["open"]
+    measured = load("resilience.jsonl")
+
+    print("report: plots", flush=True)
+    write_dat(data, a.work)
+    run(["gnuplot", "-e", f"dir='{a.work}'", os.path.join(HERE, "plots.gp")])
+    run(["dot", "-Tsvg", os.path.join(HERE, "architecture.dot"), "-o",
+         os.path.join(a.work, "architecture.svg")])
+    shutil.copy(os.path.join(HERE, "report.css"), a.work)
+
+    print("report: text", flush=True)
+    with open(os.path.join(DOCS, "report.md")) as f:
+        text = fill(f.read(), data, measured)
+    md = os.path.join(a.work, "report.md")
+    with open(md, "w") as f:
+        f.write(text)
+    html = os.path.join(a.work, "report.html")
+    run(["pandoc", md, "--standalone", "--from", "markdown", "--to", "html5",
+         "--css", "report.css", "--toc", "--toc-depth=2", "--number-sections", "-o", html])
+
+    print("report: pdf", flush=True)
+    run(["weasyprint", "--quiet", html, a.out] if "--quiet" in subprocess.run(
+        ["weasyprint", "--help"], capture_output=True, text=True).stdout else ["weasyprint", html, a.out])
+    print(f"report: wrote {os.path.relpath(a.out, os.getcwd())}")
+
+
+if __name__ == "__main__":
+    main()
