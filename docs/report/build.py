@@ -156,6 +156,30 @@ def run(cmd, **kw):
         fail(f"{' '.join(cmd)} failed (exit {r.returncode})")
 
 
+def check_pages(pdf, work):
+    """Render every page (pdftoppm) and make sure none is blank."""
+    pages = os.path.join(work, "pages")
+    shutil.rmtree(pages, ignore_errors=True)
+    os.makedirs(pages)
+    run(["pdftoppm", "-r", "40", "-gray", pdf, os.path.join(pages, "page")])
+    names = sorted(n for n in os.listdir(pages) if n.endswith(".pgm"))
+    if not names:
+        fail(f"{pdf} has no pages that render")
+    for name in names:
+        with open(os.path.join(pages, name), "rb") as f:
+            data = f.read()
+        # P5 header: magic, width, height, maxval, one white-space byte,
+        # then one byte per pixel.
+        m = re.match(rb"P5\s+(\d+)\s+(\d+)\s+\d+\s", data)
+        if not m:
+            fail(f"pdftoppm wrote an unexpected image {name}")
+        pixels = data[m.end():m.end() + int(m.group(1)) * int(m.group(2))]
+        inked = sum(1 for b in pixels if b < 128)
+        if inked < 50:
+            fail(f"page {name} of {pdf} renders blank")
+    return len(names)
+
+
 def main():
     global DATA
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
@@ -164,7 +188,7 @@ def main():
     ap.add_argument("--data", default=DATA, help="the measurements (default: docs/data)")
     a = ap.parse_args()
     DATA = a.data
-    for tool in ("gnuplot", "dot", "pandoc", "weasyprint"):
+    for tool in ("gnuplot", "dot", "pandoc", "weasyprint", "pdftoppm"):
         if not shutil.which(tool):
             fail(f"{tool} is not installed (make deps installs it)")
     os.makedirs(a.work, exist_ok=True)
@@ -191,9 +215,10 @@ def main():
          "--css", "report.css", "--toc", "--toc-depth=2", "--number-sections", "-o", html])
 
     print("report: pdf", flush=True)
-    run(["weasyprint", "--quiet", html, a.out] if "--quiet" in subprocess.run(
-        ["weasyprint", "--help"], capture_output=True, text=True).stdout else ["weasyprint", html, a.out])
-    print(f"report: wrote {os.path.relpath(a.out, os.getcwd())}")
+    run(["weasyprint", "--quiet", html, a.out])
+    n = check_pages(a.out, a.work)
+    print(f"report: wrote {os.path.relpath(a.out, os.getcwd())} ({n} pages, each renders; "
+          f"images in {os.path.relpath(os.path.join(a.work, 'pages'), os.getcwd())})")
 
 
 if __name__ == "__main__":
