@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Measure what the report plots and write it to docs/data/ as JSON.
 
-    benchmark/report_data.py [--out DIR] [--duration S] [--levels 1,2,5,...]
+    benchmark/report_data.py [--out DIR] [--duration S] [--repeat N] [--levels 1,2,5,...]
 
 Starts, on free loopback ports: the default five-server topology, one
 server with no neighbours ("Solo"), and redis-server as the reference (when
@@ -126,7 +126,9 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "data"),
                     help="where the JSON files go (default: docs/data)")
-    ap.add_argument("--duration", type=float, default=3.0, help="seconds per run (default 3)")
+    ap.add_argument("--duration", type=float, default=2.0, help="seconds per run (default 2)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs per point; the one with the median rate is kept (default 3)")
     ap.add_argument("--levels", default="1,2,5,10,20,50,100",
                     help="concurrency levels (default 1,2,5,10,20,50,100)")
     ap.add_argument("--propagation", type=int, default=1000,
@@ -174,21 +176,38 @@ def main():
             "herd_iamat": lambda c: ["-c", herd_cfg, "--mix", "iamat=100", "--converge",
                                      "--concurrency", str(c)],
         }
-        result = {"machine": machine(), "duration_s": a.duration, "levels": levels, "series": {}}
+        result = {"machine": machine(), "duration_s": a.duration, "repeat": a.repeat,
+                  "levels": levels, "series": {}}
         scratch = os.path.join(tmp, "run.json")
-        for c in levels:          # interleaved, so drift hits every series alike
-            for name, argv in series.items():
-                args = argv(c)
-                if args is None:
+        # Interleaved, series within level within repeat, so drift and a
+        # neighbour's burst of load hit every series alike; each point keeps
+        # the run with the median rate (and that run's latencies).
+        runs = {}
+        for r in range(a.repeat):
+            for c in levels:
+                for name, argv in series.items():
+                    args = argv(c)
+                    if args is not None:
+                        runs.setdefault((name, c), []).append(bench(args + common, scratch))
+            print(f"report_data: sweep {r + 1} of {a.repeat} done", flush=True)
+        for c in levels:
+            for name in series:
+                if (name, c) not in runs:
                     continue
-                js = bench(args + common, scratch)
+                got = sorted(runs[(name, c)], key=lambda j: j["rps"])
+                js = got[len(got) // 2]
+                js["rps_runs"] = [j["rps"] for j in runs[(name, c)]]
                 result["series"].setdefault(name, []).append(js)
                 print(f"{name:13s} c={c:<4d} {js['rps']:>10.0f} req/s  p50 {js['latency_us']['p50']:8.1f} us"
-                      f"  p99 {js['latency_us']['p99']:8.1f} us", flush=True)
+                      f"  p99 {js['latency_us']['p99']:8.1f} us  (runs: "
+                      + ", ".join(f"{x:.0f}" for x in js["rps_runs"]) + ")", flush=True)
         # The herd below saturation: open loop at a fixed rate.
         rate = 20000
-        js = bench(["-c", herd_cfg, "--mix", "iamat=100", "--concurrency", "20",
-                    "--rate", str(rate)] + common, scratch)
+        got = sorted((bench(["-c", herd_cfg, "--mix", "iamat=100", "--concurrency", "20",
+                             "--rate", str(rate)] + common, scratch) for _ in range(a.repeat)),
+                     key=lambda j: j["latency_us"]["p99"])
+        js = got[len(got) // 2]       # the run with the median p99
+        js["p99_runs"] = [j["latency_us"]["p99"] for j in got]
         js["rate"] = rate
         result["open"] = js
         print(f"herd open loop at {rate}/s: p50 {js['latency_us']['p50']:.1f} us  "
@@ -203,25 +222,43 @@ def main():
         print(f"propagation   p50 {js['servers_us']['all']['p50']:.1f} us  "
               f"p99 {js['servers_us']['all']['p99']:.1f} us over {js['updates']} updates")
 
-        # Idle connections: the same load with 10,000 quiet sockets held open.
+        # Idle connections: two servers alike but for 10,000 quiet sockets
+        # held open on one of them; the same load on each in turn, --repeat
+        # times, and the median of each.
         import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        idle = {"command": "herd-benchmark -c solo.yml --mix iamat=100 --concurrency 20, "
-                           "without and then with 10,000 idle connections open"}
-        run20 = ["-c", solo_cfg, "--mix", "iamat=100", "--concurrency", "20"] + common
-        idle["without_rps"] = bench(run20, scratch)["rps"]
+        idle = {"command": "herd-benchmark --mix iamat=100 --concurrency 20 against a server "
+                           "with no neighbours, and against the same server holding 10,000 "
+                           f"idle connections; {a.repeat} runs each, in turn, median"}
         held = []
         if hard >= 10_500:
+            busy_dir = os.path.join(tmp, "idle")
+            os.makedirs(busy_dir)
+            busy_port = free_port()
+            busy_cfg = write_config(busy_dir, {"Solo": (busy_port, [])})
+            start([os.path.join(BIN, "herd-server"), "Solo", "-c", busy_cfg], busy_port)
+            busy_pid = procs[-1].pid
             for _ in range(10_000):
-                held.append(socket.create_connection(("127.0.0.1", solo_port)))
+                held.append(socket.create_connection(("127.0.0.1", busy_port)))
             time.sleep(2.5)   # quiet for two sweeps
-            idle["with_rps"] = bench(run20, scratch)["rps"]
-            idle["rss_kib_with_idle"] = rss_kib(procs[len(TOPOLOGY)].pid)   # Solo
+            run20 = ["--mix", "iamat=100", "--concurrency", "20"] + common
+            without, with_ = [], []
+            for _ in range(a.repeat):
+                without.append(bench(["-c", solo_cfg] + run20, scratch)["rps"])
+                with_.append(bench(["-c", busy_cfg] + run20, scratch)["rps"])
+            idle.update(without_runs=without, with_runs=with_,
+                        without_rps=sorted(without)[len(without) // 2],
+                        with_rps=sorted(with_)[len(with_) // 2],
+                        rss_kib_with_idle=rss_kib(busy_pid))
+            print(f"idle          {idle['without_rps']:.0f} req/s without, "
+                  f"{idle['with_rps']:.0f} req/s with 10,000 idle connections "
+                  f"(runs: {without} / {with_})", flush=True)
+        else:
+            print(f"report_data: the descriptor limit ({hard}) is too low for 10,000 idle "
+                  "connections; no idle figure", file=sys.stderr)
         for c in held:
             c.close()
-        print(f"idle          {idle['without_rps']:.0f} req/s without, "
-              f"{idle.get('with_rps', 0):.0f} req/s with 10,000 idle connections")
 
         # Memory: a fresh server, one million clients.
         mem_dir = os.path.join(tmp, "mem")
