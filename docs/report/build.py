@@ -129,7 +129,8 @@ def fill(text, data, measured):
             if arg == "sweep":
                 return ("`make report-data` (benchmark/report_data.py), which runs "
                         "`herd-benchmark --concurrency C --duration "
-                        f"{fmt(data['sweep']['duration_s'])}` for each series and level")
+                        f"{fmt(data['sweep']['duration_s'])}` "
+                        f"{fmt(data['sweep'].get('repeat', 1))} times for each series and level")
             return f"`{data[arg]['command']}`"
         fail(f"unknown placeholder {{{{{m.group(1)}}}}}")
     return re.sub(r"\{\{([^}]+)\}\}", one, text)
