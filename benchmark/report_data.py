@@ -97,6 +97,35 @@ def rss_kib(pid):
     return 0
 
 
+def cpu_of(pids):
+    """CPU time, run-queue wait (ns, /proc/PID/schedstat) and user, system time
+    (clock ticks, /proc/PID/stat) of some processes, summed."""
+    cpu = wait = user = system = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/schedstat") as f:
+            a = f.read().split()
+        cpu, wait = cpu + int(a[0]), wait + int(a[1])
+        with open(f"/proc/{pid}/stat") as f:
+            b = f.read().rsplit(")", 1)[1].split()
+        user, system = user + int(b[11]), system + int(b[12])
+    return cpu, wait, user, system
+
+
+def cpu_per_request(pids, args, out_json):
+    """One benchmark run; what it cost the servers and the client per request."""
+    import resource
+    s0, r0 = cpu_of(pids), resource.getrusage(resource.RUSAGE_CHILDREN)
+    js = bench(args, out_json)
+    s1, r1 = cpu_of(pids), resource.getrusage(resource.RUSAGE_CHILDREN)
+    n = js["requests"]
+    ticks = (s1[2] - s0[2]) + (s1[3] - s0[3])
+    return {"rps": js["rps"], "p99_us": js["latency_us"]["p99"],
+            "server_cpu_us": (s1[0] - s0[0]) / 1e3 / n,
+            "server_wait_us": (s1[1] - s0[1]) / 1e3 / n,
+            "server_kernel_share": (s1[3] - s0[3]) / ticks if ticks else None,
+            "client_cpu_us": (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) * 1e6 / n}
+
+
 def fill_clients(port, n):
     """n IAMATs for distinct ids over one pipelined connection; every reply read."""
     import threading
@@ -154,15 +183,18 @@ def main():
         herd_cfg = write_config(herd_dir, {n: (ports[n], TOPOLOGY[n]) for n in TOPOLOGY})
         for n in TOPOLOGY:
             start([os.path.join(BIN, "herd-server"), n, "-c", herd_cfg], ports[n])
+        pids = {"herd_iamat": [p.pid for p in procs]}
         solo_dir = os.path.join(tmp, "solo")
         os.makedirs(solo_dir)
         solo_port = free_port()
         solo_cfg = write_config(solo_dir, {"Solo": (solo_port, [])})
         start([os.path.join(BIN, "herd-server"), "Solo", "-c", solo_cfg], solo_port)
+        pids["solo_iamat"] = pids["solo_whatsat"] = [procs[-1].pid]
         redis = shutil.which("redis-server")
         redis_port = free_port()
         if redis:
             start([redis, "--port", str(redis_port), "--save", "", "--appendonly", "no"], redis_port)
+            pids["redis_ping"] = [procs[-1].pid]
         else:
             print("report_data: redis-server is not installed; no reference runs", file=sys.stderr)
         time.sleep(1.5)   # links up, catch-up done
@@ -212,6 +244,26 @@ def main():
         result["open"] = js
         print(f"herd open loop at {rate}/s: p50 {js['latency_us']['p50']:.1f} us  "
               f"p99 {js['latency_us']['p99']:.1f} us", flush=True)
+        # Where the CPU goes at 20 connections: per request, the servers'
+        # CPU time (all five for the herd), how long they waited for a CPU
+        # while runnable, the kernel's share, and the client's CPU time.
+        cpu = {"command": "the concurrency-20 runs of the sweep again, reading /proc/PID/schedstat "
+                          f"and /proc/PID/stat of the servers around each; {a.repeat} runs "
+                          "each, the one with the median server CPU per request"}
+        bare = ["--duration", str(a.duration), "--warmup", "0"]   # no warm-up left uncounted
+        for r in range(a.repeat):
+            for name in pids:
+                args = [x for x in series[name](20) if x != "--converge"]
+                got = cpu_per_request(pids[name], args + bare, scratch)
+                cpu.setdefault(name, []).append(got)
+        for name in pids:
+            got = sorted(cpu[name], key=lambda x: x["server_cpu_us"])
+            cpu[name] = dict(got[len(got) // 2], runs=got)
+            c = cpu[name]
+            print(f"cpu           {name:13s} {c['server_cpu_us']:5.1f} us server CPU per request "
+                  f"({c['server_kernel_share'] or 0:.0%} in the kernel), {c['server_wait_us']:5.1f} us "
+                  f"waiting for a CPU, {c['client_cpu_us']:4.1f} us client CPU", flush=True)
+        result["cpu"] = cpu
         with open(os.path.join(a.out, "sweep.json"), "w") as f:
             json.dump(result, f, indent=1)
         time.sleep(1)

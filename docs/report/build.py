@@ -102,6 +102,21 @@ def tables(data):
             cells.append(f"{r['latency_us']['p50']:.0f} / {r['latency_us']['p99']:.0f}" if r else "-")
         rows.append(f"| {c} | " + " | ".join(cells) + " |")
     out["latency"] = "\n".join(rows)
+    cpu, cpus = sweep.get("cpu", {}), sweep["machine"]["cpus"]
+    rows = ["| at 20 connections | server CPU | in the kernel | waiting for a CPU | client CPU "
+            f"| ceiling on {cpus} CPUs | measured |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, label in (("redis_ping", "redis PING"), ("solo_iamat", "one server IAMAT"),
+                        ("solo_whatsat", "one server WHATSAT"),
+                        ("herd_iamat", "herd IAMAT (five servers)")):
+        c = cpu.get(name)
+        if c:
+            share = c["server_kernel_share"]
+            ceiling = cpus * 1e6 / (c["server_cpu_us"] + c["client_cpu_us"])
+            rows.append(f"| {label} | {c['server_cpu_us']:.1f} µs | "
+                        + (f"{share:.0%}" if share is not None else "-")
+                        + f" | {c['server_wait_us']:.1f} µs | {c['client_cpu_us']:.1f} µs "
+                        f"| {fmt(ceiling)}/s | {fmt(c['rps'])}/s |")
+    out["cpu"] = "\n".join(rows)
     return out
 
 
