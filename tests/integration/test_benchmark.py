@@ -14,6 +14,9 @@ class FakeLineServer:
 
     def __init__(self, behaviour):
         self.behaviour = behaviour
+        self.whatsats = 0
+        self.bad_json_sent = 0
+        self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -42,7 +45,11 @@ class FakeLineServer:
             return b"AT Fake +0.000000001 " + b" ".join(f[1:]) + b"\n"
         if f and f[0] == b"WHATSAT":
             at = b"AT Fake +0.000000001 %s +1.0+1.0 1\n" % f[1]
-            if b == "bad-json":
+            with self.lock:
+                self.whatsats += 1
+                bad = b == "bad-json" or (b == "flip-json" and self.whatsats % 2 == 0)
+                self.bad_json_sent += bad
+            if bad:
                 return at + b'{\n   "results" : [\n\n'
             return at + b'{\n   "html_attributions" : [],\n   "results" : [],\n   "status" : "ZERO_RESULTS"\n}\n\n'
         return b"? " + line + b"\n"
@@ -123,6 +130,19 @@ def test_wrong_replies_are_errors(tmp_path, fake_line, behaviour, kind):
     assert js["errors_by_kind"][kind] > 0
     if behaviour != "bad-json":
         assert js["requests"] == 0 and js["errors_by_kind"][kind] == js["errors"]
+
+
+def test_every_bad_json_is_caught_after_good_ones(tmp_path, fake_line):
+    # The client remembers the last good JSON per client and skips parsing a
+    # reply equal to it; a bad reply between good ones must still count.
+    s = fake_line("flip-json")
+    _, js = bench(tmp_path, "--target", f"127.0.0.1:{s.port}", "--requests", "2000",
+                  "--concurrency", "2", "--warmup", "0", "--mix", "iamat=10,whatsat=90",
+                  "--clients", "3")
+    check_json(js, 2000, 2)
+    assert s.bad_json_sent > 500
+    assert s.bad_json_sent - 2 <= js["errors_by_kind"]["bad_json"] <= s.bad_json_sent
+    assert js["errors"] == js["errors_by_kind"]["bad_json"]
 
 
 def test_reference_mode_counts_reply_lines(tmp_path, fake_line):
