@@ -11,8 +11,10 @@ is stopped when it ends.  Each JSON file records the command that made it.
 """
 import argparse
 import json
+import operator
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -97,6 +99,11 @@ def rss_kib(pid):
     return 0
 
 
+def median(items, key=lambda x: x):
+    """The middle item by key (the upper one of an even count)."""
+    return sorted(items, key=key)[len(items) // 2]
+
+
 def cpu_of(pids):
     """CPU time, run-queue wait (ns, /proc/PID/schedstat) and user, system time
     (clock ticks, /proc/PID/stat) of some processes, summed."""
@@ -113,7 +120,6 @@ def cpu_of(pids):
 
 def cpu_per_request(pids, args, out_json):
     """One benchmark run; what it cost the servers and the client per request."""
-    import resource
     s0, r0 = cpu_of(pids), resource.getrusage(resource.RUSAGE_CHILDREN)
     js = bench(args, out_json)
     s1, r1 = cpu_of(pids), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -226,8 +232,7 @@ def main():
             for name in series:
                 if (name, c) not in runs:
                     continue
-                got = sorted(runs[(name, c)], key=lambda j: j["rps"])
-                js = got[len(got) // 2]
+                js = median(runs[(name, c)], key=lambda j: j["rps"])
                 js["rps_runs"] = [j["rps"] for j in runs[(name, c)]]
                 result["series"].setdefault(name, []).append(js)
                 print(f"{name:13s} c={c:<4d} {js['rps']:>10.0f} req/s  p50 {js['latency_us']['p50']:8.1f} us"
@@ -235,11 +240,10 @@ def main():
                       + ", ".join(f"{x:.0f}" for x in js["rps_runs"]) + ")", flush=True)
         # The herd below saturation: open loop at a fixed rate.
         rate = 20000
-        got = sorted((bench(["-c", herd_cfg, "--mix", "iamat=100", "--concurrency", "20",
-                             "--rate", str(rate)] + common, scratch) for _ in range(a.repeat)),
-                     key=lambda j: j["latency_us"]["p99"])
-        js = got[len(got) // 2]       # the run with the median p99
-        js["p99_runs"] = [j["latency_us"]["p99"] for j in got]
+        got = [bench(["-c", herd_cfg, "--mix", "iamat=100", "--concurrency", "20",
+                      "--rate", str(rate)] + common, scratch) for _ in range(a.repeat)]
+        js = median(got, key=lambda j: j["latency_us"]["p99"])
+        js["p99_runs"] = sorted(j["latency_us"]["p99"] for j in got)
         js["rate"] = rate
         result["open"] = js
         print(f"herd open loop at {rate}/s: p50 {js['latency_us']['p50']:.1f} us  "
@@ -256,9 +260,9 @@ def main():
                 args = [x for x in series[name](20) if x != "--converge"]
                 got = cpu_per_request(pids[name], args + bare, scratch)
                 cpu.setdefault(name, []).append(got)
+        by_cpu = operator.itemgetter("server_cpu_us")
         for name in pids:
-            got = sorted(cpu[name], key=lambda x: x["server_cpu_us"])
-            cpu[name] = dict(got[len(got) // 2], runs=got)
+            cpu[name] = dict(median(cpu[name], key=by_cpu), runs=sorted(cpu[name], key=by_cpu))
             c = cpu[name]
             print(f"cpu           {name:13s} {c['server_cpu_us']:5.1f} us server CPU per request "
                   f"({c['server_kernel_share'] or 0:.0%} in the kernel), {c['server_wait_us']:5.1f} us "
@@ -277,7 +281,6 @@ def main():
         # Idle connections: two servers alike but for 10,000 quiet sockets
         # held open on one of them; the same load on each in turn, --repeat
         # times, and the median of each.
-        import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         idle = {"command": "herd-benchmark --mix iamat=100 --concurrency 20 against a server "
@@ -300,8 +303,7 @@ def main():
                 without.append(bench(["-c", solo_cfg] + run20, scratch)["rps"])
                 with_.append(bench(["-c", busy_cfg] + run20, scratch)["rps"])
             idle.update(without_runs=without, with_runs=with_,
-                        without_rps=sorted(without)[len(without) // 2],
-                        with_rps=sorted(with_)[len(with_) // 2],
+                        without_rps=median(without), with_rps=median(with_),
                         rss_kib_with_idle=rss_kib(busy_pid))
             print(f"idle          {idle['without_rps']:.0f} req/s without, "
                   f"{idle['with_rps']:.0f} req/s with 10,000 idle connections "
