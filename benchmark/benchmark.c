@@ -199,6 +199,16 @@ static int at_shape(const char *line, size_t len, const char **rest) {
     return 1;
 }
 
+/* The first "\n\n" in [p, lim), where a WHATSAT answer ends; NULL if none. */
+static const char *blank_line(const char *p, const char *lim) {
+    for (; p + 1 < lim; p++) {
+        p = memchr(p, '\n', (size_t)(lim - p));
+        if (!p || p + 1 >= lim) return NULL;
+        if (p[1] == '\n') return p;
+    }
+    return NULL;
+}
+
 /* WHATSAT replies repeat: a client's location, the radius and the bound
  * decide the JSON.  Each distinct JSON is parsed with cJSON once; a reply
  * whose JSON is byte for byte the last one found valid for the same client
@@ -260,12 +270,7 @@ static int check_reply(conn *c, size_t *used, err_kind *err) {
         return 0;
     }
     /* WHATSAT: AT line, JSON, empty line */
-    const char *end = NULL;
-    for (const char *p = nl + 1; p + 1 < d + n; p++) {
-        p = memchr(p, '\n', (size_t)(d + n - p));
-        if (!p || p + 1 >= d + n) break;
-        if (p[1] == '\n') { end = p; break; }
-    }
+    const char *end = blank_line(nl + 1, d + n);
     if (!end) return -1;
     *used = (size_t)(end - d) + 2;
     size_t cl = strlen(c->client);
@@ -422,9 +427,7 @@ static int held_reply(conn *c) {
     const char *d = buf_data(&c->in);
     size_t len = buf_pending(&c->in);
     if (len >= 2 && d[0] == '?' && memchr(d, '\n', len)) return 0;
-    if (len >= 2 && d[0] == 'A')
-        for (size_t i = 1; i < len; i++)
-            if (d[i] == '\n' && d[i - 1] == '\n') return 1;
+    if (len >= 2 && d[0] == 'A' && blank_line(d, d + len)) return 1;
     return -1;
 }
 
