@@ -31,15 +31,19 @@ static void log_client_data(const client *c, const char *event, const char *data
     log_data(LOG_INFO, event, prefix, data, len, suffix);
 }
 
+/* 'start' counts from the front of the pending output (buf_pending before
+ * the reply was appended), not from c->out.p: appending may compact the
+ * buffer, which moves the data but keeps that distance. */
 static void log_reply(server *s, client *c, size_t start) {
     if (!s->cfg->logging.log_lines) return;
-    size_t len = c->out.len - start;
-    if (len && c->out.p[c->out.len - 1] == '\n') len--;  /* the line's own LF */
-    log_client_data(c, "send", c->out.p + start, len, NULL);
+    const char *d = buf_data(&c->out);
+    size_t end = buf_pending(&c->out), len = end - start;
+    if (len && d[end - 1] == '\n') len--;  /* the line's own LF */
+    log_client_data(c, "send", d + start, len, NULL);
 }
 
 static void reply_invalid(server *s, client *c, const char *line, size_t len) {
-    size_t start = c->out.len;
+    size_t start = buf_pending(&c->out);
     buf_reserve(&c->out, len + 3);
     buf_append(&c->out, "? ", 2);
     buf_append(&c->out, line, len);
@@ -61,7 +65,7 @@ static void do_iamat(server *s, client *c, const proto_iamat *ia) {
         .time = ia->time,
         .t = ia->t,
     };
-    size_t start = c->out.len;
+    size_t start = buf_pending(&c->out);
     buf_reserve(&c->out, 3 + u.origin.len + dlen + ia->client.len +
                              ia->location.len + ia->time.len + 8);
     buf_append(&c->out, "AT ", 3);
@@ -99,12 +103,12 @@ static void do_whatsat(server *s, client *c, const proto_whatsat *ws,
     }
     buf_append(&c->out, e->line, e->line_len);
     buf_append_char(&c->out, '\n');
-    size_t json_start = c->out.len;
+    size_t json_start = buf_pending(&c->out);
     double lat, lng;
     table_entry_latlng(e, &lat, &lng);
     int n = places_local_render(&s->places, lat, lng, ws->radius_km,
                                 ws->bound, &c->out);
-    size_t json_len = c->out.len - json_start;
+    size_t json_len = buf_pending(&c->out) - json_start;
     buf_append(&c->out, "\n\n", 2);
     if (s->cfg->logging.log_lines) {
         /* the AT line, and the JSON summarised: a full dump is kilobytes */
