@@ -1,4 +1,4 @@
-/* benchmark.c -- herd-benchmark: load the herd and measure it (SPEC section 7).
+/* benchmark.c -- herd-benchmark: load the herd and measure it (docs/PROTOCOL.md, "Benchmark").
  *
  * One poll() loop drives --concurrency persistent connections spread over
  * the target servers.  Closed loop (default): each connection sends a

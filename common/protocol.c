@@ -1,6 +1,6 @@
 /* protocol.c -- parsing and comparing the client protocol's fields.
  *
- * Every rule of SPEC section 3 that concerns a single line lives here, so a
+ * Every rule of docs/PROTOCOL.md that concerns a single line lives here, so a
  * unit test can check it without a socket.  Nothing here allocates.
  */
 #include "protocol.h"

@@ -1,4 +1,4 @@
-/* commands.c -- one client line in, its reply out (SPEC section 3).
+/* commands.c -- one client line in, its reply out (docs/PROTOCOL.md).
  *
  *   IAMAT    -> "AT <server> <diff> <client> <location> <time>", and the
  *               update is stored when it is newer than what we hold

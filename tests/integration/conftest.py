@@ -285,7 +285,7 @@ def wait_log(folder, name, text, timeout=3):
 
 
 class Herd:
-    """The five servers of SPEC section 2 on free ports, in one folder."""
+    """The five servers of the default herd (docs/PROTOCOL.md) on free ports, in one folder."""
 
     def __init__(self, path, secret="test-secret-0123456789", logging=None):
         self.dir = str(path)

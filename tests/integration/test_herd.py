@@ -1,4 +1,4 @@
-"""The herd: flooding, authentication, catch-up and snapshots (SPEC section 4)."""
+"""The herd: flooding, authentication, catch-up and snapshots (docs/PROTOCOL.md, "Between servers")."""
 import os
 import socket
 import time

@@ -1,4 +1,4 @@
-"""Limits of SPEC section 3: each enforced without stopping or slowing others."""
+"""Limits of docs/PROTOCOL.md: each enforced without stopping or slowing others."""
 import errno
 import os
 import selectors

@@ -1,4 +1,4 @@
-"""The client protocol of SPEC section 3, byte for byte, against the real binary."""
+"""The client protocol of docs/PROTOCOL.md, byte for byte, against the real binary."""
 import json
 import math
 import re

@@ -1,4 +1,4 @@
-"""The supervisor and the start/stop scripts (SPEC sections 1 and 6)."""
+"""The supervisor and the start/stop scripts (docs/PROTOCOL.md, "Processes and files")."""
 import os
 import signal
 import socket

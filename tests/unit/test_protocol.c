@@ -1,4 +1,4 @@
-/* test_protocol.c -- the line grammar of SPEC section 3, the newer order and
+/* test_protocol.c -- the line grammar of docs/PROTOCOL.md, the newer order and
  * the diff format. */
 #include <stdint.h>
 #include <stdlib.h>
