@@ -51,10 +51,10 @@ static void reply_invalid(server *s, client *c, const char *line, size_t len) {
     log_reply(s, c, start);
 }
 
+/* The diff counts from when the line was read from the socket, not from
+ * now: an IAMAT held behind a WHATSAT waiting for Google keeps its time. */
 static void do_iamat(server *s, client *c, const proto_iamat *ia) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    proto_time now = {ts.tv_sec, (int32_t)ts.tv_nsec};
+    proto_time now = {c->rx_time.tv_sec, (int32_t)c->rx_time.tv_nsec};
     char diff[PROTO_DIFF_MAX];
     size_t dlen = proto_format_diff(diff, now, ia->t);
     table_update u = {
