@@ -102,11 +102,13 @@ int snapshot_write(server *s) {
     return 0;
 }
 
-/* The forked child: hold no socket of the server (listener, clients,
- * links, libcurl's), die with the parent, write, exit.  Never returns. */
+/* The forked child: die with the parent, hold no socket of the server
+ * (listener, clients, links, libcurl's), write, exit.  Never returns.  The
+ * death signal is set first, so a child seen without the server's sockets
+ * is sure to go with it. */
 static void snapshot_child(const server *s, pid_t parent) {
-    close_range(3, ~0U, 0);
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent) _exit(1);
+    close_range(3, ~0U, 0);
     _exit(write_file(s) < 0 ? 1 : 0);
 }
 
