@@ -260,10 +260,7 @@ static void on_welcome(server *s, client *c, const char *line, size_t len) {
  * then the half-done handshake is given up: the reply is written, and the
  * connection closed and logged as a refused peer. */
 static void refuse_after_reply(server *s, client *c, const char *line, size_t len) {
-    buf_reserve(&c->out, len + 3);
-    buf_append(&c->out, "? ", 2);
-    buf_append(&c->out, line, len);
-    buf_append_char(&c->out, '\n');
+    command_reply_invalid(s, c, line, len);
     log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=a line other than "
             "PEER PROOF before the handshake was done", peer_name(s, &s->links[c->link]),
             c->addr);

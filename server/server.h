@@ -117,6 +117,9 @@ void server_free(server *s);
  * the reply to c->out. */
 void command_handle(server *s, client *c, const char *line, size_t len);
 
+/* commands.c: the answer to a bad line, "? " + the line + LF, on c->out. */
+void command_reply_invalid(server *s, client *c, const char *line, size_t len);
+
 /* server.c: mark c to be closed after this round, with a reason to log. */
 void client_kill(server *s, client *c, const char *reason);
 
