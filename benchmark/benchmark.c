@@ -70,6 +70,8 @@ static struct {
     double duration_s, warmup_s, rate, radius_km;
     long long max_requests;
     const char *json_path, *reference;
+    char *reference_line;       /* reference + CRLF, any length */
+    size_t reference_len;
     int propagation;
     int converge;
     char (*newest)[40];         /* per client id: the time of its newest IAMAT */
@@ -156,11 +158,12 @@ static void send_all(conn *c, const char *p, size_t n) {
 
 static void send_request(conn *c, int64_t due) {
     char line[512];
-    int n;
+    const char *data = line;
+    int n = 0;
     c->due_ns = due;
     if (B.reference) {
         c->kind = REQ_REFERENCE;
-        n = snprintf(line, sizeof line, "%s\r\n", B.reference);
+        data = B.reference_line;
     } else if (c->last_iamat[0] && (int)(random() % 100) >= B.iamat_pct) {
         c->kind = REQ_WHATSAT;
         snprintf(c->client, sizeof c->client, "%s", c->last_iamat);
@@ -181,7 +184,7 @@ static void send_request(conn *c, int64_t due) {
     c->busy = 1;
     c->sent_ns = now_ns();
     if (!due) c->due_ns = c->sent_ns;
-    send_all(c, line, (size_t)n);
+    send_all(c, data, B.reference ? B.reference_len : (size_t)n);
 }
 
 /* Is 'line' an AT line of the right shape?  Fills the echoed part. */
@@ -855,11 +858,17 @@ int main(int argc, char **argv) {
     if (!B.quiet && isatty(STDERR_FILENO))
         fprintf(stderr, "herd-benchmark: %d connections over %d servers, %.0f s warm-up, %.0f s\n",
                 B.concurrency, B.n_targets, B.warmup_s, B.duration_s);
+    if (B.reference) {         /* built once: a long LINE must not meet a fixed buffer */
+        B.reference_len = strlen(B.reference) + 2;
+        B.reference_line = xmalloc(B.reference_len + 1);
+        snprintf(B.reference_line, B.reference_len + 1, "%s\r\n", B.reference);
+    }
     if (B.converge && !B.reference) B.newest = xcalloc((size_t)B.clients, sizeof *B.newest);
     run_load();
     if (B.newest) run_converge();
     report();
     free(B.newest);
+    free(B.reference_line);
     free(B.lat);
     for (size_t k = 0; k < JSON_MEMO; k++) free(memo[k].json);
     return 0;

@@ -1,11 +1,18 @@
 /* buf.c -- growable byte buffer; see buf.h. */
 #include "buf.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "xalloc.h"
+
+/* No allocation is larger than PTRDIFF_MAX; a size past it is a bug. */
+static void too_large(size_t len, size_t extra) {
+    fprintf(stderr, "buffer size overflow: %zu bytes held, %zu more asked for\n", len, extra);
+    abort();
+}
 
 void buf_reserve(buf_t *b, size_t extra) {
     if (b->cap - b->len >= extra) return;
@@ -13,9 +20,10 @@ void buf_reserve(buf_t *b, size_t extra) {
         buf_compact(b);
         return;
     }
+    if (extra > (size_t)PTRDIFF_MAX - b->len) too_large(b->len, extra);
     size_t want = b->len + extra;
     size_t cap = b->cap ? b->cap : 256;
-    while (cap < want) cap *= 2;
+    while (cap < want) cap = cap > (size_t)PTRDIFF_MAX / 2 ? want : cap * 2;
     b->p = xrealloc(b->p, cap);
     b->cap = cap;
 }

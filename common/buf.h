@@ -21,7 +21,9 @@ typedef struct {
 static inline size_t buf_pending(const buf_t *b) { return b->len - b->off; }
 static inline const char *buf_data(const buf_t *b) { return b->p + b->off; }
 
-void buf_reserve(buf_t *b, size_t extra);   /* room for 'extra' more bytes */
+/* Room for 'extra' more bytes; a total past PTRDIFF_MAX aborts with a
+ * message, as running out of memory does. */
+void buf_reserve(buf_t *b, size_t extra);
 void buf_append(buf_t *b, const void *data, size_t n);
 void buf_append_str(buf_t *b, const char *s);
 void buf_append_char(buf_t *b, char c);

@@ -42,7 +42,7 @@ static void log_reply(server *s, client *c, size_t start) {
     log_client_data(c, "send", d + start, len, NULL);
 }
 
-static void reply_invalid(server *s, client *c, const char *line, size_t len) {
+void command_reply_invalid(server *s, client *c, const char *line, size_t len) {
     size_t start = buf_pending(&c->out);
     buf_reserve(&c->out, len + 3);
     buf_append(&c->out, "? ", 2);
@@ -51,10 +51,10 @@ static void reply_invalid(server *s, client *c, const char *line, size_t len) {
     log_reply(s, c, start);
 }
 
+/* The diff counts from when the line was read from the socket, not from
+ * now: an IAMAT held behind a WHATSAT waiting for Google keeps its time. */
 static void do_iamat(server *s, client *c, const proto_iamat *ia) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    proto_time now = {ts.tv_sec, (int32_t)ts.tv_nsec};
+    proto_time now = {c->rx_time.tv_sec, (int32_t)c->rx_time.tv_nsec};
     char diff[PROTO_DIFF_MAX];
     size_t dlen = proto_format_diff(diff, now, ia->t);
     table_update u = {
@@ -94,7 +94,7 @@ static void do_whatsat(server *s, client *c, const proto_whatsat *ws,
         if (s->cfg->logging.log_lines)
             log_msg(LOG_INFO, "invalid", "id=%llu reason=unknown client",
                     (unsigned long long)c->id);
-        reply_invalid(s, c, line, len);
+        command_reply_invalid(s, c, line, len);
         return;
     }
     if (s->google) {
@@ -144,10 +144,10 @@ void command_handle(server *s, client *c, const char *line, size_t len) {
         if (s->cfg->logging.log_lines)
             log_msg(LOG_INFO, "invalid", "id=%llu reason=%s",
                     (unsigned long long)c->id, why);
-        reply_invalid(s, c, line, len);
+        command_reply_invalid(s, c, line, len);
         return;
     case PROTO_OTHER:
-        reply_invalid(s, c, line, len);
+        command_reply_invalid(s, c, line, len);
         return;
     }
 }

@@ -276,6 +276,8 @@ static char *map_legacy_answer(cJSON *root, int bound, int *results, const char 
     return render_doc(attrs, out, results);
 }
 
+#define ERROR_TEXT_MAX 511      /* bytes of an error text a reply shows */
+
 /* Replace every copy of the key in msg (it must never be shown). */
 static void scrub(char *msg, const char *key) {
     size_t k = strlen(key);
@@ -283,6 +285,24 @@ static void scrub(char *msg, const char *key) {
     for (char *p = strstr(msg, key); p; p = strstr(p, key)) {
         memset(p, '*', k);
         p += k;
+    }
+}
+
+/* The error text as a reply may show it: the key scrubbed, raw and
+ * URL-escaped (as in a legacy request's URL), from the whole text, and only
+ * then cut to ERROR_TEXT_MAX bytes (at a UTF-8 boundary), so no part of a
+ * key that straddles the cut survives.  NUL-terminates m. */
+static void error_text(buf_t *m, CURL *easy, const char *key) {
+    buf_append_char(m, '\0');
+    scrub(m->p, key);
+    char *esc = key[0] ? curl_easy_escape(easy, key, 0) : NULL;
+    if (esc) scrub(m->p, esc);
+    curl_free(esc);
+    size_t n = strlen(m->p);
+    if (n > ERROR_TEXT_MAX) {
+        n = ERROR_TEXT_MAX;
+        while (n && ((unsigned char)m->p[n] & 0xC0) == 0x80) n--;
+        m->p[n] = '\0';
     }
 }
 
@@ -438,52 +458,53 @@ void google_detach(server *s, client *c) {
 static char *answer_json(server *s, upstream *u, CURLcode rc, long code, const char **status,
                          int *results) {
     const config_places *p = &s->cfg->places;
-    char msg[512] = "";
+    buf_t msg = {0};            /* the error text, whole until scrubbed */
     const char *message = NULL;
     char *json = NULL;
     *results = 0;
     *status = "UNKNOWN_ERROR";
     if (rc != CURLE_OK) {
         if (u->too_large)
-            snprintf(msg, sizeof msg, "upstream answer larger than %zu bytes", u->max);
+            buf_printf(&msg, "upstream answer larger than %zu bytes", u->max);
         else if (rc == CURLE_OPERATION_TIMEDOUT)
-            snprintf(msg, sizeof msg, "upstream timed out after %d ms", p->timeout_ms);
+            buf_printf(&msg, "upstream timed out after %d ms", p->timeout_ms);
         else
-            snprintf(msg, sizeof msg, "upstream request failed: %s",
-                     u->errbuf[0] ? u->errbuf : curl_easy_strerror(rc));
+            buf_printf(&msg, "upstream request failed: %s",
+                       u->errbuf[0] ? u->errbuf : curl_easy_strerror(rc));
     } else {
         cJSON *root = cJSON_ParseWithLength(u->resp.p ? u->resp.p : "", u->resp.len);
         if (!cJSON_IsObject(root)) {
             *status = legacy_status(NULL, code);
-            if (code >= 300) snprintf(msg, sizeof msg, "upstream answered HTTP %ld", code);
-            else snprintf(msg, sizeof msg, "upstream answer is not valid JSON");
+            if (code >= 300) buf_printf(&msg, "upstream answered HTTP %ld", code);
+            else buf_printf(&msg, "upstream answer is not valid JSON");
         } else if (p->provider == PLACES_GOOGLE) {
             const cJSON *err = cJSON_GetObjectItemCaseSensitive(root, "error");
             if (err || code != 200) {
                 const cJSON *st = cJSON_GetObjectItemCaseSensitive(err, "status");
                 const cJSON *m = cJSON_GetObjectItemCaseSensitive(err, "message");
                 *status = legacy_status(cJSON_IsString(st) ? st->valuestring : NULL, code);
-                snprintf(msg, sizeof msg, "upstream answered HTTP %ld: %s", code,
-                         cJSON_IsString(m) ? m->valuestring : "no message");
+                buf_printf(&msg, "upstream answered HTTP %ld: %s", code,
+                           cJSON_IsString(m) ? m->valuestring : "no message");
             } else {
                 json = google_map_new_answer(u->resp.p, u->resp.len, u->bound, results);
                 if (json) *status = *results ? "OK" : "ZERO_RESULTS";
-                else snprintf(msg, sizeof msg, "upstream answer has no places list");
+                else buf_printf(&msg, "upstream answer has no places list");
             }
         } else {
             json = map_legacy_answer(root, u->bound, results, status, &message);
-            if (!json) snprintf(msg, sizeof msg, "%s", message);
+            if (!json) buf_printf(&msg, "%s", message);
             else *status = *results ? "OK" : "ZERO_RESULTS";
         }
         cJSON_Delete(root);
     }
     if (!json) {
-        scrub(msg, p->api_key);
+        error_text(&msg, u->easy, p->api_key);
         buf_t b = {0};
-        places_render_error(&b, *status, msg);
+        places_render_error(&b, *status, msg.p);
         buf_append_char(&b, '\0');
         json = b.p;
     }
+    buf_free(&msg);
     return json;
 }
 

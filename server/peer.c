@@ -255,12 +255,26 @@ static void on_welcome(server *s, client *c, const char *line, size_t len) {
     link_up(s, c->link, c, "out");
 }
 
+/* Accepting side: a line other than PROOF before the handshake is done (an
+ * AT line, say).  It gets the answer of any bad line, "? " and the line;
+ * then the half-done handshake is given up: the reply is written, and the
+ * connection closed and logged as a refused peer. */
+static void refuse_after_reply(server *s, client *c, const char *line, size_t len) {
+    command_reply_invalid(s, c, line, len);
+    log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=a line other than "
+            "PEER PROOF before the handshake was done", peer_name(s, &s->links[c->link]),
+            c->addr);
+    c->role = ROLE_CLIENT;     /* no link any more: an ordinary client, closing */
+    c->link = -1;
+    client_close_after_reply(s, c, "refused peer: line before its proof");
+}
+
 /* Accepting side: the dialer's PROOF. */
 static void on_proof(server *s, client *c, const char *line, size_t len) {
     hs_line h;
     const char *them = peer_name(s, &s->links[c->link]);
     if (hs_parse_proof(line, len, &h) < 0) {
-        refuse(s, c, "unexpected handshake line");
+        refuse_after_reply(s, c, line, len);
         return;
     }
     char want[HS_PROOF_LEN + 1];

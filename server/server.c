@@ -12,9 +12,12 @@
  * connections cost nothing per request.
  *
  * Input: bytes land in c->in; each LF ends a line, which goes to
- * command_handle().  A line longer than limits.max_line_bytes gets one
- * "? " line, after which the input is read and thrown away for a moment
- * and the connection closed once the reply is out.
+ * command_handle().  A line longer than limits.max_line_bytes (not counting
+ * its LF or CRLF) gets one "? " line, after which the input is read and
+ * thrown away for a moment and the connection closed once the reply is
+ * out.  At EOF, a plain client's last unterminated line is served; on a
+ * link or a handshake only complete lines count, and a torn one is dropped.
+ * Every reply due is written before a connection closed by EOF goes.
  * Output: replies are appended to c->out and written at the end of the
  * round, after the links: an IAMAT's update is in the kernel's hands on the
  * way to the neighbours before its AT reply is, so a server killed right
@@ -179,7 +182,7 @@ void client_write(server *s, client *c) {
     }
     buf_shrink_if_empty(&c->out, OUT_KEEP);
     if (c->close_after_flush && !c->waiting) {
-        client_kill(s, c, c->draining ? "line too long" : "client closed");
+        client_kill(s, c, c->draining ? c->close_reason : "client closed");
     } else if (c->draining && !c->shut) {
         shutdown(c->fd, SHUT_WR);   /* the reply is out: tell the client */
         c->shut = 1;
@@ -222,18 +225,34 @@ static int check_output_cap(server *s, client *c) {
     return -1;
 }
 
+void client_close_after_reply(server *s, client *c, const char *reason) {
+    c->draining = 1;
+    c->drain_until_ms = s->now_ms + DRAIN_MS;
+    c->close_reason = reason;   /* client_kill() sets it again, to the same */
+    buf_free(&c->in);
+    c->scanned = 0;
+}
+
 static void line_too_long(server *s, client *c) {
     buf_printf(&c->out, "? line too long (more than %zu bytes)\n",
                s->cfg->limits.max_line_bytes);
     log_msg(LOG_WARN, "line-too-long", "id=%llu max=%zu", (unsigned long long)c->id,
             s->cfg->limits.max_line_bytes);
-    c->draining = 1;
-    c->drain_until_ms = s->now_ms + DRAIN_MS;
-    buf_free(&c->in);
+    client_close_after_reply(s, c, "line too long");
+}
+
+/* The link or handshake closed in the middle of a line: only complete
+ * lines count there (a neighbour killed mid-write leaves a torn AT line). */
+static void drop_torn_line(server *s, client *c, size_t len) {
+    const char *peer = c->link >= 0 ? s->cfg->servers[s->links[c->link].server].name : "?";
+    log_msg(LOG_WARN, "peer-torn-line", "peer=%s addr=%s id=%llu bytes=%zu: closed in the "
+            "middle of a line, dropped", peer, c->addr, (unsigned long long)c->id, len);
+    buf_clear(&c->in);
     c->scanned = 0;
 }
 
-/* Serve every complete line in c->in; on EOF, the last unterminated one. */
+/* Serve every complete line in c->in; on EOF, a plain client's last
+ * unterminated one.  The limit is on the line without its LF or CRLF. */
 static void process_input(server *s, client *c) {
     /* a peer's AT line is a client's line plus an origin and a diff */
     size_t max = s->cfg->limits.max_line_bytes + (c->role == ROLE_CLIENT ? 0 : 256);
@@ -246,12 +265,17 @@ static void process_input(server *s, client *c) {
             len = (size_t)(nl - start);
         } else {
             c->scanned = avail;
-            if (avail > max) { line_too_long(s, c); break; }
+            /* max bytes and a CR still waiting for its LF are not too long */
+            if (avail > max && !(avail == max + 1 && start[max] == '\r')) {
+                line_too_long(s, c);
+                break;
+            }
             if (!c->eof || avail == 0) break;
+            if (c->role != ROLE_CLIENT) { drop_torn_line(s, c, avail); break; }
             len = avail;                      /* half-closed: serve the rest */
         }
-        if (len > max) { line_too_long(s, c); break; }
         size_t l = (nl && len && start[len - 1] == '\r') ? len - 1 : len;
+        if (l > max) { line_too_long(s, c); break; }
         command_handle(s, c, start, l);
         buf_consume(&c->in, nl ? len + 1 : len);
         c->scanned = 0;
@@ -279,13 +303,13 @@ static void client_read(server *s, client *c) {
         if (n > 0) {
             c->in.len += (size_t)n;
             c->last_ms = s->now_ms;
+            clock_gettime(CLOCK_REALTIME, &c->rx_time);   /* IAMAT diffs count from here */
             if (!c->draining) process_input(s, c);
             if ((size_t)n < READ_CHUNK) break;   /* drained the socket */
         } else if (n == 0) {
             c->eof = 1;
-            if (c->draining) { client_kill(s, c, "line too long"); return; }
-            process_input(s, c);
-            c->close_after_flush = 1;
+            if (!c->draining) process_input(s, c);
+            c->close_after_flush = 1;             /* once every reply due is out */
         } else if (errno == EINTR) {
             continue;
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -373,7 +397,7 @@ static void sweep_clients(server *s) {
             continue;
         }
         if (c->draining && s->now_ms >= c->drain_until_ms)
-            client_kill(s, c, "line too long");
+            client_kill(s, c, c->close_reason);
         else if ((c->role == ROLE_DIALING || c->role == ROLE_ACCEPTED) &&
                  s->now_ms >= c->handshake_until_ms)
             client_kill(s, c, "handshake timeout");

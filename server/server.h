@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "buf.h"
 #include "config.h"
@@ -38,9 +39,10 @@ typedef struct client {
     int64_t last_ms;            /* last read or write progress */
     int64_t drain_until_ms;     /* while draining: when to give up */
     int64_t partial_since_ms;   /* an unfinished line began then; 0: none */
+    struct timespec rx_time;    /* wall clock of the last read with data */
     unsigned eof : 1;           /* the client half-closed */
     unsigned close_after_flush : 1;
-    unsigned draining : 1;      /* sent "line too long"; discarding input */
+    unsigned draining : 1;      /* a last reply is due; discarding input */
     unsigned shut : 1;          /* our side is shut down for writing */
     unsigned dead : 1;          /* free after this poll round */
     unsigned connecting : 1;    /* a dial in progress: wait for POLLOUT */
@@ -115,11 +117,18 @@ void server_free(server *s);
  * the reply to c->out. */
 void command_handle(server *s, client *c, const char *line, size_t len);
 
+/* commands.c: the answer to a bad line, "? " + the line + LF, on c->out. */
+void command_reply_invalid(server *s, client *c, const char *line, size_t len);
+
 /* server.c: mark c to be closed after this round, with a reason to log. */
 void client_kill(server *s, client *c, const char *reason);
 
 /* server.c: a new connection in the poll set (role ROLE_CLIENT). */
 client *client_add(server *s, int fd, const char *addr);
+
+/* server.c: read no more commands from c; once what is queued is written,
+ * shut down our side, discard input for a moment, then close (reason logged). */
+void client_close_after_reply(server *s, client *c, const char *reason);
 
 /* server.c: go on with c's buffered commands after a wait, and write. */
 void client_resume(server *s, client *c);

@@ -8,15 +8,23 @@
  * folder fsync'ed, so a crash leaves the old or the new snapshot, never half
  * of one.  The periodic snapshot is written by a forked child, as Redis
  * does, so the loop never waits on the disk; the one at a graceful stop is
- * written in process.  A snapshot that does not parse, is cut short or
+ * written in process.  The child closes every descriptor but stdio first
+ * (the listener above all: a restarted server must be able to bind its
+ * port while a slow child still writes) and dies with its parent
+ * (PR_SET_PDEATHSIG).  Temporary files a killed child left behind,
+ * NAME.snap.tmp.PID, are removed at start and logged.
+ * A snapshot that does not parse, is cut short or
  * belongs to another server is renamed NAME.snap.bad-<time>, logged, and the
  * server starts empty: the herd's catch-up fills it again.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -94,17 +102,28 @@ int snapshot_write(server *s) {
     return 0;
 }
 
+/* The forked child: die with the parent, hold no socket of the server
+ * (listener, clients, links, libcurl's), write, exit.  Never returns.  The
+ * death signal is set first, so a child seen without the server's sockets
+ * is sure to go with it. */
+static void snapshot_child(const server *s, pid_t parent) {
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent) _exit(1);
+    close_range(3, ~0U, 0);
+    _exit(write_file(s) < 0 ? 1 : 0);
+}
+
 void snapshot_tick(server *s) {
     reap_child(s, 0);
     if (!s->table_dirty || s->snapshot_pid || s->now_ms < s->next_snapshot_ms) return;
     s->next_snapshot_ms = s->now_ms + (int64_t)s->cfg->herd.snapshot_interval_s * 1000;
     log_flush();              /* the child must not inherit unwritten lines */
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         log_msg(LOG_ERROR, "snapshot-failed", "fork: %s", strerror(errno));
         return;
     }
-    if (pid == 0) _exit(write_file(s) < 0 ? 1 : 0);
+    if (pid == 0) snapshot_child(s, parent);
     s->snapshot_pid = pid;
     s->table_dirty = 0;
 }
@@ -119,8 +138,30 @@ static void set_aside(server *s, const char *path, const char *why, long line) {
     table_init(&s->tab);
 }
 
+/* Remove NAME.snap.tmp.* left by a snapshot child killed while writing. */
+static void remove_leftovers(server *s) {
+    DIR *d = opendir(s->cfg->herd.state_dir);
+    if (!d) return;
+    char prefix[200];
+    int plen = snprintf(prefix, sizeof prefix, "%s.snap.tmp.", s->me->name);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, prefix, (size_t)plen) != 0) continue;
+        char path[4400];
+        snprintf(path, sizeof path, "%s/%s", s->cfg->herd.state_dir, e->d_name);
+        if (unlink(path) == 0)
+            log_msg(LOG_WARN, "snapshot-leftover-removed", "file=%s (a snapshot child "
+                    "stopped while writing it)", path);
+        else
+            log_msg(LOG_WARN, "snapshot-leftover", "file=%s cannot be removed: %s", path,
+                    strerror(errno));
+    }
+    closedir(d);
+}
+
 void snapshot_load(server *s) {
     char path[4200];
+    remove_leftovers(s);
     snap_path(s, path, sizeof path, "");
     FILE *f = fopen(path, "r");
     if (!f) {
