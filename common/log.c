@@ -95,7 +95,7 @@ static int open_file(size_t *size) {
     if (fstat(fd, &st) == 0) {
         *size = (size_t)st.st_size;
         if (st.st_mode & 07777 & ~LOG_FILE_MODE)
-            fchmod(fd, st.st_mode & LOG_FILE_MODE);   /* best effort: not ours? */
+            fchmod(fd, st.st_mode & LOG_FILE_MODE);   /* fails on another's file: fine */
     }
     return fd;
 }
@@ -163,7 +163,7 @@ static void note_outcome(const char *what, int rc, int err) {
                 L.path, what, strerror(err), LOG_RETRY_MS);
     } else if (rc == 0 && L.fail_errno) {
         L.fail_errno = 0;
-        log_msg(LOG_INFO, "log-rotate-recovered", "path=%s", L.path);
+        log_msg(LOG_INFO, "log-recovered", "path=%s", L.path);
     }
 }
 
@@ -380,7 +380,10 @@ static void flush_to_stderr(void) {
  * non-empty file ends the rotating, so the loop ends. */
 static void flush_to_file(void) {
     int64_t now = log_mono_ms();
-    if (L.need_open && now >= L.retry_ms) note_outcome("open", open_log(), errno);
+    if (L.need_open && now >= L.retry_ms) {
+        int rc = open_log();
+        note_outcome("open", rc, errno);
+    }
     if (L.fd < 0) {
         drop_pending(L.fail_errno ? L.fail_errno : EBADF);
         return;
@@ -404,10 +407,10 @@ static void flush_to_file(void) {
             drop_pending(EFBIG);
             return;
         }
-        int rc = write_out(buf_data(&L.buf), n, &done);
+        int rc = write_out(buf_data(&L.buf), n, &done), err = errno;
         buf_consume(&L.buf, done);
         if (rc < 0) {
-            drop_pending(errno);
+            drop_pending(err);
             return;
         }
     }
