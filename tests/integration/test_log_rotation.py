@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import Server, connect, exchange, program
+from conftest import Server, connect, exchange, program, recv_exact_lines
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARN|ERROR) \S+")
 LOC = "+34.068930-118.445127"
@@ -91,6 +91,28 @@ def test_load_run_leaves_at_most_keep_plus_one_files(tmp_path, started):
     everything = "".join(open(os.path.join(logs, f)).read() for f in files)
     assert "listening" not in everything              # the oldest file was removed
     assert "stopped server=Bailey" in open(os.path.join(logs, "Bailey.log")).read()
+
+
+@pytest.mark.parametrize("keep", [0, 1])
+def test_a_line_longer_than_the_size_is_written_whole(started, keep):
+    s = started("a", logging={"max_file_bytes": 4096, "keep_files": keep}).start()
+    with connect(s.port) as c:
+        for k in range(40):
+            ask(c, f"zero-{k}", f"7.{k:04d}")
+        long_id = "L" * 6000            # its recv and send lines are each past 4096 bytes
+        c.sendall(f"{long_id}\n".encode())
+        assert recv_exact_lines(c, 1) == f"? {long_id}\n".encode()
+        ask(c, "after-long", "9.0")
+        s.read_log(wait_for="after-long")
+    with open(s.log_path) as f:
+        text = f.read()
+    assert len(text) <= 4096 and "after-long" in text and long_id not in text, len(text)
+    want = {"Bailey.log"} | ({"Bailey.log.1"} if keep else set())
+    assert log_files(os.path.dirname(s.log_path)).keys() == want
+    if keep:
+        # each long line went whole into a file of its own
+        lines = open(s.log_path + ".1").read().splitlines()
+        assert len(lines) == 1 and STAMP.match(lines[0]) and f'"? {long_id}"' in lines[0], lines
 
 
 def test_tail_F_follows_rotation(started):
