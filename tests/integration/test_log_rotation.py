@@ -222,13 +222,13 @@ def small_tmpfs(tmp_path):
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:
-        yield str(mnt)
+        yield str(mnt)      # ask for it before 'started', so the server stops first
     finally:
         if subprocess.run(["umount", str(mnt)]).returncode != 0:
             subprocess.run(["umount", "-l", str(mnt)])
 
 
-def test_full_disk_never_stops_serving(started, small_tmpfs):
+def test_full_disk_never_stops_serving(small_tmpfs, started):
     logs = os.path.join(small_tmpfs, "logs")
     s = started("a", logging={"dir": logs}).start()
     s.log_path = os.path.join(logs, "Bailey.log")
