@@ -14,6 +14,8 @@
 #include <string.h>
 #include <yaml.h>
 
+#include "log.h"
+
 typedef struct {
     const char *path;
     yaml_document_t *doc;
@@ -171,6 +173,8 @@ static const key_spec logging_keys[] = {
     {"dir", K_PATH, STR(logging.dir), 0, 0},
     {"flush_ms", K_INT, OFF(logging.flush_ms), 0, 1, 1000},
     {"log_lines", K_BOOL, OFF(logging.log_lines), 0, 0, 0},
+    {"max_file_bytes", K_SIZE, OFF(logging.max_file_bytes), 0, 4096, 1LL << 40},
+    {"keep_files", K_INT, OFF(logging.keep_files), 0, 0, 100},
     {NULL, 0, 0, 0, 0, 0},
 };
 
@@ -370,6 +374,8 @@ static void set_defaults(config *cfg) {
     path_join(cfg->logging.dir, sizeof cfg->logging.dir, cfg->dir, "logs");
     cfg->logging.flush_ms = 200;
     cfg->logging.log_lines = 1;
+    cfg->logging.max_file_bytes = LOG_DEFAULT_MAX_FILE_BYTES;
+    cfg->logging.keep_files = LOG_DEFAULT_KEEP_FILES;
     cfg->supervisor.restart_max = 5;
     cfg->supervisor.restart_window_s = 60;
     cfg->supervisor.backoff_initial_ms = 100;

@@ -47,6 +47,8 @@ typedef struct {
     char dir[CONFIG_MAX_PATH];
     int flush_ms;
     int log_lines;            /* 1: log every input and output line */
+    size_t max_file_bytes;    /* NAME.log is rotated before it passes this */
+    int keep_files;           /* rotated files kept: NAME.log.1 .. NAME.log.K */
 } config_logging;
 
 typedef struct {

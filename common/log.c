@@ -1,4 +1,11 @@
-/* log.c -- buffered, escaped, batched log lines; see log.h. */
+/* log.c -- buffered, escaped, batched, size-bounded log lines; see log.h.
+ *
+ * The buffer is written by log_flush() in chunks of whole lines: each chunk
+ * fills the open file up to max_file_bytes, then the file is rotated (a
+ * rename chain, then one open) and the next chunk goes to the new file.  A
+ * write that fails drops what is left of the batch and counts it; the next
+ * batch starts with a line saying how many were dropped.
+ */
 #include "log.h"
 
 #include <errno.h>
@@ -13,16 +20,31 @@
 #include "buf.h"
 
 #define LOG_FLUSH_BYTES (64 * 1024)
+#define LOG_RETRY_MS 1000      /* after a failed open or rotation */
+#define LOG_FILE_MODE 0640     /* the logs hold every client's location */
 
 static struct {
-    int fd;                  /* -1: stderr */
+    int fd;                  /* the open log; -1: none */
+    int opened;              /* log_open() succeeded: lines go to 'path', not stderr */
+    char dir[4096];
     char path[4096];
     int flush_ms;
+    size_t max_bytes;        /* rotate before the file passes this */
+    int keep;                /* old files: NAME.log.1 .. NAME.log.keep */
+    size_t size;             /* bytes in the open file */
+    int need_open;           /* 'path' is still to be opened (fd is stale or -1) */
+    int64_t retry_ms;        /* monotonic: no open or rotation before this */
+    int fail_errno;          /* the last open/rotation failure, logged once */
+    int in_flush;            /* lines logged by log_flush() itself wait for it */
+    int mid_line;            /* the file ends inside a line (a write cut short) */
+    uint64_t dropped_lines, dropped_bytes;
+    int drop_errno;          /* why the first dropped line was dropped */
     buf_t buf;
     int64_t first_ms;        /* when the oldest buffered line was added */
     time_t stamp_sec;        /* second the cached stamp is for */
     char stamp[32];          /* "2026-11-24T19:55:02." */
-} L = {.fd = -1, .flush_ms = 200, .stamp_sec = -1};
+} L = {.fd = -1, .flush_ms = 200, .stamp_sec = -1,
+       .max_bytes = LOG_DEFAULT_MAX_FILE_BYTES, .keep = LOG_DEFAULT_KEEP_FILES};
 
 static const char *level_name[] = {"DEBUG", "INFO", "WARN", "ERROR"};
 
@@ -32,6 +54,17 @@ int64_t log_now_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t log_mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void log_set_rotation(size_t max_file_bytes, int keep_files) {
+    L.max_bytes = max_file_bytes > 0 ? max_file_bytes : 1;
+    L.keep = keep_files > 0 ? keep_files : 0;
+}
+
 /* mkdir -p for the folder of the log; errors show up at open(). */
 static void make_dirs(const char *dir) {
     char tmp[4096];
@@ -39,66 +72,119 @@ static void make_dirs(const char *dir) {
     for (char *p = tmp + 1; *p; p++) {
         if (*p != '/') continue;
         *p = '\0';
-        mkdir(tmp, 0755);
+        mkdir(tmp, 0750);
         *p = '/';
     }
-    mkdir(tmp, 0755);
+    mkdir(tmp, 0750);
 }
 
-static int open_path(char *err, size_t errlen) {
-    int fd = open(L.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+/* ------------------------------------------------------------- the file */
+
+/* Open 'path' for appending, creating it (and its folder) 0640 and
+ * tightening an existing file that others may read.  Returns the fd or -1
+ * with errno set; *size gets the file's length. */
+static int open_file(size_t *size) {
+    int fd = open(L.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, LOG_FILE_MODE);
+    if (fd < 0 && errno == ENOENT) {
+        make_dirs(L.dir);
+        fd = open(L.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, LOG_FILE_MODE);
+    }
+    if (fd < 0) return -1;
+    struct stat st;
+    *size = 0;
+    if (fstat(fd, &st) == 0) {
+        *size = (size_t)st.st_size;
+        if (st.st_mode & 07777 & ~LOG_FILE_MODE)
+            fchmod(fd, st.st_mode & LOG_FILE_MODE);   /* fails on another's file: fine */
+    }
+    return fd;
+}
+
+/* Make a fresh open of 'path' the log.  When descriptors run out, the old
+ * one is closed first, so the reopen needs none beyond it.  On failure the
+ * old descriptor (if still open) keeps taking lines and the open is tried
+ * again after LOG_RETRY_MS.  Returns 0 or -1 with errno set. */
+static int open_log(void) {
+    size_t size;
+    int fd = open_file(&size);
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE) && L.fd >= 0) {
+        close(L.fd);
+        L.fd = -1;
+        fd = open_file(&size);
+    }
     if (fd < 0) {
-        if (err) snprintf(err, errlen, "cannot open %s: %s", L.path, strerror(errno));
+        int e = errno;
+        L.need_open = 1;
+        L.retry_ms = log_mono_ms() + LOG_RETRY_MS;
+        errno = e;
         return -1;
     }
     if (L.fd >= 0) close(L.fd);
     L.fd = fd;
+    L.size = size;
+    L.need_open = 0;
+    L.mid_line = 0;
     return 0;
 }
 
-int log_open(const char *dir, const char *name, int flush_ms, char *err,
-             size_t errlen) {
-    int n = snprintf(L.path, sizeof L.path, "%s/%s.log", dir, name);
-    if (n < 0 || (size_t)n >= sizeof L.path) {
-        snprintf(err, errlen, "log path too long");
-        return -1;
-    }
-    L.flush_ms = flush_ms > 0 ? flush_ms : 200;
-    make_dirs(dir);
-    return open_path(err, errlen);
+/* 'path' with ".N" appended (N > 0), or 'path' itself for N == 0. */
+static void numbered(char *dst, size_t size, int n) {
+    if (n == 0) snprintf(dst, size, "%s", L.path);
+    else snprintf(dst, size, "%s.%d", L.path, n);
 }
 
-int log_reopen(void) {
-    if (!L.path[0]) return -1;
-    log_flush();
-    char err[256];
-    if (open_path(err, sizeof err) < 0) {
-        log_msg(LOG_ERROR, "log-reopen", "%s", err);
-        return -1;
+/* Shift NAME.log.K-1 .. NAME.log.1 up by one (the rename onto NAME.log.K
+ * removes the oldest), move NAME.log to NAME.log.1 (with K = 0: remove it),
+ * then open a new NAME.log.  No descriptor is needed but the new file's.
+ * Returns 0, or -1 with errno set: the open file keeps taking lines. */
+static int rotate(void) {
+    char from[4200], to[4200];
+    int rc = 0;
+    for (int i = L.keep; i >= 1 && rc == 0; i--) {
+        numbered(from, sizeof from, i - 1);
+        numbered(to, sizeof to, i);
+        /* NAME.log that cannot move stays in place: keep writing to it */
+        if (rename(from, to) < 0 && errno != ENOENT && i == 1) rc = -1;
     }
-    log_msg(LOG_INFO, "log-reopen", "path=%s", L.path);
-    return 0;
+    if (L.keep == 0 && unlink(L.path) < 0 && errno != ENOENT) rc = -1;
+    if (rc == 0) return open_log();
+    int e = errno;
+    L.retry_ms = log_mono_ms() + LOG_RETRY_MS;
+    errno = e;
+    return -1;
 }
 
-/* Start a line: timestamp, level, event. */
-static void begin_line(log_level lvl, const char *event) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    if (ts.tv_sec != L.stamp_sec) {
+/* Log a failed open or rotation once per distinct reason, and the recovery.
+ * Runs inside log_flush(): the line joins the batch being written. */
+static void note_outcome(const char *what, int rc, int err) {
+    if (rc < 0 && err != L.fail_errno) {
+        L.fail_errno = err;
+        log_msg(LOG_ERROR, "log-rotate-failed", "path=%s step=%s reason=%s; trying again every %d ms",
+                L.path, what, strerror(err), LOG_RETRY_MS);
+    } else if (rc == 0 && L.fail_errno) {
+        L.fail_errno = 0;
+        log_msg(LOG_INFO, "log-recovered", "path=%s", L.path);
+    }
+}
+
+/* ---------------------------------------------------------------- lines */
+
+/* Write "TIME LEVEL event" for 'ts' at 'o' (room for 28 + the level and
+ * event); returns the length.  By hand: this runs for every line, and printf
+ * is the slow part. */
+static size_t format_head(char *o, const struct timespec *ts, log_level lvl,
+                          const char *event) {
+    if (ts->tv_sec != L.stamp_sec) {
         struct tm tm;
-        gmtime_r(&ts.tv_sec, &tm);
+        gmtime_r(&ts->tv_sec, &tm);
         strftime(L.stamp, sizeof L.stamp, "%Y-%m-%dT%H:%M:%S.", &tm);
-        L.stamp_sec = ts.tv_sec;
+        L.stamp_sec = ts->tv_sec;
     }
-    if (buf_pending(&L.buf) == 0)
-        L.first_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    /* by hand: this runs for every line, and printf is the slow part */
+    char *start = o;
     size_t sl = strlen(L.stamp), ll = strlen(level_name[lvl]), el = strlen(event);
-    buf_reserve(&L.buf, sl + 6 + ll + el);
-    char *o = L.buf.p + L.buf.len;
     memcpy(o, L.stamp, sl);
     o += sl;
-    long ms = ts.tv_nsec / 1000000;
+    long ms = ts->tv_nsec / 1000000;
     *o++ = (char)('0' + ms / 100);
     *o++ = (char)('0' + ms / 10 % 10);
     *o++ = (char)('0' + ms % 10);
@@ -109,12 +195,58 @@ static void begin_line(log_level lvl, const char *event) {
     *o++ = ' ';
     memcpy(o, event, el);
     o += el;
-    L.buf.len = (size_t)(o - L.buf.p);
+    return (size_t)(o - start);
+}
+
+/* Start a line: timestamp, level, event. */
+static void begin_line(log_level lvl, const char *event) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (buf_pending(&L.buf) == 0)
+        L.first_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    buf_reserve(&L.buf, sizeof L.stamp + 6 + strlen(level_name[lvl]) + strlen(event));
+    L.buf.len += format_head(L.buf.p + L.buf.len, &ts, lvl, event);
 }
 
 static void end_line(void) {
     buf_append_char(&L.buf, '\n');
-    if (L.fd < 0 || buf_pending(&L.buf) >= LOG_FLUSH_BYTES) log_flush();
+    if (L.in_flush) return;
+    if (!L.opened || buf_pending(&L.buf) >= LOG_FLUSH_BYTES) log_flush();
+}
+
+int log_open(const char *dir, const char *name, int flush_ms, char *err,
+             size_t errlen) {
+    int n = snprintf(L.path, sizeof L.path, "%s/%s.log", dir, name);
+    /* room for ".NNN" on rotated names */
+    if (n < 0 || (size_t)n + 8 >= sizeof L.path || strlen(dir) >= sizeof L.dir) {
+        L.path[0] = '\0';
+        snprintf(err, errlen, "log path too long");
+        return -1;
+    }
+    snprintf(L.dir, sizeof L.dir, "%s", dir);
+    L.flush_ms = flush_ms > 0 ? flush_ms : 200;
+    if (open_log() < 0) {
+        snprintf(err, errlen, "cannot open %s: %s", L.path, strerror(errno));
+        return -1;
+    }
+    L.opened = 1;
+    return 0;
+}
+
+int log_reopen(void) {
+    if (!L.opened) return -1;
+    log_flush();
+    if (open_log() < 0) {
+        int e = errno;
+        L.fail_errno = e;
+        log_msg(LOG_ERROR, "log-reopen", "cannot open %s: %s; %s, trying again every %d ms",
+                L.path, strerror(e), L.fd >= 0 ? "writing to the old file" : "dropping lines",
+                LOG_RETRY_MS);
+        return -1;
+    }
+    L.fail_errno = 0;
+    log_msg(LOG_INFO, "log-reopen", "path=%s", L.path);
+    return 0;
 }
 
 void log_msg(log_level lvl, const char *event, const char *fmt, ...) {
@@ -165,14 +297,132 @@ void log_data(log_level lvl, const char *event, const char *prefix,
     end_line();
 }
 
-void log_flush(void) {
-    int fd = L.fd >= 0 ? L.fd : STDERR_FILENO;
+/* --------------------------------------------------------------- writing */
+
+/* write() all of p[0..n) to the open file; *done gets how much went.
+ * Returns 0, or -1 with errno set when the file refused (a full disk). */
+static int write_out(const char *p, size_t n, size_t *done) {
+    *done = 0;
+    while (*done < n) {
+        ssize_t w = write(L.fd, p + *done, n - *done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            if (w == 0) errno = EIO;
+            return -1;
+        }
+        *done += (size_t)w;
+        L.size += (size_t)w;
+        L.mid_line = p[*done - 1] != '\n';
+    }
+    return 0;
+}
+
+/* How many buffered bytes go to the open file before it holds 'cap': whole
+ * lines; the whole first line when the file is empty (a line longer than
+ * 'cap' is written whole, never cut); 0 when the next line does not fit. */
+static size_t next_chunk(size_t cap) {
+    const char *d = buf_data(&L.buf);
+    size_t pending = buf_pending(&L.buf);
+    size_t room = L.size < cap ? cap - L.size : 0;
+    if (pending <= room) return pending;
+    const char *nl = room ? memrchr(d, '\n', room) : NULL;
+    if (nl) return (size_t)(nl - d) + 1;
+    if (L.size > 0) return 0;
+    nl = memchr(d, '\n', pending);
+    return nl ? (size_t)(nl - d) + 1 : pending;
+}
+
+/* Count what is buffered as dropped, for the reason 'err', and empty the
+ * buffer. */
+static void drop_pending(int err) {
+    if (!buf_pending(&L.buf)) return;
+    const char *d = buf_data(&L.buf), *end = d + buf_pending(&L.buf);
+    if (!L.dropped_lines && !L.dropped_bytes) L.drop_errno = err;
+    L.dropped_bytes += buf_pending(&L.buf);
+    for (const char *p = d; (p = memchr(p, '\n', (size_t)(end - p))); p++)
+        L.dropped_lines++;
+    buf_clear(&L.buf);
+}
+
+/* The line saying how many lines were dropped, written ahead of the batch
+ * (after a newline that ends a line cut short).  Returns 0 when it reached
+ * the file and the count starts again, -1 with errno set otherwise. */
+static int write_drop_notice(void) {
+    char line[512];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    size_t n = 0, done;
+    if (L.mid_line) line[n++] = '\n';
+    n += format_head(line + n, &ts, LOG_WARN, "log-dropped");
+    snprintf(line + n, sizeof line - n, " lines=%llu bytes=%llu reason=%s\n",
+             (unsigned long long)L.dropped_lines, (unsigned long long)L.dropped_bytes,
+             strerror(L.drop_errno));
+    n = strlen(line);
+    if (write_out(line, n, &done) < 0) return -1;
+    L.dropped_lines = L.dropped_bytes = 0;
+    return 0;
+}
+
+/* Before log_open() and after log_close(): stderr, best effort. */
+static void flush_to_stderr(void) {
     while (buf_pending(&L.buf)) {
-        ssize_t n = write(fd, buf_data(&L.buf), buf_pending(&L.buf));
+        ssize_t n = write(STDERR_FILENO, buf_data(&L.buf), buf_pending(&L.buf));
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;   /* disk full or closed: drop, never block */
+        if (n <= 0) break;
         buf_consume(&L.buf, (size_t)n);
     }
+    buf_clear(&L.buf);
+}
+
+/* Write the batch in chunks, rotating between them; drop what cannot be
+ * written.  Never waits: a full disk fails at once.  Every round writes,
+ * stops, or rotates a non-empty file, and a rotation that yields a
+ * non-empty file ends the rotating, so the loop ends. */
+static void flush_to_file(void) {
+    int64_t now = log_mono_ms();
+    if (L.need_open && now >= L.retry_ms) {
+        int rc = open_log();
+        note_outcome("open", rc, errno);
+    }
+    if (L.fd < 0) {
+        drop_pending(L.fail_errno ? L.fail_errno : EBADF);
+        return;
+    }
+    if ((L.dropped_lines || L.dropped_bytes) && write_drop_notice() < 0) {
+        drop_pending(errno);
+        return;
+    }
+    int stuck = 0;    /* a rotation left a non-empty file: no more this batch */
+    while (L.fd >= 0 && buf_pending(&L.buf)) {
+        /* while rotation is failing, the old file may grow to twice the size */
+        int may_rotate = !stuck && !L.need_open && now >= L.retry_ms;
+        size_t n = next_chunk(may_rotate ? L.max_bytes : 2 * L.max_bytes), done;
+        if (n == 0 && may_rotate) {
+            int rc = rotate();
+            note_outcome(L.need_open ? "open" : "rename", rc, errno);
+            stuck = L.size > 0;
+            continue;
+        }
+        if (n == 0) {
+            drop_pending(EFBIG);
+            return;
+        }
+        int rc = write_out(buf_data(&L.buf), n, &done), err = errno;
+        buf_consume(&L.buf, done);
+        if (rc < 0) {
+            drop_pending(err);
+            return;
+        }
+    }
+    if (buf_pending(&L.buf)) drop_pending(L.fail_errno ? L.fail_errno : EBADF);
+}
+
+void log_flush(void) {
+    if (L.in_flush) return;
+    L.in_flush = 1;
+    if (L.opened) flush_to_file();
+    else flush_to_stderr();
+    L.in_flush = 0;
     buf_clear(&L.buf);
     buf_shrink_if_empty(&L.buf, 1 << 20);
 }
@@ -191,5 +441,6 @@ void log_close(void) {
     log_flush();
     if (L.fd >= 0) close(L.fd);
     L.fd = -1;
+    L.opened = 0;
     buf_free(&L.buf);
 }

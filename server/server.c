@@ -452,6 +452,7 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
     s->me = &cfg->servers[me];
     s->lfd = s->sig_r = s->sig_w = s->spare_fd = s->cold_fd = -1;
     table_init(&s->tab);
+    log_set_rotation(cfg->logging.max_file_bytes, cfg->logging.keep_files);
     if (log_open(cfg->logging.dir, s->me->name, cfg->logging.flush_ms, err, errlen) < 0)
         return -1;
     if (cfg->places.provider == PLACES_LOCAL &&

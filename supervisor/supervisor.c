@@ -271,6 +271,7 @@ int supervisor_run(const config *cfg, const char *server_path) {
     snprintf(S.server_path, sizeof S.server_path, "%s", server_path);
     snprintf(S.pid_path, sizeof S.pid_path, "%s/servers.pid", cfg->dir);
     snprintf(S.state_path, sizeof S.state_path, "%s/supervisor.state", cfg->herd.state_dir);
+    log_set_rotation(cfg->logging.max_file_bytes, cfg->logging.keep_files);
     if (log_open(cfg->logging.dir, "supervisor", cfg->logging.flush_ms, err, sizeof err) < 0 ||
         setup(err, sizeof err) < 0) {
         fprintf(stderr, "herd-supervisor: %s\n", err);

@@ -164,6 +164,37 @@ static void test_mix(void) {
     CHECK(config_parse_mix("iamat=x", &p) < 0, "not a number");
 }
 
+/* logging.max_file_bytes and logging.keep_files: bounded defaults, values
+ * taken, and out-of-range or malformed values refused with their line. */
+static void test_logging_bounds(void) {
+    static const struct { const char *text; const char *why; } bad[] = {
+        {HERD2 "logging:\n  max_file_bytes: 4095\n", "out of range (4096 to"},
+        {HERD2 "logging:\n  max_file_bytes: 2199023255553\n", "out of range"},
+        {HERD2 "logging:\n  max_file_bytes: 64MiB\n", "expected an integer"},
+        {HERD2 "logging:\n  max_file_bytes: -1\n", "out of range"},
+        {HERD2 "logging:\n  keep_files: -1\n", "out of range (0 to 100)"},
+        {HERD2 "logging:\n  keep_files: 101\n", "out of range (0 to 100)"},
+        {HERD2 "logging:\n  keep_files: [1]\n", "expected a value"},
+    };
+    config cfg;
+    char err[512], want[160];
+    snprintf(want, sizeof want, "%s:5: logging.", path);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK(load_text(bad[i].text, &cfg, err, sizeof err) < 0, "logging case %zu accepted", i);
+        CHECK(!strncmp(err, want, strlen(want)) && strstr(err, bad[i].why),
+              "logging case %zu: '%s' lacks '%s' or '%s'", i, err, want, bad[i].why);
+    }
+    CHECK(load_text(HERD2, &cfg, err, sizeof err) == 0, "%s", err);
+    CHECK(cfg.logging.max_file_bytes == 64u << 20 && cfg.logging.keep_files == 4,
+          "logging defaults: %zu bytes x %d files", cfg.logging.max_file_bytes,
+          cfg.logging.keep_files);
+    CHECK(load_text(HERD2 "logging:\n  max_file_bytes: 65536\n  keep_files: 0\n", &cfg, err,
+                    sizeof err) == 0, "%s", err);
+    CHECK(cfg.logging.max_file_bytes == 65536 && cfg.logging.keep_files == 0,
+          "logging values: %zu bytes x %d files", cfg.logging.max_file_bytes,
+          cfg.logging.keep_files);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/herdcfgXXXXXX");
     if (!mkdtemp(dir)) return 1;
@@ -174,6 +205,7 @@ int main(void) {
     test_default_file();
     test_load_text();
     test_mix();
+    test_logging_bounds();
     unlink(path);
     rmdir(dir);
     return check_report("config");
