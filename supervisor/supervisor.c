@@ -26,8 +26,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "config.h"
 #include "log.h"
+#include "signals.h"
 #include "supervisor.h"
 
 typedef enum { CH_RUNNING, CH_WAITING, CH_GIVEN_UP, CH_STOPPED } child_state;
@@ -57,19 +59,6 @@ static struct {
     int64_t stop_deadline;
     int dirty;                    /* the files need rewriting */
 } S;
-
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void on_signal(int sig) {
-    int saved = errno;
-    unsigned char b = (unsigned char)sig;
-    if (write(S.sig_w, &b, 1) < 0) { /* full: a wake-up is pending anyway */ }
-    errno = saved;
-}
 
 /* --------------------------------------------------------------- files */
 
@@ -244,25 +233,10 @@ static void handle_signals(void) {
 
 /* ----------------------------------------------------------------- main */
 
+/* TERM, INT, HUP and CHLD to the self-pipe (common/signals.c). */
 static int setup(char *err, size_t errlen) {
-    int p[2];
-    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) {
-        snprintf(err, errlen, "pipe: %s", strerror(errno));
-        return -1;
-    }
-    S.sig_r = p[0];
-    S.sig_w = p[1];
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    sigaction(SIGCHLD, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    return 0;
+    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGCHLD};
+    return signals_to_pipe(sigs, 4, &S.sig_r, &S.sig_w, err, errlen);
 }
 
 int supervisor_run(const config *cfg, const char *server_path) {
