@@ -30,8 +30,6 @@ static int64_t wall_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int alive(long pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
-
 /* True when host:port accepts a connection within 300 ms. */
 static int listens(const char *host, int port) {
     char err[128];
@@ -83,14 +81,16 @@ static int pid_listens(long pid, int port) {
     return 0;
 }
 
-/* The server with this pid is up: it listens itself and answers. */
-static int serving(long pid, const config_server *c) {
-    if (!alive(pid)) return 0;
+/* The server with this pid is up: it is the supervisor's child, listens
+ * itself and answers. */
+static int serving(long sup, long pid, const config_server *c) {
+    if (!herd_is_server(pid, sup)) return 0;
     int own = pid_listens(pid, c->port);
     return own != 0 && listens(c->host, c->port);
 }
 
-/* servers.pid and supervisor.state into sup and st[]; -1 without a pid file. */
+/* servers.pid and supervisor.state into sup and st[]; -1 without a pid file.
+ * Trust no pid in them without lock.c's checks: the files may be stale. */
 static int read_files(const config *cfg, long *sup, srv_status *st) {
     char path[8192], name[128];
     long pid;
@@ -136,14 +136,15 @@ int supervisor_status(const config *cfg, int wait_s, int quiet) {
     int64_t deadline = wall_ms() + (int64_t)wait_s * 1000;
     int up;
     for (;;) {
-        if (read_files(cfg, &sup, st) < 0 || !alive(sup)) {
+        long live = herd_supervisor_pid(cfg);
+        if (read_files(cfg, &sup, st) < 0 || !live || live != sup) {
             if (!quiet) printf("no herd is running (%s/servers.pid: %s)\n", cfg->dir,
                                sup ? "stale" : "missing");
             return 3;
         }
         up = 0;
         for (int i = 0; i < cfg->n_servers; i++)
-            up += serving(st[i].pid, &cfg->servers[i]);
+            up += serving(sup, st[i].pid, &cfg->servers[i]);
         if (up == cfg->n_servers || wall_ms() >= deadline) break;
         usleep(100 * 1000);
     }
@@ -156,10 +157,10 @@ int supervisor_status(const config *cfg, int wait_s, int quiet) {
             const config_server *c = &cfg->servers[i];
             char addr[300], up_s[32] = "-", pid_s[24] = "-";
             snprintf(addr, sizeof addr, "%s:%d", c->host, c->port);
-            int a = alive(st[i].pid);
+            int a = herd_is_server(st[i].pid, sup);
             if (a) snprintf(pid_s, sizeof pid_s, "%ld", st[i].pid);
             if (a && st[i].started_ms) uptime(now - st[i].started_ms, up_s, sizeof up_s);
-            int l = serving(st[i].pid, c);
+            int l = serving(sup, st[i].pid, c);
             printf("%-12s %-21s %-8s %-9s %-8d %-9s %s/%s.log\n", c->name, addr, pid_s, up_s,
                    st[i].restarts, l ? "yes" : (st[i].state[0] ? st[i].state : "no"),
                    cfg->logging.dir, c->name);
