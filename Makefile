@@ -38,7 +38,7 @@ BIN     ?= bin
 PYTEST  := /usr/bin/python3 -m pytest
 
 COMMON_SRC := common/buf.c common/clock.c common/config.c common/handshake.c common/log.c common/net.c \
-              common/protocol.c common/signals.c
+              common/protocol.c common/secret.c common/signals.c
 SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c \
               server/peer.c server/snapshot.c server/http.c server/google.c
 BENCH_SRC  := benchmark/benchmark.c

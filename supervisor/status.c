@@ -1,5 +1,7 @@
 /* status.c -- herd-supervisor --status and --init-secret: the read-only and
- * one-time helpers the shell scripts and `make status` use. */
+ * one-time helpers the shell scripts and `make status` use.  --init-secret
+ * creates the secret file when it is missing, replaces it when it is empty,
+ * and refuses one that other users may read (common/secret.h). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -15,6 +17,7 @@
 #include <unistd.h>
 
 #include "net.h"
+#include "secret.h"
 #include "supervisor.h"
 
 typedef struct {
@@ -169,39 +172,58 @@ int supervisor_status(const config *cfg, int wait_s, int quiet) {
     return up == cfg->n_servers ? 0 : 1;
 }
 
-int supervisor_init_secret(const config *cfg) {
-    const char *env = getenv("HERD_SECRET");
-    if (env && *env) return 0;
-    const char *path = cfg->herd.secret_file;
-    if (access(path, F_OK) == 0) return 0;
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash && slash != dir) {
-        *slash = '\0';
-        mkdir(dir, 0755);
-    }
+/* Write 64 random hex digits to path, mode 0600: a new file, or (replace)
+ * through a temporary file renamed over the old one.  Returns 0 or -1 with a
+ * message on stderr. */
+static int write_secret(const char *path, int replace) {
     unsigned char r[32];
     if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
         fprintf(stderr, "herd-supervisor: no randomness for the secret: %s\n", strerror(errno));
         return -1;
     }
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    const char *target = replace ? tmp : path;
+    int fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
-        if (errno == EEXIST) return 0;
-        fprintf(stderr, "herd-supervisor: cannot create %s: %s\n", path, strerror(errno));
+        if (errno == EEXIST && !replace) return 0;   /* another start made it */
+        fprintf(stderr, "herd-supervisor: cannot create %s: %s\n", target, strerror(errno));
         return -1;
     }
     char hex[66];
     for (size_t i = 0; i < sizeof r; i++) snprintf(hex + 2 * i, 3, "%02x", r[i]);
     hex[64] = '\n';
-    int ok = write(fd, hex, 65) == 65;
+    int ok = write(fd, hex, 65) == 65 && fsync(fd) == 0;
     close(fd);
+    if (ok && replace) ok = rename(tmp, path) == 0;
     if (!ok) {
-        fprintf(stderr, "herd-supervisor: cannot write %s\n", path);
-        unlink(path);
+        fprintf(stderr, "herd-supervisor: cannot write %s: %s\n", path, strerror(errno));
+        unlink(target);
         return -1;
     }
-    printf("created the herd secret %s (mode 0600)\n", path);
+    return 0;
+}
+
+int supervisor_init_secret(const config *cfg) {
+    const char *env = getenv("HERD_SECRET");
+    if (env && *env) return 0;
+    const char *path = cfg->herd.secret_file;
+    char secret[256], err[4400];
+    int n = secret_load(path, secret, sizeof secret, err, sizeof err);
+    if (n > 0) return 0;
+    if (n == -1) {
+        fprintf(stderr, "herd-supervisor: %s\n", err);
+        return -1;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = '\0';
+        mkdir(dir, 0700);
+    }
+    if (write_secret(path, n == SECRET_EMPTY) < 0) return -1;
+    printf("%s the herd secret %s (mode 0600)%s\n", n == SECRET_EMPTY ? "replaced" : "created",
+           path, n == SECRET_EMPTY ? ", which was empty; copy it to every host of the herd" : "");
     return 0;
 }

@@ -37,6 +37,7 @@
 #include "clock.h"
 #include "config.h"
 #include "log.h"
+#include "secret.h"
 #include "signals.h"
 #include "supervisor.h"
 
@@ -281,13 +282,15 @@ static int setup(char *err, size_t errlen) {
 }
 
 int supervisor_run(const config *cfg, const char *server_path) {
-    char err[512];
+    char err[4400];
     S.cfg = cfg;
     snprintf(S.server_path, sizeof S.server_path, "%s", server_path);
     snprintf(S.pid_path, sizeof S.pid_path, "%s/servers.pid", cfg->dir);
     snprintf(S.state_path, sizeof S.state_path, "%s/supervisor.state", cfg->herd.state_dir);
+    char secret[256];   /* refuse a secret file the servers would refuse */
     S.lock_fd = herd_lock_take(cfg, err, sizeof err);
     if (S.lock_fd < 0 ||
+        secret_load(cfg->herd.secret_file, secret, sizeof secret, err, sizeof err) < 0 ||
         log_open(cfg->logging.dir, "supervisor", cfg->logging.flush_ms, err, sizeof err) < 0 ||
         setup(err, sizeof err) < 0) {
         fprintf(stderr, "herd-supervisor: %s\n", err);

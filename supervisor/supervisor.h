@@ -13,7 +13,8 @@ int supervisor_run(const config *cfg, const char *server_path);
 int supervisor_status(const config *cfg, int wait_s, int quiet);
 
 /* Create the herd's secret file (mode 0600) unless HERD_SECRET is set or the
- * file exists.  Returns 0 or -1 with a message on stderr. */
+ * file holds a secret; an empty file is replaced, one open to other users
+ * refused.  Returns 0 or -1 with a message on stderr. */
 int supervisor_init_secret(const config *cfg);
 
 /* lock.c: servers.lock, the proof that a herd runs (see there). */
