@@ -196,7 +196,7 @@ report-data: all
 
 clean:
 	@if [ -f servers.pid ]; then echo "the herd is running: make stop first" >&2; exit 1; fi
-	rm -rf build $(BIN) state servers.pid
+	rm -rf build $(BIN) state servers.pid servers.lock
 	find logs -type f ! -name .keep -delete
 
 -include $(shell find build -name '*.d' 2>/dev/null)
