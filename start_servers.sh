@@ -21,6 +21,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+command -v flock >/dev/null 2>&1 || {
+    echo "$(basename "$0"): needs flock(1), from util-linux" >&2; exit 1; }
 [ -f "$config" ] || { echo "start_servers.sh: no config file '$config'" >&2; exit 1; }
 dir=$(cd "$(dirname "$config")" && pwd)
 config="$dir/$(basename "$config")"
