@@ -80,12 +80,18 @@ def test_stop_with_a_stale_pidfile_signals_nothing(sherd, sleepers):
     assert not os.path.exists(sherd.pidfile)
 
 
-def test_start_over_a_stale_pidfile_with_a_live_pid(sherd, sleepers):
+def test_status_does_not_trust_a_stale_pidfile(sherd, sleepers):
     a, b = sleepers(2)
     write_pidfile(sherd, [("supervisor", a), ("Bailey", b)])
     st = subprocess.run([program("herd-supervisor"), "-c", sherd.config, "--status"],
                         capture_output=True, text=True, timeout=30)
-    assert st.returncode == 3 and "stale" in st.stdout, st.stdout
+    assert st.returncode == 3 and "no herd is running" in st.stdout and "stale" in st.stdout, \
+        st.stdout
+
+
+def test_start_over_a_stale_pidfile_with_a_live_pid(sherd, sleepers):
+    a, b = sleepers(2)
+    write_pidfile(sherd, [("supervisor", a), ("Bailey", b)])
     r = sherd.script("start_servers.sh")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "stale" in r.stdout
