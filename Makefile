@@ -37,11 +37,12 @@ B       ?= build
 BIN     ?= bin
 PYTEST  := /usr/bin/python3 -m pytest
 
-COMMON_SRC := common/buf.c common/config.c common/handshake.c common/log.c common/net.c common/protocol.c
+COMMON_SRC := common/buf.c common/clock.c common/config.c common/handshake.c common/log.c common/net.c \
+              common/protocol.c common/secret.c common/signals.c
 SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c \
               server/peer.c server/snapshot.c server/http.c server/google.c
 BENCH_SRC  := benchmark/benchmark.c
-SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c
+SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c supervisor/lock.c
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 
 COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o)
@@ -195,7 +196,7 @@ report-data: all
 
 clean:
 	@if [ -f servers.pid ]; then echo "the herd is running: make stop first" >&2; exit 1; fi
-	rm -rf build $(BIN) state servers.pid
+	rm -rf build $(BIN) state servers.pid servers.lock
 	find logs -type f ! -name .keep -delete
 
 -include $(shell find build -name '*.d' 2>/dev/null)

@@ -21,6 +21,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+command -v flock >/dev/null 2>&1 || {
+    echo "$(basename "$0"): needs flock(1), from util-linux" >&2; exit 1; }
 [ -f "$config" ] || { echo "start_servers.sh: no config file '$config'" >&2; exit 1; }
 dir=$(cd "$(dirname "$config")" && pwd)
 config="$dir/$(basename "$config")"
@@ -34,14 +36,19 @@ else
 fi
 sup="$bindir/herd-supervisor"
 
+# A herd runs when its supervisor holds servers.lock (see stop_servers.sh);
+# the supervisor itself refuses too, this only says it sooner.  A pid file
+# without that is stale: its pids may be anybody's now, so it is removed
+# and nothing is signalled.
+lock="$dir/servers.lock"
+if [ -f "$lock" ] && ! flock -n -s "$lock" true 2>/dev/null; then
+    pid=$(head -n 1 "$lock" 2>/dev/null | tr -cd 0-9)
+    echo "start_servers.sh: a herd is already running (supervisor pid ${pid:-unknown}, it holds $lock)." >&2
+    echo "Stop it first with ./stop_servers.sh" >&2
+    exit 1
+fi
 if [ -f "$pidfile" ]; then
-    pid=$(awk '$1 == "supervisor" { print $2 }' "$pidfile")
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        echo "start_servers.sh: a herd is already running (supervisor pid $pid, $pidfile)." >&2
-        echo "Stop it first with ./stop_servers.sh" >&2
-        exit 1
-    fi
-    echo "clearing a stale $pidfile"
+    echo "clearing a stale $pidfile (its supervisor is gone; signalled no process)"
     rm -f "$pidfile"
 fi
 

@@ -1,6 +1,14 @@
 #!/bin/sh
 # stop_servers.sh -- stop the herd: SIGTERM to the supervisor, wait until
 # every process is gone, SIGKILL after a timeout.  Usage: ./stop_servers.sh [-c CONFIG]
+#
+# servers.pid may be stale (the supervisor was SIGKILLed, the machine
+# rebooted) and its pids reused by anybody, so no pid in it is signalled
+# unless proven this herd's: the supervisor is the process holding
+# servers.lock (the supervisor flocks it for its whole life and writes its
+# pid in it) and runs herd-supervisor; a server runs herd-server as that
+# supervisor's child.  Each proven process is remembered with its start
+# time, and signalled only while the pid still has that start time.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,30 +23,73 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+command -v flock >/dev/null 2>&1 || {
+    echo "$(basename "$0"): needs flock(1), from util-linux" >&2; exit 1; }
 dir=$(cd "$(dirname "$config")" && pwd)
 pidfile="$dir/servers.pid"
+lock="$dir/servers.lock"
 
-if [ ! -f "$pidfile" ]; then
-    echo "the herd is not running (no $pidfile)"
+# stat_field PID N: field N of /proc/PID/stat counted after the command name
+# (1 the state, 2 the parent's pid, 20 the start time); empty when PID is gone.
+stat_field() {
+    sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk -v n="$2" '{ print $n }'
+}
+
+# runs PID PROGRAM: true when /proc/PID/exe is PROGRAM (also once rebuilt).
+runs() {
+    exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1
+    exe=${exe% (deleted)}
+    [ "${exe##*/}" = "$2" ]
+}
+
+# The live supervisor's pid, or nothing: the lock is held (flock(1) cannot
+# share it) and the pid written in it runs herd-supervisor.
+live_supervisor() {
+    [ -f "$lock" ] || return 0
+    if flock -n -s "$lock" true 2>/dev/null; then return 0; fi
+    p=$(head -n 1 "$lock" 2>/dev/null | tr -cd 0-9)
+    if [ -n "$p" ] && runs "$p" herd-supervisor; then echo "$p"; fi
+}
+
+sup=$(live_supervisor)
+if [ -z "$sup" ]; then
+    if [ -f "$pidfile" ]; then
+        rm -f "$pidfile"
+        echo "the herd is not running (removed a stale $pidfile; signalled no process)"
+    else
+        echo "the herd is not running (no $pidfile)"
+    fi
     exit 0
 fi
-sup=$(awk '$1 == "supervisor" { print $2 }' "$pidfile")
-pids=$(awk '{ print $2 }' "$pidfile")
+
+# PID:STARTTIME of the supervisor and of each server it runs.
+procs="$sup:$(stat_field "$sup" 20)"
+if [ -f "$pidfile" ]; then
+    for p in $(awk '$1 != "supervisor" && $2 ~ /^[0-9]+$/ { print $2 }' "$pidfile"); do
+        if [ "$(stat_field "$p" 2)" = "$sup" ] && runs "$p" herd-server; then
+            procs="$procs $p:$(stat_field "$p" 20)"
+        fi
+    done
+fi
+
+# same PID:STARTTIME: that very process still runs (not a zombie, not a new
+# process on a reused pid).
+same() {
+    [ "$(stat_field "${1%:*}" 20)" = "${1#*:}" ] && [ "$(stat_field "${1%:*}" 1)" != Z ]
+}
 
 alive() {
-    for p in $pids; do
-        if kill -0 "$p" 2>/dev/null; then return 0; fi
+    for p in $procs; do
+        if same "$p"; then return 0; fi
     done
     return 1
 }
 
-if [ -z "$sup" ] || ! kill -0 "$sup" 2>/dev/null; then
-    # the supervisor is gone; its children follow it, but make sure
-    for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
-    rm -f "$pidfile"
-    echo "the herd is not running (removed a stale $pidfile)"
-    exit 0
-fi
+signal_all() {
+    for p in $procs; do
+        if same "$p"; then kill "-$1" "${p%:*}" 2>/dev/null || true; fi
+    done
+}
 
 kill -TERM "$sup"
 waited=0
@@ -48,8 +99,11 @@ while alive && [ "$waited" -lt $((timeout * 10)) ]; do
 done
 if alive; then
     echo "stop_servers.sh: still running after ${timeout}s; sending SIGKILL" >&2
-    for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
+    signal_all KILL
     while alive; do sleep 0.1; done
 fi
-rm -f "$pidfile"
-echo "the herd is stopped"
+# the supervisor removes its own pid file; after a SIGKILL, do it for it
+if [ -f "$pidfile" ] && [ "$(awk '$1 == "supervisor" { print $2 }' "$pidfile")" = "$sup" ]; then
+    rm -f "$pidfile"
+fi
+echo "the herd is stopped (supervisor pid $sup)"

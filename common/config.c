@@ -179,7 +179,7 @@ static const key_spec logging_keys[] = {
 };
 
 static const key_spec supervisor_keys[] = {
-    {"restart_max", K_INT, OFF(supervisor.restart_max), 0, 1, 1000},
+    {"restart_max", K_INT, OFF(supervisor.restart_max), 0, 1, CONFIG_RESTART_MAX},
     {"restart_window_s", K_INT, OFF(supervisor.restart_window_s), 0, 1, 86400},
     {"backoff_initial_ms", K_INT, OFF(supervisor.backoff_initial_ms), 0, 1, 600000},
     {"backoff_max_ms", K_INT, OFF(supervisor.backoff_max_ms), 0, 1, 600000},

@@ -13,6 +13,7 @@
 #define CONFIG_MAX_SERVERS 64
 #define CONFIG_MAX_NAME 64
 #define CONFIG_MAX_PATH 4096
+#define CONFIG_RESTART_MAX 1000    /* the most supervisor.restart_max may be */
 
 typedef struct {
     char name[CONFIG_MAX_NAME];

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "clock.h"
 
 #define LOG_FLUSH_BYTES (64 * 1024)
 #define LOG_RETRY_MS 1000      /* after a failed open or rotation */
@@ -51,12 +52,6 @@ static const char *level_name[] = {"DEBUG", "INFO", "WARN", "ERROR"};
 int64_t log_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t log_mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -115,7 +110,7 @@ static int open_log(void) {
     if (fd < 0) {
         int e = errno;
         L.need_open = 1;
-        L.retry_ms = log_mono_ms() + LOG_RETRY_MS;
+        L.retry_ms = mono_ms() + LOG_RETRY_MS;
         errno = e;
         return -1;
     }
@@ -149,7 +144,7 @@ static int rotate(void) {
     if (L.keep == 0 && unlink(L.path) < 0 && errno != ENOENT) rc = -1;
     if (rc == 0) return open_log();
     int e = errno;
-    L.retry_ms = log_mono_ms() + LOG_RETRY_MS;
+    L.retry_ms = mono_ms() + LOG_RETRY_MS;
     errno = e;
     return -1;
 }
@@ -379,7 +374,7 @@ static void flush_to_stderr(void) {
  * stops, or rotates a non-empty file, and a rotation that yields a
  * non-empty file ends the rotating, so the loop ends. */
 static void flush_to_file(void) {
-    int64_t now = log_mono_ms();
+    int64_t now = mono_ms();
     if (L.need_open && now >= L.retry_ms) {
         int rc = open_log();
         note_outcome("open", rc, errno);

@@ -75,7 +75,4 @@ void log_close(void);
 /* Milliseconds since the epoch, from the real-time clock. */
 int64_t log_now_ms(void);
 
-/* Milliseconds from the monotonic clock (for timers: never jumps). */
-int64_t log_mono_ms(void);
-
 #endif

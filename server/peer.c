@@ -32,6 +32,7 @@
 #include "handshake.h"
 #include "log.h"
 #include "net.h"
+#include "secret.h"
 #include "server.h"
 
 #define BACKOFF_MIN_MS 100
@@ -50,27 +51,12 @@ static void proof(const server *s, const char *kind, const char *a, const char *
     hs_proof(s->secret, s->secret_len, kind, a, b, na, nb, out);
 }
 
-/* HERD_SECRET, else the secret file; empty when neither exists. */
+/* HERD_SECRET, else the secret file (common/secret.c: refused when open to
+ * other users or empty); no secret when neither exists. */
 static int load_secret(server *s, char *err, size_t errlen) {
-    const char *env = getenv("HERD_SECRET");
-    if (env && *env) {
-        snprintf(s->secret, sizeof s->secret, "%s", env);
-    } else {
-        FILE *f = fopen(s->cfg->herd.secret_file, "r");
-        if (!f) {
-            if (errno == ENOENT) return 0;
-            snprintf(err, errlen, "%s: %s", s->cfg->herd.secret_file, strerror(errno));
-            return -1;
-        }
-        size_t n = fread(s->secret, 1, sizeof s->secret - 1, f);
-        fclose(f);
-        s->secret[n] = '\0';
-    }
-    size_t n = strlen(s->secret);
-    while (n && (s->secret[n - 1] == '\n' || s->secret[n - 1] == '\r' ||
-                 s->secret[n - 1] == ' ' || s->secret[n - 1] == '\t'))
-        s->secret[--n] = '\0';
-    s->secret_len = n;
+    int n = secret_load(s->cfg->herd.secret_file, s->secret, sizeof s->secret, err, errlen);
+    if (n < 0) return -1;
+    s->secret_len = (size_t)n;
     return 0;
 }
 

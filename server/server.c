@@ -37,9 +37,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "google.h"
 #include "log.h"
 #include "net.h"
+#include "signals.h"
 #include "xalloc.h"
 
 #define READ_CHUNK (64 * 1024)
@@ -50,21 +52,6 @@
 #define OUT_KEEP (64 * 1024)    /* an empty output buffer larger is freed */
 #define COLD_MS 1000            /* idle this long: into the cold set */
 #define WARM_PER_TURN 256
-
-static int sig_write_fd = -1;
-
-static void on_signal(int sig) {
-    int saved = errno;
-    unsigned char b = (unsigned char)sig;
-    if (write(sig_write_fd, &b, 1) < 0) { /* pipe full: a signal is pending anyway */ }
-    errno = saved;
-}
-
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ------------------------------------------------------------ poll set */
 
@@ -426,24 +413,11 @@ static void handle_signals(server *s) {
 
 /* ---------------------------------------------------------------- setup */
 
+/* TERM, INT and HUP to the self-pipe (common/signals.c); the supervisor
+ * starts us with them blocked, and this unblocks them. */
 static int setup_signals(server *s, char *err, size_t errlen) {
-    int p[2];
-    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) {
-        snprintf(err, errlen, "pipe: %s", strerror(errno));
-        return -1;
-    }
-    s->sig_r = p[0];
-    s->sig_w = sig_write_fd = p[1];
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    return 0;
+    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP};
+    return signals_to_pipe(sigs, 3, &s->sig_r, &s->sig_w, err, errlen);
 }
 
 int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) {

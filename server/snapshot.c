@@ -52,6 +52,7 @@ static int write_file(const server *s) {
     mkdir(s->cfg->herd.state_dir, 0755);
     FILE *f = fopen(tmp, "w");
     if (!f) return -1;
+    fchmod(fileno(f), 0600);   /* every client's location: the owner's alone */
     setvbuf(f, NULL, _IOFBF, 1 << 20);
     fprintf(f, "HERDSNAP 1 %s\n", s->me->name);
     table_each(&s->tab, write_entry, f);

@@ -1,5 +1,7 @@
 /* status.c -- herd-supervisor --status and --init-secret: the read-only and
- * one-time helpers the shell scripts and `make status` use. */
+ * one-time helpers the shell scripts and `make status` use.  --init-secret
+ * creates the secret file when it is missing, replaces it when it is empty,
+ * and refuses one that other users may read (common/secret.h). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -15,6 +17,7 @@
 #include <unistd.h>
 
 #include "net.h"
+#include "secret.h"
 #include "supervisor.h"
 
 typedef struct {
@@ -29,8 +32,6 @@ static int64_t wall_ms(void) {
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
-
-static int alive(long pid) { return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM); }
 
 /* True when host:port accepts a connection within 300 ms. */
 static int listens(const char *host, int port) {
@@ -83,14 +84,16 @@ static int pid_listens(long pid, int port) {
     return 0;
 }
 
-/* The server with this pid is up: it listens itself and answers. */
-static int serving(long pid, const config_server *c) {
-    if (!alive(pid)) return 0;
+/* The server with this pid is up: it is the supervisor's child, listens
+ * itself and answers. */
+static int serving(long sup, long pid, const config_server *c) {
+    if (!herd_is_server(pid, sup)) return 0;
     int own = pid_listens(pid, c->port);
     return own != 0 && listens(c->host, c->port);
 }
 
-/* servers.pid and supervisor.state into sup and st[]; -1 without a pid file. */
+/* servers.pid and supervisor.state into sup and st[]; -1 without a pid file.
+ * Trust no pid in them without lock.c's checks: the files may be stale. */
 static int read_files(const config *cfg, long *sup, srv_status *st) {
     char path[8192], name[128];
     long pid;
@@ -136,14 +139,15 @@ int supervisor_status(const config *cfg, int wait_s, int quiet) {
     int64_t deadline = wall_ms() + (int64_t)wait_s * 1000;
     int up;
     for (;;) {
-        if (read_files(cfg, &sup, st) < 0 || !alive(sup)) {
+        long live = herd_supervisor_pid(cfg);
+        if (read_files(cfg, &sup, st) < 0 || !live || live != sup) {
             if (!quiet) printf("no herd is running (%s/servers.pid: %s)\n", cfg->dir,
                                sup ? "stale" : "missing");
             return 3;
         }
         up = 0;
         for (int i = 0; i < cfg->n_servers; i++)
-            up += serving(st[i].pid, &cfg->servers[i]);
+            up += serving(sup, st[i].pid, &cfg->servers[i]);
         if (up == cfg->n_servers || wall_ms() >= deadline) break;
         usleep(100 * 1000);
     }
@@ -156,10 +160,10 @@ int supervisor_status(const config *cfg, int wait_s, int quiet) {
             const config_server *c = &cfg->servers[i];
             char addr[300], up_s[32] = "-", pid_s[24] = "-";
             snprintf(addr, sizeof addr, "%s:%d", c->host, c->port);
-            int a = alive(st[i].pid);
+            int a = herd_is_server(st[i].pid, sup);
             if (a) snprintf(pid_s, sizeof pid_s, "%ld", st[i].pid);
             if (a && st[i].started_ms) uptime(now - st[i].started_ms, up_s, sizeof up_s);
-            int l = serving(st[i].pid, c);
+            int l = serving(sup, st[i].pid, c);
             printf("%-12s %-21s %-8s %-9s %-8d %-9s %s/%s.log\n", c->name, addr, pid_s, up_s,
                    st[i].restarts, l ? "yes" : (st[i].state[0] ? st[i].state : "no"),
                    cfg->logging.dir, c->name);
@@ -168,39 +172,58 @@ int supervisor_status(const config *cfg, int wait_s, int quiet) {
     return up == cfg->n_servers ? 0 : 1;
 }
 
-int supervisor_init_secret(const config *cfg) {
-    const char *env = getenv("HERD_SECRET");
-    if (env && *env) return 0;
-    const char *path = cfg->herd.secret_file;
-    if (access(path, F_OK) == 0) return 0;
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash && slash != dir) {
-        *slash = '\0';
-        mkdir(dir, 0755);
-    }
+/* Write 64 random hex digits to path, mode 0600: a new file, or (replace)
+ * through a temporary file renamed over the old one.  Returns 0 or -1 with a
+ * message on stderr. */
+static int write_secret(const char *path, int replace) {
     unsigned char r[32];
     if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
         fprintf(stderr, "herd-supervisor: no randomness for the secret: %s\n", strerror(errno));
         return -1;
     }
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    const char *target = replace ? tmp : path;
+    int fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
-        if (errno == EEXIST) return 0;
-        fprintf(stderr, "herd-supervisor: cannot create %s: %s\n", path, strerror(errno));
+        if (errno == EEXIST && !replace) return 0;   /* another start made it */
+        fprintf(stderr, "herd-supervisor: cannot create %s: %s\n", target, strerror(errno));
         return -1;
     }
     char hex[66];
     for (size_t i = 0; i < sizeof r; i++) snprintf(hex + 2 * i, 3, "%02x", r[i]);
     hex[64] = '\n';
-    int ok = write(fd, hex, 65) == 65;
+    int ok = write(fd, hex, 65) == 65 && fsync(fd) == 0;
     close(fd);
+    if (ok && replace) ok = rename(tmp, path) == 0;
     if (!ok) {
-        fprintf(stderr, "herd-supervisor: cannot write %s\n", path);
-        unlink(path);
+        fprintf(stderr, "herd-supervisor: cannot write %s: %s\n", path, strerror(errno));
+        unlink(target);
         return -1;
     }
-    printf("created the herd secret %s (mode 0600)\n", path);
+    return 0;
+}
+
+int supervisor_init_secret(const config *cfg) {
+    const char *env = getenv("HERD_SECRET");
+    if (env && *env) return 0;
+    const char *path = cfg->herd.secret_file;
+    char secret[256], err[4400];
+    int n = secret_load(path, secret, sizeof secret, err, sizeof err);
+    if (n > 0) return 0;
+    if (n == -1) {
+        fprintf(stderr, "herd-supervisor: %s\n", err);
+        return -1;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = '\0';
+        mkdir(dir, 0700);
+    }
+    if (write_secret(path, n == SECRET_EMPTY) < 0) return -1;
+    printf("%s the herd secret %s (mode 0600)%s\n", n == SECRET_EMPTY ? "replaced" : "created",
+           path, n == SECRET_EMPTY ? ", which was empty; copy it to every host of the herd" : "");
     return 0;
 }

@@ -9,8 +9,16 @@
  * for SIGTERM when the supervisor dies, so a SIGKILLed supervisor leaves no
  * orphan behind.
  *
- * state/supervisor.state (for --status) holds one line per server:
+ * Only one supervisor runs per config: it holds servers.lock for its whole
+ * life (lock.c), and removes servers.pid at exit only while the file still
+ * names it.  Servers start with TERM, INT and HUP blocked, from before fork
+ * until herd-server has its handlers (common/signals.h), so a signal
+ * forwarded to a starting server cannot kill it.
+ *
+ * state/supervisor.state (for --status, mode 0600) holds one line per server:
  *   NAME PID STARTED_UNIX_MS RESTARTS STATE
+ * servers.pid stays 0644: pids are public in /proc anyway, and the file
+ * names nothing else.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,8 +34,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "config.h"
 #include "log.h"
+#include "secret.h"
+#include "signals.h"
 #include "supervisor.h"
 
 typedef enum { CH_RUNNING, CH_WAITING, CH_GIVEN_UP, CH_STOPPED } child_state;
@@ -41,7 +52,7 @@ typedef struct {
     int64_t started_ms;           /* wall clock, for --status */
     int64_t next_start_ms;        /* monotonic, while waiting */
     int restarts;
-    int64_t crashes[64];          /* monotonic times within the window */
+    int64_t crashes[CONFIG_RESTART_MAX + 1];   /* monotonic times within the window */
     int n_crashes;
 } child;
 
@@ -56,29 +67,22 @@ static struct {
     int stopping;
     int64_t stop_deadline;
     int dirty;                    /* the files need rewriting */
+    int lock_fd;                  /* servers.lock, held until exit */
 } S;
-
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void on_signal(int sig) {
-    int saved = errno;
-    unsigned char b = (unsigned char)sig;
-    if (write(S.sig_w, &b, 1) < 0) { /* full: a wake-up is pending anyway */ }
-    errno = saved;
-}
 
 /* --------------------------------------------------------------- files */
 
-/* Write 'text' to path through a temporary file and rename(). */
-static int write_atomic(const char *path, const char *text) {
+/* Write 'text' to path (created with 'mode') through a temporary file and
+ * rename(). */
+static int write_atomic(const char *path, const char *text, mode_t mode) {
     char tmp[PATH_MAX + 64];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f) return -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
+    if (!f) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
     fputs(text, f);
     int rc = (fflush(f) == EOF || fsync(fileno(f)) < 0) ? -1 : 0;
     if (fclose(f) == EOF) rc = -1;
@@ -99,38 +103,65 @@ static void write_files(void) {
                       k->state == CH_RUNNING ? (long)k->pid : 0L, (long long)k->started_ms,
                       k->restarts, state_name[k->state]);
     }
-    if (write_atomic(S.pid_path, pids) < 0)
+    if (write_atomic(S.pid_path, pids, 0644) < 0)
         log_msg(LOG_ERROR, "pidfile", "cannot write %s: %s", S.pid_path, strerror(errno));
-    mkdir(S.cfg->herd.state_dir, 0755);
-    write_atomic(S.state_path, states);
+    mkdir(S.cfg->herd.state_dir, 0700);
+    write_atomic(S.state_path, states, 0600);
+}
+
+/* Remove servers.pid if it still names this supervisor.  Returns 1 when
+ * removed, 0 when the file is gone or another's. */
+static int remove_own_pid_file(void) {
+    FILE *f = fopen(S.pid_path, "r");
+    if (!f) return 0;
+    long pid = 0;
+    int mine = fscanf(f, "supervisor %ld", &pid) == 1 && pid == (long)getpid();
+    fclose(f);
+    if (mine) unlink(S.pid_path);
+    return mine;
 }
 
 /* ------------------------------------------------------------ children */
 
+/* In a new child: default handlers, TERM, INT and HUP left blocked across
+ * exec (herd-server unblocks them once its handlers are in place), die with
+ * the supervisor, become herd-server. */
+static void exec_server(const child *k, pid_t parent) {
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    signal(SIGCHLD, SIG_DFL);
+    signal(SIGPIPE, SIG_DFL);
+    sigset_t keep;
+    sigemptyset(&keep);
+    sigaddset(&keep, SIGTERM);
+    sigaddset(&keep, SIGINT);
+    sigaddset(&keep, SIGHUP);
+    sigprocmask(SIG_SETMASK, &keep, NULL);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(1);   /* the supervisor is already gone */
+    execl(S.server_path, "herd-server", k->name, "-c", S.cfg->path, (char *)NULL);
+    fprintf(stderr, "herd-supervisor: cannot run %s: %s\n", S.server_path, strerror(errno));
+    _exit(127);
+}
+
 static void start_child(child *k) {
     pid_t parent = getpid();
+    sigset_t block, old;   /* no signal reaches the child before exec_server() */
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGHUP);
+    sigaddset(&block, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &block, &old);
     pid_t pid = fork();
+    if (pid == 0) exec_server(k, parent);
+    sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {
         log_msg(LOG_ERROR, "fork", "server=%s: %s", k->name, strerror(errno));
         k->state = CH_WAITING;
         k->next_start_ms = mono_ms() + S.cfg->supervisor.backoff_max_ms;
         return;
-    }
-    if (pid == 0) {
-        /* default handlers, nothing blocked, die with the supervisor */
-        signal(SIGTERM, SIG_DFL);
-        signal(SIGINT, SIG_DFL);
-        signal(SIGHUP, SIG_DFL);
-        signal(SIGCHLD, SIG_DFL);
-        signal(SIGPIPE, SIG_DFL);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != parent) _exit(1);   /* the supervisor is already gone */
-        execl(S.server_path, "herd-server", k->name, "-c", S.cfg->path, (char *)NULL);
-        fprintf(stderr, "herd-supervisor: cannot run %s: %s\n", S.server_path, strerror(errno));
-        _exit(127);
     }
     S.dirty = 1;
     k->pid = pid;
@@ -172,7 +203,7 @@ static void child_exited(child *k, int st) {
     for (int i = 0; i < k->n_crashes; i++)
         if (now - k->crashes[i] < window) k->crashes[m++] = k->crashes[i];
     k->n_crashes = m;
-    if (k->n_crashes < 64) k->crashes[k->n_crashes++] = now;
+    k->crashes[k->n_crashes++] = now;   /* room for restart_max + 1 */
     if (k->n_crashes > S.cfg->supervisor.restart_max) {
         k->state = CH_GIVEN_UP;
         log_msg(LOG_ERROR, "child-given-up",
@@ -244,35 +275,24 @@ static void handle_signals(void) {
 
 /* ----------------------------------------------------------------- main */
 
+/* TERM, INT, HUP and CHLD to the self-pipe (common/signals.c). */
 static int setup(char *err, size_t errlen) {
-    int p[2];
-    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) {
-        snprintf(err, errlen, "pipe: %s", strerror(errno));
-        return -1;
-    }
-    S.sig_r = p[0];
-    S.sig_w = p[1];
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    sigaction(SIGCHLD, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    return 0;
+    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGCHLD};
+    return signals_to_pipe(sigs, 4, &S.sig_r, &S.sig_w, err, errlen);
 }
 
 int supervisor_run(const config *cfg, const char *server_path) {
-    char err[512];
+    char err[4400];
     S.cfg = cfg;
     snprintf(S.server_path, sizeof S.server_path, "%s", server_path);
     snprintf(S.pid_path, sizeof S.pid_path, "%s/servers.pid", cfg->dir);
     snprintf(S.state_path, sizeof S.state_path, "%s/supervisor.state", cfg->herd.state_dir);
     log_set_rotation(cfg->logging.max_file_bytes, cfg->logging.keep_files);
-    if (log_open(cfg->logging.dir, "supervisor", cfg->logging.flush_ms, err, sizeof err) < 0 ||
+    char secret[256];   /* refuse a secret file the servers would refuse */
+    S.lock_fd = herd_lock_take(cfg, err, sizeof err);
+    if (S.lock_fd < 0 ||
+        secret_load(cfg->herd.secret_file, secret, sizeof secret, err, sizeof err) < 0 ||
+        log_open(cfg->logging.dir, "supervisor", cfg->logging.flush_ms, err, sizeof err) < 0 ||
         setup(err, sizeof err) < 0) {
         fprintf(stderr, "herd-supervisor: %s\n", err);
         return 1;
@@ -320,11 +340,12 @@ int supervisor_run(const config *cfg, const char *server_path) {
         }
         log_tick(log_now_ms());
     }
-    unlink(S.pid_path);
+    int removed = remove_own_pid_file();
     for (int i = 0; i < S.n; i++)
         if (S.kids[i].state != CH_GIVEN_UP) S.kids[i].state = CH_STOPPED;
-    write_atomic(S.state_path, "");
-    log_msg(LOG_INFO, "stopped", "every server has exited; %s removed", S.pid_path);
+    write_atomic(S.state_path, "", 0600);
+    log_msg(LOG_INFO, "stopped", "every server has exited; %s %s", S.pid_path,
+            removed ? "removed" : "left alone (it is not this supervisor's)");
     log_close();
     return 0;
 }

@@ -13,7 +13,23 @@ int supervisor_run(const config *cfg, const char *server_path);
 int supervisor_status(const config *cfg, int wait_s, int quiet);
 
 /* Create the herd's secret file (mode 0600) unless HERD_SECRET is set or the
- * file exists.  Returns 0 or -1 with a message on stderr. */
+ * file holds a secret; an empty file is replaced, one open to other users
+ * refused.  Returns 0 or -1 with a message on stderr. */
 int supervisor_init_secret(const config *cfg);
+
+/* lock.c: servers.lock, the proof that a herd runs (see there). */
+void herd_lock_path(const config *cfg, char *out, size_t n);
+
+/* Take the herd's lock for the life of this process and write our pid in
+ * it.  Returns its descriptor, or -1 with a reason in err (naming the other
+ * supervisor's pid when one holds it). */
+int herd_lock_take(const config *cfg, char *err, size_t errlen);
+
+/* The pid of the supervisor that holds cfg's lock and runs herd-supervisor,
+ * or 0 when no herd runs (a pid file may say otherwise: it may be stale). */
+long herd_supervisor_pid(const config *cfg);
+
+/* True when pid runs herd-server as a child of 'supervisor' (not a zombie). */
+int herd_is_server(long pid, long supervisor);
 
 #endif

@@ -54,6 +54,8 @@ static void test_refusals(void) {
         {"servers:\n  \"bad name\": { port: 7001 }\n", 2, "server name"},
         {HERD2 "supervisor:\n  backoff_initial_ms: 500\n  backoff_max_ms: 100\n", 0,
          "backoff_max_ms"},
+        /* the supervisor keeps restart_max + 1 crash times: no more than it can */
+        {HERD2 "supervisor:\n  restart_max: 1001\n", 5, "out of range"},
         {"", 0, "empty"},
         {"- a\n- b\n", 1, "expected a mapping of sections"},
     };

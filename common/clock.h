@@ -1,0 +1,11 @@
+/* clock.h -- the monotonic clock every timer and timeout of the herd uses. */
+#ifndef HERD_CLOCK_H
+#define HERD_CLOCK_H
+
+#include <stdint.h>
+
+/* Milliseconds from the monotonic clock: never jumps with the wall clock,
+ * so good for deadlines and intervals, meaningless as a date. */
+int64_t mono_ms(void);
+
+#endif

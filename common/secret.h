@@ -1,0 +1,22 @@
+/* secret.h -- the herd's shared secret, which links prove they know.
+ *
+ * It comes from HERD_SECRET when that is set, else from the file named by
+ * herd.secret_file.  The file must be the owner's alone (no permission bit
+ * for group or others) and must not be empty: an empty secret would turn
+ * every link off without a word.  A missing file is allowed (a herd
+ * without links still serves its clients).
+ */
+#ifndef HERD_SECRET_H
+#define HERD_SECRET_H
+
+#include <stddef.h>
+
+#define SECRET_EMPTY (-2)
+
+/* Read the secret into out[cap] (NUL-terminated, trailing white space
+ * dropped).  Returns its length (0: no HERD_SECRET and no file), -1 when
+ * the file cannot be read or is open to other users, or SECRET_EMPTY; the
+ * two errors with a message in err that says how to fix it. */
+int secret_load(const char *path, char *out, size_t cap, char *err, size_t errlen);
+
+#endif
