@@ -83,34 +83,52 @@ static int entry_older(const table_entry *a, const table_entry *b) {
 
 /* --------------------------------------------------------------- the heap */
 
-static void heap_put(table *t, size_t i, table_entry *e) {
-    t->heap[i] = e;
-    e->heap_pos = (uint32_t)i;
+/* A time as one integer that never orders two times the wrong way: exact
+ * below 2^34 seconds (the year 2514), the same for every later time. */
+static uint64_t time_key(proto_time t) {
+    if (t.sec >= (INT64_C(1) << 34)) return UINT64_MAX;
+    return (uint64_t)t.sec << 30 | (uint64_t)t.nsec;
+}
+
+static table_heap_slot heap_slot(table_entry *e) {
+    table_heap_slot h = {time_key(e->t), e};
+    return h;
+}
+
+/* Different keys decide without reading the entries (a cache miss each). */
+static int slot_older(table_heap_slot a, table_heap_slot b) {
+    if (a.key != b.key) return a.key < b.key;
+    return entry_older(a.e, b.e);
+}
+
+static void heap_put(table *t, size_t i, table_heap_slot h) {
+    t->heap[i] = h;
+    h.e->heap_pos = (uint32_t)i;
 }
 
 static void sift_up(table *t, size_t i) {
-    table_entry *e = t->heap[i];
+    table_heap_slot h = t->heap[i];
     while (i > 0) {
         size_t parent = (i - 1) / 2;
-        if (!entry_older(e, t->heap[parent])) break;
+        if (!slot_older(h, t->heap[parent])) break;
         heap_put(t, i, t->heap[parent]);
         i = parent;
     }
-    heap_put(t, i, e);
+    heap_put(t, i, h);
 }
 
-/* Over the first n heap slots. */
+/* Over the first n heap places. */
 static void sift_down(table *t, size_t i, size_t n) {
-    table_entry *e = t->heap[i];
+    table_heap_slot h = t->heap[i];
     for (;;) {
         size_t child = 2 * i + 1;
         if (child >= n) break;
-        if (child + 1 < n && entry_older(t->heap[child + 1], t->heap[child])) child++;
-        if (!entry_older(t->heap[child], e)) break;
+        if (child + 1 < n && slot_older(t->heap[child + 1], t->heap[child])) child++;
+        if (!slot_older(t->heap[child], h)) break;
         heap_put(t, i, t->heap[child]);
         i = child;
     }
-    heap_put(t, i, e);
+    heap_put(t, i, h);
 }
 
 /* Room for one more entry: doubling, but never past the bound. */
@@ -209,7 +227,7 @@ static void rebuild(table *t, size_t new_cap) {
 
 /* Take the oldest entry out of the table and free it. */
 static void evict_oldest(table *t) {
-    table_entry *e = t->heap[0];
+    table_entry *e = t->heap[0].e;
     size_t mask = t->cap - 1, i = table_index(t, e);
     if (t->slots[(i + 1) & mask]) {
         t->slots[i] = REMOVED;         /* a probe path may run through it */
@@ -264,7 +282,7 @@ static table_entry *replace(table *t, size_t i, const table_update *u) {
     table_entry *old = t->slots[i];
     table_entry *e = make_entry(u, old->hash);
     t->slots[i] = e;
-    heap_put(t, old->heap_pos, e);
+    heap_put(t, old->heap_pos, heap_slot(e));
     sift_down(t, e->heap_pos, t->count);
     free(old);
     return e;
@@ -277,7 +295,7 @@ table_entry *table_offer(table *t, const table_update *u) {
     if (live(old))
         return update_cmp(u, old) > 0 ? replace(t, i, u) : NULL;
     if (t->count >= t->max) {
-        if (update_cmp(u, t->heap[0]) < 0) {
+        if (update_cmp(u, t->heap[0].e) < 0) {
             t->refused++;              /* older than all we keep: never stored */
             return NULL;
         }
@@ -288,7 +306,7 @@ table_entry *table_offer(table *t, const table_update *u) {
     if (t->slots[i] == REMOVED) t->removed--;
     t->slots[i] = e;
     heap_reserve(t);
-    heap_put(t, t->count, e);
+    heap_put(t, t->count, heap_slot(e));
     t->count++;
     sift_up(t, e->heap_pos);
     if ((t->count + t->removed) * 4 > t->cap * 3)

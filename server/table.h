@@ -39,13 +39,20 @@ typedef struct {
     char line[];                /* NUL-terminated for convenience */
 } table_entry;
 
+/* A heap place: the entry and its time as one integer, so most comparisons
+ * read the heap array only (see table.c). */
+typedef struct {
+    uint64_t key;
+    table_entry *e;
+} table_heap_slot;
+
 typedef struct {
     table_entry **slots;
     size_t cap;                 /* power of two */
     size_t count;               /* entries */
     size_t removed;             /* slots marked "removed" (see table.c) */
     uint64_t layout;            /* changes whenever entries change slots */
-    table_entry **heap;         /* count entries; heap[0] is the oldest */
+    table_heap_slot *heap;      /* count entries; heap[0] is the oldest */
     size_t heap_cap;
     size_t max;                 /* at most this many entries */
     uint64_t evicted, refused;  /* totals since the start */

@@ -34,11 +34,11 @@ static int consistent(const table *t) {
     }
     if (live != t->count || marks != t->removed || t->count > t->max) return 0;
     for (size_t i = 0; i < t->count; i++) {
-        const table_entry *e = t->heap[i];
+        const table_entry *e = t->heap[i].e;
         if (e->heap_pos != i) return 0;
         if (table_get(t, e->line + e->client_off, e->client_len) != e) return 0;
         if (i == 0) continue;
-        const table_entry *p = t->heap[(i - 1) / 2];
+        const table_entry *p = t->heap[(i - 1) / 2].e;
         int c = proto_update_cmp(p->t, entry_field(p, p->location_off, p->location_len),
                                  entry_field(p, p->origin_off, p->origin_len), e->t,
                                  entry_field(e, e->location_off, e->location_len),
