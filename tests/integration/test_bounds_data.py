@@ -4,9 +4,10 @@ and past limits.max_stored_clients every server of a herd keeps the same
 newest clients, in memory, in its snapshot and in what it sends a neighbour
 that catches up."""
 import re
+import subprocess
 import time
 
-from conftest import DEFAULT_LINKS, Herd, exchange, write_config
+from conftest import DEFAULT_LINKS, Herd, exchange, free_port, program, write_config
 
 ALL = tuple(DEFAULT_LINKS)
 # 8 KB of leading zeros: a valid latitude once, 8 KB in every server's table
@@ -137,3 +138,12 @@ def test_snapshot_load_respects_a_smaller_bound(make_server):
     m = re.search(r"table-full .*evicted_total=(\d+) refused_total=(\d+) clients=10 "
                   r"max_stored_clients=10\n", s.read_log())
     assert m and int(m.group(1)) + int(m.group(2)) == 20, s.read_log()[-1000:]
+
+
+def test_bound_out_of_range_is_refused_with_its_line(tmp_path):
+    for bad in ("0", "100000001", "lots"):
+        cfg = write_config(str(tmp_path), {"Alpha": (free_port(), [])},
+                           limits={"max_stored_clients": bad})
+        r = subprocess.run([program("herd-server"), "--check", "Alpha", "-c", cfg],
+                           capture_output=True, text=True, timeout=20)
+        assert r.returncode == 1 and f"{cfg}:7: limits.max_stored_clients" in r.stderr, r.stderr
