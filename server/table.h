@@ -24,7 +24,7 @@
 
 #include "protocol.h"
 
-#define TABLE_DEFAULT_MAX 1000000   /* clients; about 150 MB */
+#define TABLE_DEFAULT_MAX 1000000   /* clients; about 160 MB */
 #define TABLE_MAX_MAX 100000000     /* heap positions are 32-bit */
 
 typedef struct {
