@@ -166,6 +166,7 @@ static const key_spec limits_keys[] = {
     {"max_output_bytes", K_SIZE, OFF(limits.max_output_bytes), 0, 4096, 1LL << 32},
     {"max_clients", K_INT, OFF(limits.max_clients), 0, 1, 1000000},
     {"idle_timeout_s", K_INT, OFF(limits.idle_timeout_s), 0, 0, 86400 * 7},
+    {"max_stored_clients", K_SIZE, OFF(limits.max_stored_clients), 0, 1, 100000000},
     {NULL, 0, 0, 0, 0, 0},
 };
 
@@ -371,6 +372,7 @@ static void set_defaults(config *cfg) {
     cfg->limits.max_output_bytes = 1 << 20;
     cfg->limits.max_clients = 20000;
     cfg->limits.idle_timeout_s = 300;
+    cfg->limits.max_stored_clients = 1000000;
     path_join(cfg->logging.dir, sizeof cfg->logging.dir, cfg->dir, "logs");
     cfg->logging.flush_ms = 200;
     cfg->logging.log_lines = 1;

@@ -42,6 +42,7 @@ typedef struct {
     size_t max_output_bytes;
     int max_clients;
     int idle_timeout_s;       /* 0: never */
+    size_t max_stored_clients; /* clients in the table (server/table.h) */
 } config_limits;
 
 typedef struct {

@@ -1,7 +1,7 @@
 /* protocol.c -- parsing and comparing the client protocol's fields.
  *
- * Every rule of docs/PROTOCOL.md that concerns a single line lives here, so a
- * unit test can check it without a socket.  Nothing here allocates.
+ * Every rule of docs/PROTOCOL.md that concerns a single line lives here, so
+ * a unit test can check it without a socket.  Nothing here allocates.
  */
 #include "protocol.h"
 
@@ -58,7 +58,7 @@ static int all_zero(const char *s, size_t n) {
 /* A decimal "[sign]int.frac" as a double, from its already checked parts.
  * Leading zeros are dropped and at most 30 significant fraction digits are
  * kept (more cannot change a double); a value of zeros then digits, such as
- * 0.000...087 with 40 zeros, keeps its digits through an exponent, so a
+ * 0.000...087 with 25 zeros, keeps its digits through an exponent, so a
  * positive value never rounds to 0 on the way. */
 static double decimal_to_double(char sign, const char *ip, size_t ilen,
                                 const char *fp, size_t flen) {
@@ -80,19 +80,21 @@ static double decimal_to_double(char sign, const char *ip, size_t ilen,
     return strtod(tmp, NULL);
 }
 
-/* One coordinate "sign digits . digits" starting at s[*i]; checks |v| <= limit
- * exactly.  Returns 0 and advances *i on success. */
+/* One coordinate "sign digits . digits" starting at s[*i]: 1 to 3 digits
+ * before the point, 1 to 30 after; checks |v| <= limit exactly.  Returns 0
+ * and advances *i on success. */
 static int parse_coord(const char *s, size_t len, size_t *i, int limit,
                        double *out) {
     if (*i >= len || (s[*i] != '+' && s[*i] != '-')) return -1;
     char sign = s[(*i)++];
     const char *ip = s + *i;
     size_t ilen = scan_digits(s, len, i);
-    if (ilen == 0 || *i >= len || s[*i] != '.') return -1;
+    if (ilen == 0 || ilen > PROTO_MAX_COORD_INT_DIGITS) return -1;
+    if (*i >= len || s[*i] != '.') return -1;
     (*i)++;
     const char *fp = s + *i;
     size_t flen = scan_digits(s, len, i);
-    if (flen == 0) return -1;
+    if (flen == 0 || flen > PROTO_MAX_FRAC_DIGITS) return -1;
     int64_t iv = digits_value(ip, ilen, limit);
     if (iv > limit || (iv == limit && !all_zero(fp, flen))) return -1;
     if (out) *out = decimal_to_double(sign, ip, ilen, fp, flen);
@@ -120,7 +122,7 @@ int proto_parse_time(const char *s, size_t len, proto_time *t) {
         i++;
         const char *fp = s + i;
         size_t flen = scan_digits(s, len, &i);
-        if (flen == 0 || i != len) return -1;
+        if (flen == 0 || flen > PROTO_MAX_FRAC_DIGITS || i != len) return -1;
         for (size_t k = 0; k < 9; k++)
             nsec = nsec * 10 + (k < flen ? fp[k] - '0' : 0);
     }

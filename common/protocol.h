@@ -9,6 +9,11 @@
  *
  * Times are kept as exact integers (seconds, nanoseconds); fraction digits
  * past the ninth are kept in the text but ignored in comparisons.
+ *
+ * Every field a server stores has a length limit (docs/PROTOCOL.md, IAMAT),
+ * so one update costs a bounded number of bytes: a coordinate has 1 to 3
+ * digits before its point and 1 to 30 after it, a time 1 to 18 before and at
+ * most 30 after, a client id 1 to 256 bytes.  Longer is a bad field.
  */
 #ifndef HERD_PROTOCOL_H
 #define HERD_PROTOCOL_H
@@ -19,6 +24,8 @@
 #define PROTO_MAX_FIELDS 8          /* more fields than this is always invalid */
 #define PROTO_MAX_CLIENT_LEN 256    /* bytes in a client id */
 #define PROTO_MAX_TIME_INT_DIGITS 18
+#define PROTO_MAX_COORD_INT_DIGITS 3  /* "+090.5" passes, "+0090.5" does not */
+#define PROTO_MAX_FRAC_DIGITS 30      /* after the point, coordinates and times */
 #define PROTO_MAX_RADIUS_KM 50
 #define PROTO_MAX_BOUND 20
 

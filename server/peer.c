@@ -81,7 +81,7 @@ int peer_init(server *s, char *err, size_t errlen) {
 static void start_stream(server *s, peer_link *L) {
     L->streaming = 1;
     L->stream_pos = 0;
-    L->stream_cap = s->tab.cap;
+    L->stream_layout = s->tab.layout;
     L->resync = 0;
 }
 
@@ -318,7 +318,7 @@ void peer_flood(server *s, const table_entry *e, int from_link) {
         if (L->streaming) {
             /* the stream will reach this slot later, with the newest entry */
             if (slot == (size_t)-1) slot = table_index(&s->tab, e);
-            if (s->tab.cap == L->stream_cap && slot >= L->stream_pos) continue;
+            if (s->tab.layout == L->stream_layout && slot >= L->stream_pos) continue;
         }
         if (buf_pending(&L->conn->out) > cap) {
             if (!L->streaming && !L->resync)
@@ -339,12 +339,12 @@ void peer_flood(server *s, const table_entry *e, int from_link) {
 /* Append the next part of the table to a catching-up link. */
 static void pump_stream(server *s, peer_link *L) {
     buf_t *out = &L->conn->out;
-    if (s->tab.cap != L->stream_cap) {     /* the table grew: slots moved */
+    if (s->tab.layout != L->stream_layout) {   /* entries changed slots */
         L->stream_pos = 0;
-        L->stream_cap = s->tab.cap;
+        L->stream_layout = s->tab.layout;
     }
     while (L->stream_pos < s->tab.cap && buf_pending(out) < STREAM_CHUNK) {
-        const table_entry *e = s->tab.slots[L->stream_pos++];
+        const table_entry *e = table_slot(&s->tab, L->stream_pos++);
         if (!e) continue;
         buf_append(out, e->line, e->line_len);
         buf_append_char(out, '\n');

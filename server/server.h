@@ -64,7 +64,8 @@ typedef struct {
     int backoff_ms;
     int failures;               /* dial failures since the last link-up */
     int streaming;              /* sending the whole table */
-    size_t stream_pos, stream_cap;
+    size_t stream_pos;
+    uint64_t stream_layout;     /* the table's layout when the stream began */
     int resync;                 /* stream again once the current one ends */
     uint64_t sent, received;    /* updates, for the log */
 } peer_link;

@@ -114,6 +114,7 @@ static void snapshot_child(const server *s, pid_t parent) {
 }
 
 void snapshot_tick(server *s) {
+    table_tick(&s->tab, s->now_ms);   /* the table's once-a-second summary */
     reap_child(s, 0);
     if (!s->table_dirty || s->snapshot_pid || s->now_ms < s->next_snapshot_ms) return;
     s->next_snapshot_ms = s->now_ms + (int64_t)s->cfg->herd.snapshot_interval_s * 1000;
@@ -135,8 +136,7 @@ static void set_aside(server *s, const char *path, const char *why, long line) {
     rename(path, bad);
     log_msg(LOG_WARN, "snapshot-damaged", "file=%s line=%ld reason=%s moved-to=%s", path,
             line, why, bad);
-    table_free(&s->tab);
-    table_init(&s->tab);
+    table_clear(&s->tab);
 }
 
 /* Remove NAME.snap.tmp.* left by a snapshot child killed while writing. */
@@ -161,6 +161,8 @@ static void remove_leftovers(server *s) {
 }
 
 void snapshot_load(server *s) {
+    /* the first use of the table: its bound applies to what is loaded */
+    table_set_max(&s->tab, s->cfg->limits.max_stored_clients);
     char path[4200];
     remove_leftovers(s);
     snap_path(s, path, sizeof path, "");

@@ -1,10 +1,25 @@
-/* table.c -- the client table; see table.h. */
+/* table.c -- the client table; see table.h.
+ *
+ * Removing an entry (an eviction at the bound) leaves a "removed" mark in
+ * its slot, so the probe paths of other keys stay intact and no entry moves:
+ * a link's catch-up walks the slots with a cursor, and an entry moving back
+ * past the cursor would never be sent.  A new entry reuses the first mark on
+ * its path; a removal at the end of a cluster frees its slot and the marks
+ * just before it.  When entries and marks pass 3/4 of the slots the table is
+ * rebuilt, twice as large if entries alone pass half, else at the same size;
+ * either way 'layout' changes, which tells the cursor to start over.
+ *
+ * The heap orders entries by the herd's newer order, then by client id, so
+ * two servers holding the same updates agree on which is the oldest.
+ */
 #include "table.h"
 
+#include <inttypes.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
 
+#include "log.h"
 #include "xalloc.h"
 
 /* ------------------------------------------------------------ SipHash-2-4 */
@@ -40,12 +55,104 @@ static uint64_t siphash(const void *data, size_t len, uint64_t k0, uint64_t k1) 
     return v0 ^ v1 ^ v2 ^ v3;
 }
 
+/* ---------------------------------------------------------- the order */
+
+/* The fields the order reads, from an entry. */
+static table_update entry_view(const table_entry *e) {
+    table_update v;
+    memset(&v, 0, sizeof v);
+    v.origin = entry_field(e, e->origin_off, e->origin_len);
+    v.client = entry_field(e, e->client_off, e->client_len);
+    v.location = entry_field(e, e->location_off, e->location_len);
+    v.t = e->t;
+    return v;
+}
+
+/* The herd's newer order (docs/PROTOCOL.md), then the client id bytes, so
+ * two entries are never equal: <0 when u is older than e. */
+static int update_cmp(const table_update *u, const table_entry *e) {
+    table_update v = entry_view(e);
+    int c = proto_update_cmp(u->t, u->location, u->origin, v.t, v.location, v.origin);
+    return c ? c : proto_bytes_cmp(u->client.p, u->client.len, v.client.p, v.client.len);
+}
+
+static int entry_older(const table_entry *a, const table_entry *b) {
+    table_update v = entry_view(a);
+    return update_cmp(&v, b) < 0;
+}
+
+/* --------------------------------------------------------------- the heap */
+
+/* A time as one integer that never orders two times the wrong way: exact
+ * below 2^34 seconds (the year 2514), the same for every later time. */
+static uint64_t time_key(proto_time t) {
+    if (t.sec >= (INT64_C(1) << 34)) return UINT64_MAX;
+    return (uint64_t)t.sec << 30 | (uint64_t)t.nsec;
+}
+
+static table_heap_slot heap_slot(table_entry *e) {
+    table_heap_slot h = {time_key(e->t), e};
+    return h;
+}
+
+/* Different keys decide without reading the entries (a cache miss each). */
+static int slot_older(table_heap_slot a, table_heap_slot b) {
+    if (a.key != b.key) return a.key < b.key;
+    return entry_older(a.e, b.e);
+}
+
+static void heap_put(table *t, size_t i, table_heap_slot h) {
+    t->heap[i] = h;
+    h.e->heap_pos = (uint32_t)i;
+}
+
+static void sift_up(table *t, size_t i) {
+    table_heap_slot h = t->heap[i];
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (!slot_older(h, t->heap[parent])) break;
+        heap_put(t, i, t->heap[parent]);
+        i = parent;
+    }
+    heap_put(t, i, h);
+}
+
+/* Over the first n heap places. */
+static void sift_down(table *t, size_t i, size_t n) {
+    table_heap_slot h = t->heap[i];
+    for (;;) {
+        size_t child = 2 * i + 1;
+        if (child >= n) break;
+        if (child + 1 < n && slot_older(t->heap[child + 1], t->heap[child])) child++;
+        if (!slot_older(t->heap[child], h)) break;
+        heap_put(t, i, t->heap[child]);
+        i = child;
+    }
+    heap_put(t, i, h);
+}
+
+/* Room for one more entry: doubling, but never past the bound. */
+static void heap_reserve(table *t) {
+    if (t->count < t->heap_cap) return;
+    size_t cap = t->heap_cap ? t->heap_cap * 2 : 1024;
+    if (cap > t->max && t->max > t->count) cap = t->max;
+    t->heap = xrealloc(t->heap, cap * sizeof *t->heap);
+    t->heap_cap = cap;
+}
+
 /* ------------------------------------------------------------------ table */
+
+/* Marks the slot of a removed entry: not free, holds nothing. */
+static table_entry removed_mark;
+#define REMOVED (&removed_mark)
+
+static int live(const table_entry *e) { return e && e != REMOVED; }
 
 void table_init(table *t) {
     memset(t, 0, sizeof *t);
     t->cap = 1024;
     t->slots = xcalloc(t->cap, sizeof *t->slots);
+    t->max = TABLE_DEFAULT_MAX;
     uint64_t key[2];
     if (getrandom(key, sizeof key, GRND_NONBLOCK) != (ssize_t)sizeof key) {
         struct timespec ts;   /* early boot without entropy: still varies */
@@ -58,43 +165,94 @@ void table_init(table *t) {
 }
 
 void table_free(table *t) {
-    for (size_t i = 0; i < t->cap; i++) free(t->slots[i]);
+    for (size_t i = 0; i < t->cap; i++)
+        if (live(t->slots[i])) free(t->slots[i]);
     free(t->slots);
+    free(t->heap);
     memset(t, 0, sizeof *t);
 }
 
-/* Slot holding the client, or the empty slot where it would go. */
+void table_clear(table *t) {
+    table saved = *t;
+    table_free(t);
+    table_init(t);
+    t->max = saved.max;
+    t->k0 = saved.k0;
+    t->k1 = saved.k1;
+    t->layout = saved.layout + 1;
+}
+
+/* Slot holding the client; when it is absent, the slot a new entry for it
+ * takes: the first removed mark on its probe path, else the free slot that
+ * ends the path. */
 static size_t find_slot(const table *t, uint64_t h, const char *client, size_t len) {
-    size_t mask = t->cap - 1, i = (size_t)h & mask;
+    size_t mask = t->cap - 1, i = (size_t)h & mask, reuse = SIZE_MAX;
     for (;;) {
         const table_entry *e = t->slots[i];
-        if (!e) return i;
-        if (e->hash == h && e->client_len == len &&
-            memcmp(e->line + e->client_off, client, len) == 0)
+        if (!e) return reuse != SIZE_MAX ? reuse : i;
+        if (e == REMOVED) {
+            if (reuse == SIZE_MAX) reuse = i;
+        } else if (e->hash == h && e->client_len == len &&
+                   memcmp(e->line + e->client_off, client, len) == 0) {
             return i;
+        }
         i = (i + 1) & mask;
     }
 }
 
 table_entry *table_get(const table *t, const char *client, size_t len) {
     uint64_t h = siphash(client, len, t->k0, t->k1);
-    return t->slots[find_slot(t, h, client, len)];
+    table_entry *e = t->slots[find_slot(t, h, client, len)];
+    return live(e) ? e : NULL;
 }
 
-static void grow(table *t) {
+/* Put every entry in a new array of new_cap slots, dropping the marks. */
+static void rebuild(table *t, size_t new_cap) {
     size_t old_cap = t->cap;
     table_entry **old = t->slots;
-    t->cap *= 2;
+    t->cap = new_cap;
     t->slots = xcalloc(t->cap, sizeof *t->slots);
     size_t mask = t->cap - 1;
     for (size_t i = 0; i < old_cap; i++) {
         table_entry *e = old[i];
-        if (!e) continue;
+        if (!live(e)) continue;
         size_t j = (size_t)e->hash & mask;
         while (t->slots[j]) j = (j + 1) & mask;
         t->slots[j] = e;
     }
     free(old);
+    t->removed = 0;
+    t->layout++;
+}
+
+/* Take the oldest entry out of the table and free it. */
+static void evict_oldest(table *t) {
+    table_entry *e = t->heap[0].e;
+    size_t mask = t->cap - 1, i = table_index(t, e);
+    if (t->slots[(i + 1) & mask]) {
+        t->slots[i] = REMOVED;         /* a probe path may run through it */
+        t->removed++;
+    } else {                           /* the end of a cluster: no path does */
+        t->slots[i] = NULL;
+        for (size_t j = (i - 1) & mask; t->slots[j] == REMOVED; j = (j - 1) & mask) {
+            t->slots[j] = NULL;
+            t->removed--;
+        }
+    }
+    t->count--;
+    if (t->count) {
+        heap_put(t, 0, t->heap[t->count]);
+        sift_down(t, 0, t->count);
+    }
+    free(e);
+    t->evicted++;
+}
+
+void table_set_max(table *t, size_t max) {
+    if (max < 1) max = 1;
+    if (max > TABLE_MAX_MAX) max = TABLE_MAX_MAX;
+    t->max = max;
+    while (t->count > t->max) evict_oldest(t);
 }
 
 static table_entry *make_entry(const table_update *u, uint64_t h) {
@@ -118,21 +276,41 @@ static table_entry *make_entry(const table_update *u, uint64_t h) {
     return e;
 }
 
+/* A newer update for a stored client: same slot, same heap place, then down
+ * the heap (it only got newer). */
+static table_entry *replace(table *t, size_t i, const table_update *u) {
+    table_entry *old = t->slots[i];
+    table_entry *e = make_entry(u, old->hash);
+    t->slots[i] = e;
+    heap_put(t, old->heap_pos, heap_slot(e));
+    sift_down(t, e->heap_pos, t->count);
+    free(old);
+    return e;
+}
+
 table_entry *table_offer(table *t, const table_update *u) {
     uint64_t h = siphash(u->client.p, u->client.len, t->k0, t->k1);
     size_t i = find_slot(t, h, u->client.p, u->client.len);
     table_entry *old = t->slots[i];
-    if (old && proto_update_cmp(u->t, u->location, u->origin, old->t,
-                                entry_field(old, old->location_off, old->location_len),
-                                entry_field(old, old->origin_off, old->origin_len)) <= 0)
-        return NULL;
-    table_entry *e = make_entry(u, h);
-    t->slots[i] = e;
-    if (old) {
-        free(old);
-    } else if (++t->count * 4 > t->cap * 3) {
-        grow(t);
+    if (live(old))
+        return update_cmp(u, old) > 0 ? replace(t, i, u) : NULL;
+    if (t->count >= t->max) {
+        if (update_cmp(u, t->heap[0].e) < 0) {
+            t->refused++;              /* older than all we keep: never stored */
+            return NULL;
+        }
+        evict_oldest(t);
+        i = find_slot(t, h, u->client.p, u->client.len);   /* marks may have gone */
     }
+    table_entry *e = make_entry(u, h);
+    if (t->slots[i] == REMOVED) t->removed--;
+    t->slots[i] = e;
+    heap_reserve(t);
+    heap_put(t, t->count, heap_slot(e));
+    t->count++;
+    sift_up(t, e->heap_pos);
+    if ((t->count + t->removed) * 4 > t->cap * 3)
+        rebuild(t, t->count * 2 > t->cap ? t->cap * 2 : t->cap);
     return e;
 }
 
@@ -145,7 +323,24 @@ size_t table_index(const table *t, const table_entry *e) {
     return find_slot(t, e->hash, e->line + e->client_off, e->client_len);
 }
 
+table_entry *table_slot(const table *t, size_t i) {
+    return live(t->slots[i]) ? t->slots[i] : NULL;
+}
+
 void table_each(const table *t, int (*fn)(const table_entry *, void *), void *arg) {
     for (size_t i = 0; i < t->cap; i++)
-        if (t->slots[i] && fn(t->slots[i], arg)) return;
+        if (live(t->slots[i]) && fn(t->slots[i], arg)) return;
+}
+
+void table_tick(table *t, int64_t now_ms) {
+    if (t->evicted == t->evicted_logged && t->refused == t->refused_logged) return;
+    if (now_ms < t->next_log_ms) return;
+    log_msg(LOG_WARN, "table-full", "evicted=%" PRIu64 " refused=%" PRIu64
+            " evicted_total=%" PRIu64 " refused_total=%" PRIu64
+            " clients=%zu max_stored_clients=%zu",
+            t->evicted - t->evicted_logged, t->refused - t->refused_logged,
+            t->evicted, t->refused, t->count, t->max);
+    t->evicted_logged = t->evicted;
+    t->refused_logged = t->refused;
+    t->next_log_ms = now_ms + 1000;
 }

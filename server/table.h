@@ -1,12 +1,20 @@
 /* table.h -- the server's client table: client id -> latest update.
  *
  * An open-addressing hash table (linear probing, power-of-two size, at most
- * 3/4 full) of pointers to entries.  Each entry is one allocation holding the
- * AT line exactly as first produced by the server that received the IAMAT,
- * with offsets of its fields, so a WHATSAT reply copies it without
- * formatting.  Keys are hashed with SipHash-2-4 under a random key, so
- * client-chosen ids cannot be picked to collide.  Millions of clients cost
- * one pointer slot and one entry each.
+ * 3/4 of the slots used by entries and removed-entry marks) of pointers to
+ * entries.  Each entry is one allocation holding the AT line exactly as
+ * first produced by the server that received the IAMAT, with offsets of its
+ * fields, so a WHATSAT reply copies it without formatting.  Keys are hashed
+ * with SipHash-2-4 under a random key, so client-chosen ids cannot be picked
+ * to collide.  Millions of clients cost one pointer slot, one heap slot and
+ * one entry each.
+ *
+ * The table holds at most 'max' clients (limits.max_stored_clients).  A
+ * binary min-heap of the entries, in the herd's newer order, finds the
+ * oldest in O(1); a new client past the bound replaces the oldest entry
+ * when it is newer than it, and is refused otherwise (docs/PROTOCOL.md,
+ * "Stored clients"), so every server of a herd ends with the same newest
+ * 'max' clients.
  */
 #ifndef HERD_TABLE_H
 #define HERD_TABLE_H
@@ -16,6 +24,9 @@
 
 #include "protocol.h"
 
+#define TABLE_DEFAULT_MAX 1000000   /* clients; about 160 MB */
+#define TABLE_MAX_MAX 100000000     /* heap positions are 32-bit */
+
 typedef struct {
     uint64_t hash;
     proto_time t;
@@ -24,18 +35,42 @@ typedef struct {
     uint16_t client_off, client_len;
     uint32_t location_off;
     uint32_t location_len;
+    uint32_t heap_pos;          /* index in table.heap */
     char line[];                /* NUL-terminated for convenience */
 } table_entry;
+
+/* A heap place: the entry and its time as one integer, so most comparisons
+ * read the heap array only (see table.c). */
+typedef struct {
+    uint64_t key;
+    table_entry *e;
+} table_heap_slot;
 
 typedef struct {
     table_entry **slots;
     size_t cap;                 /* power of two */
-    size_t count;
+    size_t count;               /* entries */
+    size_t removed;             /* slots marked "removed" (see table.c) */
+    uint64_t layout;            /* changes whenever entries change slots */
+    table_heap_slot *heap;      /* count entries; heap[0] is the oldest */
+    size_t heap_cap;
+    size_t max;                 /* at most this many entries */
+    uint64_t evicted, refused;  /* totals since the start */
+    uint64_t evicted_logged, refused_logged;
+    int64_t next_log_ms;
     uint64_t k0, k1;            /* SipHash key */
 } table;
 
+/* An empty table holding at most TABLE_DEFAULT_MAX clients. */
 void table_init(table *t);
 void table_free(table *t);
+
+/* Free every entry; the bound and the hash key stay. */
+void table_clear(table *t);
+
+/* Hold at most 'max' clients (1 to TABLE_MAX_MAX); the oldest go first
+ * when there are more. */
+void table_set_max(table *t, size_t max);
 
 /* The entry for a client id, or NULL. */
 table_entry *table_get(const table *t, const char *client, size_t len);
@@ -47,15 +82,26 @@ typedef struct {
 } table_update;
 
 /* Store 'u' if it is newer than what the table holds for its client (the
- * herd's order: time, location bytes, origin).  Returns the new entry when
- * stored, NULL when the table already had the same or a newer update. */
+ * herd's order: time, location bytes, origin).  A new client in a full
+ * table replaces the oldest entry if it is newer than that one (the client
+ * ids break a tie), and is refused otherwise.  Returns the new entry when
+ * stored, NULL when not.  Entries returned earlier may be freed by any
+ * call: keep a copy of what must outlive it. */
 table_entry *table_offer(table *t, const table_update *u);
 
 /* The slot index holding e (which must be in the table). */
 size_t table_index(const table *t, const table_entry *e);
 
+/* The entry in slot i (i < cap), or NULL for a free or removed slot.
+ * Positions stay put until t->layout changes. */
+table_entry *table_slot(const table *t, size_t i);
+
 /* Visit every entry (unordered); stop early when fn returns non-zero. */
 void table_each(const table *t, int (*fn)(const table_entry *, void *), void *arg);
+
+/* Log how many clients were evicted or refused at the bound since the last
+ * such line, at most once a second; call it now and then. */
+void table_tick(table *t, int64_t now_ms);
 
 /* The stored location in degrees (parsed on demand: only WHATSAT needs it). */
 void table_entry_latlng(const table_entry *e, double *lat, double *lng);

@@ -1,5 +1,5 @@
-/* test_protocol.c -- the line grammar of docs/PROTOCOL.md, the newer order and
- * the diff format. */
+/* test_protocol.c -- the line grammar of docs/PROTOCOL.md, the newer order
+ * and the diff format. */
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -16,6 +16,9 @@ typedef struct {
 
 static char long_id[400], emoji_ok[400], emoji_long[400], huge_time[1100],
     huge_coord[1100], client_256[400], client_257[400];
+/* The field limits at their edges: 30 fraction digits pass, 31 do not. */
+static char lat_frac30[128], lat_frac31[128], lng_frac30[128], lng_frac31[128],
+    time_frac30[128], time_frac31[128], zeros_8k[8300], frac_8k[8300];
 
 static void build_long_lines(void) {
     char id[260];
@@ -35,6 +38,21 @@ static void build_long_lines(void) {
     snprintf(huge_time, sizeof huge_time, "IAMAT kiwi +1.0+1.0 %s", digits);
     snprintf(huge_coord, sizeof huge_coord, "IAMAT kiwi +%s.0+1.0 1", digits);
     snprintf(long_id, sizeof long_id, "WHATSAT %.256s 10 5", client_256 + 6);
+    char d30[32], d31[33];
+    memset(d30, '1', 30); d30[30] = '\0';
+    memset(d31, '1', 31); d31[31] = '\0';
+    snprintf(lat_frac30, sizeof lat_frac30, "IAMAT kiwi +34.%s-118.5 1", d30);
+    snprintf(lat_frac31, sizeof lat_frac31, "IAMAT kiwi +34.%s-118.5 1", d31);
+    snprintf(lng_frac30, sizeof lng_frac30, "IAMAT kiwi +34.5-118.%s 1", d30);
+    snprintf(lng_frac31, sizeof lng_frac31, "IAMAT kiwi +34.5-118.%s 1", d31);
+    snprintf(time_frac30, sizeof time_frac30, "IAMAT kiwi +34.5-118.5 1700000000.%s", d30);
+    snprintf(time_frac31, sizeof time_frac31, "IAMAT kiwi +34.5-118.5 1700000000.%s", d31);
+    /* 8 KB of leading zeros: a valid value once, and 8 KB in every table */
+    char z[8001];
+    memset(z, '0', 8000);
+    z[8000] = '\0';
+    snprintf(zeros_8k, sizeof zeros_8k, "IAMAT kiwi +%s1.0+1.0 1", z);
+    snprintf(frac_8k, sizeof frac_8k, "IAMAT kiwi +1.%s1+1.0 1", z);
 }
 
 static void test_table(void) {
@@ -79,6 +97,24 @@ static void test_table(void) {
         {"IAMAT kiwi +1,0-2,0 1", 0, PROTO_INVALID},
         {"IAMAT kiwi +\xd9\xa1.0-2.0 1", 0, PROTO_INVALID},   /* Arabic-Indic digit */
         {huge_coord, 0, PROTO_INVALID},
+        /* length limits (docs/PROTOCOL.md): 3 digits before a coordinate's
+         * point, 30 after; 18 before a time's point, 30 after */
+        {"IAMAT kiwi +090.0-180.0 1", 0, PROTO_IAMAT},
+        {"IAMAT kiwi +000.5+000.5 1", 0, PROTO_IAMAT},
+        {"IAMAT kiwi +0090.0+1.0 1", 0, PROTO_INVALID},
+        {"IAMAT kiwi +0001.0+1.0 1", 0, PROTO_INVALID},
+        {"IAMAT kiwi +1.0-0180.0 1", 0, PROTO_INVALID},
+        {"IAMAT kiwi +1.0+0000.5 1", 0, PROTO_INVALID},
+        {lat_frac30, 0, PROTO_IAMAT},
+        {lat_frac31, 0, PROTO_INVALID},
+        {lng_frac30, 0, PROTO_IAMAT},
+        {lng_frac31, 0, PROTO_INVALID},
+        {time_frac30, 0, PROTO_IAMAT},
+        {time_frac31, 0, PROTO_INVALID},
+        {"IAMAT kiwi +1.0+1.0 000000000000000001.5", 0, PROTO_IAMAT},
+        {"IAMAT kiwi +1.0+1.0 0000000000000000001.5", 0, PROTO_INVALID},
+        {zeros_8k, 0, PROTO_INVALID},
+        {frac_8k, 0, PROTO_INVALID},
         /* invalid times */
         {"IAMAT kiwi +1.0+1.0 1234567890123456789", 0, PROTO_INVALID},
         {"IAMAT kiwi +1.0+1.0 -1", 0, PROTO_INVALID},
@@ -179,11 +215,27 @@ static void test_fields(void) {
     memset(tinier + 2, '0', 599);
     strcpy(tinier + 601, "1");
     CHECK(proto_parse_radius(tinier, strlen(tinier), &km) == 0 && km > 0, "tinier %g", km);
-    CHECK(proto_parse_location("+0.00000000000000000000000000000000000001-0.5", 45, NULL, NULL) == 0,
-          "tiny latitude");
+    double lat = 0, lng = 0;
+    const char *tiny_lat = "+0.000000000000000000000000000001-0.5";   /* 30 digits */
+    CHECK(proto_parse_location(tiny_lat, strlen(tiny_lat), &lat, &lng) == 0 && lat > 0 &&
+          lat < 1e-29, "tiny latitude %g", lat);
     line = "WHATSAT kiwi 12.5 7";
     CHECK(proto_parse(line, strlen(line), &ia, &ws, NULL) == PROTO_WHATSAT &&
           ws.radius_km == 12.5 && ws.bound == 7 && ws.client.len == 4, "whatsat fields");
+
+    /* an AT line from a peer or a snapshot obeys the same field limits */
+    proto_at at;
+    const char *why = NULL;
+    char at_line[200];
+    const char *d30 = "123456789012345678901234567890";
+    snprintf(at_line, sizeof at_line, "AT Bona +0.000000001 kiwi +1.%s-1.%s 1.%s", d30, d30, d30);
+    CHECK(proto_parse_at(at_line, strlen(at_line), &at, &why) == 0, "AT with 30 digits: %s", why);
+    snprintf(at_line, sizeof at_line, "AT Bona +0.000000001 kiwi +1.%s1-1.0 1", d30);
+    CHECK(proto_parse_at(at_line, strlen(at_line), &at, &why) < 0, "AT with 31 digits");
+    snprintf(at_line, sizeof at_line, "AT Bona +0.000000001 kiwi +0090.0+1.0 1");
+    CHECK(proto_parse_at(at_line, strlen(at_line), &at, &why) < 0, "AT with 4 digits");
+    snprintf(at_line, sizeof at_line, "AT Bona +0.000000001 kiwi +1.0+1.0 1.%s1", d30);
+    CHECK(proto_parse_at(at_line, strlen(at_line), &at, &why) < 0, "AT with a 31-digit time");
 
     proto_str f[3];
     CHECK(proto_split("a b c d", 7, f, 3) == 4, "more fields than max");

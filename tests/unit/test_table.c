@@ -1,5 +1,7 @@
-/* test_table.c -- the client table: lookups, the newer rule, growth. */
+/* test_table.c -- the client table: lookups, the newer rule, growth, and the
+ * bound on stored clients (evictions, refusals, the same set in any order). */
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "check.h"
 #include "table.h"
@@ -22,7 +24,180 @@ static const char *stored(table *t, const char *client) {
     return e ? e->line : "(none)";
 }
 
+/* Every entry is in the heap at its recorded place, the heap is ordered,
+ * every heap entry is findable, and the counts add up. */
+static int consistent(const table *t) {
+    size_t live = 0, marks = 0;
+    for (size_t i = 0; i < t->cap; i++) {
+        if (table_slot(t, i)) live++;
+        else if (t->slots[i]) marks++;
+    }
+    if (live != t->count || marks != t->removed || t->count > t->max) return 0;
+    for (size_t i = 0; i < t->count; i++) {
+        const table_entry *e = t->heap[i].e;
+        if (e->heap_pos != i) return 0;
+        if (table_get(t, e->line + e->client_off, e->client_len) != e) return 0;
+        if (i == 0) continue;
+        const table_entry *p = t->heap[(i - 1) / 2].e;
+        int c = proto_update_cmp(p->t, entry_field(p, p->location_off, p->location_len),
+                                 entry_field(p, p->origin_off, p->origin_len), e->t,
+                                 entry_field(e, e->location_off, e->location_len),
+                                 entry_field(e, e->origin_off, e->origin_len));
+        if (c > 0) return 0;
+    }
+    return 1;
+}
+
+static uint64_t rng = 88172645463325252ULL;
+static uint64_t next_rand(void) {   /* xorshift64: the same sequence every run */
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+/* With max N and 2N clients in time order, the newest N stay. */
+static void test_bound(void) {
+    table t;
+    table_init(&t);
+    CHECK(t.max == TABLE_DEFAULT_MAX, "default bound %zu", t.max);
+    table_set_max(&t, 100);
+    char id[32], tm[32];
+    for (int i = 0; i < 200; i++) {
+        snprintf(id, sizeof id, "c%d", i);
+        snprintf(tm, sizeof tm, "%d", 1000 + i);
+        table_update u = upd("Bailey", id, "+1.0+1.0", tm);
+        CHECK(table_offer(&t, &u) != NULL, "client %d stored", i);
+    }
+    int kept = 0, gone = 0;
+    for (int i = 0; i < 200; i++) {
+        snprintf(id, sizeof id, "c%d", i);
+        int have = table_get(&t, id, strlen(id)) != NULL;
+        if (i < 100) gone += !have;
+        else kept += have;
+    }
+    CHECK(t.count == 100 && kept == 100 && gone == 100, "count %zu kept %d gone %d",
+          t.count, kept, gone);
+    CHECK(t.evicted == 100 && t.refused == 0, "evicted %llu refused %llu",
+          (unsigned long long)t.evicted, (unsigned long long)t.refused);
+    /* a new client older than the oldest kept is refused, and changes nothing */
+    table_update u = upd("Bona", "late", "+9.0+9.0", "1099.5");
+    CHECK(table_offer(&t, &u) == NULL && !table_get(&t, "late", 4) && t.refused == 1,
+          "older than the oldest: refused");
+    CHECK(table_get(&t, "c100", 4) != NULL, "the oldest kept stays");
+    /* a stored client's newer update evicts nothing, even an old one */
+    u = upd("Bona", "c100", "+2.0+2.0", "2000");
+    CHECK(table_offer(&t, &u) != NULL && t.count == 100 && t.evicted == 100, "update in place");
+    /* a new client newer than the oldest replaces the oldest (now c101) */
+    u = upd("Bona", "fresh", "+1.0+1.0", "1101.5");
+    CHECK(table_offer(&t, &u) != NULL && !table_get(&t, "c101", 4) &&
+          table_get(&t, "c100", 4) && table_get(&t, "fresh", 5), "the oldest goes");
+    CHECK(consistent(&t), "consistent after evictions");
+    /* lowering the bound drops the oldest */
+    table_set_max(&t, 10);
+    CHECK(t.count == 10 && table_get(&t, "c199", 4) && !table_get(&t, "c189", 4) &&
+          consistent(&t), "set_max 10: count %zu", t.count);
+    table_free(&t);
+}
+
+/* Equal updates of two clients: the larger client id is the newer. */
+static void test_ties(void) {
+    const char *order[2][2] = {{"ant", "bee"}, {"bee", "ant"}};
+    for (int k = 0; k < 2; k++) {
+        table t;
+        table_init(&t);
+        table_set_max(&t, 1);
+        for (int j = 0; j < 2; j++) {
+            table_update u = upd("Bailey", order[k][j], "+1.0+1.0", "5");
+            table_offer(&t, &u);
+        }
+        CHECK(t.count == 1 && table_get(&t, "bee", 3), "order %d: bee stays", k);
+        table_free(&t);
+    }
+}
+
+/* Snapshot of a table as a sorted list of lines, to compare two tables. */
+static int by_line(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+static int collect(const table_entry *e, void *arg) {
+    const char ***o = arg;
+    *(*o)++ = e->line;
+    return 0;
+}
+
+/* The same updates in two different orders leave the same table, the newest
+ * N clients each with its newest update: what makes a herd converge. */
+static void test_any_order(void) {
+    enum { N = 300, CLIENTS = 900, UPDATES = 6000 };
+    static char ids[UPDATES][16], tms[UPDATES][24], locs[UPDATES][24];
+    static table_update ups[UPDATES];
+    for (int i = 0; i < UPDATES; i++) {
+        uint64_t r = next_rand();
+        snprintf(ids[i], sizeof ids[i], "k%d", (int)(r % CLIENTS));
+        snprintf(tms[i], sizeof tms[i], "%d.%d", (int)(r >> 20) % 500, (int)(r >> 40) % 3);
+        snprintf(locs[i], sizeof locs[i], "+%d.0-1.0", (int)(r >> 50) % 4);
+        ups[i] = upd((r >> 60) & 1 ? "Bona" : "Bailey", ids[i], locs[i], tms[i]);
+    }
+    table a, b;
+    table_init(&a);
+    table_init(&b);
+    table_set_max(&a, N);
+    table_set_max(&b, N);
+    for (int i = 0; i < UPDATES; i++) table_offer(&a, &ups[i]);
+    for (int i = UPDATES - 1; i >= 0; i--) table_offer(&b, &ups[(i * 7919) % UPDATES]);
+    CHECK(a.count == N && b.count == N, "both full: %zu %zu", a.count, b.count);
+    static const char *la[N], *lb[N];
+    const char **pa = la, **pb = lb;
+    table_each(&a, collect, &pa);
+    table_each(&b, collect, &pb);
+    qsort(la, N, sizeof *la, by_line);
+    qsort(lb, N, sizeof *lb, by_line);
+    int same = 1;
+    for (int i = 0; i < N; i++) same &= strcmp(la[i], lb[i]) == 0;
+    CHECK(same, "the same %d clients with the same updates in both orders", N);
+    CHECK(consistent(&a) && consistent(&b), "consistent");
+    table_free(&a);
+    table_free(&b);
+}
+
+/* Long churn at the bound: removed marks are reused and cleaned by rebuilds
+ * at the same size; positions stay put between layout changes. */
+static void test_churn(void) {
+    table t;
+    table_init(&t);
+    table_set_max(&t, 1000);
+    char id[32], tm[32], watch[32] = "";
+    int ok = 1, moved = 0, rebuilds = 0;
+    for (int i = 0; i < 200000; i++) {
+        snprintf(id, sizeof id, "u%d", i);
+        snprintf(tm, sizeof tm, "%d", i);
+        table_update u = upd("Bailey", id, "+1.0+1.0", tm);
+        if (i % 100 == 50) snprintf(watch, sizeof watch, "u%d", i - 1);   /* a survivor */
+        table_entry *w = table_get(&t, watch, strlen(watch));
+        size_t at = w ? table_index(&t, w) : 0;
+        uint64_t layout = t.layout;
+        ok &= table_offer(&t, &u) != NULL;
+        if (t.layout != layout) rebuilds++;
+        else if (w && table_slot(&t, at) != table_get(&t, watch, strlen(watch))) moved++;
+        if (i % 9973 == 0) ok &= consistent(&t);
+    }
+    CHECK(ok, "every offer stored, table consistent");
+    CHECK(moved == 0, "%d entries changed slots without a layout change", moved);
+    CHECK(t.cap <= 4096 && rebuilds > 0, "cap %zu after 199,000 evictions, %d rebuilds",
+          t.cap, rebuilds);
+    CHECK(t.count == 1000 && t.evicted == 199000, "count %zu evicted %llu", t.count,
+          (unsigned long long)t.evicted);
+    table_clear(&t);
+    CHECK(t.count == 0 && t.max == 1000 && !table_get(&t, "u199999", 7), "clear keeps the bound");
+    table_free(&t);
+}
+
 int main(void) {
+    test_bound();
+    test_ties();
+    test_any_order();
+    test_churn();
     table t;
     table_init(&t);
     table_update u = upd("Bailey", "kiwi", "+1.0+1.0", "100");
