@@ -165,6 +165,11 @@ def test_low_descriptor_limit_lowers_max_clients_and_every_refusal_has_its_line(
         snap = os.path.join(str(tmp_path), "state", "Bailey.snap")
         assert wait_for(lambda: os.path.exists(snap) and b"fd31" in open(snap, "rb").read(), 10)
         assert "snapshot-failed" not in read_log(str(tmp_path), "Bailey")
+        # and so does a log rotation
+        logs = os.path.join(str(tmp_path), "logs")
+        os.rename(os.path.join(logs, "Bailey.log"), os.path.join(logs, "Bailey.log.1"))
+        proc.send_signal(signal.SIGHUP)
+        assert wait_log(str(tmp_path), "Bailey", "log-reopen path=", 5)
     finally:
         for c in socks:
             c.close()
