@@ -199,7 +199,9 @@ void client_write(server *s, client *c) {
         return;
     }
     buf_shrink_if_empty(&c->out, OUT_KEEP);
-    if (c->close_after_flush && !c->waiting) {
+    if (c->close_after_flush && c->probation && !c->dead) {
+        client_refuse_busy(s, c);          /* it half-closed without a line */
+    } else if (c->close_after_flush && !c->waiting) {
         client_kill(s, c, c->draining ? "line too long" : "client closed");
     } else if (c->draining && !c->shut) {
         shutdown(c->fd, SHUT_WR);   /* the reply is out: tell the client */
@@ -365,12 +367,12 @@ static void refuse_fd(int fd, const char *line, size_t len) {
 }
 
 void client_refuse_busy(server *s, client *c) {
-    buf_append(&c->out, c->busy_line, strlen(c->busy_line));
-    client_write(s, c);
     log_msg(LOG_WARN, "conn-refused", "id=%llu from=%s reason=%s reached and no neighbour's "
             "PEER HELLO", (unsigned long long)c->id, c->addr,
             c->busy_line == BUSY ? "max_clients" : "max_clients_per_address");
-    client_kill(s, c, "too many connections");
+    client_kill(s, c, "too many connections");   /* first: the write below ends here */
+    buf_append(&c->out, c->busy_line, strlen(c->busy_line));
+    client_write(s, c);
 }
 
 /* Out of descriptors after all (EMFILE): the spare one is given up for a

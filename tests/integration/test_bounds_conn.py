@@ -102,6 +102,12 @@ def test_neighbour_restarts_while_idle_clients_fill_max_clients(pair):
     with connect(h.ports["Bona"]) as stranger:           # past the table: on probation,
         stranger.settimeout(10)                          # then its line
         assert recv_until_eof(stranger) == BUSY
+    for first in (b"IAMAT x +1.0+1.0 1\n", b""):       # a line, or a bare half-close
+        with connect(h.ports["Bona"]) as stranger:
+            stranger.settimeout(10)
+            stranger.sendall(first)
+            stranger.shutdown(socket.SHUT_WR)
+            assert recv_until_eof(stranger) == BUSY, first
     h.procs["Bailey"].kill()
     h.procs["Bailey"].wait()
     assert wait_for(lambda: "link-down" in h.log("Bona"), 10)
