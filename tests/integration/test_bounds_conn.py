@@ -201,7 +201,7 @@ def test_per_address_cap_refuses_with_a_line(make_server):
 
 # ---------------------------------------------------------------- hangs
 
-HANG_S = 2
+HANG_S = 3
 SUPERVISOR = "supervisor:\n  restart_max: 3\n  restart_window_s: 60\n" \
              "  backoff_initial_ms: 100\n  backoff_max_ms: 400\n  stop_timeout_s: 5\n" \
              f"  hang_timeout_s: {HANG_S}\n"
@@ -270,6 +270,14 @@ def test_stopped_server_is_replaced_within_hang_timeout(sherd):
     stopped.append(old)
     t0 = time.time()
 
+    def status():
+        return subprocess.run([program("herd-supervisor"), "-c", h.config, "--status"],
+                              capture_output=True, text=True, env=h.env)
+    # make status tells, until the supervisor acts (at least 2 s from here)
+    assert wait_for(lambda: " stopped " in [l for l in status().stdout.splitlines()
+                                            if l.startswith("Clark ")][0], 1.5), status().stdout
+    assert status().returncode == 1
+
     def answers_again():
         new = h.pids().get("Clark")
         if not new or new == old:
@@ -288,3 +296,4 @@ def test_stopped_server_is_replaced_within_hang_timeout(sherd):
     assert wait_for(lambda: not alive(old), 5)
     # the others were never taken for hung
     assert read_log(h.dir, "supervisor").count("child-hung") == 1
+    assert wait_for(lambda: status().returncode == 0, 5), status().stdout
