@@ -355,14 +355,14 @@ client *client_add(server *s, int fd, const char *addr) {
     return c;
 }
 
-/* Send a refused connection its "? " line and close it.  What it sent is
- * read first (some of it), so the close is a FIN, not a reset that could
- * throw the line away before the client reads it. */
+/* Send a refused connection its "? " line and close it.  What it has sent
+ * so far is read first (up to 16 KiB), so the close is a FIN, not a reset
+ * that could throw the line away before the client reads it. */
 static void refuse_fd(int fd, const char *line, size_t len) {
     char sink[4096];
     if (send(fd, line, len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* best effort */ }
     shutdown(fd, SHUT_WR);
-    while (recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0) {}
+    for (int i = 0; i < 4 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++) {}
     close(fd);
 }
 
@@ -440,8 +440,8 @@ static void accept_clients(server *s) {
 }
 
 static int can_go_cold(const server *s, const client *c) {
-    return c->role == ROLE_CLIENT && !c->probation && !c->dead && !c->eof && !c->waiting && !c->draining &&
-           !c->close_after_flush && !buf_pending(&c->out) && !buf_pending(&c->in) &&
+    return c->role == ROLE_CLIENT && !c->probation && !c->dead && !c->eof && !c->waiting &&
+           !c->draining && !c->close_after_flush && !buf_pending(&c->out) && !buf_pending(&c->in) &&
            s->now_ms - c->last_ms >= COLD_MS;
 }
 
