@@ -165,6 +165,7 @@ static const key_spec limits_keys[] = {
     {"max_line_bytes", K_SIZE, OFF(limits.max_line_bytes), 0, 64, 1 << 20},
     {"max_output_bytes", K_SIZE, OFF(limits.max_output_bytes), 0, 4096, 1LL << 32},
     {"max_clients", K_INT, OFF(limits.max_clients), 0, 1, 1000000},
+    {"max_clients_per_address", K_INT, OFF(limits.max_clients_per_address), 0, 0, 1000000},
     {"idle_timeout_s", K_INT, OFF(limits.idle_timeout_s), 0, 0, 86400 * 7},
     {"max_stored_clients", K_SIZE, OFF(limits.max_stored_clients), 0, 1, 100000000},
     {NULL, 0, 0, 0, 0, 0},
@@ -185,6 +186,7 @@ static const key_spec supervisor_keys[] = {
     {"backoff_initial_ms", K_INT, OFF(supervisor.backoff_initial_ms), 0, 1, 600000},
     {"backoff_max_ms", K_INT, OFF(supervisor.backoff_max_ms), 0, 1, 600000},
     {"stop_timeout_s", K_INT, OFF(supervisor.stop_timeout_s), 0, 1, 3600},
+    {"hang_timeout_s", K_INT, OFF(supervisor.hang_timeout_s), 0, 0, 3600},
     {NULL, 0, 0, 0, 0, 0},
 };
 
@@ -383,6 +385,7 @@ static void set_defaults(config *cfg) {
     cfg->supervisor.backoff_initial_ms = 100;
     cfg->supervisor.backoff_max_ms = 5000;
     cfg->supervisor.stop_timeout_s = 10;
+    cfg->supervisor.hang_timeout_s = 10;
     path_join(cfg->herd.secret_file, sizeof cfg->herd.secret_file, cfg->dir,
               "state/herd.secret");
     path_join(cfg->herd.state_dir, sizeof cfg->herd.state_dir, cfg->dir, "state");

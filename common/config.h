@@ -41,6 +41,7 @@ typedef struct {
     size_t max_line_bytes;
     size_t max_output_bytes;
     int max_clients;
+    int max_clients_per_address;  /* 0: no cap beyond max_clients */
     int idle_timeout_s;       /* 0: never */
     size_t max_stored_clients; /* clients in the table (server/table.h) */
 } config_limits;
@@ -59,6 +60,7 @@ typedef struct {
     int backoff_initial_ms;
     int backoff_max_ms;
     int stop_timeout_s;
+    int hang_timeout_s;       /* no heartbeat this long: SIGKILL; 0: off */
 } config_supervisor;
 
 typedef struct {

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -52,7 +53,7 @@ int net_listen(const char *host, int port, int backlog, char *err, size_t errlen
     return fd;
 }
 
-int net_accept(int lfd, char *addr, size_t addrlen) {
+int net_accept(int lfd, char *addr, size_t addrlen, uint32_t *ip) {
     struct sockaddr_in sa;
     socklen_t len = sizeof sa;
     int fd;
@@ -60,9 +61,10 @@ int net_accept(int lfd, char *addr, size_t addrlen) {
         fd = accept4(lfd, (struct sockaddr *)&sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0) return -1;
-    char ip[INET_ADDRSTRLEN] = "?";
-    inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip);
-    snprintf(addr, addrlen, "%s:%d", ip, ntohs(sa.sin_port));
+    char text[INET_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET, &sa.sin_addr, text, sizeof text);
+    snprintf(addr, addrlen, "%s:%d", text, ntohs(sa.sin_port));
+    if (ip) *ip = ntohl(sa.sin_addr.s_addr);
     return fd;
 }
 
@@ -89,7 +91,7 @@ long net_raise_fd_limit(void) {
     if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
-        getrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);   /* the hard limit may be refused */
     }
-    return (long)rl.rlim_cur;
+    return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > LONG_MAX ? LONG_MAX : (long)rl.rlim_cur;
 }

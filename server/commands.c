@@ -131,6 +131,10 @@ void command_handle(server *s, client *c, const char *line, size_t len) {
     }
     if (len > 5 && memcmp(line, "PEER ", 5) == 0 && peer_hello(s, c, line, len) == 0)
         return;
+    if (c->probation) {                    /* past a full table: neighbours only */
+        client_refuse_busy(s, c);
+        return;
+    }
     switch (proto_parse(line, len, &ia, &ws, &why)) {
     case PROTO_EMPTY:
         return;

@@ -13,6 +13,12 @@
 #include <poll.h>
 #include <stdint.h>
 
+/* At most this many connections at once; with the resolver's socket pair
+ * per connection being set up and libcurl's own wake-up pair, the
+ * descriptors libcurl may hold are bounded by HTTP_MAX_FDS. */
+#define HTTP_MAX_CONNS 32
+#define HTTP_MAX_FDS (3 * HTTP_MAX_CONNS + 4)
+
 typedef void (*http_done_fn)(CURL *easy, CURLcode result, void *arg);
 
 typedef struct {

@@ -102,7 +102,8 @@ static void link_up(server *s, int li, client *c, const char *direction) {
     tune_link_socket(c->fd);
     if (L->conn && L->conn != c) client_kill(s, L->conn, "replaced by a new link");
     if (L->dialing == c) L->dialing = NULL;
-    c->role = ROLE_PEER;
+    if (L->accepting == c) L->accepting = NULL;
+    client_set_role(s, c, ROLE_PEER);
     c->link = li;
     c->quiet = 0;
     L->conn = c;
@@ -118,6 +119,7 @@ void peer_lost(server *s, client *c) {
     if (c->link < 0) return;
     peer_link *L = &s->links[c->link];
     if (c->role == ROLE_ACCEPTED) {       /* gone between HELLO and PROOF */
+        if (L->accepting == c) L->accepting = NULL;
         log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s before its proof "
                 "(wrong secret?)", peer_name(s, L), c->addr, c->close_reason);
         c->link = -1;
@@ -158,7 +160,7 @@ static void dial(server *s, int li) {
     net_nodelay(fd);
     client *c = client_add(s, fd, addr);
     c->quiet = 1;
-    c->role = ROLE_DIALING;
+    client_set_role(s, c, ROLE_DIALING);
     c->link = li;
     c->connecting = 1;
     c->handshake_until_ms = s->now_ms + HANDSHAKE_MS;
@@ -198,7 +200,12 @@ int peer_hello(server *s, client *c, const char *line, size_t len) {
     if (hs_parse_hello(line, len, &h) < 0 || !s->secret_len) return -1;
     int li = find_link(s, h.name);
     if (li < 0 || s->links[li].dialer) return -1;   /* not a neighbour that dials us */
-    c->role = ROLE_ACCEPTED;
+    peer_link *L = &s->links[li];
+    /* one handshake per link at a time, so HELLOs cannot pile up past
+     * max_clients: a newer one means the neighbour dialled again */
+    if (L->accepting) client_kill(s, L->accepting, "replaced by a newer handshake");
+    L->accepting = c;
+    client_set_role(s, c, ROLE_ACCEPTED);
     c->link = li;
     c->handshake_until_ms = s->now_ms + HANDSHAKE_MS;
     memcpy(c->nonce_theirs, h.nonce.p, HS_NONCE_LEN);
@@ -216,7 +223,10 @@ int peer_hello(server *s, client *c, const char *line, size_t len) {
 static void refuse(server *s, client *c, const char *why) {
     log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s",
             peer_name(s, &s->links[c->link]), c->addr, why);
-    if (c->role == ROLE_ACCEPTED) c->link = -1;   /* logged once is enough */
+    if (c->role == ROLE_ACCEPTED) {               /* logged once is enough */
+        if (s->links[c->link].accepting == c) s->links[c->link].accepting = NULL;
+        c->link = -1;
+    }
     client_kill(s, c, why);
 }
 

@@ -29,8 +29,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -52,6 +54,14 @@
 #define OUT_KEEP (64 * 1024)    /* an empty output buffer larger is freed */
 #define COLD_MS 1000            /* idle this long: into the cold set */
 #define WARM_PER_TURN 256
+#define PROBATION_MS 2000       /* a connection past a full table: HELLO by then */
+#define BEAT_MS 1000            /* heartbeat to the supervisor */
+/* Descriptors kept free for everything but clients and links: stdio, the
+ * listener, the self-pipe, the cold set, the spare, the log and its reopen,
+ * the heartbeat, a snapshot (temp file and folder, in the child or at stop)
+ * and what a parent left open; libcurl's come on top (HTTP_MAX_FDS). */
+#define FD_RESERVE 32
+#define FDS_PER_LINK 3          /* the link, a dial or handshake, a probation */
 
 /* ------------------------------------------------------------ poll set */
 
@@ -77,16 +87,27 @@ void client_kill(server *s, client *c, const char *reason) {
     if (c->role != ROLE_CLIENT) peer_lost(s, c);   /* the link is down now */
 }
 
+/* A client leaves (or becomes part of a link): give back its place in
+ * max_clients or on probation, and its address's. */
+static void client_uncount(server *s, client *c) {
+    if (c->role != ROLE_CLIENT) return;
+    if (c->probation) s->nprobation--;
+    else s->nclients--;
+    c->probation = 0;
+    if (c->addr_counted) addrcap_release(&s->per_addr, c->ip);
+    c->addr_counted = 0;
+}
+
 static void client_free(server *s, client *c) {
     if (c->waiting) google_detach(s, c);   /* its request may still finish */
     if (!c->quiet)
         log_msg(LOG_INFO, "conn-close", "id=%llu from=%s reason=%s",
             (unsigned long long)c->id, c->addr, c->close_reason);
+    client_uncount(s, c);
     close(c->fd);
     buf_free(&c->in);
     buf_free(&c->out);
     free(c);
-    s->nclients--;
 }
 
 /* Take the client at poll slot i out of the poll set (swap with the last). */
@@ -168,7 +189,9 @@ void client_write(server *s, client *c) {
         return;
     }
     buf_shrink_if_empty(&c->out, OUT_KEEP);
-    if (c->close_after_flush && !c->waiting) {
+    if (c->close_after_flush && c->probation && !c->dead) {
+        client_refuse_busy(s, c);          /* it half-closed without a line */
+    } else if (c->close_after_flush && !c->waiting) {
         client_kill(s, c, c->draining ? c->close_reason : "client closed");
     } else if (c->draining && !c->shut) {
         shutdown(c->fd, SHUT_WR);   /* the reply is out: tell the client */
@@ -310,6 +333,27 @@ static void client_read(server *s, client *c) {
     if (!c->dead) queue_write(s, c);
 }
 
+/* ------------------------------------------------------- admission
+ *
+ * Who counts against what: max_clients counts plain clients only; links,
+ * dials and handshakes never do.  A connection is accepted as a client and
+ * only its first line can say it is a neighbour (PEER HELLO), so when the
+ * client table is full -- or its address holds max_clients_per_address
+ * connections -- up to one connection per configured link is still taken
+ * "on probation": it must send a configured neighbour's PEER HELLO within
+ * PROBATION_MS, else it gets the "? too many connections" line it would
+ * have had at once, and is closed.  Past that, a connection is refused at
+ * accept: the "? " line, then close.  Every refused connection gets its line.
+ */
+
+static const char BUSY[] = "? too many connections, try again later\n";
+static const char BUSY_ADDR[] = "? too many connections from your address, try again later\n";
+
+void client_set_role(server *s, client *c, client_role role) {
+    if (role != ROLE_CLIENT) client_uncount(s, c);
+    c->role = role;
+}
+
 client *client_add(server *s, int fd, const char *addr) {
     client *c = xcalloc(1, sizeof *c);
     c->fd = fd;
@@ -322,44 +366,93 @@ client *client_add(server *s, int fd, const char *addr) {
     return c;
 }
 
-/* Accept a connection and close it at once, to drain the backlog when we
- * are out of descriptors (the spare one is given up for a moment). */
+/* Send a refused connection its "? " line and close it.  What it has sent
+ * so far is read first (up to 16 KiB), so the close is a FIN, not a reset
+ * that could throw the line away before the client reads it. */
+static void refuse_fd(int fd, const char *line, size_t len) {
+    char sink[4096];
+    if (send(fd, line, len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* best effort */ }
+    shutdown(fd, SHUT_WR);
+    for (int i = 0; i < 4 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++) {}
+    close(fd);
+}
+
+void client_refuse_busy(server *s, client *c) {
+    log_msg(LOG_WARN, "conn-refused", "id=%llu from=%s reason=%s reached and no neighbour's "
+            "PEER HELLO", (unsigned long long)c->id, c->addr,
+            c->busy_line == BUSY ? "max_clients" : "max_clients_per_address");
+    client_kill(s, c, "too many connections");   /* first: the write below ends here */
+    buf_append(&c->out, c->busy_line, strlen(c->busy_line));
+    client_write(s, c);
+}
+
+/* Out of descriptors after all (EMFILE): the spare one is given up for a
+ * moment to accept the next connection and refuse it with its line, so the
+ * backlog drains and the listener does not spin. */
 static void shed_connection(server *s) {
     if (s->spare_fd >= 0) close(s->spare_fd);
-    char addr[48];
-    int fd = net_accept(s->lfd, addr, sizeof addr);
-    if (fd >= 0) close(fd);
+    char addr[48] = "?";
+    int fd = net_accept(s->lfd, addr, sizeof addr, NULL);
+    if (fd >= 0) refuse_fd(fd, BUSY, sizeof BUSY - 1);
     s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    log_msg(LOG_WARN, "conn-refused", "reason=out of file descriptors");
+    log_msg(LOG_WARN, "conn-refused", "from=%s reason=out of file descriptors", addr);
+}
+
+/* May a connection from ip be a client?  NULL if so (its address is then
+ * counted), else the "? " line it gets. */
+static const char *admit_client(server *s, uint32_t ip) {
+    if (s->nclients >= (size_t)s->max_clients) return BUSY;
+    if (addrcap_take(&s->per_addr, ip) < 0) return BUSY_ADDR;
+    return NULL;
+}
+
+/* Probation is for neighbours: only with links, and one place per link. */
+static int probation_room(const server *s) {
+    return s->secret_len && s->nprobation < (size_t)s->n_links;
 }
 
 static void accept_clients(server *s) {
-    static const char busy[] = "? too many connections, try again later\n";
     for (int k = 0; k < ACCEPTS_PER_TURN; k++) {
         char addr[48];
-        int fd = net_accept(s->lfd, addr, sizeof addr);
+        uint32_t ip;
+        int fd = net_accept(s->lfd, addr, sizeof addr, &ip);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE) shed_connection(s);
             else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED)
                 log_msg(LOG_WARN, "accept", "%s", strerror(errno));
             return;
         }
-        if (s->nclients >= (size_t)s->cfg->limits.max_clients) {
-            if (send(fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* best effort */ }
-            close(fd);
-            log_msg(LOG_WARN, "conn-refused", "from=%s reason=max_clients %d reached",
-                    addr, s->cfg->limits.max_clients);
+        const char *busy = admit_client(s, ip);
+        if (busy && !probation_room(s)) {
+            refuse_fd(fd, busy, strlen(busy));
+            if (busy == BUSY)
+                log_msg(LOG_WARN, "conn-refused", "from=%s reason=max_clients %d reached",
+                        addr, s->max_clients);
+            else
+                log_msg(LOG_WARN, "conn-refused", "from=%s reason=max_clients_per_address %d "
+                        "reached", addr, s->cfg->limits.max_clients_per_address);
             continue;
         }
         net_nodelay(fd);
         client *c = client_add(s, fd, addr);
-        log_msg(LOG_INFO, "conn-open", "id=%llu from=%s", (unsigned long long)c->id, addr);
+        c->ip = ip;
+        if (busy) {                        /* a neighbour's HELLO, or out */
+            s->nclients--;
+            s->nprobation++;
+            c->probation = 1;
+            c->busy_line = busy;
+            c->handshake_until_ms = s->now_ms + PROBATION_MS;
+        } else {
+            c->addr_counted = s->per_addr.cap != 0;
+        }
+        log_msg(LOG_INFO, "conn-open", "id=%llu from=%s%s", (unsigned long long)c->id, addr,
+                busy ? " probation=1" : "");
     }
 }
 
 static int can_go_cold(const server *s, const client *c) {
-    return c->role == ROLE_CLIENT && !c->dead && !c->eof && !c->waiting && !c->draining &&
-           !c->close_after_flush && !buf_pending(&c->out) && !buf_pending(&c->in) &&
+    return c->role == ROLE_CLIENT && !c->probation && !c->dead && !c->eof && !c->waiting &&
+           !c->draining && !c->close_after_flush && !buf_pending(&c->out) && !buf_pending(&c->in) &&
            s->now_ms - c->last_ms >= COLD_MS;
 }
 
@@ -385,6 +478,8 @@ static void sweep_clients(server *s) {
         }
         if (c->draining && s->now_ms >= c->drain_until_ms)
             client_kill(s, c, c->close_reason);
+        else if (c->probation && s->now_ms >= c->handshake_until_ms)
+            client_refuse_busy(s, c);
         else if ((c->role == ROLE_DIALING || c->role == ROLE_ACCEPTED) &&
                  s->now_ms >= c->handshake_until_ms)
             client_kill(s, c, "handshake timeout");
@@ -420,11 +515,68 @@ static int setup_signals(server *s, char *err, size_t errlen) {
     return signals_to_pipe(sigs, 3, &s->sig_r, &s->sig_w, err, errlen);
 }
 
+/* Raise the descriptor limit to the hard limit and fit max_clients under
+ * it: the links and FD_RESERVE (plus libcurl's) come first, so a full
+ * client table never starves a link, a snapshot or a log reopen.  Returns
+ * 0, or -1 when not even one client fits. */
+static int fit_fd_limit(server *s, long *limit, char *err, size_t errlen) {
+    *limit = net_raise_fd_limit();
+    s->max_clients = s->cfg->limits.max_clients;
+    if (*limit < 0) return 0;   /* unknown: trust the config */
+    long links = (long)FDS_PER_LINK * s->n_links;
+    long reserve = FD_RESERVE + (s->google ? HTTP_MAX_FDS : 0);
+    long room = *limit - links - reserve;
+    if (room < 1) {
+        snprintf(err, errlen, "the limit on open files is %ld: too low for %ld descriptors "
+                 "of links and a reserve of %ld (raise it with ulimit -n)", *limit, links,
+                 reserve);
+        return -1;
+    }
+    if (room < s->max_clients) {
+        s->max_clients = (int)room;
+        log_msg(LOG_WARN, "max-clients-lowered", "max_clients=%d configured=%d fd_limit=%ld "
+                "links=%ld reserve=%ld: raise the limit on open files (ulimit -n) to serve more",
+                s->max_clients, s->cfg->limits.max_clients, *limit, links, reserve);
+    }
+    return 0;
+}
+
+/* The supervisor's heartbeat pipe, named by HERD_HEARTBEAT_FD; without it
+ * (a server started by hand) the server beats nowhere. */
+static void heartbeat_open(server *s) {
+    const char *v = getenv("HERD_HEARTBEAT_FD");
+    if (!v) return;
+    char *end;
+    errno = 0;
+    long fd = strtol(v, &end, 10);
+    int flags = -1;
+    if (!errno && end != v && !*end && fd > 2 && fd < INT_MAX)
+        flags = fcntl((int)fd, F_GETFL);
+    if (flags < 0 || (flags & O_ACCMODE) == O_RDONLY) {
+        log_msg(LOG_WARN, "heartbeat", "HERD_HEARTBEAT_FD=%s is not a descriptor open for "
+                "writing: no heartbeat", v);
+    } else {
+        s->hb_fd = (int)fd;
+        fcntl(s->hb_fd, F_SETFL, flags | O_NONBLOCK);
+        fcntl(s->hb_fd, F_SETFD, FD_CLOEXEC);
+    }
+    unsetenv("HERD_HEARTBEAT_FD");
+}
+
+/* One byte to the supervisor at most once a second, from the loop: while
+ * the loop turns, the beats come.  Never blocks; a full pipe holds beats
+ * enough, and with no supervisor left the byte goes nowhere (EPIPE). */
+static void heartbeat(server *s) {
+    if (s->hb_fd < 0 || s->now_ms < s->next_beat_ms) return;
+    s->next_beat_ms = s->now_ms + BEAT_MS;
+    if (write(s->hb_fd, ".", 1) < 0) { /* EAGAIN or EPIPE: nothing to do */ }
+}
+
 int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) {
     memset(s, 0, sizeof *s);
     s->cfg = cfg;
     s->me = &cfg->servers[me];
-    s->lfd = s->sig_r = s->sig_w = s->spare_fd = s->cold_fd = -1;
+    s->lfd = s->sig_r = s->sig_w = s->spare_fd = s->cold_fd = s->hb_fd = -1;
     table_init(&s->tab);
     log_set_rotation(cfg->logging.max_file_bytes, cfg->logging.keep_files);
     if (log_open(cfg->logging.dir, s->me->name, cfg->logging.flush_ms, err, errlen) < 0)
@@ -434,8 +586,12 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
         return -1;
     if (cfg->places.provider != PLACES_LOCAL && google_init(s, err, errlen) < 0) return -1;
     if (setup_signals(s, err, errlen) < 0) return -1;
-    long fds = net_raise_fd_limit();
+    heartbeat_open(s);
     if (peer_init(s, err, errlen) < 0) return -1;
+    long fds;
+    if (fit_fd_limit(s, &fds, err, errlen) < 0) return -1;
+    addrcap_init(&s->per_addr, (unsigned)cfg->limits.max_clients_per_address,
+                 (size_t)s->max_clients);
     snapshot_load(s);
     s->lfd = net_listen(s->me->host, s->me->port, 4096, err, errlen);
     if (s->lfd < 0) return -1;
@@ -452,7 +608,7 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
             "max_clients=%d fd_limit=%ld pid=%ld",
             s->me->name, s->me->host, s->me->port,
             config_provider_name(cfg->places.provider), s->places.n,
-            cfg->limits.max_clients, fds, (long)getpid());
+            s->max_clients, fds, (long)getpid());
     return 0;
 }
 
@@ -524,6 +680,7 @@ int server_run(server *s) {
         /* after the reap, so closed connections free their slots first */
         if (n > 0 && (s->pfd[0].revents & POLLIN)) accept_clients(s);
         log_tick(log_now_ms());
+        heartbeat(s);
     }
     return 0;
 }
@@ -548,6 +705,8 @@ void server_free(server *s) {
     if (s->sig_r >= 0) close(s->sig_r);
     if (s->sig_w >= 0) close(s->sig_w);
     if (s->spare_fd >= 0) close(s->spare_fd);
+    if (s->hb_fd >= 0) close(s->hb_fd);
+    addrcap_free(&s->per_addr);
     free(s->pfd);
     free(s->conn);
     google_free(s);

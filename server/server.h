@@ -12,6 +12,7 @@
 #include <sys/types.h>
 #include <time.h>
 
+#include "addrcap.h"
 #include "buf.h"
 #include "config.h"
 #include "http.h"
@@ -50,6 +51,10 @@ typedef struct client {
     unsigned waiting : 1;       /* a WHATSAT waits upstream: hold the rest */
     unsigned cold : 1;          /* idle: parked in the cold set, not polled */
     unsigned queued : 1;        /* in server.wq: replies to write this round */
+    unsigned probation : 1;     /* taken past a full table: must say PEER HELLO */
+    unsigned addr_counted : 1;  /* counted in server.per_addr */
+    uint32_t ip;                /* IPv4 address of an accepted connection */
+    const char *busy_line;      /* on probation: the "? " line if it is refused */
     size_t cold_slot;           /* index in server.cold while cold */
     const char *close_reason;
 } client;
@@ -63,6 +68,7 @@ typedef struct {
     int64_t next_dial_ms;
     int backoff_ms;
     int failures;               /* dial failures since the last link-up */
+    client *accepting;          /* its HELLO came in; waiting for PROOF, or NULL */
     int streaming;              /* sending the whole table */
     size_t stream_pos;
     uint64_t stream_layout;     /* the table's layout when the stream began */
@@ -79,7 +85,12 @@ typedef struct server {
     struct pollfd *pfd;         /* [0] listener, [1] signals, [2] cold set, then clients */
     client **conn;              /* parallel to pfd; NULL for the first two */
     size_t npfd, cap;
-    size_t nclients;            /* active and cold */
+    size_t nclients;            /* clients against max_clients: active and cold */
+    size_t nprobation;          /* connections on probation (see accept_clients) */
+    int max_clients;            /* limits.max_clients, lowered to fit the fd limit */
+    addrcap per_addr;           /* clients per address */
+    int hb_fd;                  /* heartbeat pipe to the supervisor, or -1 */
+    int64_t next_beat_ms;
     size_t ndead;               /* marked dead this round */
     client **wq;                /* clients with replies to write after the */
     size_t nwq, wqcap;          /* links are flushed (so acks follow floods) */
@@ -130,6 +141,14 @@ client *client_add(server *s, int fd, const char *addr);
 /* server.c: read no more commands from c; once what is queued is written,
  * shut down our side, discard input for a moment, then close (reason logged). */
 void client_close_after_reply(server *s, client *c, const char *reason);
+
+/* server.c: change c's role; a client that becomes part of a link stops
+ * counting against max_clients and its address's cap. */
+void client_set_role(server *s, client *c, client_role role);
+
+/* server.c: c is on probation and said something other than a neighbour's
+ * PEER HELLO: send its "too many connections" line and close it. */
+void client_refuse_busy(server *s, client *c);
 
 /* server.c: go on with c's buffered commands after a wait, and write. */
 void client_resume(server *s, client *c);

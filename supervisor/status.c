@@ -84,10 +84,25 @@ static int pid_listens(long pid, int port) {
     return 0;
 }
 
-/* The server with this pid is up: it is the supervisor's child, listens
- * itself and answers. */
+/* True when the process is stopped (SIGSTOP, state T in /proc/PID/stat):
+ * its port still accepts connections, but nobody is served.  The
+ * supervisor replaces it after supervisor.hang_timeout_s. */
+static int stopped(long pid) {
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *paren = strrchr(buf, ')');
+    return paren && paren[1] == ' ' && (paren[2] == 'T' || paren[2] == 't');
+}
+
+/* The server with this pid is up: it is the supervisor's child, runs (not
+ * stopped), listens itself and answers. */
 static int serving(long sup, long pid, const config_server *c) {
-    if (!herd_is_server(pid, sup)) return 0;
+    if (!herd_is_server(pid, sup) || stopped(pid)) return 0;
     int own = pid_listens(pid, c->port);
     return own != 0 && listens(c->host, c->port);
 }
@@ -165,7 +180,9 @@ int supervisor_status(const config *cfg, int wait_s, int quiet) {
             if (a && st[i].started_ms) uptime(now - st[i].started_ms, up_s, sizeof up_s);
             int l = serving(sup, st[i].pid, c);
             printf("%-12s %-21s %-8s %-9s %-8d %-9s %s/%s.log\n", c->name, addr, pid_s, up_s,
-                   st[i].restarts, l ? "yes" : (st[i].state[0] ? st[i].state : "no"),
+                   st[i].restarts,
+                   l ? "yes" : a && stopped(st[i].pid) ? "stopped"
+                             : st[i].state[0] ? st[i].state : "no",
                    cfg->logging.dir, c->name);
         }
     }

@@ -54,6 +54,8 @@ typedef struct {
     int restarts;
     int64_t crashes[CONFIG_RESTART_MAX + 1];   /* monotonic times within the window */
     int n_crashes;
+    int hb_r, hb_w;               /* heartbeat pipe (see heartbeat_prepare), or -1 */
+    int64_t last_beat_ms;         /* monotonic; 0: no beat yet, not watched */
 } child;
 
 static struct {
@@ -121,6 +123,109 @@ static int remove_own_pid_file(void) {
     return mine;
 }
 
+/* ----------------------------------------------------------- heartbeat
+ *
+ * A server stopped (SIGSTOP) or spinning in a bug still holds its port, so
+ * it looks alive to everyone.  Each child gets the write end of a pipe,
+ * named by HERD_HEARTBEAT_FD, and writes one byte from its loop at most
+ * once a second.  The supervisor polls the read ends with its self-pipe;
+ * a child silent for supervisor.hang_timeout_s after its first beat is
+ * logged as child-hung and SIGKILLed, and the ordinary restart path (where
+ * it counts as a crash) starts it again.  The first beat comes once the
+ * server listens, so loading a large snapshot at start is never a hang;
+ * after that the loop does long work (catch-up) in slices, so it beats
+ * through it.  hang_timeout_s 0: no pipe, no beats, no watch.
+ */
+
+/* Before fork: a fresh pipe for k (close-on-exec, so no other child gets
+ * it; the child keeps its own end across exec). */
+static void heartbeat_prepare(child *k) {
+    if (k->hb_r >= 0) close(k->hb_r);
+    k->hb_r = k->hb_w = -1;
+    k->last_beat_ms = 0;
+    int p[2];
+    if (!S.cfg->supervisor.hang_timeout_s) return;
+    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) {
+        log_msg(LOG_WARN, "heartbeat", "server=%s pipe: %s: not watched for hangs", k->name,
+                strerror(errno));
+        return;
+    }
+    k->hb_r = p[0];
+    k->hb_w = p[1];
+}
+
+/* In the child, before exec: keep the write end and name it. */
+static void heartbeat_in_child(const child *k) {
+    if (k->hb_w < 0) return;
+    char fd[16];
+    snprintf(fd, sizeof fd, "%d", k->hb_w);
+    fcntl(k->hb_w, F_SETFD, 0);
+    setenv("HERD_HEARTBEAT_FD", fd, 1);
+}
+
+/* In the supervisor after fork: the write end is the child's alone. */
+static void heartbeat_started(child *k) {
+    if (k->hb_w >= 0) close(k->hb_w);
+    k->hb_w = -1;
+}
+
+/* The read ends of the running children, after pfd[0] (the self-pipe);
+ * who[i] is the child of pfd[1 + i].  Returns the number of entries. */
+static int heartbeat_pollset(struct pollfd *pfd, int *who) {
+    int n = 1;
+    for (int i = 0; i < S.n; i++)
+        if (S.kids[i].state == CH_RUNNING && S.kids[i].hb_r >= 0) {
+            who[n - 1] = i;
+            pfd[n++] = (struct pollfd){.fd = S.kids[i].hb_r, .events = POLLIN};
+        }
+    return n;
+}
+
+/* Record the beats that came; a closed pipe (the child is exiting) is not
+ * watched any more. */
+static void heartbeat_read(const struct pollfd *pfd, int n, const int *who, int64_t now) {
+    for (int j = 1; j < n; j++) {
+        if (!pfd[j].revents) continue;
+        child *k = &S.kids[who[j - 1]];
+        char buf[64];
+        ssize_t r;
+        while ((r = read(k->hb_r, buf, sizeof buf)) > 0) k->last_beat_ms = now;
+        if (r == 0) {
+            close(k->hb_r);
+            k->hb_r = -1;
+        }
+    }
+}
+
+/* The earliest time a watched child would be overdue, or INT64_MAX. */
+static int64_t heartbeat_deadline(void) {
+    int64_t t = INT64_MAX, timeout = (int64_t)S.cfg->supervisor.hang_timeout_s * 1000;
+    for (int i = 0; i < S.n; i++) {
+        const child *k = &S.kids[i];
+        if (k->state == CH_RUNNING && k->hb_r >= 0 && k->last_beat_ms &&
+            k->last_beat_ms + timeout < t)
+            t = k->last_beat_ms + timeout;
+    }
+    return t;
+}
+
+/* Kill each child overdue; reap() and child_exited() restart it. */
+static void heartbeat_check(int64_t now) {
+    int64_t timeout = (int64_t)S.cfg->supervisor.hang_timeout_s * 1000;
+    if (!timeout || S.stopping) return;   /* a stop has its own timeout */
+    for (int i = 0; i < S.n; i++) {
+        child *k = &S.kids[i];
+        if (k->state != CH_RUNNING || k->hb_r < 0 || !k->last_beat_ms ||
+            now - k->last_beat_ms < timeout)
+            continue;
+        log_msg(LOG_ERROR, "child-hung", "server=%s pid=%ld no heartbeat for %lld ms "
+                "(hang_timeout_s %d): SIGKILL", k->name, (long)k->pid,
+                (long long)(now - k->last_beat_ms), S.cfg->supervisor.hang_timeout_s);
+        kill(k->pid, SIGKILL);
+        k->last_beat_ms = 0;              /* once; SIGCHLD follows */
+    }
+}
+
 /* ------------------------------------------------------------ children */
 
 /* In a new child: default handlers, TERM, INT and HUP left blocked across
@@ -140,6 +245,7 @@ static void exec_server(const child *k, pid_t parent) {
     sigprocmask(SIG_SETMASK, &keep, NULL);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent) _exit(1);   /* the supervisor is already gone */
+    heartbeat_in_child(k);
     execl(S.server_path, "herd-server", k->name, "-c", S.cfg->path, (char *)NULL);
     fprintf(stderr, "herd-supervisor: cannot run %s: %s\n", S.server_path, strerror(errno));
     _exit(127);
@@ -147,6 +253,7 @@ static void exec_server(const child *k, pid_t parent) {
 
 static void start_child(child *k) {
     pid_t parent = getpid();
+    heartbeat_prepare(k);
     sigset_t block, old;   /* no signal reaches the child before exec_server() */
     sigemptyset(&block);
     sigaddset(&block, SIGTERM);
@@ -157,6 +264,7 @@ static void start_child(child *k) {
     pid_t pid = fork();
     if (pid == 0) exec_server(k, parent);
     sigprocmask(SIG_SETMASK, &old, NULL);
+    heartbeat_started(k);
     if (pid < 0) {
         log_msg(LOG_ERROR, "fork", "server=%s: %s", k->name, strerror(errno));
         k->state = CH_WAITING;
@@ -302,22 +410,31 @@ int supervisor_run(const config *cfg, const char *server_path) {
     S.n = cfg->n_servers;
     for (int i = 0; i < S.n; i++) {
         S.kids[i].name = cfg->servers[i].name;
+        S.kids[i].hb_r = S.kids[i].hb_w = -1;
         start_child(&S.kids[i]);
     }
     write_files();
-    struct pollfd pfd = {.fd = S.sig_r, .events = POLLIN};
+    struct pollfd pfd[1 + CONFIG_MAX_SERVERS];
+    int who[CONFIG_MAX_SERVERS];
+    pfd[0] = (struct pollfd){.fd = S.sig_r, .events = POLLIN};
     for (;;) {
         int64_t now = mono_ms(), wake = now + 1000;
         for (int i = 0; i < S.n && !S.stopping; i++)
             if (S.kids[i].state == CH_WAITING && S.kids[i].next_start_ms < wake)
                 wake = S.kids[i].next_start_ms;
         if (S.stopping && S.stop_deadline < wake) wake = S.stop_deadline;
+        if (!S.stopping && heartbeat_deadline() < wake) wake = heartbeat_deadline();
         int lf = log_next_flush_ms(log_now_ms());
         if (lf >= 0 && now + lf < wake) wake = now + lf;
         int timeout = wake > now ? (int)(wake - now) : 0;
-        if (poll(&pfd, 1, timeout) > 0) handle_signals();
+        int npfd = heartbeat_pollset(pfd, who);
+        if (poll(pfd, (nfds_t)npfd, timeout) > 0) {
+            if (pfd[0].revents) handle_signals();
+            heartbeat_read(pfd, npfd, who, mono_ms());
+        }
         reap();   /* a SIGCHLD may have come before the handler was set */
         now = mono_ms();
+        heartbeat_check(now);
         for (int i = 0; i < S.n && !S.stopping; i++) {
             child *k = &S.kids[i];
             if (k->state == CH_WAITING && now >= k->next_start_ms) {

@@ -38,6 +38,8 @@ static void test_refusals(void) {
         {HERD2 "limits: [1, 2]\n", 4, "expected a mapping"},
         {HERD2 "limits:\n  max_clients: lots\n", 5, "expected an integer"},
         {HERD2 "limits:\n  max_clients: 0\n", 5, "out of range"},
+        {HERD2 "limits:\n  max_clients_per_address: -1\n", 5, "out of range"},
+        {HERD2 "supervisor:\n  hang_timeout_s: 3601\n", 5, "out of range"},
         {HERD2 "limits:\n  max_line_bytes: [1]\n", 5, "expected a value"},
         {HERD2 "limits:\n  max_lines: 5\n", 5, "unknown key 'max_lines'"},
         {HERD2 "logging:\n  dir: logs\n  dir: other\n", 6, "given twice"},
@@ -102,7 +104,9 @@ static void test_defaults_and_paths(void) {
     snprintf(want, sizeof want, "%s/state", dir);
     CHECK_STR(cfg.herd.state_dir, want);
     CHECK(cfg.limits.max_line_bytes == 8192 && cfg.limits.max_output_bytes == 1048576 &&
-          cfg.limits.max_clients == 20000 && cfg.limits.idle_timeout_s == 300, "limits");
+          cfg.limits.max_clients == 20000 && cfg.limits.idle_timeout_s == 300 &&
+          cfg.limits.max_clients_per_address == 0, "limits");
+    CHECK(cfg.supervisor.hang_timeout_s == 10, "hang_timeout_s");
     CHECK(cfg.places.provider == PLACES_LOCAL && cfg.places.timeout_ms == 5000, "places");
     CHECK(!strcmp(cfg.servers[0].host, "127.0.0.1") && cfg.servers[1].port == 7002, "servers");
 }
