@@ -90,7 +90,8 @@ void client_kill(server *s, client *c, const char *reason) {
 /* A client leaves (or becomes part of a link): give back its place in
  * max_clients or on probation, and its address's. */
 static void client_uncount(server *s, client *c) {
-    if (c->role != ROLE_CLIENT) return;
+    if (!c->counted) return;
+    c->counted = 0;
     if (c->probation) s->nprobation--;
     else s->nclients--;
     c->probation = 0;
@@ -363,6 +364,7 @@ client *client_add(server *s, int fd, const char *addr) {
     snprintf(c->addr, sizeof c->addr, "%s", addr);
     c->slot = pollset_add(s, fd, POLLIN, c);
     s->nclients++;
+    c->counted = 1;
     return c;
 }
 

@@ -51,6 +51,9 @@ typedef struct client {
     unsigned waiting : 1;       /* a WHATSAT waits upstream: hold the rest */
     unsigned cold : 1;          /* idle: parked in the cold set, not polled */
     unsigned queued : 1;        /* in server.wq: replies to write this round */
+    unsigned counted : 1;       /* counted in nclients or nprobation (a plain
+                                 * client since its accept; never again once
+                                 * it was part of a link, whatever its role) */
     unsigned probation : 1;     /* taken past a full table: must say PEER HELLO */
     unsigned addr_counted : 1;  /* counted in server.per_addr */
     uint32_t ip;                /* IPv4 address of an accepted connection */
