@@ -329,6 +329,7 @@ static void shed_connection(server *s) {
     char addr[48];
     int fd = net_accept(s->lfd, addr, sizeof addr);
     if (fd >= 0) close(fd);
+    if (fd >= 0) s->metrics.conns_refused++;
     s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     log_msg(LOG_WARN, "conn-refused", "reason=out of file descriptors");
 }
@@ -347,12 +348,14 @@ static void accept_clients(server *s) {
         if (s->nclients >= (size_t)s->cfg->limits.max_clients) {
             if (send(fd, busy, sizeof busy - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* best effort */ }
             close(fd);
+            s->metrics.conns_refused++;
             log_msg(LOG_WARN, "conn-refused", "from=%s reason=max_clients %d reached",
                     addr, s->cfg->limits.max_clients);
             continue;
         }
         net_nodelay(fd);
         client *c = client_add(s, fd, addr);
+        s->metrics.conns_accepted++;
         log_msg(LOG_INFO, "conn-open", "id=%llu from=%s", (unsigned long long)c->id, addr);
     }
 }
@@ -515,6 +518,7 @@ int server_run(server *s) {
         if (s->now_ms >= s->next_sweep_ms) {
             sweep_clients(s);
             snapshot_tick(s);
+            metrics_tick(s);
             s->next_sweep_ms = s->now_ms + SWEEP_MS;
         }
         peer_tick(s);
