@@ -5,7 +5,8 @@
 #   make test       build, run the whole suite, then again under ASan+UBSan
 #   make run        build and start the herd on the default config
 #   make stop       stop the herd
-#   make status     each server's pid, uptime, restarts, and whether it listens
+#   make status     each server's pid, uptime, restarts, whether it listens,
+#                   then its rates (updates, link messages, requests per second)
 #   make benchmark  load the running herd (CONCURRENCY=N DURATION=S MIX=...)
 #   make fuzz       run each libFuzzer harness for FUZZ_SECONDS (default 60),
 #                   or FUZZ_RUNS executions each when that is set
@@ -170,7 +171,7 @@ stop:
 	@./stop_servers.sh
 
 status:
-	@$(BIN)/herd-supervisor --status || true
+	@$(BIN)/herd-supervisor --status --rates || true
 
 CONCURRENCY ?=
 DURATION ?=
