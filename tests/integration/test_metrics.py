@@ -11,6 +11,7 @@ import threading
 import time
 
 from conftest import DEFAULT_LINKS, Server, exchange, program, write_config
+from fake_places import FakePlaces
 from test_supervisor import sherd  # noqa: F401  (the fixture: a herd run by the scripts)
 
 ALL = tuple(DEFAULT_LINKS)
@@ -275,3 +276,46 @@ def test_status_rates(sherd):  # noqa: F811
     assert float(rows["Bona"][2]) > 0 and float(rows["Bona"][4]) > 0, st.stdout
     assert float(rows["Bona"][3]) > 0, st.stdout        # Bona floods what it stores
     assert float(rows["Jaquez"][2]) == 0, st.stdout     # no client spoke to Jaquez
+
+
+def test_upstream_requests_by_status(make_server):
+    fake = FakePlaces()
+    try:
+        s = make_server(places={"provider": "google", "base_url": fake.base, "api_key": "k",
+                                "timeout_ms": 1000, "cache_ttl_s": 60})
+        iamat(s.port, b"kiwi", b"%.9f" % time.time())
+        for bound in (b"2", b"2", b"3"):      # a call, the cache, another call
+            assert exchange(s.port, b"WHATSAT kiwi 10 %s\n" % bound).endswith(b"}\n\n")
+        fake.mode, fake.http_status = "http", 429
+        assert b"OVER_QUERY_LIMIT" in exchange(s.port, b"WHATSAT kiwi 10 4\n")
+        assert len(fake.requests) == 3
+        want = {"OK": 2, "OVER_QUERY_LIMIT": 1, "ZERO_RESULTS": 0, "UNKNOWN_ERROR": 0}
+        m = wait_metrics(s.dir, [s.name], lambda m: all(
+            value(m[s.name], "proxyherd_upstream_requests_total", status=k) == v
+            for k, v in want.items()))
+        assert value(m[s.name], "proxyherd_upstream_cache_hits_total") == 1
+        assert value(m[s.name], "proxyherd_requests_total", command="WHATSAT") == 4
+    finally:
+        fake.close()
+
+
+def test_connections_accepted_refused_and_open(make_server):
+    s = make_server(limits={"max_clients": 2})
+    # the fixture's one probe that the server listens: accepted, then closed
+    wait_metrics(s.dir, [s.name], lambda m: value(
+        m[s.name], "proxyherd_connections_accepted_total") == 1
+        and value(m[s.name], "proxyherd_connections") == 0)
+    held = []
+    try:
+        for _ in range(2):
+            held.append(socket.create_connection(("127.0.0.1", s.port)))
+            held[-1].sendall(b"IAMAT c +1.0+1.0 1\n")
+            assert held[-1].recv(4096).startswith(b"AT ")
+        assert exchange(s.port, b"").startswith(b"? too many connections")
+        m = wait_metrics(s.dir, [s.name], lambda m: value(
+            m[s.name], "proxyherd_connections_refused_total") == 1)
+        assert value(m[s.name], "proxyherd_connections_accepted_total") == 3
+        assert value(m[s.name], "proxyherd_connections") == 2
+    finally:
+        for c in held:
+            c.close()
