@@ -5,7 +5,8 @@
 #   make test       build, run the whole suite, then again under ASan+UBSan
 #   make run        build and start the herd on the default config
 #   make stop       stop the herd
-#   make status     each server's pid, uptime, restarts, and whether it listens
+#   make status     each server's pid, uptime, restarts, whether it listens,
+#                   then its rates (updates, link messages, requests per second)
 #   make benchmark  load the running herd (CONCURRENCY=N DURATION=S MIX=...)
 #   make fuzz       run each libFuzzer harness for FUZZ_SECONDS (default 60),
 #                   or FUZZ_RUNS executions each when that is set
@@ -40,7 +41,8 @@ PYTEST  := /usr/bin/python3 -m pytest
 COMMON_SRC := common/buf.c common/clock.c common/config.c common/handshake.c common/log.c common/net.c \
               common/protocol.c common/secret.c common/signals.c
 SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c \
-              server/peer.c server/snapshot.c server/http.c server/google.c server/addrcap.c
+              server/peer.c server/snapshot.c server/http.c server/google.c server/addrcap.c \
+              server/metrics.c
 BENCH_SRC  := benchmark/benchmark.c
 SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c supervisor/lock.c
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
@@ -169,7 +171,7 @@ stop:
 	@./stop_servers.sh
 
 status:
-	@$(BIN)/herd-supervisor --status || true
+	@$(BIN)/herd-supervisor --status --rates || true
 
 CONCURRENCY ?=
 DURATION ?=

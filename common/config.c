@@ -194,6 +194,7 @@ static const key_spec herd_keys[] = {
     {"secret_file", K_PATH, STR(herd.secret_file), 0, 0},
     {"state_dir", K_PATH, STR(herd.state_dir), 0, 0},
     {"snapshot_interval_s", K_INT, OFF(herd.snapshot_interval_s), 0, 1, 86400},
+    {"metrics_server_label", K_BOOL, OFF(herd.metrics_server_label), 0, 0, 0},
     {NULL, 0, 0, 0, 0, 0},
 };
 

@@ -67,6 +67,7 @@ typedef struct {
     char secret_file[CONFIG_MAX_PATH];
     char state_dir[CONFIG_MAX_PATH];
     int snapshot_interval_s;
+    int metrics_server_label; /* 1: server="NAME" on every metrics sample */
 } config_herd;
 
 typedef struct {

@@ -83,6 +83,7 @@ static void do_iamat(server *s, client *c, const proto_iamat *ia) {
     table_entry *e = table_offer(&s->tab, &u);
     if (e) {
         s->table_dirty = 1;
+        s->metrics.client_updates++;
         peer_flood(s, e, -1);
     }
 }
@@ -139,18 +140,22 @@ void command_handle(server *s, client *c, const char *line, size_t len) {
     case PROTO_EMPTY:
         return;
     case PROTO_IAMAT:
+        s->metrics.requests[MX_IAMAT]++;
         do_iamat(s, c, &ia);
         return;
     case PROTO_WHATSAT:
+        s->metrics.requests[MX_WHATSAT]++;
         do_whatsat(s, c, &ws, line, len);
         return;
     case PROTO_INVALID:
+        s->metrics.requests[MX_INVALID]++;
         if (s->cfg->logging.log_lines)
             log_msg(LOG_INFO, "invalid", "id=%llu reason=%s",
                     (unsigned long long)c->id, why);
         command_reply_invalid(s, c, line, len);
         return;
     case PROTO_OTHER:
+        s->metrics.requests[MX_INVALID]++;
         command_reply_invalid(s, c, line, len);
         return;
     }

@@ -410,6 +410,7 @@ int google_whatsat(server *s, client *c, const table_entry *e, const proto_whats
     make_key(s, lat, lng, ws, key, sizeof key);
     centry *hit = cache_get(g, key, mono_ms());
     if (hit) {
+        s->metrics.upstream_cache_hits++;
         append_reply(c, e->line, e->line_len, hit->json, hit->json_len);
         log_send(s, c, e->line, e->line_len, hit->json_len, hit->results,
                  hit->results ? "OK" : "ZERO_RESULTS", "cache");
@@ -524,6 +525,7 @@ static void on_done(CURL *easy, CURLcode rc, void *arg) {
             "provider=%s http=%ld ms=%lld status=%s results=%d waiters=%d bytes=%zu",
             config_provider_name(s->cfg->places.provider), code,
             (long long)(mono_ms() - u->start_ms), status, results, waiters, u->resp.len);
+    metrics_upstream(&s->metrics, status);
     if (!strcmp(status, "OK") || !strcmp(status, "ZERO_RESULTS"))
         cache_put(g, u->key, json, json_len, results);
     waiter *list = u->waiters;

@@ -88,7 +88,9 @@ int main(int argc, char **argv) {
         server_free(&s);
         return 1;
     }
+    metrics_start(&s);
     int rc = server_run(&s);
+    metrics_stop(&s);
     if (snapshot_write(&s) < 0) rc = 1;
     server_free(&s);
     return rc;

@@ -293,6 +293,7 @@ static void on_update(server *s, client *c, const char *line, size_t len) {
         return;
     }
     L->received++;
+    s->metrics.link_updates_received++;
     table_update u = {
         .origin = at.origin, .diff = at.diff, .client = at.u.client,
         .location = at.u.location, .time = at.u.time, .t = at.u.t
@@ -300,6 +301,7 @@ static void on_update(server *s, client *c, const char *line, size_t len) {
     table_entry *e = table_offer(&s->tab, &u);
     if (!e) return;
     s->table_dirty = 1;
+    s->metrics.link_updates_stored++;
     if (s->cfg->logging.log_lines) {
         char prefix[96];
         snprintf(prefix, sizeof prefix, "from=%s ", peer_name(s, L));
@@ -343,6 +345,7 @@ void peer_flood(server *s, const table_entry *e, int from_link) {
         buf_append(&L->conn->out, e->line, e->line_len);
         buf_append_char(&L->conn->out, '\n');
         L->sent++;
+        s->metrics.link_updates_sent++;
     }
 }
 
@@ -359,6 +362,7 @@ static void pump_stream(server *s, peer_link *L) {
         buf_append(out, e->line, e->line_len);
         buf_append_char(out, '\n');
         L->sent++;
+        s->metrics.link_updates_sent++;
     }
     if (L->stream_pos < s->tab.cap) return;
     if (L->resync) {

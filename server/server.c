@@ -383,6 +383,7 @@ void client_refuse_busy(server *s, client *c) {
     log_msg(LOG_WARN, "conn-refused", "id=%llu from=%s reason=%s reached and no neighbour's "
             "PEER HELLO", (unsigned long long)c->id, c->addr,
             c->busy_line == BUSY ? "max_clients" : "max_clients_per_address");
+    s->metrics.conns_refused++;
     client_kill(s, c, "too many connections");   /* first: the write below ends here */
     buf_append(&c->out, c->busy_line, strlen(c->busy_line));
     client_write(s, c);
@@ -395,7 +396,10 @@ static void shed_connection(server *s) {
     if (s->spare_fd >= 0) close(s->spare_fd);
     char addr[48] = "?";
     int fd = net_accept(s->lfd, addr, sizeof addr, NULL);
-    if (fd >= 0) refuse_fd(fd, BUSY, sizeof BUSY - 1);
+    if (fd >= 0) {
+        refuse_fd(fd, BUSY, sizeof BUSY - 1);
+        s->metrics.conns_refused++;
+    }
     s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     log_msg(LOG_WARN, "conn-refused", "from=%s reason=out of file descriptors", addr);
 }
@@ -427,6 +431,7 @@ static void accept_clients(server *s) {
         const char *busy = admit_client(s, ip);
         if (busy && !probation_room(s)) {
             refuse_fd(fd, busy, strlen(busy));
+            s->metrics.conns_refused++;
             if (busy == BUSY)
                 log_msg(LOG_WARN, "conn-refused", "from=%s reason=max_clients %d reached",
                         addr, s->max_clients);
@@ -438,6 +443,7 @@ static void accept_clients(server *s) {
         net_nodelay(fd);
         client *c = client_add(s, fd, addr);
         c->ip = ip;
+        s->metrics.conns_accepted++;
         if (busy) {                        /* a neighbour's HELLO, or out */
             s->nclients--;
             s->nprobation++;
@@ -673,6 +679,7 @@ int server_run(server *s) {
         if (s->now_ms >= s->next_sweep_ms) {
             sweep_clients(s);
             snapshot_tick(s);
+            metrics_tick(s);
             s->next_sweep_ms = s->now_ms + SWEEP_MS;
         }
         peer_tick(s);

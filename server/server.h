@@ -16,6 +16,7 @@
 #include "buf.h"
 #include "config.h"
 #include "http.h"
+#include "metrics.h"
 #include "places.h"
 #include "table.h"
 
@@ -115,6 +116,7 @@ typedef struct server {
     pid_t snapshot_pid;         /* a child writing a snapshot, or 0 */
     http http;                  /* libcurl multi, for the google providers */
     struct google *google;      /* NULL with the local provider */
+    metrics metrics;            /* counters for NAME.prom (metrics.c) */
 } server;
 
 #define SERVER_FIRST_CLIENT 3

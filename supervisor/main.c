@@ -10,7 +10,7 @@
 #include "supervisor.h"
 
 static void usage(FILE *f) {
-    fputs("Usage: herd-supervisor [-c FILE] [--status [--wait SECONDS]] [--init-secret]\n"
+    fputs("Usage: herd-supervisor [-c FILE] [--status [--wait SECONDS] [--rates]] [--init-secret]\n"
           "\n"
           "Run the whole herd: one herd-server per name in the config, restarted\n"
           "when it crashes or hangs (no heartbeat for supervisor.hang_timeout_s);\n"
@@ -23,6 +23,9 @@ static void usage(FILE *f) {
           "                     it listens; exit 0 when all listen, 1 when not, 3 when\n"
           "                     no herd runs\n"
           "      --wait SECONDS with --status: first wait that long for all to listen\n"
+          "      --rates        with --status: then each server's updates, link messages\n"
+          "                     and requests per second, from its metrics file\n"
+          "                     STATE_DIR/NAME.prom read twice a second apart\n"
           "      --init-secret  unless HERD_SECRET is set: create the herd secret file\n"
           "                     (mode 0600) if it is missing or empty; refuse one that\n"
           "                     other users may read\n"
@@ -36,7 +39,7 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
     const char *cfg_path = "config.yml";
-    int status = 0, wait_s = 0, init_secret = 0;
+    int status = 0, wait_s = 0, init_secret = 0, rates = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -46,6 +49,8 @@ int main(int argc, char **argv) {
             cfg_path = argv[++i];
         } else if (!strcmp(a, "--status")) {
             status = 1;
+        } else if (!strcmp(a, "--rates")) {
+            status = rates = 1;
         } else if (!strcmp(a, "--wait") && i + 1 < argc) {
             wait_s = atoi(argv[++i]);
         } else if (!strcmp(a, "--init-secret")) {
@@ -62,7 +67,11 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (init_secret) return supervisor_init_secret(&cfg) < 0 ? 1 : 0;
-    if (status) return supervisor_status(&cfg, wait_s, 0);
+    if (status) {
+        int rc = supervisor_status(&cfg, wait_s, 0);
+        if (rates && rc != 3) supervisor_rates(&cfg);
+        return rc;
+    }
 
     char server[PATH_MAX + 32];
     const char *bindir = getenv("HERD_BIN_DIR");

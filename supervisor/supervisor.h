@@ -12,6 +12,11 @@ int supervisor_run(const config *cfg, const char *server_path);
  * Returns 0 when all listen, 1 when some do not, 3 when no herd runs. */
 int supervisor_status(const config *cfg, int wait_s, int quiet);
 
+/* Print each server's rates (updates, link messages, requests per second)
+ * from two readings of its metrics file <state_dir>/NAME.prom about a
+ * second apart.  Takes one to three seconds. */
+void supervisor_rates(const config *cfg);
+
 /* Create the herd's secret file (mode 0600) unless HERD_SECRET is set or the
  * file holds a secret; an empty file is replaced, one open to other users
  * refused.  Returns 0 or -1 with a message on stderr. */

@@ -1,0 +1,203 @@
+/* metrics.c -- <state_dir>/NAME.prom, the server's counters in the Prometheus
+ * text exposition format (docs/PROTOCOL.md, "Metrics").
+ *
+ * The file follows node_exporter's textfile-collector convention: written
+ * whole to NAME.prom.tmp (a name the collector ignores), then renamed over
+ * NAME.prom, once a second.  The samples carry exactly the labels
+ * docs/PROTOCOL.md fixes (proxyherd_clients has none, proxyherd_link_up has
+ * peer="NAME"), which suits one server per host.  Several servers sharing a
+ * state folder would give the collector the same series twice, which it
+ * refuses: herd.metrics_server_label adds server="NAME" to every sample for
+ * them.  The HELP texts name no server, for the same reason (families
+ * merged from several files must agree).
+ *
+ * Mode 0644: the file holds counts and peer names, never a client or a
+ * location; the state folder's own mode decides who may read it.  No fsync:
+ * a figure lost in a crash is rewritten a second later, and the loop must
+ * not wait on the disk.  At a graceful stop the file is removed, so a
+ * stopped server shows as absent rather than as a server whose counters
+ * froze; a killed server's file stays, and node_exporter's
+ * node_textfile_mtime_seconds shows its age.
+ */
+#include "metrics.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "log.h"
+#include "server.h"
+
+static const char *const command_label[MX_NCOMMANDS] = {"IAMAT", "WHATSAT", "invalid"};
+
+static const char *const upstream_label[MX_NUPSTREAM] = {
+    "OK", "ZERO_RESULTS", "REQUEST_DENIED", "OVER_QUERY_LIMIT", "INVALID_REQUEST",
+    "UNKNOWN_ERROR",
+};
+
+void metrics_upstream(metrics *m, const char *status) {
+    int k = MX_UP_UNKNOWN_ERROR;
+    for (int i = 0; i < MX_NUPSTREAM; i++)
+        if (!strcmp(status, upstream_label[i])) k = i;
+    m->upstream[k]++;
+}
+
+/* ------------------------------------------------------------- the text */
+
+static void family(buf_t *b, const char *name, const char *type, const char *help) {
+    buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* A sample's name and labels: 'label' (one `key="value"` or NULL), then
+ * server="NAME" when herd.metrics_server_label asks for it.  Server and
+ * peer names need no escaping: the config allows [A-Za-z0-9_.-] only. */
+static void sample(buf_t *b, const server *s, const char *name, const char *label) {
+    int named = s->cfg->herd.metrics_server_label;
+    buf_printf(b, "%s%s%s%s", name, label || named ? "{" : "", label ? label : "",
+               label && named ? "," : "");
+    if (named) buf_printf(b, "server=\"%s\"", s->me->name);
+    buf_printf(b, "%s ", label || named ? "}" : "");
+}
+
+/* A family of one sample. */
+static void single(buf_t *b, const server *s, const char *name, const char *type,
+                   const char *help, uint64_t v) {
+    family(b, name, type, help);
+    sample(b, s, name, NULL);
+    buf_printf(b, "%llu\n", (unsigned long long)v);
+}
+
+static int link_is_up(const peer_link *L) {
+    return L->conn && !L->conn->dead;
+}
+
+/* The whole file's text into b. */
+static void render(const server *s, buf_t *b) {
+    const metrics *m = &s->metrics;
+    char label[96];
+    single(b, s, "proxyherd_up", "gauge", "1 while the server runs.", 1);
+    family(b, "proxyherd_start_time_seconds", "gauge",
+           "When the server started, in seconds since the Unix epoch.");
+    sample(b, s, "proxyherd_start_time_seconds", NULL);
+    buf_printf(b, "%.3f\n", m->start_time_s);
+    single(b, s, "proxyherd_clients", "gauge", "Clients stored in the table.", s->tab.count);
+    single(b, s, "proxyherd_client_updates_total", "counter",
+           "IAMATs from clients stored as newer than what the table held.", m->client_updates);
+    single(b, s, "proxyherd_link_updates_sent_total", "counter",
+           "AT lines sent to peers, catch-up included.", m->link_updates_sent);
+    single(b, s, "proxyherd_link_updates_received_total", "counter",
+           "AT lines received from peers.", m->link_updates_received);
+    single(b, s, "proxyherd_link_updates_stored_total", "counter",
+           "AT lines from peers stored as newer than what the table held.",
+           m->link_updates_stored);
+    family(b, "proxyherd_link_up", "gauge",
+           "1 while the authenticated link to a configured neighbour is up, else 0.");
+    for (int i = 0; i < s->n_links; i++) {
+        snprintf(label, sizeof label, "peer=\"%s\"", s->cfg->servers[s->links[i].server].name);
+        sample(b, s, "proxyherd_link_up", label);
+        buf_printf(b, "%d\n", link_is_up(&s->links[i]));
+    }
+    family(b, "proxyherd_requests_total", "counter",
+           "Client lines by the command they parsed as; invalid: answered \"? \".");
+    for (int i = 0; i < MX_NCOMMANDS; i++) {
+        snprintf(label, sizeof label, "command=\"%s\"", command_label[i]);
+        sample(b, s, "proxyherd_requests_total", label);
+        buf_printf(b, "%llu\n", (unsigned long long)m->requests[i]);
+    }
+    single(b, s, "proxyherd_connections", "gauge",
+           "Open client connections (those limits.max_clients counts; links are not).",
+           s->nclients);
+    single(b, s, "proxyherd_connections_idle", "gauge",
+           "Client connections parked idle (the cold set).", s->ncold);
+    single(b, s, "proxyherd_connections_accepted_total", "counter",
+           "Client connections accepted.", m->conns_accepted);
+    single(b, s, "proxyherd_connections_refused_total", "counter",
+           "Connections turned away (limits.max_clients, or out of descriptors).",
+           m->conns_refused);
+    family(b, "proxyherd_upstream_requests_total", "counter",
+           "Requests to the places provider, by the status they ended with.");
+    for (int i = 0; i < MX_NUPSTREAM; i++) {
+        snprintf(label, sizeof label, "status=\"%s\"", upstream_label[i]);
+        sample(b, s, "proxyherd_upstream_requests_total", label);
+        buf_printf(b, "%llu\n", (unsigned long long)m->upstream[i]);
+    }
+    single(b, s, "proxyherd_upstream_cache_hits_total", "counter",
+           "WHATSATs answered from the places cache.", m->upstream_cache_hits);
+    single(b, s, "proxyherd_evictions_total", "counter",
+           "Stored clients dropped past limits.max_stored_clients.", s->tab.evicted);
+}
+
+/* ----------------------------------------------------------- the file */
+
+static void prom_path(const server *s, char *out, size_t n, const char *suffix) {
+    snprintf(out, n, "%s/%s.prom%s", s->cfg->herd.state_dir, s->me->name, suffix);
+}
+
+/* Write b to path.tmp and rename it over path.  Returns 0, or -1 with errno. */
+static int replace_file(const char *path, const char *tmp, const buf_t *b) {
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return -1;
+    const char *p = buf_data(b);
+    size_t left = buf_pending(b);
+    while (left) {
+        ssize_t n = write(fd, p, left);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            int saved = n < 0 ? errno : ENOSPC;
+            close(fd);
+            unlink(tmp);
+            errno = saved;
+            return -1;
+        }
+        p += n;
+        left -= (size_t)n;
+    }
+    if (close(fd) < 0 || rename(tmp, path) < 0) {
+        int saved = errno;
+        unlink(tmp);
+        errno = saved;
+        return -1;
+    }
+    return 0;
+}
+
+void metrics_tick(server *s) {
+    char path[4200], tmp[4300];
+    prom_path(s, path, sizeof path, "");
+    prom_path(s, tmp, sizeof tmp, ".tmp");
+    buf_t b = {0};
+    render(s, &b);
+    int rc = replace_file(path, tmp, &b);
+    if (rc < 0 && errno == ENOENT) {       /* no state folder yet */
+        mkdir(s->cfg->herd.state_dir, 0700);
+        rc = replace_file(path, tmp, &b);
+    }
+    int err = errno;
+    buf_free(&b);
+    if (rc < 0 && !s->metrics.failing)
+        log_msg(LOG_ERROR, "metrics-failed", "file=%s reason=%s (trying again every second)",
+                path, strerror(err));
+    else if (rc == 0 && s->metrics.failing)
+        log_msg(LOG_INFO, "metrics-written", "file=%s (writing again)", path);
+    s->metrics.failing = rc < 0;
+}
+
+void metrics_start(server *s) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    s->metrics.start_time_s = (double)ts.tv_sec + ts.tv_nsec / 1e9;
+    metrics_tick(s);
+}
+
+void metrics_stop(server *s) {
+    char path[4200];
+    prom_path(s, path, sizeof path, "");
+    if (unlink(path) < 0 && errno != ENOENT)
+        log_msg(LOG_WARN, "metrics-failed", "file=%s cannot be removed: %s", path,
+                strerror(errno));
+}
