@@ -11,6 +11,8 @@
 #                   or FUZZ_RUNS executions each when that is set
 #   make test-chaos kill servers under load for CHAOS_SECONDS (default 60)
 #   make test-valgrind  the protocol and log tests with the server under valgrind
+#   make test-mutation  apply each curated mutation (tests/mutation/) to a scratch
+#                   copy and check that a test fails for it (MUTATIONS=id,id...)
 #   make report     rebuild report.pdf from docs/report.md and docs/data/
 #   make report-data  measure again what the report shows (several minutes)
 #   make clean      remove what the build made
@@ -53,7 +55,8 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
 PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor $(BIN)/herd-benchmark
 
-.PHONY: all deps check-deps test unit integration asan-test fuzz fuzz-build test-chaos test-valgrind run stop status \
+.PHONY: all deps check-deps test unit integration asan-test fuzz fuzz-build test-chaos test-valgrind \
+        test-mutation run stop status \
         benchmark report report-data clean
 
 all: check-deps $(PROGRAMS) $(UNIT_BIN)
@@ -135,6 +138,12 @@ test-chaos: all
 test-valgrind: all
 	HERD_VALGRIND=1 HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration/test_protocol.py \
 	  tests/integration/test_logs.py
+
+# Each mutation in tests/mutation/mutations.py must make one of its tests
+# fail; a survivor or a text that no longer matches the code fails the run.
+MUTATIONS ?=
+test-mutation: check-deps
+	/usr/bin/python3 tests/mutation/run.py $(if $(MUTATIONS),--only $(MUTATIONS))
 
 fuzz-build:
 	@$(MAKE) --no-print-directory CC=clang B=build/fuzz BIN=build/fuzz/bin OPT="$(FUZZ_OPT)" \

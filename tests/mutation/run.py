@@ -175,9 +175,14 @@ def run_tests(tests, scratch, timeout, tag):
             raise SetupError(f"{tag}: pytest selected no test from {pys}:\n{out[-2000:]}")
         if rc != 0:
             failed = [l[len("FAILED "):] for l in out.splitlines() if l.startswith("FAILED ")]
-            errors = [l for l in out.splitlines() if l.startswith("ERROR ")]
-            what = failed[0] if failed else (errors[0] if errors else f"pytest exit {rc}")
-            return False, what.split(" - ")[0] + " failed", out
+            errors = [l[len("ERROR "):] for l in out.splitlines() if l.startswith("ERROR ")]
+            if failed:
+                what = failed[0].split(" - ")[0] + " failed"
+            elif errors:
+                what = errors[0].split(" - ")[0] + " failed in its fixture (setup or teardown)"
+            else:
+                what = f"pytest exited {rc}"
+            return False, what, out
     return True, "all passed", ""
 
 
