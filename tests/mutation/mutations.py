@@ -244,7 +244,7 @@ MUTATIONS = [
     # -------------------------------------------------------------- http.c
     dict(id="curl-timer-ignored", file="server/http.c",
          original="if (h->deadline_ms >= 0 && now_ms >= h->deadline_ms) {",
-         mutant="if (0) {",
+         mutant="if (h->deadline_ms >= 0 && now_ms >= h->deadline_ms && 0) {",
          breaks="libcurl's timeouts are never run: upstream requests stall",
          tests=["tests/integration/test_google.py::test_new_api_zero_results"]),
 
@@ -320,6 +320,17 @@ MUTATIONS = [
          mutant="    if (lat) *lat = a;",
          breaks="a location followed by junk such as '+1.0-2.0x' is accepted",
          tests=["unit/test_protocol"]),
+
+    dict(id="peer-diff-sign-unchecked", file="common/protocol.c",
+         original="if (d.len < 12 || (d.p[0] != '+' && d.p[0] != '-')) return 0;",
+         mutant="if (d.len < 12) return 0;",
+         breaks="an AT line from a peer or a snapshot with an unsigned diff is stored and served",
+         tests=["unit/test_at_lines"]),
+    dict(id="peer-location-unchecked", file="common/protocol.c",
+         original="if (proto_parse_location(f[4].p, f[4].len, NULL, NULL) < 0) {",
+         mutant="if (0) {",
+         breaks="an AT line from a peer with an invalid location is stored (WHATSAT then uses 0,0)",
+         tests=["unit/test_at_lines"]),
 
     # ------------------------------------------------------------ config.c
     dict(id="one-way-link-accepted", file="common/config.c",
@@ -437,6 +448,16 @@ MUTATIONS = [
          mutant="if (k->n_crashes >= S.cfg->supervisor.restart_max) {",
          breaks="a server is given up after restart_max crashes instead of restart_max + 1",
          tests=["tests/integration/test_supervisor.py::test_crashing_child_is_given_up_others_keep_serving"]),
+    dict(id="stop-not-passed-on", file="supervisor/supervisor.c",
+         original="    signal_children(SIGTERM);",
+         mutant="    (void)0;",
+         breaks="stopping the supervisor SIGKILLs its servers after stop_timeout_s (no snapshot)",
+         tests=["tests/integration/test_mutation_gaps.py::test_supervisor_stops_its_servers_gracefully"]),
+    dict(id="crashes-never-age-out", file="supervisor/supervisor.c",
+         original="if (now - k->crashes[i] < window)",
+         mutant="if (now - k->crashes[i] < window || 1)",
+         breaks="crashes older than restart_window_s still count: a rarely crashing server is given up",
+         tests=["tests/integration/test_mutation_gaps.py::test_crashes_older_than_the_window_are_forgotten"]),
     dict(id="sighup-not-forwarded", file="supervisor/supervisor.c",
          original="signal_children(SIGHUP);",
          mutant="(void)0;",
