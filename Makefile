@@ -2,7 +2,8 @@
 #
 #   make            build every program into bin/
 #   make deps       install the missing Debian packages (nothing when all are there)
-#   make test       build, run the whole suite, then again under ASan+UBSan
+#   make test       build, run the whole suite, then again under ASan+UBSan,
+#                   then the fuzzers and the mutations
 #   make run        build and start the herd on the default config
 #   make stop       stop the herd
 #   make status     each server's pid, uptime, restarts, and whether it listens
@@ -164,7 +165,8 @@ test: deps
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(MAKE) --no-print-directory asan-test
 	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=30
-	@echo "make test: all passed (normal and ASan+UBSan builds, fuzzing)"
+	$(MAKE) --no-print-directory test-mutation
+	@echo "make test: all passed (normal and ASan+UBSan builds, fuzzing, mutations)"
 
 run: deps
 	@$(MAKE) --no-print-directory all
