@@ -192,9 +192,24 @@ class SetupError(Exception):
 
 # ----------------------------------------------------------------- build
 
+def tracked_files():
+    """git ls-files; outside a git checkout (a release tarball), every file
+    but what the build and the herd make."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                             check=True).stdout.decode()
+        return out.split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        skip = {"build", "bin", "logs", "state", ".git", "__pycache__", ".pytest_cache"}
+        files = []
+        for d, dirs, names in os.walk(ROOT):
+            dirs[:] = [x for x in dirs if x not in skip]
+            files += [os.path.relpath(os.path.join(d, n), ROOT) for n in names]
+        return files
+
+
 def copy_tree(scratch):
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    files = tracked_files()
     for rel in filter(None, files):
         src = os.path.join(ROOT, rel)
         if not os.path.isfile(src):     # deleted in the work tree
