@@ -2,7 +2,8 @@
 #
 #   make            build every program into bin/
 #   make deps       install the missing Debian packages (nothing when all are there)
-#   make test       build, run the whole suite, then again under ASan+UBSan
+#   make test       build, run the whole suite, then again under ASan+UBSan,
+#                   then the fuzzers and the mutations
 #   make run        build and start the herd on the default config
 #   make stop       stop the herd
 #   make status     each server's pid, uptime, restarts, whether it listens,
@@ -12,6 +13,8 @@
 #                   or FUZZ_RUNS executions each when that is set
 #   make test-chaos kill servers under load for CHAOS_SECONDS (default 60)
 #   make test-valgrind  the protocol and log tests with the server under valgrind
+#   make test-mutation  apply each curated mutation (tests/mutation/) to a scratch
+#                   copy and check that a test fails for it (MUTATIONS=id,id...)
 #   make report     rebuild report.pdf from docs/report.md and docs/data/
 #   make report-data  measure again what the report shows (several minutes)
 #   make clean      remove what the build made
@@ -56,7 +59,8 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
 PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor $(BIN)/herd-benchmark
 
-.PHONY: all deps check-deps test unit integration asan-test fuzz fuzz-build test-chaos test-valgrind run stop status \
+.PHONY: all deps check-deps test unit integration asan-test fuzz fuzz-build test-chaos test-valgrind \
+        test-mutation run stop status \
         benchmark report report-data clean
 
 all: check-deps $(PROGRAMS) $(UNIT_BIN)
@@ -139,6 +143,12 @@ test-valgrind: all
 	HERD_VALGRIND=1 HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration/test_protocol.py \
 	  tests/integration/test_logs.py
 
+# Each mutation in tests/mutation/mutations.py must make one of its tests
+# fail; a survivor or a text that no longer matches the code fails the run.
+MUTATIONS ?=
+test-mutation: check-deps
+	/usr/bin/python3 tests/mutation/run.py $(if $(MUTATIONS),--only $(MUTATIONS))
+
 fuzz-build:
 	@$(MAKE) --no-print-directory CC=clang B=build/fuzz BIN=build/fuzz/bin OPT="$(FUZZ_OPT)" \
 	  SAN="-fsanitize=address,undefined" $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
@@ -158,7 +168,8 @@ test: deps
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(MAKE) --no-print-directory asan-test
 	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=30
-	@echo "make test: all passed (normal and ASan+UBSan builds, fuzzing)"
+	$(MAKE) --no-print-directory test-mutation
+	@echo "make test: all passed (normal and ASan+UBSan builds, fuzzing, mutations)"
 
 run: deps
 	@$(MAKE) --no-print-directory all
