@@ -21,7 +21,14 @@ int secret_load(const char *path, char *out, size_t cap, char *err, size_t errle
     const char *env = getenv("HERD_SECRET");
     if (env && *env) {
         snprintf(out, cap, "%s", env);
-        return (int)trim(out);
+        size_t len = trim(out);
+        if (!len) {
+            snprintf(err, errlen, "HERD_SECRET holds only white space, which would turn "
+                     "every link off: set it to the herd's secret, or unset it to use %s",
+                     path);
+            return SECRET_EMPTY;
+        }
+        return (int)len;
     }
     out[0] = '\0';
     int fd = open(path, O_RDONLY | O_CLOEXEC);

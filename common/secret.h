@@ -2,9 +2,10 @@
  *
  * It comes from HERD_SECRET when that is set, else from the file named by
  * herd.secret_file.  The file must be the owner's alone (no permission bit
- * for group or others) and must not be empty: an empty secret would turn
- * every link off without a word.  A missing file is allowed (a herd
- * without links still serves its clients).
+ * for group or others) and must not be empty: an empty secret (or a
+ * HERD_SECRET of white space only) would turn every link off without a
+ * word.  A missing file is allowed (a herd without links still serves its
+ * clients).
  */
 #ifndef HERD_SECRET_H
 #define HERD_SECRET_H
