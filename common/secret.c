@@ -31,7 +31,8 @@ int secret_load(const char *path, char *out, size_t cap, char *err, size_t errle
         return (int)len;
     }
     out[0] = '\0';
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO put there must not hang the start (with TERM caught) */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         if (errno == ENOENT) return 0;
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
@@ -40,6 +41,12 @@ int secret_load(const char *path, char *out, size_t cap, char *err, size_t errle
     struct stat st;
     if (fstat(fd, &st) < 0) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s is not a regular file: the herd's secret must be one",
+                 path);
         close(fd);
         return -1;
     }

@@ -33,3 +33,25 @@ def test_white_space_herd_secret_is_refused_like_an_empty_file(files):
     assert "HERD_SECRET" in err and "white space" in err, err
     r = supervisor(files)
     assert r.returncode != 0 and "HERD_SECRET" in r.stderr, r.stdout + r.stderr
+
+
+def test_secret_that_is_a_fifo_is_refused_at_once(files):
+    """open() of a FIFO secret blocked forever, with TERM already caught:
+    the server hung at start and ignored TERM."""
+    files.env.pop("HERD_SECRET", None)
+    os.makedirs(os.path.join(files.dir, "state"))
+    path = os.path.join(files.dir, "state", "herd.secret")
+    os.mkfifo(path, 0o600)
+    p = subprocess.Popen([program("herd-server"), "Bailey", "-c", files.config], env=files.env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        rc = p.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        p.kill()   # TERM does not reach a server blocked in that open()
+        p.wait()
+        rc = None
+    err = p.stderr.read()
+    assert rc not in (None, 0), "herd-server hung on a FIFO secret"
+    assert "not a regular file" in err, err
+    r = supervisor(files, "--init-secret")
+    assert r.returncode != 0 and "not a regular file" in r.stderr, r.stdout + r.stderr
