@@ -50,6 +50,13 @@ int secret_load(const char *path, char *out, size_t cap, char *err, size_t errle
         close(fd);
         return -1;
     }
+    if (st.st_uid != geteuid()) {
+        snprintf(err, errlen, "%s belongs to uid %u, who may read or change the herd's "
+                 "secret; it must be this user's (uid %u) alone: chown it", path,
+                 (unsigned)st.st_uid, (unsigned)geteuid());
+        close(fd);
+        return -1;
+    }
     if (st.st_mode & 077) {
         snprintf(err, errlen, "%s: other users may read or change the herd's secret "
                  "(mode %04o); make it the owner's alone: chmod 600 %s",

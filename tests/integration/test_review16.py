@@ -55,3 +55,17 @@ def test_secret_that_is_a_fifo_is_refused_at_once(files):
     assert "not a regular file" in err, err
     r = supervisor(files, "--init-secret")
     assert r.returncode != 0 and "not a regular file" in r.stderr, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_secret_owned_by_another_user_is_refused(files):
+    """A 0600 secret owned by another user passed the mode check, yet that
+    user may read and change it."""
+    files.env.pop("HERD_SECRET", None)
+    path = write_secret(files, "s3cret-of-the-herd\n", 0o600)
+    os.chown(path, 65534, 65534)
+    rc, err = run_server(files, "Bailey", timeout=5)
+    assert rc not in (None, 0), "herd-server ran with another user's secret"
+    assert "belongs to uid 65534" in err, err
+    r = supervisor(files, "--init-secret")
+    assert r.returncode != 0 and "belongs to uid 65534" in r.stderr, r.stdout + r.stderr
