@@ -69,3 +69,16 @@ def test_secret_owned_by_another_user_is_refused(files):
     assert "belongs to uid 65534" in err, err
     r = supervisor(files, "--init-secret")
     assert r.returncode != 0 and "belongs to uid 65534" in r.stderr, r.stdout + r.stderr
+
+
+def test_init_secret_through_a_dangling_link_says_no(files):
+    """--init-secret on a symbolic link to a missing file printed "created the
+    herd secret" and exited 0; nothing was created and the herd ran without
+    links."""
+    files.env.pop("HERD_SECRET", None)
+    os.makedirs(os.path.join(files.dir, "state"))
+    path = os.path.join(files.dir, "state", "herd.secret")
+    os.symlink(os.path.join(files.dir, "nowhere", "secret"), path)
+    r = supervisor(files, "--init-secret")
+    assert "created" not in r.stdout, r.stdout
+    assert r.returncode != 0 and "symbolic link" in r.stderr, r.stdout + r.stderr
