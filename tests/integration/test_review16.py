@@ -82,3 +82,56 @@ def test_init_secret_through_a_dangling_link_says_no(files):
     r = supervisor(files, "--init-secret")
     assert "created" not in r.stdout, r.stdout
     assert r.returncode != 0 and "symbolic link" in r.stderr, r.stdout + r.stderr
+
+
+# ------------------------------------------------------------- snapshots
+
+def test_snapshot_is_never_readable_by_others(tmp_path):
+    """The snapshot's temporary file was created 0666 & ~umask and only then
+    chmod'ed 0600 (another user could open it in between and read every
+    client's location), in a state folder the server created 0755."""
+    import shutil
+    import signal
+    import socket
+    import time
+    from conftest import free_port, wait_listening, write_config
+    port = free_port()
+    cfg = write_config(str(tmp_path), {"Snap": (port, [])})
+    trace = str(tmp_path / "trace")
+    strace = shutil.which("strace")
+    cmd = [program("herd-server"), "Snap", "-c", cfg]
+    if strace:
+        cmd = [strace, "-f", "-qq", "-o", trace, "-e", "trace=openat,open,creat"] + cmd
+    old = os.umask(0o022)
+    try:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, HERD_SECRET="review16-secret"))
+    finally:
+        os.umask(old)
+    try:
+        assert wait_listening(port, p, timeout=20)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"IAMAT kiwi +34.068930-118.445127 1621464827.959498503\n")
+            assert s.recv(4096).startswith(b"AT ")
+        server = p.pid
+        if strace:   # the server is strace's child
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                kids = open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()
+                if kids:
+                    server = int(kids[0])
+                    break
+                time.sleep(0.05)
+        os.kill(server, signal.SIGTERM)   # a graceful stop writes the snapshot
+        assert p.wait(timeout=20) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    state = tmp_path / "state"
+    assert oct(os.stat(state / "Snap.snap").st_mode & 0o777) == "0o600"
+    assert oct(os.stat(state).st_mode & 0o777) == "0o700", "state folder open to others"
+    if strace:
+        opens = [ln for ln in open(trace) if ".snap.tmp." in ln and "O_CREAT" in ln]
+        assert opens, open(trace).read()[-2000:]
+        assert all(ln.rstrip().split(", ")[-1].startswith("0600)") for ln in opens), opens
