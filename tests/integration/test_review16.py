@@ -135,3 +135,38 @@ def test_snapshot_is_never_readable_by_others(tmp_path):
         opens = [ln for ln in open(trace) if ".snap.tmp." in ln and "O_CREAT" in ln]
         assert opens, open(trace).read()[-2000:]
         assert all(ln.rstrip().split(", ")[-1].startswith("0600)") for ln in opens), opens
+
+
+# ---------------------------------------------- two configs in one folder
+
+def test_stop_with_another_config_of_the_folder_stops_nothing(tmp_path):
+    """servers.lock and servers.pid are per folder: stop_servers.sh -c b.yml
+    stopped the herd of a.yml, beside it, and --status -c b.yml showed a.yml's
+    supervisor as b.yml's."""
+    from conftest import ROOT, free_port, write_config
+    from test_supervisor import alive, wait_gone
+    a = ScriptHerd(tmp_path)
+    port = free_port()
+    other = os.path.join(a.dir, "other.yml")
+    os.rename(write_config(a.dir, {"Other": (port, [])}), other)
+    a = ScriptHerd(tmp_path)   # config.yml again, with the five servers
+    r = a.script("start_servers.sh")
+    assert r.returncode == 0, r.stdout + r.stderr
+    first = a.pids()
+    try:
+        b = subprocess.run([os.path.join(ROOT, "stop_servers.sh"), "-c", other],
+                           capture_output=True, text=True, env=a.env, timeout=60)
+        assert all(alive(p) for p in first.values()), \
+            f"stop_servers.sh -c other.yml stopped config.yml's herd: {b.stdout}{b.stderr}"
+        assert b.returncode != 0 and "another config" in b.stderr, b.stdout + b.stderr
+        st = subprocess.run([program("herd-supervisor"), "-c", other, "--status"],
+                            capture_output=True, text=True, env=a.env, timeout=30)
+        assert st.returncode == 3, st.stdout
+        sup = subprocess.run([program("herd-supervisor"), "-c", other], capture_output=True,
+                             text=True, env=a.env, timeout=30)
+        assert sup.returncode != 0 and "another config" in sup.stderr \
+            and os.path.realpath(a.config) in sup.stderr, sup.stderr
+    finally:
+        r = a.script("stop_servers.sh")
+        assert wait_gone(first.values())
+    assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
