@@ -170,3 +170,32 @@ def test_stop_with_another_config_of_the_folder_stops_nothing(tmp_path):
         r = a.script("stop_servers.sh")
         assert wait_gone(first.values())
     assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
+
+
+# ------------------------------------------------------------------ logs
+
+def test_failing_rotation_keeps_the_log_bounded_and_says_why(tmp_path):
+    """While rotation fails (NAME.log.1 is a folder), every batch of dropped
+    lines still added a "log-dropped" line past the 2 x max_file_bytes bound,
+    so the file grew without end, and each said "File too large" while the
+    real reason (the failed rename) was dropped with the batch."""
+    import socket
+    import time
+    from conftest import Server
+    s = Server(tmp_path, logging={"max_file_bytes": 4096, "keep_files": 1, "flush_ms": 10})
+    os.makedirs(os.path.join(s.dir, "logs", "Bailey.log.1", "in-the-way"))
+    s.start()
+    try:
+        end = time.time() + 2
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+            while time.time() < end:
+                c.sendall(b"IAMAT kiwi +34.068930-118.445127 1621464827.959498503\n")
+                assert c.recv(4096).startswith(b"AT ")
+                time.sleep(0.002)
+        time.sleep(0.2)
+        size = os.path.getsize(s.log_path)
+        text = s.read_log()
+    finally:
+        s.stop()
+    assert size <= 2 * 4096, f"Bailey.log is {size} bytes, past twice max_file_bytes"
+    assert "Is a directory" in text, text[-1500:]
