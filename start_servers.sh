@@ -43,6 +43,11 @@ sup="$bindir/herd-supervisor"
 lock="$dir/servers.lock"
 if [ -f "$lock" ] && ! flock -n -s "$lock" true 2>/dev/null; then
     pid=$(head -n 1 "$lock" 2>/dev/null | tr -cd 0-9)
+    theirs=$(sed -n 2p "$lock" 2>/dev/null || true)
+    if [ -n "$theirs" ] && [ "$theirs" != "$(readlink -f "$config")" ]; then
+        echo "start_servers.sh: the herd of another config, $theirs, runs in $dir (supervisor pid ${pid:-unknown}); one folder holds one herd's files: give $config a folder of its own" >&2
+        exit 1
+    fi
     echo "start_servers.sh: a herd is already running (supervisor pid ${pid:-unknown}, it holds $lock)." >&2
     echo "Stop it first with ./stop_servers.sh" >&2
     exit 1

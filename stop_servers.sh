@@ -52,6 +52,15 @@ live_supervisor() {
 }
 
 sup=$(live_supervisor)
+# Two configs in one folder share servers.lock: its second line names the
+# config the supervisor runs, and another config's herd is not ours to stop.
+theirs=$(sed -n 2p "$lock" 2>/dev/null || true)
+mine=$(readlink -f "$config" 2>/dev/null || echo "$config")
+if [ -n "$sup" ] && [ -n "$theirs" ] && [ "$theirs" != "$mine" ]; then
+    echo "stop_servers.sh: $lock is held by the herd of another config, $theirs" \
+         "(supervisor pid $sup), not of $config; signalled no process" >&2
+    exit 1
+fi
 if [ -z "$sup" ]; then
     if [ -f "$pidfile" ]; then
         rm -f "$pidfile"

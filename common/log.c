@@ -340,9 +340,10 @@ static void drop_pending(int err) {
 }
 
 /* The line saying how many lines were dropped, written ahead of the batch
- * (after a newline that ends a line cut short).  Returns 0 when it reached
- * the file and the count starts again, -1 with errno set otherwise. */
-static int write_drop_notice(void) {
+ * (after a newline that ends a line cut short), while the file stays within
+ * 'cap'.  Returns 0 when it reached the file and the count starts again,
+ * -1 with errno set otherwise (EFBIG: no room; the count goes on). */
+static int write_drop_notice(size_t cap) {
     char line[512];
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -353,6 +354,10 @@ static int write_drop_notice(void) {
              (unsigned long long)L.dropped_lines, (unsigned long long)L.dropped_bytes,
              strerror(L.drop_errno));
     n = strlen(line);
+    if (L.size + n > cap) {
+        errno = EFBIG;
+        return -1;
+    }
     if (write_out(line, n, &done) < 0) return -1;
     L.dropped_lines = L.dropped_bytes = 0;
     return 0;
@@ -369,6 +374,12 @@ static void flush_to_stderr(void) {
     buf_clear(&L.buf);
 }
 
+/* Why a line does not fit: the failed rotation or open when there is one
+ * (it is what the "log-dropped" line should name), else EFBIG. */
+static int why_full(void) {
+    return L.fail_errno ? L.fail_errno : EFBIG;
+}
+
 /* Write the batch in chunks, rotating between them; drop what cannot be
  * written.  Never waits: a full disk fails at once.  Every round writes,
  * stops, or rotates a non-empty file, and a rotation that yields a
@@ -383,11 +394,19 @@ static void flush_to_file(void) {
         drop_pending(L.fail_errno ? L.fail_errno : EBADF);
         return;
     }
-    if ((L.dropped_lines || L.dropped_bytes) && write_drop_notice() < 0) {
-        drop_pending(errno);
-        return;
-    }
     int stuck = 0;    /* a rotation left a non-empty file: no more this batch */
+    if (L.dropped_lines || L.dropped_bytes) {
+        /* the notice counts against the bound too: make room first */
+        if (L.size >= L.max_bytes && !L.need_open && now >= L.retry_ms) {
+            int rc = rotate();
+            note_outcome(L.need_open ? "open" : "rename", rc, errno);
+            stuck = L.size > 0;
+        }
+        if (L.fd < 0 || write_drop_notice(2 * L.max_bytes) < 0) {
+            drop_pending(L.fd < 0 || errno == EFBIG ? why_full() : errno);
+            return;
+        }
+    }
     while (L.fd >= 0 && buf_pending(&L.buf)) {
         /* while rotation is failing, the old file may grow to twice the size */
         int may_rotate = !stuck && !L.need_open && now >= L.retry_ms;
@@ -399,7 +418,7 @@ static void flush_to_file(void) {
             continue;
         }
         if (n == 0) {
-            drop_pending(EFBIG);
+            drop_pending(why_full());
             return;
         }
         int rc = write_out(buf_data(&L.buf), n, &done), err = errno;

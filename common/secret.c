@@ -21,10 +21,18 @@ int secret_load(const char *path, char *out, size_t cap, char *err, size_t errle
     const char *env = getenv("HERD_SECRET");
     if (env && *env) {
         snprintf(out, cap, "%s", env);
-        return (int)trim(out);
+        size_t len = trim(out);
+        if (!len) {
+            snprintf(err, errlen, "HERD_SECRET holds only white space, which would turn "
+                     "every link off: set it to the herd's secret, or unset it to use %s",
+                     path);
+            return SECRET_EMPTY;
+        }
+        return (int)len;
     }
     out[0] = '\0';
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO put there must not hang the start (with TERM caught) */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         if (errno == ENOENT) return 0;
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
@@ -33,6 +41,19 @@ int secret_load(const char *path, char *out, size_t cap, char *err, size_t errle
     struct stat st;
     if (fstat(fd, &st) < 0) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s is not a regular file: the herd's secret must be one",
+                 path);
+        close(fd);
+        return -1;
+    }
+    if (st.st_uid != geteuid()) {
+        snprintf(err, errlen, "%s belongs to uid %u, who may read or change the herd's "
+                 "secret; it must be this user's (uid %u) alone: chown it", path,
+                 (unsigned)st.st_uid, (unsigned)geteuid());
         close(fd);
         return -1;
     }

@@ -1,10 +1,12 @@
 /* secret.h -- the herd's shared secret, which links prove they know.
  *
  * It comes from HERD_SECRET when that is set, else from the file named by
- * herd.secret_file.  The file must be the owner's alone (no permission bit
- * for group or others) and must not be empty: an empty secret would turn
- * every link off without a word.  A missing file is allowed (a herd
- * without links still serves its clients).
+ * herd.secret_file.  The file must be a regular file, belong to the user
+ * who reads it and be that user's alone (no permission bit for group or
+ * others) and must not be empty: an empty secret (or a
+ * HERD_SECRET of white space only) would turn every link off without a
+ * word.  A missing file is allowed (a herd without links still serves its
+ * clients).
  */
 #ifndef HERD_SECRET_H
 #define HERD_SECRET_H

@@ -49,10 +49,16 @@ static int write_file(const server *s) {
     char path[4200], tmp[4300];
     snap_path(s, path, sizeof path, "");
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    mkdir(s->cfg->herd.state_dir, 0755);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return -1;
-    fchmod(fileno(f), 0600);   /* every client's location: the owner's alone */
+    mkdir(s->cfg->herd.state_dir, 0700);
+    /* every client's location: the owner's alone from the first byte (no
+     * window for another user to open it), never through a planted link */
+    unlink(tmp);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
+    if (!f) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
     setvbuf(f, NULL, _IOFBF, 1 << 20);
     fprintf(f, "HERDSNAP 1 %s\n", s->me->name);
     table_each(&s->tab, write_entry, f);

@@ -10,11 +10,16 @@
  * the same checks with flock(1) and /proc.
  *
  * The file is never removed: a second supervisor must find the very inode
- * the first one locked.
+ * the first one locked.  Its second line is the real path of the config
+ * the supervisor runs: two configs in one folder share servers.lock and
+ * servers.pid, and a herd is only cfg's when that line names cfg (a script
+ * asked to stop one config must not stop the other's herd).
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -35,6 +40,27 @@ static long lock_file_pid(int fd) {
     text[n] = '\0';
     long pid = 0;
     return sscanf(text, "%ld", &pid) == 1 && pid > 0 ? pid : 0;
+}
+
+/* The config path written in the lock file (its second line) into out;
+ * "" when there is none (a lock file of an older supervisor). */
+static void lock_file_config(int fd, char *out, size_t n) {
+    char text[PATH_MAX + 64];
+    out[0] = '\0';
+    ssize_t len = pread(fd, text, sizeof text - 1, 0);
+    if (len <= 0) return;
+    text[len] = '\0';
+    char *line = strchr(text, '\n');
+    if (!line) return;
+    line++;
+    line[strcspn(line, "\n")] = '\0';
+    snprintf(out, n, "%s", line);
+}
+
+/* cfg's config file as the lock file names it: its real path. */
+static void config_id(const config *cfg, char *out, size_t n) {
+    char real[PATH_MAX];
+    snprintf(out, n, "%s", realpath(cfg->path, real) ? real : cfg->path);
 }
 
 /* True when process pid runs the program named 'prog' (the last part of
@@ -61,9 +87,17 @@ int herd_lock_take(const config *cfg, char *err, size_t errlen) {
     }
     for (int tries = 1; flock(fd, LOCK_EX | LOCK_NB) < 0; tries++) {
         if (errno != EWOULDBLOCK || tries == LOCK_TRIES) {
+            int e = errno;
             long other = lock_file_pid(fd);
-            if (errno != EWOULDBLOCK)
-                snprintf(err, errlen, "cannot lock %s: %s", path, strerror(errno));
+            char mine[PATH_MAX], theirs[PATH_MAX];
+            config_id(cfg, mine, sizeof mine);
+            lock_file_config(fd, theirs, sizeof theirs);
+            if (e != EWOULDBLOCK)
+                snprintf(err, errlen, "cannot lock %s: %s", path, strerror(e));
+            else if (other && theirs[0] && strcmp(theirs, mine))
+                snprintf(err, errlen, "the supervisor (pid %ld) of another config, %s, runs "
+                         "in this folder (it holds %s): one folder holds one herd's files; "
+                         "give %s a folder of its own", other, theirs, path, cfg->path);
             else if (other)
                 snprintf(err, errlen, "another supervisor (pid %ld) runs the herd of %s "
                          "(it holds %s); stop it first with ./stop_servers.sh", other,
@@ -76,8 +110,9 @@ int herd_lock_take(const config *cfg, char *err, size_t errlen) {
         }
         usleep(10 * 1000);
     }
-    char text[32];
-    int len = snprintf(text, sizeof text, "%ld\n", (long)getpid());
+    char text[PATH_MAX + 32], id[PATH_MAX];
+    config_id(cfg, id, sizeof id);
+    int len = snprintf(text, sizeof text, "%ld\n%s\n", (long)getpid(), id);
     if (ftruncate(fd, 0) < 0 || pwrite(fd, text, (size_t)len, 0) != len) {
         snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
         close(fd);
@@ -92,8 +127,12 @@ long herd_supervisor_pid(const config *cfg) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return 0;
     long pid = 0;
+    char mine[PATH_MAX], theirs[PATH_MAX];
     if (flock(fd, LOCK_SH | LOCK_NB) == 0) flock(fd, LOCK_UN);   /* nobody holds it */
     else if (errno == EWOULDBLOCK) pid = lock_file_pid(fd);
+    config_id(cfg, mine, sizeof mine);
+    lock_file_config(fd, theirs, sizeof theirs);
+    if (theirs[0] && strcmp(theirs, mine)) pid = 0;   /* another config's herd */
     close(fd);
     return pid && runs(pid, "herd-supervisor") ? pid : 0;
 }

@@ -274,8 +274,8 @@ void supervisor_rates(const config *cfg) {
 }
 
 /* Write 64 random hex digits to path, mode 0600: a new file, or (replace)
- * through a temporary file renamed over the old one.  Returns 0 or -1 with a
- * message on stderr. */
+ * through a temporary file renamed over the old one.  Returns 0, 1 when
+ * another start made the file first, or -1 with a message on stderr. */
 static int write_secret(const char *path, int replace) {
     unsigned char r[32];
     if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
@@ -287,7 +287,14 @@ static int write_secret(const char *path, int replace) {
     const char *target = replace ? tmp : path;
     int fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
-        if (errno == EEXIST && !replace) return 0;   /* another start made it */
+        if (errno == EEXIST && !replace) {
+            /* another start made it, or path is a link to no file */
+            char secret[256], err[4400];
+            if (secret_load(path, secret, sizeof secret, err, sizeof err) > 0) return 1;
+            fprintf(stderr, "herd-supervisor: %s exists but holds no secret (a symbolic "
+                    "link to a missing file?): create the file it names\n", path);
+            return -1;
+        }
         fprintf(stderr, "herd-supervisor: cannot create %s: %s\n", target, strerror(errno));
         return -1;
     }
@@ -323,7 +330,9 @@ int supervisor_init_secret(const config *cfg) {
         *slash = '\0';
         mkdir(dir, 0700);
     }
-    if (write_secret(path, n == SECRET_EMPTY) < 0) return -1;
+    int made = write_secret(path, n == SECRET_EMPTY);
+    if (made < 0) return -1;
+    if (made == 1) return 0;
     printf("%s the herd secret %s (mode 0600)%s\n", n == SECRET_EMPTY ? "replaced" : "created",
            path, n == SECRET_EMPTY ? ", which was empty; copy it to every host of the herd" : "");
     return 0;

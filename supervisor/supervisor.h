@@ -30,8 +30,9 @@ void herd_lock_path(const config *cfg, char *out, size_t n);
  * supervisor's pid when one holds it). */
 int herd_lock_take(const config *cfg, char *err, size_t errlen);
 
-/* The pid of the supervisor that holds cfg's lock and runs herd-supervisor,
- * or 0 when no herd runs (a pid file may say otherwise: it may be stale). */
+/* The pid of the supervisor that holds cfg's lock, runs herd-supervisor
+ * and runs cfg (not another config of the same folder), or 0 when no herd
+ * runs (a pid file may say otherwise: it may be stale). */
 long herd_supervisor_pid(const config *cfg);
 
 /* True when pid runs herd-server as a child of 'supervisor' (not a zombie). */
