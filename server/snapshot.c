@@ -153,7 +153,10 @@ static void remove_leftovers(server *s) {
     int plen = snprintf(prefix, sizeof prefix, "%s.snap.tmp.", s->me->name);
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (strncmp(e->d_name, prefix, (size_t)plen) != 0) continue;
+        const char *pid = e->d_name + plen;   /* NAME.snap.tmp.PID: digits only */
+        if (strncmp(e->d_name, prefix, (size_t)plen) != 0 || !*pid ||
+            strspn(pid, "0123456789") != strlen(pid))
+            continue;
         char path[4400];
         snprintf(path, sizeof path, "%s/%s", s->cfg->herd.state_dir, e->d_name);
         if (unlink(path) == 0)

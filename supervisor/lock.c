@@ -80,9 +80,11 @@ static int runs(long pid, const char *prog) {
 int herd_lock_take(const config *cfg, char *err, size_t errlen) {
     char path[4200];
     herd_lock_path(cfg, path, sizeof path);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    /* no link followed: one planted there would make us truncate its target */
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
-        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        snprintf(err, errlen, "cannot open %s: %s%s", path, strerror(errno),
+                 errno == ELOOP ? " (a symbolic link: remove it)" : "");
         return -1;
     }
     for (int tries = 1; flock(fd, LOCK_EX | LOCK_NB) < 0; tries++) {

@@ -229,3 +229,37 @@ def test_removed_lock_file_does_not_orphan_the_herd(tmp_path):
         if alive(first["supervisor"]):
             os.kill(first["supervisor"], signal.SIGTERM)
             wait_gone(first.values())
+
+
+def test_lock_file_that_is_a_link_is_refused_and_its_target_kept(files):
+    """servers.lock was opened with O_CREAT through a symbolic link and then
+    truncated: a link planted in the config folder made the supervisor
+    truncate whatever it pointed to."""
+    target = os.path.join(files.dir, "precious.txt")
+    with open(target, "w") as f:
+        f.write("keep me\n")
+    os.symlink(target, os.path.join(files.dir, "servers.lock"))
+    r = supervisor(files)
+    assert r.returncode != 0 and "symbolic link" in r.stderr, r.stdout + r.stderr
+    with open(target) as f:
+        assert f.read() == "keep me\n"
+
+
+def test_leftover_cleanup_takes_only_its_own_pid_files(tmp_path):
+    """Leftovers are NAME.snap.tmp.PID; a file that only begins the same way
+    (another server's, whose name has dots) is not this server's to remove."""
+    from test_trust_server import configured
+    from conftest import free_port
+    s = configured(tmp_path, "Bailey", {"Bailey": (free_port(), [])})
+    state = os.path.join(s.dir, "state")
+    os.makedirs(state)
+    for name in ("Bailey.snap.tmp.41", "Bailey.snap.tmp.x.snap.tmp.7"):
+        with open(os.path.join(state, name), "w") as f:
+            f.write("x")
+    s.start()
+    try:
+        s.read_log(wait_for="snapshot-leftover-removed")
+        assert sorted(n for n in os.listdir(state) if ".snap" in n) == \
+            ["Bailey.snap.tmp.x.snap.tmp.7"]
+    finally:
+        s.stop()
