@@ -42,7 +42,8 @@ COMMON_SRC := common/buf.c common/clock.c common/config.c common/handshake.c com
 SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c \
               server/peer.c server/snapshot.c server/http.c server/google.c server/addrcap.c
 BENCH_SRC  := benchmark/benchmark.c
-SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c supervisor/lock.c
+SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c supervisor/lock.c \
+              supervisor/local.c
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 
 COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o)
