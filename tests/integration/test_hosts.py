@@ -262,8 +262,8 @@ def test_only_the_local_servers_run(started):
 
 def test_make_install(tmp_path):
     dest = str(tmp_path / "root")
-    r = subprocess.run(["make", "-s", "-C", ROOT, "install", f"DESTDIR={dest}", "PREFIX=/usr",
-                        f"BIN={BIN_DIR}"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(["make", "-s", "-C", ROOT, "install", f"DESTDIR={dest}", "PREFIX=/usr"],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     want = ["usr/bin/herd-server", "usr/bin/herd-supervisor", "usr/bin/herd-benchmark",
             "usr/share/proxyherd/start_servers.sh", "usr/share/proxyherd/stop_servers.sh",
@@ -284,13 +284,32 @@ def test_make_install(tmp_path):
     chk = subprocess.run([program("herd-server"), "Bailey", "-c", str(cfg), "--check"],
                          capture_output=True, text=True)
     assert chk.returncode == 0, chk.stdout + chk.stderr
+    # the installed scripts find the installed programs (no HERD_BIN_DIR, no make)
+    ports = {n: free_port() for n in TRIO}
+    cfg = write_herd_dir(str(tmp_path / "herd"),
+                         config_text({n: ("127.0.0.1", ports[n], TRIO[n]) for n in TRIO}))
+    env = script_env()
+    env.pop("HERD_BIN_DIR")
+    share = os.path.join(dest, "usr/share/proxyherd")
+    r = subprocess.run([os.path.join(share, "start_servers.sh"), "-c", cfg], capture_output=True,
+                       text=True, env=env, timeout=60)
+    pids = read_pids(str(tmp_path / "herd"))
+    try:
+        assert r.returncode == 0 and "3 of 3 servers listening" in r.stdout, r.stdout + r.stderr
+        assert os.readlink(f"/proc/{pids['supervisor']}/exe") == \
+            os.path.join(dest, "usr/bin/herd-supervisor")
+    finally:
+        r = subprocess.run([os.path.join(share, "stop_servers.sh"), "-c", cfg],
+                           capture_output=True, text=True, env=env, timeout=60)
+        kill_all(pids.values())
+    assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
     unit = open(os.path.join(dest, "usr/lib/systemd/system/proxyherd.service")).read()
     assert "ExecStart=/usr/bin/herd-supervisor -c /etc/proxyherd/config.yml" in unit, unit
     # a second install keeps an edited config
     with open(os.path.join(dest, "etc/proxyherd/config.yml"), "a") as f:
         f.write("# edited\n")
-    r = subprocess.run(["make", "-s", "-C", ROOT, "install", f"DESTDIR={dest}", "PREFIX=/usr",
-                        f"BIN={BIN_DIR}"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(["make", "-s", "-C", ROOT, "install", f"DESTDIR={dest}", "PREFIX=/usr"],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "# edited" in open(os.path.join(dest, "etc/proxyherd/config.yml")).read()
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze is missing: the unit's syntax was not verified")
