@@ -98,6 +98,15 @@ def log_of(folder, name):
         return ""
 
 
+def supervisor_problems(folder):
+    """What the supervisor's log says went wrong with its servers: a crash,
+    or a stop that was not a clean exit (a sanitizer report makes one)."""
+    log = log_of(folder, "supervisor")
+    return [line for line in log.splitlines()
+            if "child-crash" in line or "child-given-up" in line or "child-hung" in line
+            or ("child-stopped" in line and "exit status 0" not in line)]
+
+
 def wait_for(cond, timeout, step=0.1):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -150,6 +159,7 @@ def started(tmp_path):
         run_script("stop_servers.sh", cfg)
         assert wait_for(lambda: not any(alive(p) for p in pids), 10), "a process survived"
         kill_all(pids)
+        assert not supervisor_problems(folder), supervisor_problems(folder)
 
 
 def status(cfg):
@@ -473,15 +483,11 @@ class Net:
                     problems.append(f"stop_servers.sh on {h}: {r.stdout}{r.stderr}")
             if not wait_for(lambda: not any(alive(p) for p in pids.values()), 10):
                 problems.append(f"{h}: a process survived stop_servers.sh")
+            problems += [f"{h}: {line}" for line in supervisor_problems(self.dir[h])]
         for kind, name in self.made:
             if kind == "netns":
                 left = sh("ip", "netns", "pids", name, check=False).stdout.split()
                 kill_all(int(p) for p in left)      # only what runs in our namespace
-        for h in self.hosts:
-            for n in (n for n in LINKS if PLACEMENT[n] == h):
-                log = log_of(self.dir[h], n)
-                if "Sanitizer" in log or "runtime error" in log:
-                    problems.append(f"{n}: {log[-1500:]}")
         for kind, name in reversed(self.made):
             if kind == "netns":
                 sh("ip", "netns", "del", name, check=False)
