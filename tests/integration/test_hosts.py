@@ -381,8 +381,10 @@ class Capture:
 
 
 class Net:
-    """Three namespaces on a bridge; host X has one address, and a folder
-    with its own copy of the same config."""
+    """Three namespaces on a bridge; host X has one address, a name for it
+    (host-x.herd, in each namespace's /etc/netns/NS/hosts, which `ip netns
+    exec` puts over /etc/hosts), and a folder with its own copy of the same
+    config, which names the hosts by those names."""
 
     def __init__(self, tmp_path):
         tag = "%04x" % random.randrange(1 << 16)
@@ -392,6 +394,7 @@ class Net:
         self.addr = {h: f"{self.net}.{i + 1}" for i, h in enumerate(self.hosts)}
         self.ns = {h: f"phh{tag}{h}" for h in self.hosts}
         self.veth = {h: f"phhv{tag}{h}" for h in self.hosts}
+        self.name = {h: f"host-{h.lower()}.herd" for h in self.hosts}
         self.dir = {h: str(tmp_path / h) for h in self.hosts}
         self.tmp = str(tmp_path)
         self.made = []
@@ -406,6 +409,9 @@ class Net:
             ns, v = self.ns[h], self.veth[h]
             sh("ip", "netns", "add", ns)
             self.made.append(("netns", ns))
+            os.makedirs(f"/etc/netns/{ns}", exist_ok=True)
+            self.made.append(("etc", f"/etc/netns/{ns}"))
+            self.write_hosts(h)
             sh("ip", "link", "add", v, "type", "veth", "peer", "name", f"p{v}")
             self.made.append(("link", v))
             sh("ip", "link", "set", f"p{v}", "netns", ns)
@@ -415,9 +421,28 @@ class Net:
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             sh("ip", "link", "set", v, "master", self.bridge)
             sh("ip", "link", "set", v, "up")
-        text = config_text({n: (self.addr[PLACEMENT[n]], PORTS[n], LINKS[n]) for n in LINKS},
+        text = config_text({n: (self.name[PLACEMENT[n]], PORTS[n], LINKS[n]) for n in LINKS},
                            extra="herd: { snapshot_interval_s: 1 }\n")
         self.config = {h: write_herd_dir(self.dir[h], text) for h in self.hosts}
+
+    def write_hosts(self, h):
+        """Host h's /etc/hosts, rewritten in place (the same file stays
+        mounted in the namespace, and every lookup reads it again)."""
+        text = "127.0.0.1 localhost\n::1 localhost\n" + \
+            "".join(f"{self.addr[x]} {self.name[x]}\n" for x in self.hosts)
+        with open(f"/etc/netns/{self.ns[h]}/hosts", "a+") as f:
+            f.seek(0)
+            f.truncate()
+            f.write(text)
+
+    def move(self, h, last_octet):
+        """Give host h a new address, and tell every host's /etc/hosts."""
+        new = f"{self.net}.{last_octet}"
+        sh("ip", "-n", self.ns[h], "addr", "del", f"{self.addr[h]}/24", "dev", "eth0")
+        sh("ip", "-n", self.ns[h], "addr", "add", f"{new}/24", "dev", "eth0")
+        self.addr[h] = new
+        for x in self.hosts:
+            self.write_hosts(x)
 
     def in_ns(self, h):
         return ("ip", "netns", "exec", self.ns[h])
@@ -491,6 +516,12 @@ class Net:
         for kind, name in reversed(self.made):
             if kind == "netns":
                 sh("ip", "netns", "del", name, check=False)
+            elif kind == "etc":
+                shutil.rmtree(name, ignore_errors=True)
+                try:
+                    os.rmdir("/etc/netns")        # when no other namespace uses it
+                except OSError:
+                    pass
             else:
                 sh("ip", "link", "del", name, check=False)
         return problems
@@ -530,9 +561,8 @@ def test_each_host_runs_its_own_servers_and_an_iamat_reaches_all(net):
     at = net.send("Bailey", b"IAMAT mh +1.0+1.0 %.9f\n" % time.time())[:-1]
     assert at.startswith(b"AT Bailey ")
     net.wait_all(b"mh", at)
-    # peers across hosts are logged by their address
-    assert f"addr={net.addr['B']}:{PORTS['Campbell']}" in net.log("Bailey") or \
-        f"from={net.addr['B']}:" in net.log("Bailey"), net.log("Bailey")[:3000]
+    # a server listens on what its name resolves to, and says both
+    assert f"addr={net.addr['B']}:{PORTS['Campbell']} host=host-b.herd" in net.log("Campbell")
 
 
 def test_a_host_cut_off_and_healed_converges(net, report):
@@ -572,3 +602,20 @@ def test_stop_on_one_host_stops_only_its_servers(net):
     assert net.stored("Jaquez", b"after") is None     # its neighbours are all on B
     st = net.status("B")
     assert st.returncode == 3 and "no herd is running" in st.stdout, st.stdout
+
+
+def test_a_host_that_moves_is_found(net):
+    """Host C gets a new address and /etc/hosts says so; its neighbours on B
+    resolve its name again before each dial and link to it there."""
+    before = {n: net.log(n).count("link-up") for n in ("Campbell", "Clark")}
+    r = net.stop("C")
+    assert r.returncode == 0, r.stdout + r.stderr
+    net.move("C", 77)
+    r = net.start("C")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 of 1 servers listening" in r.stdout, r.stdout
+    assert wait_for(lambda: all(net.log(n).count("link-up") > before[n]
+                                for n in ("Campbell", "Clark")), 20), net.log("Clark")[-1500:]
+    at = net.send("Bailey", b"IAMAT moved +7.0+7.0 %.9f\n" % time.time())[:-1]
+    net.wait_all(b"moved", at)
+    assert f"addr={net.addr['C']}:" in net.log("Jaquez")
