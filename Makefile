@@ -5,7 +5,7 @@
 #   make test       build, run the whole suite, then again under ASan+UBSan
 #   make run        build and start the herd on the default config
 #   make stop       stop the herd
-#   make status     each server's pid, uptime, restarts, and whether it listens
+#   make status     this host's servers: pid, uptime, restarts, listening, links
 #   make benchmark  load the running herd (CONCURRENCY=N DURATION=S MIX=...)
 #   make fuzz       run each libFuzzer harness for FUZZ_SECONDS (default 60),
 #                   or FUZZ_RUNS executions each when that is set
