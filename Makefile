@@ -6,8 +6,8 @@
 #                   then the fuzzers and the mutations
 #   make run        build and start the herd on the default config
 #   make stop       stop the herd
-#   make status     each server's pid, uptime, restarts, whether it listens,
-#                   then its rates (updates, link messages, requests per second)
+#   make status     this host's servers: pid, uptime, restarts, listening, links,
+#                   then their rates (updates, link messages, requests per second)
 #   make benchmark  load the running herd (CONCURRENCY=N DURATION=S MIX=...)
 #   make fuzz       run each libFuzzer harness for FUZZ_SECONDS (default 60),
 #                   or FUZZ_RUNS executions each when that is set
@@ -17,6 +17,8 @@
 #                   copy and check that a test fails for it (MUTATIONS=id,id...)
 #   make report     rebuild report.pdf from docs/report.md and docs/data/
 #   make report-data  measure again what the report shows (several minutes)
+#   make install    install programs, scripts, sample config, docs and the
+#                   systemd unit (PREFIX=/usr/local, DESTDIR, SYSCONFDIR=/etc)
 #   make clean      remove what the build made
 
 CC      ?= gcc
@@ -47,7 +49,8 @@ SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c ser
               server/peer.c server/snapshot.c server/http.c server/google.c server/addrcap.c \
               server/metrics.c
 BENCH_SRC  := benchmark/benchmark.c
-SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c supervisor/lock.c
+SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c supervisor/lock.c \
+              supervisor/local.c
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 
 COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o)
@@ -61,7 +64,7 @@ PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor $(BIN)/herd-benchmark
 
 .PHONY: all deps check-deps test unit integration asan-test fuzz fuzz-build test-chaos test-valgrind \
         test-mutation run stop status \
-        benchmark report report-data clean
+        benchmark report report-data install clean
 
 all: check-deps $(PROGRAMS) $(UNIT_BIN)
 
@@ -206,6 +209,43 @@ report-data: all
 	HERD_MEASURED_FILE=$(abspath docs/data/resilience.jsonl) CHAOS_SECONDS=$(CHAOS_SECONDS) \
 	  HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -rs tests/integration/test_chaos.py \
 	  tests/integration/test_multihost.py tests/integration/test_abuse.py
+
+# Installation (README, "Running on several hosts").  The config is
+# installed only when there is none, so a second install keeps it; the
+# sample beside the scripts is always the new one.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+DATADIR    ?= $(PREFIX)/share/proxyherd
+DOCDIR     ?= $(PREFIX)/share/doc/proxyherd
+SYSCONFDIR ?= /etc
+LIBDIR_SD  ?= $(PREFIX)/lib
+STATEDIR   ?= /var/lib/proxyherd
+LOGDIR     ?= /var/log/proxyherd
+FILL = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
+           -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g'
+
+install: $(PROGRAMS)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR) \
+	  $(DESTDIR)$(SYSCONFDIR)/proxyherd $(DESTDIR)$(LIBDIR_SD)/systemd/system \
+	  $(DESTDIR)$(LIBDIR_SD)/sysusers.d $(DESTDIR)$(LIBDIR_SD)/tmpfiles.d
+	install -m 0755 $(PROGRAMS) $(DESTDIR)$(BINDIR)/
+	for f in start_servers.sh stop_servers.sh; do \
+	  sed 's|/etc/proxyherd|$(SYSCONFDIR)/proxyherd|g' $$f > $(DESTDIR)$(DATADIR)/$$f && \
+	  chmod 0755 $(DESTDIR)$(DATADIR)/$$f || exit 1; done
+	install -m 0644 data/places.geojson $(DESTDIR)$(DATADIR)/places.geojson
+	sed -e 's|^\(  local_file: \)data/places.geojson|\1$(DATADIR)/places.geojson|' \
+	    -e 's|^\(  dir: \)logs |\1$(LOGDIR)|' \
+	    -e 's|^\(  secret_file: \)state/herd.secret|\1$(STATEDIR)/herd.secret|' \
+	    -e 's|^\(  state_dir: \)state |\1$(STATEDIR)|' \
+	    -e 's|^# proxyherd: the default herd.*|# proxyherd: a sample herd; copy this same file to every host of the herd.|' \
+	    config.yml > $(DESTDIR)$(DATADIR)/config.yml.sample
+	[ -f $(DESTDIR)$(SYSCONFDIR)/proxyherd/config.yml ] || \
+	  install -m 0644 $(DESTDIR)$(DATADIR)/config.yml.sample $(DESTDIR)$(SYSCONFDIR)/proxyherd/config.yml
+	install -m 0644 README.md docs/PROTOCOL.md docs/DESIGN.md $(DESTDIR)$(DOCDIR)/
+	$(FILL) packaging/proxyherd.service.in > $(DESTDIR)$(LIBDIR_SD)/systemd/system/proxyherd.service
+	$(FILL) packaging/proxyherd.tmpfiles.in > $(DESTDIR)$(LIBDIR_SD)/tmpfiles.d/proxyherd.conf
+	install -m 0644 packaging/proxyherd.sysusers $(DESTDIR)$(LIBDIR_SD)/sysusers.d/proxyherd.conf
+	@echo "installed under $(DESTDIR)$(PREFIX); next: README.md, \"Running on several hosts\""
 
 clean:
 	@if [ -f servers.pid ]; then echo "the herd is running: make stop first" >&2; exit 1; fi

@@ -1,16 +1,24 @@
 #!/bin/sh
-# start_servers.sh -- start the herd in the background and wait until every
-# server accepts connections.  Usage: ./start_servers.sh [-c CONFIG]
+# start_servers.sh -- start this machine's part of the herd in the
+# background and wait until each of its servers accepts connections.
+# Usage: ./start_servers.sh [-c CONFIG]
+#
+# The same config goes to every host of a herd: the supervisor runs the
+# servers whose host is an address of this machine and leaves the others to
+# their hosts; with none here this refuses, and starts nothing.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 config="$here/config.yml"
+[ -f "$config" ] || config=/etc/proxyherd/config.yml    # installed (make install)
 wait_s=${HERD_START_TIMEOUT:-20}
 
 usage() {
     echo "Usage: ./start_servers.sh [-c CONFIG]"
-    echo "Start the supervisor and every server of CONFIG (default: config.yml beside"
-    echo "this script) in the background; wait until all listen; print their table."
+    echo "Start the supervisor and the servers of CONFIG (default: config.yml beside"
+    echo "this script, else /etc/proxyherd/config.yml) whose host is an address of this"
+    echo "machine, in the background; wait until all listen; print their table."
+    echo "Refuses when none of the servers is on this machine."
 }
 
 while [ $# -gt 0 ]; do
@@ -30,11 +38,17 @@ pidfile="$dir/servers.pid"
 
 if [ -n "${HERD_BIN_DIR:-}" ]; then
     bindir=$HERD_BIN_DIR
-else
+elif [ -f "$here/Makefile" ]; then
     bindir="$here/bin"
     make -s -C "$here" all || { echo "start_servers.sh: the build failed" >&2; exit 1; }
+else
+    bindir=$(cd "$here/../../bin" && pwd)    # installed: PREFIX/share/proxyherd
 fi
 sup="$bindir/herd-supervisor"
+
+# Only this machine's servers: refuse (the supervisor says why) when none is.
+"$sup" -c "$config" --local >/dev/null || {
+    echo "start_servers.sh: nothing to start on this machine; started nothing" >&2; exit 1; }
 
 # A herd runs when its supervisor holds servers.lock (see stop_servers.sh);
 # the supervisor itself refuses too, this only says it sooner.  A pid file

@@ -1,6 +1,12 @@
 #!/bin/sh
-# stop_servers.sh -- stop the herd: SIGTERM to the supervisor, wait until
-# every process is gone, SIGKILL after a timeout.  Usage: ./stop_servers.sh [-c CONFIG]
+# stop_servers.sh -- stop this machine's part of the herd: SIGTERM to its
+# supervisor, wait until every process is gone, SIGKILL after a timeout.
+# Usage: ./stop_servers.sh [-c CONFIG]
+#
+# Only the supervisor of this config on this machine is stopped, so only the
+# servers it runs (those whose host is an address of this machine); the
+# other hosts' servers go on.  With no herd running here and none of the
+# config's servers on this machine, it says so and fails.
 #
 # servers.pid may be stale (the supervisor was SIGKILLed, the machine
 # rebooted) and its pids reused by anybody, so no pid in it is signalled
@@ -13,6 +19,7 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 config="$here/config.yml"
+[ -f "$config" ] || config=/etc/proxyherd/config.yml    # installed (make install)
 timeout=${HERD_STOP_TIMEOUT:-15}
 
 while [ $# -gt 0 ]; do
@@ -51,6 +58,15 @@ live_supervisor() {
     if [ -n "$p" ] && runs "$p" herd-supervisor; then echo "$p"; fi
 }
 
+# herd-supervisor, to ask which servers are on this machine (no build here).
+if [ -n "${HERD_BIN_DIR:-}" ]; then
+    supbin="$HERD_BIN_DIR/herd-supervisor"
+elif [ -f "$here/Makefile" ]; then
+    supbin="$here/bin/herd-supervisor"
+else
+    supbin="$here/../../bin/herd-supervisor"    # installed: PREFIX/share/proxyherd
+fi
+
 sup=$(live_supervisor)
 # Two configs in one folder share servers.lock: its second line names the
 # config the supervisor runs, and another config's herd is not ours to stop.
@@ -59,6 +75,11 @@ mine=$(readlink -f "$config" 2>/dev/null || echo "$config")
 if [ -n "$sup" ] && [ -n "$theirs" ] && [ "$theirs" != "$mine" ]; then
     echo "stop_servers.sh: $lock is held by the herd of another config, $theirs" \
          "(supervisor pid $sup), not of $config; signalled no process" >&2
+    exit 1
+fi
+if [ -z "$sup" ] && [ -f "$config" ] && [ -x "$supbin" ] &&
+   ! "$supbin" -c "$config" --local >/dev/null; then
+    echo "stop_servers.sh: no herd of $config runs here, and none of its servers is on this machine" >&2
     exit 1
 fi
 if [ -z "$sup" ]; then

@@ -245,6 +245,38 @@ static int valid_name(const char *s) {
     return 1;
 }
 
+/* NULL when h may be a server's host: an IPv4 literal, an IPv6 literal
+ * (without brackets), or a host name (RFC 1123: dot-separated labels of
+ * letters, digits and '-', up to 63 characters each, 253 in all).  Else
+ * why not.  Nothing is looked up here: names are resolved by who uses them
+ * (common/net.h), at start and before each dial. */
+static const char *host_problem(const char *h) {
+    unsigned char a[sizeof(struct in6_addr)];
+    size_t n = strlen(h);
+    if (n == 0) return "is empty";
+    if (h[0] == '[') return "is in brackets: write an IPv6 address without them, in quotes";
+    if (strchr(h, ':'))
+        return inet_pton(AF_INET6, h, a) == 1 ? NULL : "is not an IPv6 address";
+    if (strspn(h, "0123456789.") == n)
+        return inet_pton(AF_INET, h, a) == 1 ? NULL : "is not an IPv4 address";
+    if (n > 253) return "is longer than a host name may be (253)";
+    size_t label = 0;
+    for (const char *p = h;; p++) {
+        if (*p == '.' || !*p) {
+            if (label == 0 || label > 63 || p[-1] == '-' || p[-label] == '-')
+                return "is not a host name (labels of 1 to 63 letters, digits or '-', "
+                       "not starting or ending with '-')";
+            if (!*p) return NULL;
+            label = 0;
+        } else if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                   (*p >= '0' && *p <= '9') || *p == '-') {
+            label++;
+        } else {
+            return "is not an IPv4 or IPv6 address or a host name";
+        }
+    }
+}
+
 /* Where each server's neighbour list items are, for error lines. */
 typedef struct {
     const yaml_node_t *items[CONFIG_MAX_SERVERS][CONFIG_MAX_SERVERS];
@@ -267,11 +299,8 @@ static int load_server(loader *L, config_server *s,
         if (!strcmp(key, "host")) {
             if (v->type != YAML_SCALAR_NODE)
                 return fail(L, v, "servers.%s.host: expected an address, found %s", s->name, type_name(v));
-            const char *h = scalar(v);
-            if (!strcmp(h, "localhost")) h = "127.0.0.1";
-            struct in_addr a;
-            if (inet_pton(AF_INET, h, &a) != 1)
-                return fail(L, v, "servers.%s.host: '%s' is not an IPv4 address", s->name, h);
+            const char *h = scalar(v), *why = host_problem(h);
+            if (why) return fail(L, v, "servers.%s.host: '%s' %s", s->name, h, why);
             snprintf(s->host, sizeof s->host, "%s", h);
         } else if (!strcmp(key, "port")) {
             long long n;
@@ -354,7 +383,7 @@ static int load_servers(loader *L, config *cfg, const yaml_node_t *map) {
         if (load_server(L, s, v, &sn, idx) < 0) return -1;
         for (int j = 0; j < idx; j++)
             if (cfg->servers[j].port == s->port && !strcmp(cfg->servers[j].host, s->host))
-                return fail(L, v, "servers.%s: %s:%d is already used by %s", s->name,
+                return fail(L, v, "servers.%s: %s port %d is already used by %s", s->name,
                             s->host, s->port, cfg->servers[j].name);
     }
     if (cfg->n_servers == 0) return fail(L, map, "servers: no server defined");

@@ -4,6 +4,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "net.h"
 #include "server.h"
 
 static void usage(FILE *f) {
@@ -74,8 +75,9 @@ int main(int argc, char **argv) {
             fprintf(stderr, "herd-server: %s\n", err);
             return 1;
         }
-        printf("%s: %s listens on %s:%d, places: %s (%zu places)\n", cfg_path, name,
-               cfg.servers[me].host, cfg.servers[me].port,
+        char where[NET_ADDRSTRLEN + 256];
+        net_format(cfg.servers[me].host, cfg.servers[me].port, where, sizeof where);
+        printf("%s: %s listens on %s, places: %s (%zu places)\n", cfg_path, name, where,
                config_provider_name(cfg.places.provider), pl.n);
         places_local_free(&pl);
         return 0;

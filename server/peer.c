@@ -147,9 +147,9 @@ void peer_lost(server *s, client *c) {
 static void dial(server *s, int li) {
     peer_link *L = &s->links[li];
     const config_server *o = &s->cfg->servers[L->server];
-    char err[256], addr[300];
-    snprintf(addr, sizeof addr, "%s:%d", o->host, o->port);
-    int fd = net_connect(o->host, o->port, err, sizeof err);
+    char err[512], addr[NET_ADDRSTRLEN];
+    /* resolved again before each dial: a host that moved is found */
+    int fd = net_connect_to(o->host, o->port, addr, sizeof addr, err, sizeof err);
     if (fd < 0) {
         if (L->failures++ == 0)
             log_msg(LOG_WARN, "link-dial-failed", "peer=%s reason=%s (retrying)", o->name, err);

@@ -394,7 +394,7 @@ void client_refuse_busy(server *s, client *c) {
  * backlog drains and the listener does not spin. */
 static void shed_connection(server *s) {
     if (s->spare_fd >= 0) close(s->spare_fd);
-    char addr[48] = "?";
+    char addr[NET_ADDRSTRLEN] = "?";
     int fd = net_accept(s->lfd, addr, sizeof addr, NULL);
     if (fd >= 0) {
         refuse_fd(fd, BUSY, sizeof BUSY - 1);
@@ -419,7 +419,7 @@ static int probation_room(const server *s) {
 
 static void accept_clients(server *s) {
     for (int k = 0; k < ACCEPTS_PER_TURN; k++) {
-        char addr[48];
+        char addr[NET_ADDRSTRLEN];
         uint32_t ip;
         int fd = net_accept(s->lfd, addr, sizeof addr, &ip);
         if (fd < 0) {
@@ -612,9 +612,11 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
     pollset_add(s, s->lfd, POLLIN, NULL);
     pollset_add(s, s->sig_r, POLLIN, NULL);
     pollset_add(s, s->cold_fd, POLLIN, NULL);
-    log_msg(LOG_INFO, "listening", "server=%s addr=%s:%d provider=%s places=%zu "
+    char bound[NET_ADDRSTRLEN];
+    net_sockname(s->lfd, bound, sizeof bound);
+    log_msg(LOG_INFO, "listening", "server=%s addr=%s host=%s provider=%s places=%zu "
             "max_clients=%d fd_limit=%ld pid=%ld",
-            s->me->name, s->me->host, s->me->port,
+            s->me->name, bound, s->me->host,
             config_provider_name(cfg->places.provider), s->places.n,
             s->max_clients, fds, (long)getpid());
     return 0;

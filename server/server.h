@@ -17,6 +17,7 @@
 #include "config.h"
 #include "http.h"
 #include "metrics.h"
+#include "net.h"
 #include "places.h"
 #include "table.h"
 
@@ -35,7 +36,7 @@ typedef struct client {
     char nonce_mine[33], nonce_theirs[33];
     size_t slot;                /* index in the poll set */
     uint64_t id;                /* for log lines */
-    char addr[48];              /* "ip:port" of the other end */
+    char addr[NET_ADDRSTRLEN];  /* "ip:port" or "[ip]:port" of the other end */
     buf_t in, out;
     size_t scanned;             /* bytes of 'in' already searched for LF */
     int64_t last_ms;            /* last read or write progress */
@@ -57,7 +58,7 @@ typedef struct client {
                                  * it was part of a link, whatever its role) */
     unsigned probation : 1;     /* taken past a full table: must say PEER HELLO */
     unsigned addr_counted : 1;  /* counted in server.per_addr */
-    uint32_t ip;                /* IPv4 address of an accepted connection */
+    uint32_t ip;                /* address key of an accepted one (net_accept) */
     const char *busy_line;      /* on probation: the "? " line if it is refused */
     size_t cold_slot;           /* index in server.cold while cold */
     const char *close_reason;

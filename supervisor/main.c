@@ -10,22 +10,28 @@
 #include "supervisor.h"
 
 static void usage(FILE *f) {
-    fputs("Usage: herd-supervisor [-c FILE] [--status [--wait SECONDS] [--rates]] [--init-secret]\n"
+    fputs("Usage: herd-supervisor [-c FILE] [--status [--wait SECONDS] [--rates]] [--local] [--init-secret]\n"
           "\n"
-          "Run the whole herd: one herd-server per name in the config, restarted\n"
-          "when it crashes or hangs (no heartbeat for supervisor.hang_timeout_s);\n"
+          "Run this machine's part of the herd: one herd-server per server in the\n"
+          "config whose host is an address of this machine (loopback, or an address\n"
+          "of one of its interfaces), restarted when it crashes or hangs (no\n"
+          "heartbeat for supervisor.hang_timeout_s).  The other servers are left to\n"
+          "their own hosts, each running the same config; with none here it refuses.\n"
           "servers.pid (beside the config) lists every pid, and servers.lock,\n"
           "held while it runs, keeps a second supervisor out.\n"
           "\n"
           "Options:\n"
           "  -c, --config FILE  the herd's configuration (default: ./config.yml)\n"
-          "      --status       print each server's pid, uptime, restarts and whether\n"
-          "                     it listens; exit 0 when all listen, 1 when not, 3 when\n"
-          "                     no herd runs\n"
+          "      --status       print each local server's pid, uptime, restarts, whether\n"
+          "                     it listens, and its links (up, down, or ? without\n"
+          "                     metrics); exit 0 when all listen, 1 when not, 3 when\n"
+          "                     no herd runs here\n"
           "      --wait SECONDS with --status: first wait that long for all to listen\n"
           "      --rates        with --status: then each server's updates, link messages\n"
           "                     and requests per second, from its metrics file\n"
           "                     STATE_DIR/NAME.prom read twice a second apart\n"
+          "      --local        print the names of the servers that run on this machine;\n"
+          "                     exit 1 with the reason when none does\n"
           "      --init-secret  unless HERD_SECRET is set: create the herd secret file\n"
           "                     (mode 0600) if it is missing or empty; refuse one that\n"
           "                     other users may read\n"
@@ -39,7 +45,7 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
     const char *cfg_path = "config.yml";
-    int status = 0, wait_s = 0, init_secret = 0, rates = 0;
+    int status = 0, wait_s = 0, init_secret = 0, rates = 0, list_local = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -55,6 +61,8 @@ int main(int argc, char **argv) {
             wait_s = atoi(argv[++i]);
         } else if (!strcmp(a, "--init-secret")) {
             init_secret = 1;
+        } else if (!strcmp(a, "--local")) {
+            list_local = 1;
         } else {
             fprintf(stderr, "herd-supervisor: unknown or incomplete option '%s' (try --help)\n", a);
             return 2;
@@ -67,6 +75,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (init_secret) return supervisor_init_secret(&cfg) < 0 ? 1 : 0;
+    if (list_local) return supervisor_list_local(&cfg);
     if (status) {
         int rc = supervisor_status(&cfg, wait_s, 0);
         if (rates && rc != 3) supervisor_rates(&cfg);

@@ -1,8 +1,10 @@
 /* status.c -- herd-supervisor --status and --init-secret: the read-only and
- * one-time helpers the shell scripts and `make status` use.  --rates reads
- * each server's metrics file twice, about a second apart (the servers
- * rewrite it every second), and shows the differences per second, timed by
- * the files' own modification times.  --init-secret
+ * one-time helpers the shell scripts and `make status` use.  The status
+ * covers this machine's servers (local.c) and their links, read from each
+ * server's metrics file.  --rates reads each server's metrics file twice,
+ * about a second apart (the servers rewrite it every second), and shows the
+ * differences per second, timed by the files' own modification times.
+ * --init-secret
  * creates the secret file when it is missing, replaces it when it is empty,
  * and refuses one that other users may read (common/secret.h). */
 #include <arpa/inet.h>
@@ -57,19 +59,24 @@ static int listens(const char *host, int port) {
  * LISTEN entries in /proc/net/tcp, matched against the process's fds.  A
  * mere connect() would be fooled by another program on the port. */
 static int pid_listens(long pid, int port) {
-    FILE *f = fopen("/proc/net/tcp", "r");
-    if (!f) return -1;
+    static const char *tables[] = {"/proc/net/tcp", "/proc/net/tcp6"};
     unsigned long inodes[16];
-    int n = 0;
-    char line[512];
-    while (fgets(line, sizeof line, f) && n < 16) {
-        unsigned lport, st;
-        unsigned long inode;
-        if (sscanf(line, " %*d: %*x:%x %*x:%*x %x %*x:%*x %*x:%*x %*x %*d %*d %lu",
-                   &lport, &st, &inode) == 3 && (int)lport == port && st == 0x0A)
-            inodes[n++] = inode;
+    int n = 0, read_any = 0;
+    for (size_t t = 0; t < 2; t++) {
+        FILE *f = fopen(tables[t], "r");
+        if (!f) continue;   /* no tcp6 without IPv6 */
+        read_any = 1;
+        char line[512];
+        while (fgets(line, sizeof line, f) && n < 16) {
+            unsigned lport, st;
+            unsigned long inode;
+            if (sscanf(line, " %*d: %*x:%x %*x:%*x %x %*x:%*x %*x:%*x %*x %*d %*d %lu",
+                       &lport, &st, &inode) == 3 && (int)lport == port && st == 0x0A)
+                inodes[n++] = inode;
+        }
+        fclose(f);
     }
-    fclose(f);
+    if (!read_any) return -1;
     for (int fd = 0; fd < 65536 && n; fd++) {
         char path[64], target[64];
         snprintf(path, sizeof path, "/proc/%ld/fd/%d", pid, fd);
@@ -145,6 +152,47 @@ static int read_files(const config *cfg, long *sup, srv_status *st) {
     return 0;
 }
 
+/* The LINKS column for server c: "PEER:up" or "PEER:down" for each
+ * neighbour, from the proxyherd_link_up{peer="PEER"} gauges of its metrics
+ * file <state_dir>/NAME.prom (rewritten every second); "PEER:?" when the
+ * file is missing, older than 5 s, or does not name the peer; "-" for a
+ * server that does not run. */
+static void links_column(const config *cfg, const config_server *c, int running, char *out,
+                         size_t n) {
+    char path[4200], line[512];
+    int up[CONFIG_MAX_SERVERS];
+    for (int k = 0; k < c->n_neighbors; k++) up[k] = -1;
+    snprintf(path, sizeof path, "%s/%s.prom", cfg->herd.state_dir, c->name);
+    struct stat sb;
+    FILE *f = running && stat(path, &sb) == 0 && wall_ms() / 1000 - sb.st_mtime <= 5
+                  ? fopen(path, "r") : NULL;
+    while (f && fgets(line, sizeof line, f)) {
+        static const char metric[] = "proxyherd_link_up{";
+        if (strncmp(line, metric, sizeof metric - 1)) continue;
+        const char *peer = strstr(line, "peer=\""), *end = strchr(line, '}');
+        if (!peer || !end || peer > end) continue;
+        peer += 6;
+        size_t len = strcspn(peer, "\"");
+        double v;
+        if (sscanf(end + 1, "%lf", &v) != 1) continue;
+        for (int k = 0; k < c->n_neighbors; k++) {
+            const char *name = cfg->servers[c->neighbors[k]].name;
+            if (strlen(name) == len && !strncmp(name, peer, len)) up[k] = v > 0;
+        }
+    }
+    if (f) fclose(f);
+    size_t w = 0;
+    out[0] = '\0';
+    if (!running || !c->n_neighbors) {
+        snprintf(out, n, "-");
+        return;
+    }
+    for (int k = 0; k < c->n_neighbors && w < n; k++)
+        w += (size_t)snprintf(out + w, n - w, "%s%s:%s", k ? "," : "",
+                              cfg->servers[c->neighbors[k]].name,
+                              up[k] < 0 ? "?" : up[k] ? "up" : "down");
+}
+
 static void uptime(long long ms, char *out, size_t n) {
     long long s = ms / 1000;
     if (s < 120) snprintf(out, n, "%llds", s);
@@ -156,7 +204,9 @@ int supervisor_status(const config *cfg, int wait_s, int quiet) {
     srv_status st[CONFIG_MAX_SERVERS];
     long sup = 0;
     int64_t deadline = wall_ms() + (int64_t)wait_s * 1000;
-    int up;
+    int up, local[CONFIG_MAX_SERVERS];
+    int here = herd_local_servers(cfg, local, quiet);
+    if (here == 0) return 3;   /* it said why */
     for (;;) {
         long live = herd_supervisor_pid(cfg);
         if (read_files(cfg, &sup, st) < 0 || !live || live != sup) {
@@ -166,31 +216,35 @@ int supervisor_status(const config *cfg, int wait_s, int quiet) {
         }
         up = 0;
         for (int i = 0; i < cfg->n_servers; i++)
-            up += serving(sup, st[i].pid, &cfg->servers[i]);
-        if (up == cfg->n_servers || wall_ms() >= deadline) break;
+            up += local[i] && serving(sup, st[i].pid, &cfg->servers[i]);
+        if (up == here || wall_ms() >= deadline) break;
         usleep(100 * 1000);
     }
     if (!quiet) {
-        printf("supervisor pid %ld; %d of %d servers listening\n", sup, up, cfg->n_servers);
-        printf("%-12s %-21s %-8s %-9s %-8s %-9s %s\n", "NAME", "ADDRESS", "PID", "UPTIME",
-               "RESTARTS", "LISTENING", "LOG");
+        printf("supervisor pid %ld; %d of %d servers listening", sup, up, here);
+        if (here < cfg->n_servers)
+            printf(" (%d more on other hosts)", cfg->n_servers - here);
+        printf("\n%-12s %-21s %-8s %-9s %-8s %-9s %-24s %s\n", "NAME", "ADDRESS", "PID",
+               "UPTIME", "RESTARTS", "LISTENING", "LINKS", "LOG");
         int64_t now = wall_ms();
         for (int i = 0; i < cfg->n_servers; i++) {
+            if (!local[i]) continue;
             const config_server *c = &cfg->servers[i];
-            char addr[300], up_s[32] = "-", pid_s[24] = "-";
-            snprintf(addr, sizeof addr, "%s:%d", c->host, c->port);
+            char addr[300], up_s[32] = "-", pid_s[24] = "-", links[1024];
+            net_format(c->host, c->port, addr, sizeof addr);
             int a = herd_is_server(st[i].pid, sup);
             if (a) snprintf(pid_s, sizeof pid_s, "%ld", st[i].pid);
             if (a && st[i].started_ms) uptime(now - st[i].started_ms, up_s, sizeof up_s);
             int l = serving(sup, st[i].pid, c);
-            printf("%-12s %-21s %-8s %-9s %-8d %-9s %s/%s.log\n", c->name, addr, pid_s, up_s,
-                   st[i].restarts,
+            links_column(cfg, c, a, links, sizeof links);
+            printf("%-12s %-21s %-8s %-9s %-8d %-9s %-24s %s/%s.log\n", c->name, addr, pid_s,
+                   up_s, st[i].restarts,
                    l ? "yes" : a && stopped(st[i].pid) ? "stopped"
                              : st[i].state[0] ? st[i].state : "no",
-                   cfg->logging.dir, c->name);
+                   links, cfg->logging.dir, c->name);
         }
     }
-    return up == cfg->n_servers ? 0 : 1;
+    return up == here ? 0 : 1;
 }
 
 /* ------------------------------------------------------------- rates */
@@ -241,13 +295,17 @@ static double ts_seconds(struct timespec t) {
 
 void supervisor_rates(const config *cfg) {
     static prom_reading a[CONFIG_MAX_SERVERS], b[CONFIG_MAX_SERVERS];
-    for (int i = 0; i < cfg->n_servers; i++) read_prom(cfg, cfg->servers[i].name, &a[i]);
+    int local[CONFIG_MAX_SERVERS];
+    herd_local_servers(cfg, local, 1);    /* this machine's servers only */
+    for (int i = 0; i < cfg->n_servers; i++)
+        if (local[i]) read_prom(cfg, cfg->servers[i].name, &a[i]);
     /* wait until every file was rewritten a second later, for at most 3 s */
     int64_t deadline = wall_ms() + 3000;
     for (;;) {
         usleep(100 * 1000);
         int pending = 0;
         for (int i = 0; i < cfg->n_servers; i++) {
+            if (!local[i]) continue;
             read_prom(cfg, cfg->servers[i].name, &b[i]);
             if (a[i].ok && b[i].ok && ts_seconds(b[i].mtime) - ts_seconds(a[i].mtime) < 0.9)
                 pending++;
@@ -258,6 +316,7 @@ void supervisor_rates(const config *cfg) {
     printf("%-12s %9s %10s %12s %11s %9s\n", "NAME", "CLIENTS", "UPDATES/S", "LINK-SENT/S",
            "REQUESTS/S", "LINKS-UP");
     for (int i = 0; i < cfg->n_servers; i++) {
+        if (!local[i]) continue;
         const prom_reading *x = &a[i], *y = &b[i];
         double dt = ts_seconds(y->mtime) - ts_seconds(x->mtime);
         if (!x->ok || !y->ok || dt <= 0) {

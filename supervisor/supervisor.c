@@ -1,4 +1,6 @@
-/* supervisor.c -- herd-supervisor: one herd-server child per configured name.
+/* supervisor.c -- herd-supervisor: one herd-server child per configured name
+ * whose host is an address of this machine (local.c); the others are run by
+ * the supervisors of their own hosts, from a copy of the same config.
  *
  * It forks and execs the servers, keeps servers.pid (beside the config)
  * current, restarts a crashed child at once the first time and with growing
@@ -397,6 +399,8 @@ int supervisor_run(const config *cfg, const char *server_path) {
     snprintf(S.state_path, sizeof S.state_path, "%s/supervisor.state", cfg->herd.state_dir);
     log_set_rotation(cfg->logging.max_file_bytes, cfg->logging.keep_files);
     char secret[256];   /* refuse a secret file the servers would refuse */
+    int local[CONFIG_MAX_SERVERS];
+    if (herd_local_servers(cfg, local, 0) == 0) return 1;   /* it said why */
     S.lock_fd = herd_lock_take(cfg, err, sizeof err);
     if (S.lock_fd < 0 ||
         secret_load(cfg->herd.secret_file, secret, sizeof secret, err, sizeof err) < 0 ||
@@ -405,11 +409,12 @@ int supervisor_run(const config *cfg, const char *server_path) {
         fprintf(stderr, "herd-supervisor: %s\n", err);
         return 1;
     }
-    log_msg(LOG_INFO, "start", "pid=%ld config=%s servers=%d server-binary=%s",
-            (long)getpid(), cfg->path, cfg->n_servers, server_path);
-    S.n = cfg->n_servers;
+    S.n = 0;
+    for (int i = 0; i < cfg->n_servers; i++)
+        if (local[i]) S.kids[S.n++].name = cfg->servers[i].name;
+    log_msg(LOG_INFO, "start", "pid=%ld config=%s servers=%d of %d here server-binary=%s",
+            (long)getpid(), cfg->path, S.n, cfg->n_servers, server_path);
     for (int i = 0; i < S.n; i++) {
-        S.kids[i].name = cfg->servers[i].name;
         S.kids[i].hb_r = S.kids[i].hb_w = -1;
         start_child(&S.kids[i]);
     }

@@ -4,12 +4,14 @@
 
 #include "config.h"
 
-/* Run the herd until TERM or INT; returns the exit status. */
+/* Run this machine's servers of the herd until TERM or INT; returns the
+ * exit status (1 at once when none of the servers is here). */
 int supervisor_run(const config *cfg, const char *server_path);
 
-/* Print each server's pid, uptime, restarts and whether it listens.  With
- * wait_s > 0, first wait up to that long for every server to listen.
- * Returns 0 when all listen, 1 when some do not, 3 when no herd runs. */
+/* Print each local server's pid, uptime, restarts, whether it listens and
+ * its links.  With wait_s > 0, first wait up to that long for every local
+ * server to listen.  Returns 0 when all listen, 1 when some do not, 3 when
+ * no herd runs here (or none of its servers is here). */
 int supervisor_status(const config *cfg, int wait_s, int quiet);
 
 /* Print each server's rates (updates, link messages, requests per second)
@@ -21,6 +23,15 @@ void supervisor_rates(const config *cfg);
  * file holds a secret; an empty file is replaced, one open to other users
  * refused.  Returns 0 or -1 with a message on stderr. */
 int supervisor_init_secret(const config *cfg);
+
+/* local.c: set local[i] (CONFIG_MAX_SERVERS entries) for each server whose
+ * host is an address of this machine; returns how many.  Unless quiet, says
+ * on stderr which hosts cannot be resolved, and why none is here. */
+int herd_local_servers(const config *cfg, int *local, int quiet);
+
+/* --local: print the names of this machine's servers, one a line; returns
+ * 0, or 1 (with the reason on stderr) when none is here. */
+int supervisor_list_local(const config *cfg);
 
 /* lock.c: servers.lock, the proof that a herd runs (see there). */
 void herd_lock_path(const config *cfg, char *out, size_t n);

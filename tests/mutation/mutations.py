@@ -476,7 +476,7 @@ MUTATIONS = [
 
     # ------------------------------------------------------------ status.c
     dict(id="status-always-ok", file="supervisor/status.c",
-         original="return up == cfg->n_servers ? 0 : 1;",
+         original="return up == here ? 0 : 1;",
          mutant="return 0;",
          breaks="--status exits 0 while a server is not listening (start_servers.sh reports success)",
          tests=["tests/integration/test_supervisor.py::test_start_failure_explains_itself"]),

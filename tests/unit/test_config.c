@@ -32,7 +32,15 @@ static void test_refusals(void) {
         {"servers:\n  A: { port: 70000 }\n", 2, "port from 1 to 65535"},
         {"servers:\n  A: { port: abc }\n", 2, "port from 1 to 65535"},
         {"servers:\n  A: { neighbors: [] }\n", 2, "no port"},
-        {"servers:\n  A: { port: 7001, host: example.com }\n", 2, "not an IPv4 address"},
+        {"servers:\n  A: { port: 7001, host: 10.0.0.300 }\n", 2, "not an IPv4 address"},
+        {"servers:\n  A: { port: 7001, host: 127.1 }\n", 2, "not an IPv4 address"},
+        {"servers:\n  A: { port: 7001, host: \"1::2::3\" }\n", 2, "not an IPv6 address"},
+        {"servers:\n  A: { port: 7001, host: \"[::1]\" }\n", 2, "without them"},
+        {"servers:\n  A: { port: 7001, host: \"a b\" }\n", 2, "or a host name"},
+        {"servers:\n  A: { port: 7001, host: -bad.example }\n", 2, "not a host name"},
+        {"servers:\n  A: { port: 7001, host: bad-.example }\n", 2, "not a host name"},
+        {"servers:\n  A: { port: 7001, host: a..b }\n", 2, "not a host name"},
+        {"servers:\n  A: { port: 7001, host: \"\" }\n", 2, "is empty"},
         {"places:\n  provider: local\n", 0, "missing section 'servers'"},
         {"servers: {}\n", 1, "no server defined"},
         {HERD2 "limits: [1, 2]\n", 4, "expected a mapping"},
@@ -76,6 +84,26 @@ static void test_refusals(void) {
         CHECK(strstr(err, cases[i].why) != NULL, "case %zu: '%s' lacks '%s'", i, err,
               cases[i].why);
     }
+}
+
+/* IPv4 and IPv6 literals and host names are taken as written: nothing is
+ * looked up when the file is read (common/net.h resolves them). */
+static void test_hosts(void) {
+    static const char *ok[] = {"127.0.0.1", "::1", "fe80::1:2", "localhost", "example.com",
+                               "host-1.example.org", "10.1.2.3", "::ffff:10.0.0.1"};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        config cfg;
+        char err[512], text[256];
+        snprintf(text, sizeof text, "servers:\n  A: { port: 7001, host: \"%s\" }\n", ok[i]);
+        CHECK(load_text(text, &cfg, err, sizeof err) == 0, "host %s: %s", ok[i], err);
+        CHECK_STR(cfg.servers[0].host, ok[i]);
+    }
+    config cfg;
+    char err[512];
+    /* unquoted, ::1 is a plain value in block style (flow style needs quotes) */
+    CHECK(load_text("servers:\n  A:\n    host: ::1\n    port: 7001\n", &cfg, err,
+                    sizeof err) == 0, "unquoted ::1: %s", err);
+    CHECK_STR(cfg.servers[0].host, "::1");
 }
 
 static void test_google_needs_key(void) {
@@ -206,6 +234,7 @@ int main(void) {
     if (!mkdtemp(dir)) return 1;
     snprintf(path, sizeof path, "%s/config.yml", dir);
     test_refusals();
+    test_hosts();
     test_google_needs_key();
     test_defaults_and_paths();
     test_default_file();
