@@ -107,6 +107,19 @@ static void write_files(void) {
 
 /* ------------------------------------------------------------ children */
 
+/* In the child: stderr to <logging.dir>/NAME.stderr (appended, mode 0640);
+ * the inherited stderr stays when that file cannot be opened. */
+static void child_stderr(const char *name) {
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s.stderr", S.cfg->logging.dir, name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0640);
+    if (fd < 0) return;
+    if (fd != STDERR_FILENO) {
+        dup2(fd, STDERR_FILENO);
+        close(fd);
+    }
+}
+
 static void start_child(child *k) {
     pid_t parent = getpid();
     pid_t pid = fork();
@@ -128,6 +141,7 @@ static void start_child(child *k) {
         sigprocmask(SIG_SETMASK, &none, NULL);
         prctl(PR_SET_PDEATHSIG, SIGTERM);
         if (getppid() != parent) _exit(1);   /* the supervisor is already gone */
+        child_stderr(k->name);
         execl(S.server_path, "herd-server", k->name, "-c", S.cfg->path, (char *)NULL);
         fprintf(stderr, "herd-supervisor: cannot run %s: %s\n", S.server_path, strerror(errno));
         _exit(127);

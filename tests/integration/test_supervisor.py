@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import (BIN_DIR, DEFAULT_LINKS, ROOT, exchange, free_port, program, read_log,
-                      wait_listening, wait_log, write_config)
+                      supervised_problems, wait_listening, wait_log, write_config)
 
 SUPERVISOR = "supervisor:\n  restart_max: 3\n  restart_window_s: 60\n" \
              "  backoff_initial_ms: 100\n  backoff_max_ms: 400\n  stop_timeout_s: 5\n"
@@ -23,6 +23,17 @@ class ScriptHerd:
         self.pidfile = os.path.join(self.dir, "servers.pid")
         self.env = dict(os.environ, HERD_BIN_DIR=BIN_DIR, HERD_START_TIMEOUT="10")
         self.env.pop("HERD_SECRET", None)
+        self.killed = set()          # pids the test sent SIGKILL
+        self.may_crash = set()       # servers the test makes crash
+
+    def kill(self, pid):
+        """SIGKILL a server, remembered: the check at the end expects its crash."""
+        self.killed.add(pid)
+        os.kill(pid, signal.SIGKILL)
+
+    def problems(self):
+        """Unexpected crashes, unclean stops, sanitizer reports (see conftest)."""
+        return supervised_problems(self.dir, DEFAULT_LINKS, self.killed, self.may_crash)
 
     def script(self, name, *args):
         return subprocess.run([os.path.join(ROOT, name), "-c", self.config, *args],
@@ -75,6 +86,8 @@ def sherd(tmp_path):
             if alive(p):
                 os.kill(p, signal.SIGKILL)
         assert wait_gone(pids), "a process of the herd survived its stop"
+    problems = h.problems()
+    assert not problems, problems
 
 
 def test_start_status_stop(sherd):
@@ -108,7 +121,7 @@ def test_kill_child_is_restarted_and_catches_up(sherd):
     old = sherd.pids()["Clark"]
     at = exchange(sherd.ports["Bailey"], b"IAMAT rs +1.0+1.0 %.9f\n" % time.time())[:-1]
     t0 = time.time()
-    os.kill(old, signal.SIGKILL)
+    sherd.kill(old)
     deadline = time.time() + 10
     while time.time() < deadline:
         new = sherd.pids().get("Clark")
@@ -133,6 +146,7 @@ def test_crashing_child_is_given_up_others_keep_serving(sherd):
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", sherd.ports["Jaquez"]))
     blocker.listen()
+    sherd.may_crash.add("Jaquez")
     sup = subprocess.Popen([program("herd-supervisor"), "-c", sherd.config],
                            env=sherd.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -156,6 +170,7 @@ def test_start_failure_explains_itself(sherd):
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", sherd.ports["Bona"]))
     blocker.listen()
+    sherd.may_crash.add("Bona")
     sherd.env["HERD_START_TIMEOUT"] = "3"
     try:
         r = sherd.script("start_servers.sh")
