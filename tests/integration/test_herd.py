@@ -3,6 +3,8 @@ import os
 import socket
 import time
 
+import pytest
+
 from conftest import DEFAULT_LINKS, exchange
 
 ALL = tuple(DEFAULT_LINKS)
@@ -33,11 +35,17 @@ def test_flood_routes_around_a_stopped_server(herd):
     # Bona comes back empty and catches up with no client sending again
     os.remove(herd.snap_path("Bona"))
     later = [iamat(herd, "Clark", b"while-down-%d" % i) for i in range(20)]
+    marks = {n: herd.mark(n) for n in ALL}
     herd.start("Bona")
     herd.wait_stored(["Bona"], b"detour", at, timeout=5)
     for i, line in enumerate(later):
         herd.wait_stored(["Bona"], b"while-down-%d" % i, line, timeout=5)
-    assert herd.wait_log("Bona", "catch-up-sent")
+    # each neighbour streamed its table to the new Bona: lines of this start,
+    # not of the first one
+    for n in ("Bailey", "Clark", "Campbell"):
+        assert herd.wait_log(n, "link-up peer=Bona", since=marks[n]), n
+        assert herd.wait_log(n, "catch-up-sent peer=Bona", since=marks[n]), n
+    assert herd.wait_log("Bona", "catch-up-sent", since=marks["Bona"])
 
 
 def test_partition_heals_to_the_newest_value(herd):
@@ -182,22 +190,94 @@ def test_damaged_snapshot_is_set_aside(herd):
     assert herd.stored("Bailey", b"x1") is None
     assert herd.wait_log("Bailey", "snapshot-damaged")
     assert any(f.startswith("Bailey.snap.bad-") for f in os.listdir(os.path.dirname(path)))
+    bad = [f for f in os.listdir(os.path.dirname(path)) if f.startswith("Bailey.snap.bad-")]
+    assert open(os.path.join(os.path.dirname(path), bad[0]), "rb").read() == data[:-5]
     herd.stop("Bailey")
-    # a snapshot of another server is not loaded either
-    open(path, "w").write("HERDSNAP 1 Bona\nEND 0\n")
+    assert snapshot_count(path) == 0, "the table the stop wrote is empty"
+    for f in bad:
+        os.remove(os.path.join(os.path.dirname(path), f))
+    # a snapshot of another server is not loaded either, however sound
+    other = b"HERDSNAP 1 Bona\n" + at_line(b"x2") + b"\nEND 1\n"
+    open(path, "wb").write(other)
+    mark = herd.mark("Bailey")
     herd.start("Bailey")
-    assert herd.wait_log("Bailey", "another server's snapshot")
+    assert herd.wait_log("Bailey", "reason=another server's snapshot", since=mark)
+    assert herd.stored("Bailey", b"x2") is None
+    assert not os.path.exists(path), "the damaged snapshot must be moved away"
+    assert set_aside(path) == [other]
 
 
-def fake_peer(herd, me, them):
-    """Complete the handshake as server 'me' towards 'them'; returns the socket."""
+def at_line(client, t=b"100"):
+    return b"AT Bailey +0.000000001 %s +1.0+1.0 %s" % (client, t)
+
+
+def set_aside(path):
+    """The contents of every NAME.snap.bad-* beside path."""
+    folder = os.path.dirname(path)
+    return [open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))
+            if f.startswith(os.path.basename(path) + ".bad-")]
+
+
+@pytest.mark.parametrize("body,why", [
+    (b"HERDSNAP 1 Bailey\n%s\n%s\nEND 1\n", "count does not match"),
+    (b"HERDSNAP 1 Bailey\n%s\n%s\nEND 3\n", "count does not match"),
+    (b"HERDSNAP 1 Bailey\n%s\n%s\nEND 2\nEND 2\n", "data after END"),
+    (b"HERDSNAP 1 Bailey\n%s\n%s\n", "no END line"),
+    (b"HERDSNAP 2 Bailey\n%s\n%s\nEND 2\n", "another server's snapshot"),
+    (b"SNAP 1 Bailey\n%s\n%s\nEND 2\n", "not a snapshot"),
+    (b"HERDSNAP 1 Bailey\n%s\nAT Bailey\nEND 2\n", "reason="),
+])
+def test_snapshot_that_does_not_add_up_is_not_loaded(herd, body, why):
+    """Every line parses, but the file is not whole: nothing of it is loaded,
+    it is set aside, and the server starts empty."""
+    os.makedirs(os.path.dirname(herd.snap_path("Bailey")), exist_ok=True)
+    path = herd.snap_path("Bailey")
+    if body.count(b"%s") == 2:
+        data = body % (at_line(b"a1"), at_line(b"a2"))
+    else:
+        data = body % at_line(b"a1")
+    open(path, "wb").write(data)
+    herd.start("Bailey")
+    assert herd.wait_log("Bailey", "snapshot-damaged")
+    assert why in herd.log("Bailey")
+    assert herd.stored("Bailey", b"a1") is None and herd.stored("Bailey", b"a2") is None
+    assert not os.path.exists(path) and set_aside(path) == [data]
+    herd.stop("Bailey")
+    assert snapshot_count(path) == 0
+
+
+def test_periodic_snapshot_is_written_while_running(herd):
+    """The forked snapshot (every second here) reaches the disk with no stop:
+    a server killed with SIGKILL comes back with what it had acknowledged."""
+    herd.start("Bailey")
+    first = iamat(herd, "Bailey", b"periodic1")
+    second = iamat(herd, "Bailey", b"periodic2")
+    path = herd.snap_path("Bailey")
+    deadline = time.time() + 10
+    while snapshot_count(path) != 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert snapshot_count(path) == 2, "no periodic snapshot within 10 s"
+    lines = open(path, "rb").read().splitlines()
+    assert lines[0] == b"HERDSNAP 1 Bailey" and sorted(lines[1:-1]) == sorted([first, second])
+    herd.kill("Bailey")
+    mark = herd.mark("Bailey")
+    herd.start("Bailey")
+    assert herd.wait_log("Bailey", "snapshot-loaded", since=mark)
+    assert "clients=2" in herd.log("Bailey")[mark:]
+    assert herd.stored("Bailey", b"periodic1") == first
+    assert herd.stored("Bailey", b"periodic2") == second
+
+
+def mac(key, text):
     import hashlib
     import hmac
-    key = herd.secret.encode()
+    return hmac.new(key.encode(), text.encode(), hashlib.sha256).hexdigest()
 
-    def mac(text):
-        return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
+def fake_peer(herd, me, them, prove=None):
+    """Complete the handshake as server 'me' towards 'them'; returns the
+    socket.  prove(na, nb, welcome_proof) -> the PROOF to send instead of
+    the right one."""
     s = socket.create_connection(("127.0.0.1", herd.ports[them]))
     na = os.urandom(16).hex()
     s.sendall(f"PEER HELLO {me} {na}\n".encode())
@@ -206,9 +286,45 @@ def fake_peer(herd, me, them):
         line += s.recv(1)
     word, welcome, name, nb, proof = line.decode().split()
     assert (word, welcome, name) == ("PEER", "WELCOME", them)
-    assert proof == mac(f"herd-v1 welcome {them} {me} {na} {nb}"), "the documented proof"
-    s.sendall(f"PEER PROOF {mac(f'herd-v1 proof {me} {them} {na} {nb}')}\n".encode())
+    assert proof == mac(herd.secret, f"herd-v1 welcome {them} {me} {na} {nb}"), \
+        "the documented proof"
+    mine = prove(na, nb, proof) if prove else mac(herd.secret, f"herd-v1 proof {me} {them} {na} {nb}")
+    s.sendall(f"PEER PROOF {mine}\n".encode())
     return s
+
+
+OLD_NONCES = ("0" * 32, "1" * 32)
+BAD_PROOFS = {
+    "wrong secret": lambda na, nb, w: mac("not-the-herd-secret", f"herd-v1 proof Bailey Bona {na} {nb}"),
+    "replayed from another handshake":
+        lambda na, nb, w: mac("test-secret-0123456789", "herd-v1 proof Bailey Bona %s %s" % OLD_NONCES),
+    "the welcome reflected": lambda na, nb, w: w,
+    "the roles swapped": lambda na, nb, w: mac("test-secret-0123456789", f"herd-v1 proof Bona Bailey {na} {nb}"),
+}
+
+
+@pytest.mark.parametrize("how", BAD_PROOFS)
+def test_accepting_side_checks_the_dialers_proof(herd, how):
+    """A dialer that knows the nonces but not the proof gets no link: its
+    connection is closed, the refusal logged, and its AT lines ignored."""
+    herd.start("Bona")
+    at = iamat(herd, "Bona", b"target", b"+1.0+1.0", b"100")
+    s = fake_peer(herd, "Bailey", "Bona", BAD_PROOFS[how])
+    s.sendall(b"AT Bailey +0.1 target +9.0+9.0 999\nAT Bailey +0.1 planted +9.0+9.0 999\n")
+    s.settimeout(5)
+    try:
+        assert s.recv(4096) == b"", "the connection must be closed"
+    except ConnectionResetError:
+        pass
+    s.close()
+    assert herd.wait_log("Bona", "peer-refused peer=Bailey")
+    assert "reason=bad proof (wrong secret?)" in herd.log("Bona")
+    assert "link-up peer=Bailey" not in herd.log("Bona")
+    assert herd.stored("Bona", b"target") == at and herd.stored("Bona", b"planted") is None
+    # the right proof still gets a link
+    good = fake_peer(herd, "Bailey", "Bona")
+    assert herd.wait_log("Bona", "link-up peer=Bailey")
+    good.close()
 
 
 def sanitized(pid):
