@@ -376,3 +376,118 @@ def test_slow_peer_backlog_is_bounded_and_nothing_is_lost(herd):
     for client, at in last.items():
         assert newest.get(client) == int(at.split()[5]), client
     print(f"slow peer: Bona grew {grown} KiB; {len(buf)} bytes reached the peer for {n} updates")
+
+
+BAD_AT = [
+    (b"AT Bailey +0.000000001 c1 +1.0+1.0", "not an AT line"),
+    (b"ATX Bailey +0.000000001 c2 +1.0+1.0 5", "not an AT line"),
+    (b"AT " + b"B" * 64 + b" +0.000000001 c3 +1.0+1.0 5", "bad origin"),
+    (b"AT Bailey 0.0000000001 c4 +1.0+1.0 5", "bad diff"),
+    (b"AT Bailey +0.00000001 c5 +1.0+1.0 5", "bad diff"),
+    (b"AT Bailey +.0000000012 c6 +1.0+1.0 5", "bad diff"),
+    (b"AT Bailey +12345678901234567890.000000001 c7 +1.0+1.0 5", "bad diff"),
+    (b"AT Bailey +1x000000001 c8 +1.0+1.0 5", "bad diff"),
+    (b"AT Bailey +1.00000000a c9 +1.0+1.0 5", "bad diff"),
+    (b"AT Bailey -1.0000000012 c10 +1.0+1.0 5", "bad diff"),
+    (b"AT Bailey +0.000000001 " + b"c" * 257 + b" +1.0+1.0 5", "client id too long"),
+    (b"AT Bailey +0.000000001 c11 +1.0 5", "bad location"),
+    (b"AT Bailey +0.000000001 c12 +1.0+1.0 five", "bad time"),
+]
+
+
+def test_bad_lines_from_a_peer_are_logged_and_dropped(herd):
+    """A linked peer's lines that are no valid AT line change nothing: each
+    is logged with its reason, other lines are ignored without an answer,
+    and the link carries on."""
+    herd.start("Bona")
+    peer = fake_peer(herd, "Bailey", "Bona")
+    assert herd.wait_log("Bona", "link-up peer=Bailey")
+    peer.sendall(b"".join(line + b"\n" for line, _ in BAD_AT) + b"PING\nAT\nHELLO there\n"
+                 b"AT Bailey -0.000000001 good +1.0+1.0 5\n")
+    herd.wait_stored(["Bona"], b"good", b"AT Bailey -0.000000001 good +1.0+1.0 5")
+    assert herd.wait_log("Bona", "reason=bad time")
+    log = herd.log("Bona")
+    reasons = [l.split("reason=", 1)[1] for l in log.splitlines() if "peer-bad-line peer=Bailey" in l]
+    assert reasons == [why for _, why in BAD_AT], reasons
+    for i in range(1, 13):
+        assert herd.stored("Bona", b"c%d" % i) is None
+    peer.settimeout(0.5)
+    try:
+        got = peer.recv(65536)
+    except socket.timeout:
+        got = None
+    assert got is None or not got.startswith(b"?"), "a peer is never answered '? '"
+    peer.close()
+    assert herd.wait_log("Bona", "link-down peer=Bailey")
+
+
+def test_dialer_checks_the_welcome(herd):
+    """We listen where Bona should be; Bailey dials us and must refuse a
+    WELCOME from the wrong name, with a wrong proof, or a line that is no
+    WELCOME, and give up on silence after the handshake timeout (5 s),
+    dialling again each time; a right WELCOME gets a PROOF and a link."""
+    fake = socket.socket()
+    fake.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    fake.bind(("127.0.0.1", herd.ports["Bona"]))
+    fake.listen()
+    fake.settimeout(15)
+    herd.start("Bailey")
+
+    def hello():
+        conn, _ = fake.accept()
+        conn.settimeout(15)
+        line = b""
+        while not line.endswith(b"\n"):
+            line += conn.recv(1)
+        word, kind, name, na = line.decode().split()
+        assert (word, kind, name) == ("PEER", "HELLO", "Bailey")
+        return conn, na
+
+    def welcome(na, name="Bona", key=herd.secret, nb="ab" * 16):
+        return f"PEER WELCOME {name} {nb} {mac(key, f'herd-v1 welcome {name} Bailey {na} {nb}')}\n"
+
+    cases = [
+        (lambda na: welcome(na, name="Clark"), "reason=unexpected handshake line"),
+        (lambda na: welcome(na, key="wrong-secret"), "reason=bad proof (wrong secret?)"),
+        (lambda na: "AT Bona +0.1 x +1.0+1.0 1\n", "reason=unexpected handshake line"),
+    ]
+    try:
+        for answer, why in cases:
+            mark = herd.mark("Bailey")
+            conn, na = hello()
+            conn.sendall(answer(na).encode())
+            assert conn.recv(4096) == b"", "refused: the dialer closes"
+            conn.close()
+            assert herd.wait_log("Bailey", why, since=mark, timeout=10), why
+        conn, na = hello()             # say nothing: closed at the handshake timeout
+        start = time.time()
+        assert conn.recv(4096) == b""
+        assert 4 <= time.time() - start <= 8, time.time() - start
+        conn.close()
+        assert "link-up peer=Bona" not in herd.log("Bailey")
+        conn, na = hello()
+        nb = "cd" * 16
+        conn.sendall(welcome(na, nb=nb).encode())
+        line = b""
+        while not line.endswith(b"\n"):
+            line += conn.recv(1)
+        assert line == f"PEER PROOF {mac(herd.secret, f'herd-v1 proof Bailey Bona {na} {nb}')}\n".encode()
+        assert herd.wait_log("Bailey", "link-up peer=Bona")
+        conn.close()
+        assert herd.wait_log("Bailey", "link-down peer=Bona")
+    finally:
+        fake.close()
+
+
+def test_a_new_link_replaces_the_old_one(herd):
+    herd.start("Bona")
+    first = fake_peer(herd, "Bailey", "Bona")
+    assert herd.wait_log("Bona", "link-up peer=Bailey")
+    second = fake_peer(herd, "Bailey", "Bona")
+    assert herd.wait_log("Bona", "link-down peer=Bailey reason=replaced by a new link")
+    first.settimeout(5)
+    assert first.recv(4096) == b""
+    second.sendall(b"AT Bailey +0.000000001 via-second +1.0+1.0 5\n")
+    herd.wait_stored(["Bona"], b"via-second", b"AT Bailey +0.000000001 via-second +1.0+1.0 5")
+    first.close()
+    second.close()
