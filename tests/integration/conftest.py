@@ -356,9 +356,13 @@ class Herd:
         self.procs = {}
         self.stderr = {}
 
-    def start(self, *names, secret=None):
+    def start(self, *names, secret=None, secret_from_file=False):
+        """Start servers (all by default) with HERD_SECRET set, or with
+        secret_from_file without it: they read herd.secret_file."""
         names = names or tuple(DEFAULT_LINKS)
         env = dict(os.environ, HERD_SECRET=secret or self.secret)
+        if secret_from_file:
+            del env["HERD_SECRET"]
         for n in names:
             err = open(os.path.join(self.dir, f"{n}.stderr"), "ab")
             self.stderr[n] = err

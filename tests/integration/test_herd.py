@@ -1,11 +1,12 @@
 """The herd: flooding, authentication, catch-up and snapshots (SPEC section 4)."""
 import os
 import socket
+import subprocess
 import time
 
 import pytest
 
-from conftest import DEFAULT_LINKS, exchange
+from conftest import DEFAULT_LINKS, exchange, program
 
 ALL = tuple(DEFAULT_LINKS)
 
@@ -491,3 +492,59 @@ def test_a_new_link_replaces_the_old_one(herd):
     herd.wait_stored(["Bona"], b"via-second", b"AT Bailey +0.000000001 via-second +1.0+1.0 5")
     first.close()
     second.close()
+
+
+def stop_one(herd, name):
+    """SIGTERM one server; its exit status (Herd.stop would fail on 1)."""
+    p = herd.procs.pop(name)
+    p.terminate()
+    p.wait(timeout=20)
+    herd.stderr.pop(name).close()
+    return p.returncode
+
+
+def test_snapshot_that_cannot_be_written(herd):
+    """state_dir is a file: the periodic snapshot fails and is retried, the
+    server keeps serving, and the stop says so with exit status 1."""
+    open(os.path.join(herd.dir, "state"), "w").close()
+    herd.start("Bailey")
+    at = iamat(herd, "Bailey", b"unsaved")
+    assert herd.wait_log("Bailey", "snapshot-failed child=", timeout=5)
+    assert herd.stored("Bailey", b"unsaved") == at
+    assert stop_one(herd, "Bailey") == 1
+    assert "snapshot-failed dir=" in herd.log("Bailey") and "Not a directory" in herd.log("Bailey")
+
+
+def test_snapshot_that_cannot_be_read_or_is_empty(herd):
+    os.makedirs(os.path.join(herd.dir, "state"))
+    path = herd.snap_path("Bailey")
+    os.symlink(os.path.basename(path), path)          # a loop: open fails with ELOOP
+    herd.start("Bailey")
+    assert herd.wait_log("Bailey", "snapshot-unreadable")
+    assert "Too many levels of symbolic links" in herd.log("Bailey")
+    herd.stop("Bailey")                             # the stop's snapshot replaces the link
+    open(path, "w").close()
+    mark = herd.mark("Bailey")
+    herd.start("Bailey")
+    assert herd.wait_log("Bailey", "reason=empty file", since=mark)
+    assert set_aside(path) == [b""]
+
+
+def test_secret_from_the_file_trimmed(herd):
+    """Without HERD_SECRET the servers read herd.secret_file; trailing
+    blanks and line ends are not part of the secret.  A secret file that
+    cannot be read stops the server with a message naming it."""
+    os.makedirs(os.path.join(herd.dir, "state"))
+    secret = os.path.join(herd.dir, "state", "herd.secret")
+    with open(secret, "w") as f:
+        f.write(herd.secret + " \t\r\n")
+    herd.start("Bona")                               # HERD_SECRET: the plain secret
+    herd.start("Bailey", secret_from_file=True)
+    assert herd.wait_log("Bailey", "link-up peer=Bona", timeout=10)
+    herd.stop("Bailey")
+    os.remove(secret)
+    os.symlink("herd.secret", secret)
+    env = {k: v for k, v in os.environ.items() if k != "HERD_SECRET"}
+    r = subprocess.run([program("herd-server"), "Bailey", "-c", herd.config], env=env,
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1 and "herd.secret" in r.stderr and "symbolic links" in r.stderr
