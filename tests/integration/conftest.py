@@ -319,8 +319,9 @@ def supervised_problems(folder, servers, killed=(), may_crash=()):
     if missing:
         problems.append(f"killed pids {sorted(missing)} show no child-crash line")
     for line in sup.splitlines():
-        if (" child-given-up " in line or " child-exit " in line) and \
-                not any(f"server={n} " in line for n in may_crash):
+        if any(f"server={n} " in line for n in may_crash):
+            continue
+        if " child-given-up " in line or " child-exit " in line:
             problems.append(line)
         if " child-stopped " in line and not line.endswith(" exit status 0"):
             problems.append(line)

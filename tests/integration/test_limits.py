@@ -1,6 +1,7 @@
 """Limits of SPEC section 3: each enforced without stopping or slowing others."""
 import os
 import selectors
+import signal
 import socket
 import time
 
@@ -286,3 +287,64 @@ def test_parked_clients_are_timed_out(make_server):
     for c in socks:
         c.close()
     assert_serves(s.port)
+
+
+def test_out_of_descriptors_sheds_and_recovers(tmp_path):
+    """With 64 descriptors, connections past what fits are accepted and
+    closed at once (the spare descriptor makes room), logged; held ones
+    are served meanwhile, and once they close the server serves again."""
+    import resource
+    import subprocess
+
+    from conftest import free_port, program, wait_listening, write_config
+    port = free_port()
+    cfg = write_config(str(tmp_path), {"Tiny": (port, [])})
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    err = open(tmp_path / "Tiny.stderr", "wb")
+    proc = subprocess.Popen([program("herd-server"), "Tiny", "-c", cfg], preexec_fn=limit,
+                            stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        assert wait_listening(port, proc)
+        held, shed = [], 0
+        for i in range(100):
+            c = connect(port)
+            c.settimeout(5)
+            try:                      # a shed connection: closed, or reset (unread data)
+                c.sendall(b"IAMAT fd%d +1.0+1.0 1\n" % i)
+                reply = recv_exact_lines(c, 1)
+            except (ConnectionResetError, BrokenPipeError):
+                reply = b""
+            if reply.startswith(b"AT "):
+                held.append(c)
+            else:
+                assert reply == b"", reply
+                shed += 1
+                c.close()
+        assert 40 <= len(held) < 64 and shed == 100 - len(held), (len(held), shed)
+        held[0].sendall(b"WHATSAT fd0 1 1\n")
+        assert recv_exact_lines(held[0], 1).startswith(b"AT ")
+        for c in held:
+            c.close()
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            try:
+                assert_serves(port)
+                break
+            except (AssertionError, OSError):
+                time.sleep(0.1)
+        assert_serves(port)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        err.close()
+    log = open(tmp_path / "logs" / "Tiny.log").read()
+    assert log.count("conn-refused reason=out of file descriptors") >= shed
+    assert "stopping signal=INT" in log
+    stderr = open(tmp_path / "Tiny.stderr").read()
+    assert "Sanitizer" not in stderr and "runtime error" not in stderr, stderr

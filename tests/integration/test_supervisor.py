@@ -217,3 +217,74 @@ def test_sighup_reopens_every_log(sherd):
     exchange(sherd.ports["Bailey"], b"AFTER-HUP\n")
     assert sherd.wait_log("Bailey", "AFTER-HUP")
     assert "AFTER-HUP" not in open(os.path.join(logs, "Bailey.log.1")).read()
+
+
+def status(sherd, *args):
+    return subprocess.run([program("herd-supervisor"), "-c", sherd.config, "--status", *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_status_shows_a_given_up_server(sherd):
+    """--status with one server given up: its row says so, the count says
+    4 of 5, the exit status is 1 (after --wait has waited in vain)."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", sherd.ports["Clark"]))
+    blocker.listen()
+    sherd.may_crash.add("Clark")
+    sup = subprocess.Popen([program("herd-supervisor"), "-c", sherd.config],
+                           env=sherd.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert sherd.wait_log("supervisor", "child-given-up server=Clark", timeout=15)
+        start = time.time()
+        r = status(sherd, "--wait", "1")
+        assert 0.9 <= time.time() - start < 5
+        assert r.returncode == 1 and "4 of 5 servers listening" in r.stdout, r.stdout
+        row = next(l for l in r.stdout.splitlines() if l.startswith("Clark "))
+        assert row.split()[2:] == ["-", "-", "3", "given-up", f"{sherd.dir}/logs/Clark.log"], row
+        row = next(l for l in r.stdout.splitlines() if l.startswith("Bailey "))
+        assert row.split()[4] == "0" and row.split()[5] == "yes", row
+        assert row.split()[3].endswith("s"), "uptime in seconds"
+    finally:
+        sup.send_signal(signal.SIGINT)             # INT stops the herd as TERM does
+        assert sup.wait(timeout=15) == 0
+        blocker.close()
+    assert "stopping signal=INT" in sherd.log("supervisor")
+
+
+def test_server_that_exits_cleanly_is_started_again(sherd):
+    """A server stopped from outside (SIGTERM to it, not the supervisor)
+    exits 0; the supervisor logs it and starts it again, as no crash."""
+    sup, kids = sherd.start_supervisor()
+    try:
+        old = sherd.pids()["Campbell"]
+        sherd.may_crash.add("Campbell")
+        os.kill(old, signal.SIGTERM)
+        assert sherd.wait_log("supervisor", "child-exit server=Campbell exited cleanly")
+        deadline = time.time() + 10
+        while sherd.pids().get("Campbell", old) == old and time.time() < deadline:
+            time.sleep(0.05)
+        assert sherd.pids().get("Campbell", old) != old
+        assert exchange(sherd.ports["Campbell"], b"PING\n") == b"? PING\n"
+        assert "child-crash server=Campbell" not in sherd.log("supervisor")
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(timeout=15) == 0
+
+
+def test_server_that_ignores_the_stop_is_killed(sherd):
+    """stop_timeout_s: a server that does not stop (SIGSTOPped here) is
+    SIGKILLed after it, and the supervisor still exits 0."""
+    text = open(sherd.config).read().replace("stop_timeout_s: 5", "stop_timeout_s: 1")
+    open(sherd.config, "w").write(text)
+    sup, kids = sherd.start_supervisor()
+    frozen = sherd.pids()["Jaquez"]
+    sherd.may_crash.add("Jaquez")
+    os.kill(frozen, signal.SIGSTOP)
+    start = time.time()
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(timeout=15) == 0
+    assert 0.9 <= time.time() - start < 8
+    log = sherd.log("supervisor")
+    assert "stop-timeout 1 servers did not stop in 1 s: SIGKILL" in log
+    assert "child-stopped server=Jaquez killed by signal 9" in log
+    assert wait_gone(kids)
