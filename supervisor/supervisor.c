@@ -230,6 +230,19 @@ static void heartbeat_check(int64_t now) {
 
 /* ------------------------------------------------------------ children */
 
+/* In the child: stderr to <logging.dir>/NAME.stderr (appended, mode 0640);
+ * the inherited stderr stays when that file cannot be opened. */
+static void child_stderr(const char *name) {
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s.stderr", S.cfg->logging.dir, name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0640);
+    if (fd < 0) return;
+    if (fd != STDERR_FILENO) {
+        dup2(fd, STDERR_FILENO);
+        close(fd);
+    }
+}
+
 /* In a new child: default handlers, TERM, INT and HUP left blocked across
  * exec (herd-server unblocks them once its handlers are in place), die with
  * the supervisor, become herd-server. */
@@ -247,6 +260,7 @@ static void exec_server(const child *k, pid_t parent) {
     sigprocmask(SIG_SETMASK, &keep, NULL);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent) _exit(1);   /* the supervisor is already gone */
+    child_stderr(k->name);
     heartbeat_in_child(k);
     execl(S.server_path, "herd-server", k->name, "-c", S.cfg->path, (char *)NULL);
     fprintf(stderr, "herd-supervisor: cannot run %s: %s\n", S.server_path, strerror(errno));

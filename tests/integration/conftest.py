@@ -7,6 +7,7 @@ status fails the test.
 """
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -274,14 +275,73 @@ def read_log(folder, name):
         return ""
 
 
-def wait_log(folder, name, text, timeout=3):
-    """True once logs/NAME.log holds text (lines are written in batches)."""
+def wait_log(folder, name, text, timeout=3, since=0):
+    """True once logs/NAME.log holds text (lines are written in batches);
+    with since (a log_mark()), only text written after that mark counts."""
     deadline = time.time() + timeout
-    while text not in read_log(folder, name):
+    while text not in read_log(folder, name)[since:]:
         if time.time() > deadline:
             return False
         time.sleep(0.05)
     return True
+
+
+def log_mark(folder, name):
+    """Where logs/NAME.log ends now: pass it as wait_log(since=...) to see
+    only what is logged from here on, not a line of an earlier start."""
+    return len(read_log(folder, name))
+
+
+SANITIZER_MARKS = ("Sanitizer", "runtime error", "LeakSanitizer")
+CRASH_RE = re.compile(r" child-crash server=(\S+) pid=(\d+) (.*?); restart")
+
+
+def supervised_problems(folder, servers, killed=(), may_crash=()):
+    """What went wrong with a herd the supervisor ran in folder, and stopped:
+    a server that crashed though the test did not kill it (killed: the pids
+    the test sent SIGKILL, each of which must show as exactly that), one
+    given up, one that did not stop with exit status 0 at the stop, a
+    missing logs/NAME.stderr, or a sanitizer report in one.  Servers named in
+    may_crash may crash and be given up (a test that makes them)."""
+    problems = []
+    sup = read_log(folder, "supervisor")
+    crashed = set()
+    for name, pid, how in CRASH_RE.findall(sup):
+        pid = int(pid)
+        crashed.add(pid)
+        if name in may_crash:
+            continue
+        if pid not in killed:
+            problems.append(f"{name} (pid {pid}) crashed: {how}")
+        elif how != "killed by signal 9 (Killed)":
+            problems.append(f"{name} (pid {pid}), killed by the test, ended with: {how}")
+    missing = set(killed) - crashed
+    if missing:
+        problems.append(f"killed pids {sorted(missing)} show no child-crash line")
+    for line in sup.splitlines():
+        if any(f"server={n} " in line for n in may_crash):
+            continue
+        if " child-given-up " in line or " child-exit " in line:
+            problems.append(line)
+        if " child-stopped " in line and not line.endswith(" exit status 0"):
+            problems.append(line)
+    runs = sup.split(" INFO start pid=")
+    last = runs[-1] if len(runs) > 1 else ""
+    if " INFO stopped " in last:      # the last run stopped: every server with it
+        for n in servers:
+            if n not in may_crash and f" child-stopped server={n} exit status 0" not in last:
+                problems.append(f"{n}: no 'exit status 0' at the last stop")
+    logs = os.path.join(folder, "logs")
+    files = os.listdir(logs) if os.path.isdir(logs) else []
+    for n in servers:                 # NAME.stderr, and NAME.stderr.1 when rotated
+        mine = [f for f in files if f == f"{n}.stderr" or f.startswith(f"{n}.stderr.")]
+        if not mine:
+            problems.append(f"the supervisor kept no {logs}/{n}.stderr")
+        for f in mine:
+            err = open(os.path.join(logs, f), errors="replace").read()
+            if any(m in err for m in SANITIZER_MARKS):
+                problems.append(f"{logs}/{f}: {err[-3000:]}")
+    return problems
 
 
 class Herd:
@@ -297,9 +357,13 @@ class Herd:
         self.procs = {}
         self.stderr = {}
 
-    def start(self, *names, secret=None):
+    def start(self, *names, secret=None, secret_from_file=False):
+        """Start servers (all by default) with HERD_SECRET set, or with
+        secret_from_file without it: they read herd.secret_file."""
         names = names or tuple(DEFAULT_LINKS)
         env = dict(os.environ, HERD_SECRET=secret or self.secret)
+        if secret_from_file:
+            del env["HERD_SECRET"]
         for n in names:
             err = open(os.path.join(self.dir, f"{n}.stderr"), "ab")
             self.stderr[n] = err
@@ -342,8 +406,11 @@ class Herd:
     def log(self, name):
         return read_log(self.dir, name)
 
-    def wait_log(self, name, text, timeout=3):
-        return wait_log(self.dir, name, text, timeout)
+    def wait_log(self, name, text, timeout=3, since=0):
+        return wait_log(self.dir, name, text, timeout, since)
+
+    def mark(self, name):
+        return log_mark(self.dir, name)
 
     def snap_path(self, name):
         return os.path.join(self.dir, "state", f"{name}.snap")

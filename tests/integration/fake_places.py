@@ -2,7 +2,7 @@
 
 It records every request (method, path, query, headers, body) and answers
 as told: normally, slowly, with an HTTP or Google error, with bad JSON, with
-a huge body, or not at all.
+a huge body, with a given body (raw), or not at all.
 """
 import json
 import threading
@@ -47,7 +47,8 @@ LEGACY_RESULTS = [
 class FakePlaces:
     def __init__(self):
         self.requests = []
-        self.mode = "ok"          # ok, slow, http, google-error, bad-json, huge, hang, zero
+        self.mode = "ok"          # ok, slow, http, google-error, bad-json, huge, hang, zero, raw
+        self.raw = (200, b"{}")   # mode raw: this (HTTP status, body) as it is
         self.delay = 0.0
         self.http_status = 500
         self.error_status = "PERMISSION_DENIED"
@@ -99,6 +100,8 @@ class FakePlaces:
         legacy = path == "/maps/api/place/nearbysearch/json"
         if self.mode == "hang":
             return 200, None
+        if self.mode == "raw":
+            return self.raw
         if self.mode == "http":
             return self.http_status, b"<html>oops</html>"
         if self.mode == "bad-json":

@@ -2,10 +2,12 @@
 random bytes.  Each leaves other clients served and memory bounded; the
 resident sizes are reported at the end of the run."""
 import random
+import re
 import socket
 import time
 
 from conftest import WANT_FILES, connect, exchange, recv_exact_lines, recv_until_eof
+from test_limits import sent_until_cut
 
 
 def assert_serves(port):
@@ -69,19 +71,18 @@ def test_iamat_flood_without_reading(make_server, report):
     rss_before = s.rss_kib()
     sock = connect(s.port)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    batch = b"".join(b"IAMAT flood +1.0+1.0 %d\n" % t for t in range(1000))
-    cut = False
     sent = 0
-    deadline = time.time() + 30
+
+    def batch():                # times 0, 1, 2, ...: each IAMAT newer than the last
+        nonlocal sent
+        if sent and sent % 50_000 == 0:
+            assert_serves(s.port)
+        data = b"".join(b"IAMAT flood +1.0+1.0 %d\n" % t for t in range(sent, sent + 1000))
+        sent += 1000
+        return data
+
     sock.settimeout(2)
-    try:
-        while time.time() < deadline:
-            sock.sendall(batch)
-            sent += 1000
-            if sent % 50_000 == 0:
-                assert_serves(s.port)
-    except (BrokenPipeError, ConnectionResetError, socket.timeout):
-        cut = True
+    cut = sent_until_cut(sock, batch, time.time() + 30)
     sock.close()
     assert cut, "the server kept reading from a client that never reads its replies"
     assert "reason=output cap" in s.read_log(wait_for="output cap")
@@ -90,10 +91,17 @@ def test_iamat_flood_without_reading(make_server, report):
            f"{rss_after} KiB after")
     assert rss_after - rss_before < 32 * 1024, "memory must stay bounded"
     assert_serves(s.port)
-    # Every IAMAT the server read was stored: the stored time is one it was sent.
+    # Every IAMAT the server read was handled in order and stored: the log
+    # holds IAMATs 0..T, each once, and T, the last one read, is the stored time.
     first = exchange(s.port, b"WHATSAT flood 1 1\n").split(b"\n", 1)[0]
     assert first.startswith(b"AT ") and b" flood +1.0+1.0 " in first, first
-    assert 0 <= int(first.split()[-1]) < sent + 1000
+    stored = int(first.split()[-1])
+    log = s.read_log(wait_for="WHATSAT flood")
+    times = [int(t) for t in re.findall(r'recv id=\d+ "IAMAT flood \+1\.0\+1\.0 (\d+)"', log)]
+    assert times == list(range(len(times))), "IAMATs read out of order or twice"
+    assert stored == times[-1], f"stored {stored}, but the last IAMAT read was {times[-1]}"
+    # at least the cap's worth of replies (about 40 bytes each) went unread
+    assert stored >= cap // 48 and stored < sent, (stored, sent)
 
 
 def test_random_bytes_nul_and_invalid_utf8(server, report):

@@ -3,7 +3,7 @@ import os
 import socket
 import subprocess
 
-from conftest import free_port, program, write_config
+from conftest import PLACES, free_port, program, write_config
 
 
 def run(*args, cwd=None):
@@ -64,3 +64,110 @@ def test_missing_places_file(tmp_path):
                        places={"local_file": "nowhere.geojson"})
     r = run("Alpha", "-c", cfg)
     assert r.returncode == 1 and "nowhere.geojson: cannot open" in r.stderr
+
+
+def test_config_option_needs_a_file():
+    r = run("Alpha", "-c")
+    assert r.returncode == 2 and r.stderr == "herd-server: -c needs a file name\n"
+
+
+def test_two_names_is_a_usage_error(tmp_path):
+    cfg = write_config(str(tmp_path), {"Alpha": (free_port(), [])})
+    r = run("Alpha", "Beta", "--config", cfg)
+    assert r.returncode == 2 and "one server name only (got 'Alpha' and 'Beta')" in r.stderr
+
+
+def test_unknown_name_lists_every_configured_one(tmp_path):
+    cfg = write_config(str(tmp_path), {"Alpha": (free_port(), ["Beta"]),
+                                       "Beta": (free_port(), ["Alpha"])})
+    r = run("Gamma", "-c", cfg)
+    assert r.returncode == 1
+    assert r.stderr.endswith("no server named 'Gamma'; the config has: Alpha, Beta\n"), r.stderr
+
+
+def test_check_counts_the_places_and_refuses_a_missing_file(tmp_path):
+    cfg = write_config(str(tmp_path), {"Alpha": (free_port(), [])})
+    r = run("-h")
+    assert r.returncode == 0 and "Usage" in r.stdout
+    r = run("--check", "Alpha", "-c", cfg)
+    assert r.returncode == 0 and "places: local (82 places)" in r.stdout, r.stdout
+    bad = write_config(str(tmp_path), {"Alpha": (free_port(), [])},
+                       places={"local_file": "nowhere.geojson"})
+    r = run("--check", "Alpha", "-c", bad)
+    assert r.returncode == 1 and "nowhere.geojson: cannot open" in r.stderr
+    assert not os.path.exists(os.path.join(tmp_path, "logs", "Alpha.log")), "--check starts nothing"
+
+
+def test_log_folder_that_cannot_be_made(tmp_path):
+    """The log folder is a file: the server says so and exits 1."""
+    (tmp_path / "afile").write_text("")
+    cfg = write_config(str(tmp_path), {"Alpha": (free_port(), [])},
+                       logging={"dir": "afile/logs"})
+    r = run("Alpha", "-c", cfg)
+    assert r.returncode == 1 and "afile/logs" in r.stderr, r.stderr
+
+
+def test_address_that_is_not_ours(tmp_path):
+    """A configured host no interface has: bind fails, the server says so."""
+    port = free_port()
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(f"servers:\n  Alpha: {{ host: 192.0.2.1, port: {port} }}\n"
+                   f"places: {{ local_file: {PLACES} }}\n")
+    r = run("Alpha", "-c", str(cfg))
+    assert r.returncode == 1 and "192.0.2.1" in r.stderr and "assign" in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------ supervisor
+
+def sup(*args, env=None):
+    return subprocess.run([program("herd-supervisor"), *args], capture_output=True, text=True,
+                          timeout=30, env=env)
+
+
+def test_supervisor_help_and_bad_options(tmp_path):
+    for h in ("-h", "--help"):
+        r = sup(h)
+        assert r.returncode == 0 and r.stdout.startswith("Usage: herd-supervisor")
+    for bad in (["--bogus"], ["-c"], ["--wait"], ["--config"]):
+        r = sup(*bad)
+        assert r.returncode == 2 and f"unknown or incomplete option '{bad[0]}'" in r.stderr
+    r = sup("-c", str(tmp_path / "missing.yml"), "--status")
+    assert r.returncode == 1 and "missing.yml" in r.stderr
+
+
+def test_supervisor_status_without_a_herd(tmp_path):
+    cfg = write_config(str(tmp_path), {"Alpha": (free_port(), [])})
+    r = sup("--config", cfg, "--status")
+    assert r.returncode == 3 and f"no herd is running ({tmp_path}/servers.pid: missing)" in r.stdout
+    (tmp_path / "servers.pid").write_text("supervisor 999999\nAlpha 999998\n")
+    r = sup("-c", cfg, "--status", "--wait", "1")
+    assert r.returncode == 3 and "servers.pid: stale" in r.stdout
+
+
+def test_supervisor_without_a_server_program(tmp_path):
+    cfg = write_config(str(tmp_path), {"Alpha": (free_port(), [])})
+    env = dict(os.environ, HERD_BIN_DIR=str(tmp_path / "nowhere"))
+    r = sup("-c", cfg, env=env)
+    assert r.returncode == 1 and "nowhere/herd-server is missing or not executable" in r.stderr
+
+
+def test_init_secret_once(tmp_path):
+    cfg = write_config(str(tmp_path), {"Alpha": (free_port(), [])})
+    env = {k: v for k, v in os.environ.items() if k != "HERD_SECRET"}
+    r = sup("-c", cfg, "--init-secret", env=dict(env, HERD_SECRET="given"))
+    assert r.returncode == 0 and r.stdout == ""
+    secret = tmp_path / "state" / "herd.secret"
+    assert not secret.exists(), "HERD_SECRET set: no file is made"
+    r = sup("-c", cfg, "--init-secret", env=env)
+    assert r.returncode == 0 and "created the herd secret" in r.stdout
+    text = secret.read_text()
+    assert len(text) == 65 and all(c in "0123456789abcdef" for c in text[:64])
+    assert secret.stat().st_mode & 0o777 == 0o600
+    r = sup("-c", cfg, "--init-secret", env=env)
+    assert r.returncode == 0 and r.stdout == "" and secret.read_text() == text
+    # a secret file that cannot be made
+    (tmp_path / "blocked").write_text("")
+    with open(cfg, "a") as f:
+        f.write("herd:\n  secret_file: blocked/herd.secret\n")
+    r = sup("-c", cfg, "--init-secret", env=env)
+    assert r.returncode == 1 and "cannot create" in r.stderr and "blocked/herd.secret" in r.stderr

@@ -106,7 +106,7 @@ def test_new_api_request_and_mapping(make_server, fake):
 }"""
     log = s.read_log(wait_for="upstream provider=google")
     assert "upstream provider=google http=200" in log and "status=OK results=2" in log
-    assert KEY not in log and "Sekr3t" not in log
+    assert_key_never_written(s, "google")
 
 
 def test_new_api_zero_results(make_server, fake):
@@ -127,8 +127,19 @@ def test_legacy_request_and_trim(make_server, fake):
     assert "Sekr3t%2F%2B%3D" in r["raw_query"], "the key is URL-encoded"
     js = json.loads(body)
     assert js["status"] == "OK" and [p["name"] for p in js["results"]] == ["Royce Hall", "Diddy Riese"]
-    log = s.read_log(wait_for="upstream provider=google-legacy")
-    assert "Sekr3t" not in log
+    assert_key_never_written(s, "google-legacy")
+
+
+def assert_key_never_written(s, provider):
+    """After a stop (every line flushed), the log holds the WHATSAT and the
+    upstream answer, so it is no empty log that passes; neither it nor
+    stderr holds the key, plain or URL-encoded."""
+    s.stop()
+    log = s.read_log()
+    assert 'recv id=' in log and '"WHATSAT kiwi ' in log, log[-2000:]
+    assert f"upstream provider={provider} http=200" in log, log[-2000:]
+    for text in (log, s.read_stderr()):
+        assert KEY not in text and "Sekr3t" not in text
 
 
 FAILURES = [
@@ -256,3 +267,125 @@ def test_client_gone_mid_request(make_server, fake):
     assert exchange(s.port, b"IAMAT still +1.0+1.0 1\n").startswith(b"AT ")
     assert "upstream provider=google" in s.read_log(wait_for="upstream provider=google")
     # the fixture's stop checks for sanitizer reports and leaks
+
+
+def whatsat_js(s, line=b"WHATSAT kiwi 10 5\n"):
+    _, body = split(exchange(s.port, line))
+    return json.loads(body)
+
+
+# (provider, HTTP status, body, status of the reply, words of its error_message)
+ODD_ANSWERS = [
+    ("google", 200, b"[1, 2]", "UNKNOWN_ERROR", "not valid JSON"),
+    ("google", 502, b"[]", "UNKNOWN_ERROR", "upstream answered HTTP 502"),
+    ("google", 401, b"{}", "REQUEST_DENIED", "HTTP 401: no message"),
+    ("google", 400, b'{"error": {"message": "bad"}}', "INVALID_REQUEST", "HTTP 400: bad"),
+    ("google", 403, b'{"error": {"status": "UNAUTHENTICATED"}}', "REQUEST_DENIED", "HTTP 403"),
+    ("google", 200, b'{"error": {"status": "RESOURCE_EXHAUSTED", "message": "m"}}',
+     "OVER_QUERY_LIMIT", "HTTP 200: m"),
+    ("google", 200, b'{"places": {"id": "x"}}', "UNKNOWN_ERROR", "no places list"),
+    ("google-legacy", 200, b'{"results": []}', "UNKNOWN_ERROR", "no status"),
+    ("google-legacy", 200, b'{"status": 5}', "UNKNOWN_ERROR", "no status"),
+    ("google-legacy", 200, b'{"status": "OVER_QUERY_LIMIT"}', "OVER_QUERY_LIMIT", "OVER_QUERY_LIMIT"),
+    ("google-legacy", 200, b'{"status": "INVALID_REQUEST", "error_message": "why"}',
+     "INVALID_REQUEST", "why"),
+    ("google-legacy", 200, b'{"status": "NOT_A_STATUS"}', "UNKNOWN_ERROR", "NOT_A_STATUS"),
+    ("google-legacy", 200, b'{"status": "OK", "results": {}}', "UNKNOWN_ERROR", "not a list"),
+]
+
+
+@pytest.mark.parametrize("provider,code,body,status,message", ODD_ANSWERS)
+def test_odd_upstream_answers(make_server, fake, provider, code, body, status, message):
+    """Whatever upstream says, the client gets the legacy shape with the
+    mapped status and an error_message; nothing of it is cached."""
+    fake.mode = "raw"
+    fake.raw = (code, body)
+    s = google_server(make_server, fake, provider=provider)
+    for _ in range(2):
+        js = whatsat_js(s)
+        assert js["results"] == [] and js["status"] == status, js
+        assert message in js["error_message"], js
+    assert len(fake.requests) == 2, "an error is never cached"
+
+
+def test_sparse_places_get_defaults(make_server, fake):
+    """Places (New) with fields missing or of the wrong type: each result
+    still has every key a legacy result always has."""
+    fake.mode = "raw"
+    fake.raw = (200, json.dumps({"places": [
+        {},
+        {"id": 7, "displayName": {"text": 5}, "location": {"latitude": "n", "longitude": None},
+         "types": "museum", "priceLevel": "PRICE_LEVEL_UNKNOWN", "rating": "high",
+         "formattedAddress": "Long address", "currentOpeningHours": {"openNow": "yes"}},
+        {"id": "p3", "priceLevel": "PRICE_LEVEL_VERY_EXPENSIVE", "shortFormattedAddress": 3,
+         "formattedAddress": "Fallback"},
+    ]}).encode())
+    s = google_server(make_server, fake)
+    js = whatsat_js(s, b"WHATSAT kiwi 10 20\n")
+    assert js["status"] == "OK"
+    empty = {"geometry": {"location": {"lat": 0, "lng": 0}}, "name": "", "place_id": "",
+             "types": [], "vicinity": ""}
+    assert js["results"][0] == empty
+    assert js["results"][1] == dict(empty, vicinity="Long address")
+    assert js["results"][2] == dict(empty, place_id="p3", price_level=4, vicinity="Fallback")
+
+
+def test_legacy_answer_trimmed_and_attributions_kept(make_server, fake):
+    fake.mode = "raw"
+    fake.raw = (200, json.dumps({"status": "OK", "html_attributions": ["<a>x</a>"],
+                                 "results": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}).encode())
+    s = google_server(make_server, fake, provider="google-legacy")
+    js = whatsat_js(s, b"WHATSAT kiwi 10 2\n")
+    assert js == {"html_attributions": ["<a>x</a>"], "results": [{"name": "a"}, {"name": "b"}],
+                  "status": "OK"}
+    fake.raw = (200, json.dumps({"status": "ZERO_RESULTS", "html_attributions": "x"}).encode())
+    js = whatsat_js(s, b"WHATSAT kiwi 11 2\n")
+    assert js == {"html_attributions": [], "results": [], "status": "ZERO_RESULTS"}
+
+
+def test_cache_expires_and_is_bounded(make_server, fake):
+    """cache_ttl_s: an answer is reused within it and asked again after;
+    cache_max_entries: the oldest answer leaves first; ttl 0: no cache."""
+    s = google_server(make_server, fake, cache_ttl_s=1, cache_max_entries=2)
+    for radius in (b"1", b"2", b"1"):            # 1 and 2 cached; 1 again: a hit
+        assert whatsat_js(s, b"WHATSAT kiwi %s 5\n" % radius)["status"] == "OK"
+    assert len(fake.requests) == 2
+    assert whatsat_js(s, b"WHATSAT kiwi 3 5\n")["status"] == "OK"   # evicts the oldest (1)
+    assert len(fake.requests) == 3
+    whatsat_js(s, b"WHATSAT kiwi 2 5\n")
+    assert len(fake.requests) == 3, "2 is still cached"
+    whatsat_js(s, b"WHATSAT kiwi 1 5\n")
+    assert len(fake.requests) == 4, "1 was evicted"
+    time.sleep(1.2)
+    whatsat_js(s, b"WHATSAT kiwi 1 5\n")
+    assert len(fake.requests) == 5, "expired"
+    log = s.read_log(wait_for="source=cache")
+    assert "source=cache" in log
+
+
+def test_no_cache_with_ttl_zero(make_server, fake):
+    s = google_server(make_server, fake, cache_ttl_s=0)
+    for _ in range(3):
+        assert whatsat_js(s)["status"] == "OK"
+    assert len(fake.requests) == 3
+
+
+def test_client_gone_while_others_wait_for_the_same_answer(make_server, fake):
+    """Three clients wait for one upstream request; two of them leave: the
+    third still gets the answer, and the server stays sound."""
+    fake.delay = 0.5
+    s = google_server(make_server, fake)
+    socks = [connect(s.port) for _ in range(3)]
+    for c in socks:
+        c.sendall(b"WHATSAT kiwi 4 5\n")
+    time.sleep(0.2)
+    socks[0].close()
+    socks[2].close()
+    data = b""
+    while not data.endswith(b"\n\n"):
+        chunk = socks[1].recv(65536)
+        assert chunk
+        data += chunk
+    socks[1].close()
+    assert json.loads(split(data)[1])["status"] == "OK"
+    assert len(fake.requests) == 1

@@ -1,9 +1,12 @@
 """The herd: flooding, authentication, catch-up and snapshots (docs/PROTOCOL.md, "Between servers")."""
 import os
 import socket
+import subprocess
 import time
 
-from conftest import DEFAULT_LINKS, exchange
+import pytest
+
+from conftest import DEFAULT_LINKS, exchange, program
 
 ALL = tuple(DEFAULT_LINKS)
 
@@ -33,11 +36,17 @@ def test_flood_routes_around_a_stopped_server(herd):
     # Bona comes back empty and catches up with no client sending again
     os.remove(herd.snap_path("Bona"))
     later = [iamat(herd, "Clark", b"while-down-%d" % i) for i in range(20)]
+    marks = {n: herd.mark(n) for n in ALL}
     herd.start("Bona")
     herd.wait_stored(["Bona"], b"detour", at, timeout=5)
     for i, line in enumerate(later):
         herd.wait_stored(["Bona"], b"while-down-%d" % i, line, timeout=5)
-    assert herd.wait_log("Bona", "catch-up-sent")
+    # each neighbour streamed its table to the new Bona: lines of this start,
+    # not of the first one
+    for n in ("Bailey", "Clark", "Campbell"):
+        assert herd.wait_log(n, "link-up peer=Bona", since=marks[n]), n
+        assert herd.wait_log(n, "catch-up-sent peer=Bona", since=marks[n]), n
+    assert herd.wait_log("Bona", "catch-up-sent", since=marks["Bona"])
 
 
 def test_partition_heals_to_the_newest_value(herd):
@@ -182,22 +191,94 @@ def test_damaged_snapshot_is_set_aside(herd):
     assert herd.stored("Bailey", b"x1") is None
     assert herd.wait_log("Bailey", "snapshot-damaged")
     assert any(f.startswith("Bailey.snap.bad-") for f in os.listdir(os.path.dirname(path)))
+    bad = [f for f in os.listdir(os.path.dirname(path)) if f.startswith("Bailey.snap.bad-")]
+    assert open(os.path.join(os.path.dirname(path), bad[0]), "rb").read() == data[:-5]
     herd.stop("Bailey")
-    # a snapshot of another server is not loaded either
-    open(path, "w").write("HERDSNAP 1 Bona\nEND 0\n")
+    assert snapshot_count(path) == 0, "the table the stop wrote is empty"
+    for f in bad:
+        os.remove(os.path.join(os.path.dirname(path), f))
+    # a snapshot of another server is not loaded either, however sound
+    other = b"HERDSNAP 1 Bona\n" + at_line(b"x2") + b"\nEND 1\n"
+    open(path, "wb").write(other)
+    mark = herd.mark("Bailey")
     herd.start("Bailey")
-    assert herd.wait_log("Bailey", "another server's snapshot")
+    assert herd.wait_log("Bailey", "reason=another server's snapshot", since=mark)
+    assert herd.stored("Bailey", b"x2") is None
+    assert not os.path.exists(path), "the damaged snapshot must be moved away"
+    assert set_aside(path) == [other]
 
 
-def fake_peer(herd, me, them):
-    """Complete the handshake as server 'me' towards 'them'; returns the socket."""
+def at_line(client, t=b"100"):
+    return b"AT Bailey +0.000000001 %s +1.0+1.0 %s" % (client, t)
+
+
+def set_aside(path):
+    """The contents of every NAME.snap.bad-* beside path."""
+    folder = os.path.dirname(path)
+    return [open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))
+            if f.startswith(os.path.basename(path) + ".bad-")]
+
+
+@pytest.mark.parametrize("body,why", [
+    (b"HERDSNAP 1 Bailey\n%s\n%s\nEND 1\n", "count does not match"),
+    (b"HERDSNAP 1 Bailey\n%s\n%s\nEND 3\n", "count does not match"),
+    (b"HERDSNAP 1 Bailey\n%s\n%s\nEND 2\nEND 2\n", "data after END"),
+    (b"HERDSNAP 1 Bailey\n%s\n%s\n", "no END line"),
+    (b"HERDSNAP 2 Bailey\n%s\n%s\nEND 2\n", "another server's snapshot"),
+    (b"SNAP 1 Bailey\n%s\n%s\nEND 2\n", "not a snapshot"),
+    (b"HERDSNAP 1 Bailey\n%s\nAT Bailey\nEND 2\n", "reason="),
+])
+def test_snapshot_that_does_not_add_up_is_not_loaded(herd, body, why):
+    """Every line parses, but the file is not whole: nothing of it is loaded,
+    it is set aside, and the server starts empty."""
+    os.makedirs(os.path.dirname(herd.snap_path("Bailey")), exist_ok=True)
+    path = herd.snap_path("Bailey")
+    if body.count(b"%s") == 2:
+        data = body % (at_line(b"a1"), at_line(b"a2"))
+    else:
+        data = body % at_line(b"a1")
+    open(path, "wb").write(data)
+    herd.start("Bailey")
+    assert herd.wait_log("Bailey", "snapshot-damaged")
+    assert why in herd.log("Bailey")
+    assert herd.stored("Bailey", b"a1") is None and herd.stored("Bailey", b"a2") is None
+    assert not os.path.exists(path) and set_aside(path) == [data]
+    herd.stop("Bailey")
+    assert snapshot_count(path) == 0
+
+
+def test_periodic_snapshot_is_written_while_running(herd):
+    """The forked snapshot (every second here) reaches the disk with no stop:
+    a server killed with SIGKILL comes back with what it had acknowledged."""
+    herd.start("Bailey")
+    first = iamat(herd, "Bailey", b"periodic1")
+    second = iamat(herd, "Bailey", b"periodic2")
+    path = herd.snap_path("Bailey")
+    deadline = time.time() + 10
+    while snapshot_count(path) != 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert snapshot_count(path) == 2, "no periodic snapshot within 10 s"
+    lines = open(path, "rb").read().splitlines()
+    assert lines[0] == b"HERDSNAP 1 Bailey" and sorted(lines[1:-1]) == sorted([first, second])
+    herd.kill("Bailey")
+    mark = herd.mark("Bailey")
+    herd.start("Bailey")
+    assert herd.wait_log("Bailey", "snapshot-loaded", since=mark)
+    assert "clients=2" in herd.log("Bailey")[mark:]
+    assert herd.stored("Bailey", b"periodic1") == first
+    assert herd.stored("Bailey", b"periodic2") == second
+
+
+def mac(key, text):
     import hashlib
     import hmac
-    key = herd.secret.encode()
+    return hmac.new(key.encode(), text.encode(), hashlib.sha256).hexdigest()
 
-    def mac(text):
-        return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
+def fake_peer(herd, me, them, prove=None):
+    """Complete the handshake as server 'me' towards 'them'; returns the
+    socket.  prove(na, nb, welcome_proof) -> the PROOF to send instead of
+    the right one."""
     s = socket.create_connection(("127.0.0.1", herd.ports[them]))
     na = os.urandom(16).hex()
     s.sendall(f"PEER HELLO {me} {na}\n".encode())
@@ -206,9 +287,45 @@ def fake_peer(herd, me, them):
         line += s.recv(1)
     word, welcome, name, nb, proof = line.decode().split()
     assert (word, welcome, name) == ("PEER", "WELCOME", them)
-    assert proof == mac(f"herd-v1 welcome {them} {me} {na} {nb}"), "the documented proof"
-    s.sendall(f"PEER PROOF {mac(f'herd-v1 proof {me} {them} {na} {nb}')}\n".encode())
+    assert proof == mac(herd.secret, f"herd-v1 welcome {them} {me} {na} {nb}"), \
+        "the documented proof"
+    mine = prove(na, nb, proof) if prove else mac(herd.secret, f"herd-v1 proof {me} {them} {na} {nb}")
+    s.sendall(f"PEER PROOF {mine}\n".encode())
     return s
+
+
+OLD_NONCES = ("0" * 32, "1" * 32)
+BAD_PROOFS = {
+    "wrong secret": lambda na, nb, w: mac("not-the-herd-secret", f"herd-v1 proof Bailey Bona {na} {nb}"),
+    "replayed from another handshake":
+        lambda na, nb, w: mac("test-secret-0123456789", "herd-v1 proof Bailey Bona %s %s" % OLD_NONCES),
+    "the welcome reflected": lambda na, nb, w: w,
+    "the roles swapped": lambda na, nb, w: mac("test-secret-0123456789", f"herd-v1 proof Bona Bailey {na} {nb}"),
+}
+
+
+@pytest.mark.parametrize("how", BAD_PROOFS)
+def test_accepting_side_checks_the_dialers_proof(herd, how):
+    """A dialer that knows the nonces but not the proof gets no link: its
+    connection is closed, the refusal logged, and its AT lines ignored."""
+    herd.start("Bona")
+    at = iamat(herd, "Bona", b"target", b"+1.0+1.0", b"100")
+    s = fake_peer(herd, "Bailey", "Bona", BAD_PROOFS[how])
+    s.sendall(b"AT Bailey +0.1 target +9.0+9.0 999\nAT Bailey +0.1 planted +9.0+9.0 999\n")
+    s.settimeout(5)
+    try:
+        assert s.recv(4096) == b"", "the connection must be closed"
+    except ConnectionResetError:
+        pass
+    s.close()
+    assert herd.wait_log("Bona", "peer-refused peer=Bailey")
+    assert "reason=bad proof (wrong secret?)" in herd.log("Bona")
+    assert "link-up peer=Bailey" not in herd.log("Bona")
+    assert herd.stored("Bona", b"target") == at and herd.stored("Bona", b"planted") is None
+    # the right proof still gets a link
+    good = fake_peer(herd, "Bailey", "Bona")
+    assert herd.wait_log("Bona", "link-up peer=Bailey")
+    good.close()
 
 
 def sanitized(pid):
@@ -260,3 +377,174 @@ def test_slow_peer_backlog_is_bounded_and_nothing_is_lost(herd):
     for client, at in last.items():
         assert newest.get(client) == int(at.split()[5]), client
     print(f"slow peer: Bona grew {grown} KiB; {len(buf)} bytes reached the peer for {n} updates")
+
+
+BAD_AT = [
+    (b"AT Bailey +0.000000001 c1 +1.0+1.0", "not an AT line"),
+    (b"ATX Bailey +0.000000001 c2 +1.0+1.0 5", "not an AT line"),
+    (b"AT " + b"B" * 64 + b" +0.000000001 c3 +1.0+1.0 5", "bad origin"),
+    (b"AT Bailey 0.0000000001 c4 +1.0+1.0 5", "bad diff"),
+    (b"AT Bailey +0.00000001 c5 +1.0+1.0 5", "bad diff"),
+    (b"AT Bailey +.0000000012 c6 +1.0+1.0 5", "bad diff"),
+    (b"AT Bailey +12345678901234567890.000000001 c7 +1.0+1.0 5", "bad diff"),
+    (b"AT Bailey +1x000000001 c8 +1.0+1.0 5", "bad diff"),
+    (b"AT Bailey +1.00000000a c9 +1.0+1.0 5", "bad diff"),
+    (b"AT Bailey -1.0000000012 c10 +1.0+1.0 5", "bad diff"),
+    (b"AT Bailey +0.000000001 " + b"c" * 257 + b" +1.0+1.0 5", "client id too long"),
+    (b"AT Bailey +0.000000001 c11 +1.0 5", "bad location"),
+    (b"AT Bailey +0.000000001 c12 +1.0+1.0 five", "bad time"),
+]
+
+
+def test_bad_lines_from_a_peer_are_logged_and_dropped(herd):
+    """A linked peer's lines that are no valid AT line change nothing: each
+    is logged with its reason, other lines are ignored without an answer,
+    and the link carries on."""
+    herd.start("Bona")
+    peer = fake_peer(herd, "Bailey", "Bona")
+    assert herd.wait_log("Bona", "link-up peer=Bailey")
+    peer.sendall(b"".join(line + b"\n" for line, _ in BAD_AT) + b"PING\nAT\nHELLO there\n"
+                 b"AT Bailey -0.000000001 good +1.0+1.0 5\n")
+    herd.wait_stored(["Bona"], b"good", b"AT Bailey -0.000000001 good +1.0+1.0 5")
+    assert herd.wait_log("Bona", "reason=bad time")
+    log = herd.log("Bona")
+    reasons = [l.split("reason=", 1)[1] for l in log.splitlines() if "peer-bad-line peer=Bailey" in l]
+    assert reasons == [why for _, why in BAD_AT], reasons
+    for i in range(1, 13):
+        assert herd.stored("Bona", b"c%d" % i) is None
+    peer.settimeout(0.5)
+    try:
+        got = peer.recv(65536)
+    except socket.timeout:
+        got = None
+    assert got is None or not got.startswith(b"?"), "a peer is never answered '? '"
+    peer.close()
+    assert herd.wait_log("Bona", "link-down peer=Bailey")
+
+
+def test_dialer_checks_the_welcome(herd):
+    """We listen where Bona should be; Bailey dials us and must refuse a
+    WELCOME from the wrong name, with a wrong proof, or a line that is no
+    WELCOME, and give up on silence after the handshake timeout (5 s),
+    dialling again each time; a right WELCOME gets a PROOF and a link."""
+    fake = socket.socket()
+    fake.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    fake.bind(("127.0.0.1", herd.ports["Bona"]))
+    fake.listen()
+    fake.settimeout(15)
+    herd.start("Bailey")
+
+    def hello():
+        conn, _ = fake.accept()
+        conn.settimeout(15)
+        line = b""
+        while not line.endswith(b"\n"):
+            line += conn.recv(1)
+        word, kind, name, na = line.decode().split()
+        assert (word, kind, name) == ("PEER", "HELLO", "Bailey")
+        return conn, na
+
+    def welcome(na, name="Bona", key=herd.secret, nb="ab" * 16):
+        return f"PEER WELCOME {name} {nb} {mac(key, f'herd-v1 welcome {name} Bailey {na} {nb}')}\n"
+
+    cases = [
+        (lambda na: welcome(na, name="Clark"), "reason=unexpected handshake line"),
+        (lambda na: welcome(na, key="wrong-secret"), "reason=bad proof (wrong secret?)"),
+        (lambda na: "AT Bona +0.1 x +1.0+1.0 1\n", "reason=unexpected handshake line"),
+    ]
+    try:
+        for answer, why in cases:
+            mark = herd.mark("Bailey")
+            conn, na = hello()
+            conn.sendall(answer(na).encode())
+            assert conn.recv(4096) == b"", "refused: the dialer closes"
+            conn.close()
+            assert herd.wait_log("Bailey", why, since=mark, timeout=10), why
+        conn, na = hello()             # say nothing: closed at the handshake timeout
+        start = time.time()
+        assert conn.recv(4096) == b""
+        assert 4 <= time.time() - start <= 8, time.time() - start
+        conn.close()
+        assert "link-up peer=Bona" not in herd.log("Bailey")
+        conn, na = hello()
+        nb = "cd" * 16
+        conn.sendall(welcome(na, nb=nb).encode())
+        line = b""
+        while not line.endswith(b"\n"):
+            line += conn.recv(1)
+        assert line == f"PEER PROOF {mac(herd.secret, f'herd-v1 proof Bailey Bona {na} {nb}')}\n".encode()
+        assert herd.wait_log("Bailey", "link-up peer=Bona")
+        conn.close()
+        assert herd.wait_log("Bailey", "link-down peer=Bona")
+    finally:
+        fake.close()
+
+
+def test_a_new_link_replaces_the_old_one(herd):
+    herd.start("Bona")
+    first = fake_peer(herd, "Bailey", "Bona")
+    assert herd.wait_log("Bona", "link-up peer=Bailey")
+    second = fake_peer(herd, "Bailey", "Bona")
+    assert herd.wait_log("Bona", "link-down peer=Bailey reason=replaced by a new link")
+    first.settimeout(5)
+    assert first.recv(4096) == b""
+    second.sendall(b"AT Bailey +0.000000001 via-second +1.0+1.0 5\n")
+    herd.wait_stored(["Bona"], b"via-second", b"AT Bailey +0.000000001 via-second +1.0+1.0 5")
+    first.close()
+    second.close()
+
+
+def stop_one(herd, name):
+    """SIGTERM one server; its exit status (Herd.stop would fail on 1)."""
+    p = herd.procs.pop(name)
+    p.terminate()
+    p.wait(timeout=20)
+    herd.stderr.pop(name).close()
+    return p.returncode
+
+
+def test_snapshot_that_cannot_be_written(herd):
+    """state_dir is a file: the periodic snapshot fails and is retried, the
+    server keeps serving, and the stop says so with exit status 1."""
+    open(os.path.join(herd.dir, "state"), "w").close()
+    herd.start("Bailey")
+    at = iamat(herd, "Bailey", b"unsaved")
+    assert herd.wait_log("Bailey", "snapshot-failed child=", timeout=5)
+    assert herd.stored("Bailey", b"unsaved") == at
+    assert stop_one(herd, "Bailey") == 1
+    assert "snapshot-failed dir=" in herd.log("Bailey") and "Not a directory" in herd.log("Bailey")
+
+
+def test_snapshot_that_cannot_be_read_or_is_empty(herd):
+    os.makedirs(os.path.join(herd.dir, "state"))
+    path = herd.snap_path("Bailey")
+    os.symlink(os.path.basename(path), path)          # a loop: open fails with ELOOP
+    herd.start("Bailey")
+    assert herd.wait_log("Bailey", "snapshot-unreadable")
+    assert "Too many levels of symbolic links" in herd.log("Bailey")
+    herd.stop("Bailey")                             # the stop's snapshot replaces the link
+    open(path, "w").close()
+    mark = herd.mark("Bailey")
+    herd.start("Bailey")
+    assert herd.wait_log("Bailey", "reason=empty file", since=mark)
+    assert set_aside(path) == [b""]
+
+
+def test_secret_from_the_file_trimmed(herd):
+    """Without HERD_SECRET the servers read herd.secret_file; trailing
+    blanks and line ends are not part of the secret.  A secret file that
+    cannot be read stops the server with a message naming it."""
+    os.makedirs(os.path.join(herd.dir, "state"))
+    secret = os.path.join(herd.dir, "state", "herd.secret")
+    with open(secret, "w") as f:
+        f.write(herd.secret + " \t\r\n")
+    herd.start("Bona")                               # HERD_SECRET: the plain secret
+    herd.start("Bailey", secret_from_file=True)
+    assert herd.wait_log("Bailey", "link-up peer=Bona", timeout=10)
+    herd.stop("Bailey")
+    os.remove(secret)
+    os.symlink("herd.secret", secret)
+    env = {k: v for k, v in os.environ.items() if k != "HERD_SECRET"}
+    r = subprocess.run([program("herd-server"), "Bailey", "-c", herd.config], env=env,
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1 and "herd.secret" in r.stderr and "symbolic links" in r.stderr

@@ -2,6 +2,7 @@
 import errno
 import os
 import selectors
+import signal
 import socket
 import time
 
@@ -53,6 +54,36 @@ def test_megabyte_line_without_lf(server):
     assert "line-too-long" in log
 
 
+def closed_by_server(sock, timeout=10):
+    """True once the server closed sock: reading what it sent ends in EOF or
+    a reset.  A peer that merely stopped reading keeps it open: False."""
+    sock.settimeout(timeout)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if not sock.recv(1 << 20):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+    return False
+
+
+def sent_until_cut(sock, next_batch, deadline):
+    """Send batches until the server cuts the connection off (True), or the
+    deadline passes (False).  A send that blocks is no cut by itself: then
+    the server must close the connection for it to count."""
+    try:
+        while time.time() < deadline:
+            sock.sendall(next_batch())
+    except (BrokenPipeError, ConnectionResetError):
+        return True
+    except socket.timeout:
+        return closed_by_server(sock)
+    return False
+
+
 def test_client_that_never_reads_is_cut_off(make_server):
     cap = 64 * 1024
     s = make_server(limits={"max_output_bytes": cap})
@@ -62,14 +93,9 @@ def test_client_that_never_reads_is_cut_off(make_server):
     sock = connect(s.port)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     request = b"WHATSAT reader 50 20\n" * 200          # ~ 200 x 9 KB of replies
-    cut = False
     deadline = time.time() + 20
     sock.settimeout(2)
-    try:
-        while time.time() < deadline:
-            sock.sendall(request)
-    except (BrokenPipeError, ConnectionResetError, socket.timeout):
-        cut = True
+    cut = sent_until_cut(sock, lambda: request, deadline)
     sock.close()
     assert cut, "the server kept accepting requests from a client that never reads"
     log = s.read_log(wait_for="output-cap")
@@ -149,6 +175,29 @@ def test_two_thousand_concurrent_connections(server):
     assert_serves(server.port)
 
 
+def parked(server):
+    """How many connections sit in the server's cold set: the descriptors
+    registered in its epoll sets, from /proc/PID/fdinfo."""
+    pid = server.proc.pid
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[eventpoll]":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                n += sum(line.startswith("tfd:") for line in f)
+        except FileNotFoundError:
+            continue
+    return n
+
+
+def wait_parked(server, want, timeout=10):
+    deadline = time.time() + timeout
+    while parked(server) != want and time.time() < deadline:
+        time.sleep(0.05)
+    return parked(server)
+
+
 def test_quiet_clients_are_parked_and_woken(server):
     """Clients silent for over a second leave the poll set; they must be
     served as before when they speak again, or half-close, or finish a line."""
@@ -158,13 +207,17 @@ def test_quiet_clients_are_parked_and_woken(server):
         assert recv_exact_lines(c, 1).startswith(b"AT ")
     partial = connect(server.port)
     partial.sendall(b"IAMAT half")
-    time.sleep(2.5)                      # two sweeps: all of them parked
+    # within two sweeps all 50 are parked; the one with half a line is not
+    assert wait_parked(server, 50) == 50
+    time.sleep(1.2)
+    assert parked(server) == 50
     for i, c in enumerate(socks[:-1]):
         c.sendall(b"WHATSAT park%d 1 1\n" % i)
         data = b""
         while not data.endswith(b"\n\n"):
             data += c.recv(65536)
         assert data.startswith(b"AT Bailey ")
+    assert parked(server) < 50, "clients that spoke must leave the cold set"
     last = socks[-1]
     last.sendall(b"FOO")
     last.shutdown(socket.SHUT_WR)        # half-close from the cold set
@@ -206,3 +259,93 @@ def test_slowloris_line_must_end_within_the_idle_timeout(make_server):
     assert closed, "a line trickling in forever kept its connection"
     assert 1.5 <= time.time() - start <= 5
     assert "line not finished within the idle timeout" in s.read_log(wait_for="line not finished")
+
+
+def test_parked_clients_are_timed_out(make_server):
+    """Clients parked in the cold set are closed at the idle timeout too."""
+    s = make_server(limits={"idle_timeout_s": 3})
+    socks = [connect(s.port) for _ in range(20)]
+    for i, c in enumerate(socks):
+        c.sendall(b"IAMAT cold%d +1.0+1.0 1\n" % i)
+        assert recv_exact_lines(c, 1).startswith(b"AT ")
+    last = time.time()
+    assert wait_parked(s, 20, timeout=2.9) == 20, "quiet clients go cold after a second"
+    for c in socks:
+        c.settimeout(max(0.1, last + 8 - time.time()))
+        try:
+            assert c.recv(10) == b""
+        except socket.timeout:
+            raise AssertionError("a parked client outlived the idle timeout (3 s) by 5 s")
+    took = time.time() - last
+    assert 2.5 <= took <= 8, took
+    assert parked(s) == 0
+    log = s.read_log(wait_for="reason=idle timeout")
+    deadline = time.time() + 3
+    while log.count("reason=idle timeout") < 20 and time.time() < deadline:
+        time.sleep(0.1)
+        log = s.read_log()
+    assert log.count("reason=idle timeout") == 20
+    for c in socks:
+        c.close()
+    assert_serves(s.port)
+
+
+def test_out_of_descriptors_sheds_and_recovers(tmp_path):
+    """With 64 descriptors, connections past what fits are accepted and
+    closed at once (the spare descriptor makes room), logged; held ones
+    are served meanwhile, and once they close the server serves again."""
+    import resource
+    import subprocess
+
+    from conftest import free_port, program, wait_listening, write_config
+    port = free_port()
+    cfg = write_config(str(tmp_path), {"Tiny": (port, [])})
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    err = open(tmp_path / "Tiny.stderr", "wb")
+    proc = subprocess.Popen([program("herd-server"), "Tiny", "-c", cfg], preexec_fn=limit,
+                            stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        assert wait_listening(port, proc)
+        held, shed = [], 0
+        for i in range(100):
+            c = connect(port)
+            c.settimeout(5)
+            try:                      # a shed connection: closed, or reset (unread data)
+                c.sendall(b"IAMAT fd%d +1.0+1.0 1\n" % i)
+                reply = recv_exact_lines(c, 1)
+            except (ConnectionResetError, BrokenPipeError):
+                reply = b""
+            if reply.startswith(b"AT "):
+                held.append(c)
+            else:
+                assert reply == b"", reply
+                shed += 1
+                c.close()
+        assert 40 <= len(held) < 64 and shed == 100 - len(held), (len(held), shed)
+        held[0].sendall(b"WHATSAT fd0 1 1\n")
+        assert recv_exact_lines(held[0], 1).startswith(b"AT ")
+        for c in held:
+            c.close()
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            try:
+                assert_serves(port)
+                break
+            except (AssertionError, OSError):
+                time.sleep(0.1)
+        assert_serves(port)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        err.close()
+    log = open(tmp_path / "logs" / "Tiny.log").read()
+    assert log.count("conn-refused reason=out of file descriptors") >= shed
+    assert "stopping signal=INT" in log
+    stderr = open(tmp_path / "Tiny.stderr").read()
+    assert "Sanitizer" not in stderr and "runtime error" not in stderr, stderr

@@ -67,3 +67,19 @@ def test_log_summarises_whatsat_json(server):
     log = server.read_log(wait_for="json_bytes=")
     want = f'"{at_line.decode()}" json_bytes={json_bytes} results=3 status=OK'
     assert want in log, log[-500:]
+
+
+def test_log_lines_off_keeps_connections_but_no_data(make_server):
+    """logging.log_lines: false -- connections and events are still logged,
+    what clients send and receive is not; the replies are unchanged."""
+    s = make_server(logging={"log_lines": False})
+    at = exchange(s.port, b"IAMAT quiet +34.068930-118.445127 1\n")
+    assert at.startswith(b"AT Bailey ") and at.endswith(b" quiet +34.068930-118.445127 1\n")
+    reply = exchange(s.port, b"WHATSAT quiet 1 2\nWHATSAT nobody 1 2\nIAMAT bad\nHELLO\n")
+    assert reply.startswith(at + b"{\n")
+    assert reply.endswith(b"\n\n? WHATSAT nobody 1 2\n? IAMAT bad\n? HELLO\n")
+    s.stop()
+    log = open(s.log_path).read()
+    assert "conn-open" in log and "reason=client closed" in log
+    for word in ("recv ", "send ", "invalid ", "quiet", "nobody", "HELLO"):
+        assert word not in log, word

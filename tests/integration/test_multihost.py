@@ -3,7 +3,10 @@
 Every server has its own address (same port on all), the config names
 those hosts, and one server at a time is cut off the bridge (its veth set
 down, so packets vanish without a reset), given updates on both sides,
-and healed; every server must end with the newest value of every client.
+and kept cut until both ends of each of its links logged link-down (the
+links' TCP timeout, about 15 s); then healed: the links must come back
+with a catch-up each way, and every server must end with the newest value
+of every client.
 Needs root and `ip netns`; skipped with the reason otherwise.
 """
 import os
@@ -153,6 +156,19 @@ def wait_all(hosts, client, want, timeout=30):
     raise AssertionError({n: hosts.stored(n, client) for n in NAMES})
 
 
+def wait_lines(hosts, wanted, since, timeout):
+    """Until each (server, text) of wanted is in that server's log past the
+    offset since[server]: lines of this cut, not of an earlier one."""
+    deadline = time.time() + timeout
+    while True:
+        missing = [(n, text) for n, text in wanted if text not in hosts.log(n)[since[n]:]]
+        if not missing:
+            return
+        if time.time() > deadline:
+            raise AssertionError(f"not logged within {timeout} s: {missing}")
+        time.sleep(0.2)
+
+
 def test_herd_across_hosts_survives_cut_links(tmp_path, report):
     why = netns_available()
     if why:
@@ -169,21 +185,40 @@ def test_herd_across_hosts_survives_cut_links(tmp_path, report):
         at = hosts.send("Bailey", b"IAMAT mh %s 1000\n" % b"+1.0+1.0")[:-1]
         wait_all(hosts, b"mh", at)
         for victim, other in (("Campbell", "Clark"), ("Clark", "Bailey")):
+            near = DEFAULT_LINKS[victim]
+            before = {n: len(hosts.log(n)) for n in NAMES}
             sh("ip", "link", "set", hosts.veth[victim], "down")      # cut off the bridge
+            cut_at = time.time()
             t = int(time.time())
             inside = hosts.send_inside(victim, b"IAMAT cut-%s +2.0+2.0 %d.5\n" % (victim.encode(), t))
             outside = hosts.send(other, b"IAMAT out-%s +3.0+3.0 %d\n" % (victim.encode(), t))
             older = hosts.send(other, b"IAMAT both-%s +4.0+4.0 %d\n" % (victim.encode(), t))
             newer = hosts.send_inside(victim, b"IAMAT both-%s +5.0+5.0 %d.9\n" % (victim.encode(), t))
             assert inside.startswith(b"AT %s " % victim.encode()) and outside and older and newer
-            time.sleep(2)
+            # Packets vanish, so only the links' TCP timeouts (15 s with
+            # data in flight) can notice: wait until both ends of every link
+            # of the victim logged link-down.  The updates sent into the dead
+            # links are lost with them; only the catch-up can bring them.
+            down = [(victim, f"link-down peer={n} ") for n in near] + \
+                   [(n, f"link-down peer={victim} ") for n in near]
+            wait_lines(hosts, down, before, timeout=45)
+            down_s = time.time() - cut_at
             assert hosts.stored(other, b"cut-%s" % victim.encode()) is None, "the cut did not cut"
+            healed = {n: len(hosts.log(n)) for n in NAMES}
             sh("ip", "link", "set", hosts.veth[victim], "up")        # heal
             start = time.time()
+            # the links come back (the dialer retries every 3.2 s at most) and
+            # each side streams its table to the other
+            up = [(victim, f"link-up peer={n} ") for n in near] + \
+                 [(n, f"link-up peer={victim} ") for n in near] + \
+                 [(victim, f"catch-up-sent peer={n} ") for n in near] + \
+                 [(n, f"catch-up-sent peer={victim} ") for n in near]
+            wait_lines(hosts, up, healed, timeout=30)
             wait_all(hosts, b"cut-%s" % victim.encode(), inside[:-1])
             wait_all(hosts, b"out-%s" % victim.encode(), outside[:-1])
             wait_all(hosts, b"both-%s" % victim.encode(), newer[:-1])
-            report(f"{victim} cut for 2 s; all five converged "
+            report(f"{victim} cut for {start - cut_at:.0f} s (its links down after "
+                   f"{down_s:.0f} s); links up again and all five converged "
                    f"{time.time() - start:.1f} s after healing")
     finally:
         problems = hosts.down()

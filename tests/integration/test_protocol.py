@@ -81,6 +81,26 @@ def test_iamat_diff_is_exact_integer_arithmetic(server):
     assert before <= t_ns + diff_ns <= after + 1_000_000
 
 
+def test_iamat_diff_keeps_every_nanosecond(server):
+    """The diff is now - t in exact integer nanoseconds.  Through a double
+    (about 1.7e9 s: steps of 2**-22 s, 238.4 ns) every diff would fall on
+    that grid; real clock readings land on it once in ~240 tries."""
+    step = 2 ** -22 * 1e9
+    on_grid = 0
+    n = 20
+    with connect(server.port) as s:
+        for i in range(n):
+            t = time.time_ns() - 10**9 * i
+            tstr = b"%d.%09d" % (t // 10**9, t % 10**9)
+            s.sendall(b"IAMAT grid %s %s\n" % (LOC, tstr))
+            m = AT_RE.match(recv_exact_lines(s, 1)[:-1])
+            assert m and m.group(2) == b"+" and m.group(7) == tstr
+            diff_ns = int(m.group(3)) * 10**9 + int(m.group(4))
+            assert 10**9 * i <= diff_ns < 10**9 * i + 10**9, diff_ns
+            on_grid += abs(diff_ns - round(diff_ns / step) * step) <= 0.51
+    assert on_grid < n, "every diff is a multiple of 2**-22 s: computed through a double"
+
+
 def test_iamat_future_time_gives_negative_diff(server):
     t = b"%d.5" % (int(time.time()) + 1000)
     m = AT_RE.match(iamat(server.port, b"skewed", LOC, t))
@@ -126,6 +146,30 @@ def test_whatsat_nearest_first_within_radius(server):
         assert all(d <= float(radius) + 1e-6 for d in dists)
     _, js = split_whatsat(whatsat(server.port, b"near", b"50", b"20"))
     assert len(js["results"]) == 20, "the sample has at least 20 places within 50 km"
+
+
+def sample_places():
+    from conftest import PLACES
+    with open(PLACES) as f:
+        return [(p["geometry"]["coordinates"][1], p["geometry"]["coordinates"][0],
+                 p["properties"]["place_id"]) for p in json.load(f)["features"]]
+
+
+@pytest.mark.parametrize("radius", ["0.15", "0.2", "0.3", "0.42", "1", "5", "50"])
+def test_whatsat_returns_exactly_the_places_within_the_radius(server, radius):
+    """Every sample place within the radius, nearest first, up to the bound;
+    no place outside it.  (The 20 nearest lie within 0.45 km of LOC, so
+    only small radii tell a radius from twice that radius.)"""
+    lat, lng = 34.068930, -118.445127
+    iamat(server.port, b"exact", LOC)
+    r = float(radius)
+    places = sorted((haversine(lat, lng, plat, plng), pid) for plat, plng, pid in sample_places())
+    assert all(abs(d - r) > 0.002 for d, _ in places), "a place lies on the radius: pick another"
+    for bound in (20, 3):
+        _, js = split_whatsat(whatsat(server.port, b"exact", radius.encode(), b"%d" % bound))
+        want = [pid for d, pid in places if d <= r][:bound]
+        assert [p["place_id"] for p in js["results"]] == want, (radius, bound)
+        assert js["status"] == ("OK" if want else "ZERO_RESULTS")
 
 
 def test_whatsat_zero_results(server):

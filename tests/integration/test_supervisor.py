@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import (BIN_DIR, DEFAULT_LINKS, ROOT, exchange, free_port, program, read_log,
-                      wait_listening, wait_log, write_config)
+                      supervised_problems, wait_listening, wait_log, write_config)
 
 SUPERVISOR = "supervisor:\n  restart_max: 3\n  restart_window_s: 60\n" \
              "  backoff_initial_ms: 100\n  backoff_max_ms: 400\n  stop_timeout_s: 5\n"
@@ -23,6 +23,17 @@ class ScriptHerd:
         self.pidfile = os.path.join(self.dir, "servers.pid")
         self.env = dict(os.environ, HERD_BIN_DIR=BIN_DIR, HERD_START_TIMEOUT="10")
         self.env.pop("HERD_SECRET", None)
+        self.killed = set()          # pids the test sent SIGKILL
+        self.may_crash = set()       # servers the test makes crash
+
+    def kill(self, pid):
+        """SIGKILL a server, remembered: the check at the end expects its crash."""
+        self.killed.add(pid)
+        os.kill(pid, signal.SIGKILL)
+
+    def problems(self):
+        """Unexpected crashes, unclean stops, sanitizer reports (see conftest)."""
+        return supervised_problems(self.dir, DEFAULT_LINKS, self.killed, self.may_crash)
 
     def script(self, name, *args):
         return subprocess.run([os.path.join(ROOT, name), "-c", self.config, *args],
@@ -75,6 +86,8 @@ def sherd(tmp_path):
             if alive(p):
                 os.kill(p, signal.SIGKILL)
         assert wait_gone(pids), "a process of the herd survived its stop"
+    problems = h.problems()
+    assert not problems, problems
 
 
 def test_start_status_stop(sherd):
@@ -108,7 +121,7 @@ def test_kill_child_is_restarted_and_catches_up(sherd):
     old = sherd.pids()["Clark"]
     at = exchange(sherd.ports["Bailey"], b"IAMAT rs +1.0+1.0 %.9f\n" % time.time())[:-1]
     t0 = time.time()
-    os.kill(old, signal.SIGKILL)
+    sherd.kill(old)
     deadline = time.time() + 10
     while time.time() < deadline:
         new = sherd.pids().get("Clark")
@@ -133,6 +146,7 @@ def test_crashing_child_is_given_up_others_keep_serving(sherd):
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", sherd.ports["Jaquez"]))
     blocker.listen()
+    sherd.may_crash.add("Jaquez")
     sup = subprocess.Popen([program("herd-supervisor"), "-c", sherd.config],
                            env=sherd.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -156,6 +170,7 @@ def test_start_failure_explains_itself(sherd):
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", sherd.ports["Bona"]))
     blocker.listen()
+    sherd.may_crash.add("Bona")
     sherd.env["HERD_START_TIMEOUT"] = "3"
     try:
         r = sherd.script("start_servers.sh")
@@ -202,3 +217,74 @@ def test_sighup_reopens_every_log(sherd):
     exchange(sherd.ports["Bailey"], b"AFTER-HUP\n")
     assert sherd.wait_log("Bailey", "AFTER-HUP")
     assert "AFTER-HUP" not in open(os.path.join(logs, "Bailey.log.1")).read()
+
+
+def status(sherd, *args):
+    return subprocess.run([program("herd-supervisor"), "-c", sherd.config, "--status", *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_status_shows_a_given_up_server(sherd):
+    """--status with one server given up: its row says so, the count says
+    4 of 5, the exit status is 1 (after --wait has waited in vain)."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", sherd.ports["Clark"]))
+    blocker.listen()
+    sherd.may_crash.add("Clark")
+    sup = subprocess.Popen([program("herd-supervisor"), "-c", sherd.config],
+                           env=sherd.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert sherd.wait_log("supervisor", "child-given-up server=Clark", timeout=15)
+        start = time.time()
+        r = status(sherd, "--wait", "1")
+        assert 0.9 <= time.time() - start < 5
+        assert r.returncode == 1 and "4 of 5 servers listening" in r.stdout, r.stdout
+        row = next(l for l in r.stdout.splitlines() if l.startswith("Clark "))
+        assert row.split()[2:] == ["-", "-", "3", "given-up", f"{sherd.dir}/logs/Clark.log"], row
+        row = next(l for l in r.stdout.splitlines() if l.startswith("Bailey "))
+        assert row.split()[4] == "0" and row.split()[5] == "yes", row
+        assert row.split()[3].endswith("s"), "uptime in seconds"
+    finally:
+        sup.send_signal(signal.SIGINT)             # INT stops the herd as TERM does
+        assert sup.wait(timeout=15) == 0
+        blocker.close()
+    assert "stopping signal=INT" in sherd.log("supervisor")
+
+
+def test_server_that_exits_cleanly_is_started_again(sherd):
+    """A server stopped from outside (SIGTERM to it, not the supervisor)
+    exits 0; the supervisor logs it and starts it again, as no crash."""
+    sup, kids = sherd.start_supervisor()
+    try:
+        old = sherd.pids()["Campbell"]
+        sherd.may_crash.add("Campbell")
+        os.kill(old, signal.SIGTERM)
+        assert sherd.wait_log("supervisor", "child-exit server=Campbell exited cleanly")
+        deadline = time.time() + 10
+        while sherd.pids().get("Campbell", old) == old and time.time() < deadline:
+            time.sleep(0.05)
+        assert sherd.pids().get("Campbell", old) != old
+        assert exchange(sherd.ports["Campbell"], b"PING\n") == b"? PING\n"
+        assert "child-crash server=Campbell" not in sherd.log("supervisor")
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(timeout=15) == 0
+
+
+def test_server_that_ignores_the_stop_is_killed(sherd):
+    """stop_timeout_s: a server that does not stop (SIGSTOPped here) is
+    SIGKILLed after it, and the supervisor still exits 0."""
+    text = open(sherd.config).read().replace("stop_timeout_s: 5", "stop_timeout_s: 1")
+    open(sherd.config, "w").write(text)
+    sup, kids = sherd.start_supervisor()
+    frozen = sherd.pids()["Jaquez"]
+    sherd.may_crash.add("Jaquez")
+    os.kill(frozen, signal.SIGSTOP)
+    start = time.time()
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(timeout=15) == 0
+    assert 0.9 <= time.time() - start < 8
+    log = sherd.log("supervisor")
+    assert "stop-timeout 1 servers did not stop in 1 s: SIGKILL" in log
+    assert "child-stopped server=Jaquez killed by signal 9" in log
+    assert wait_gone(kids)
