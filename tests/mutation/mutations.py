@@ -124,7 +124,7 @@ MUTATIONS = [
     # ---------------------------------------------------------- snapshot.c
     dict(id="periodic-snapshot-not-written", file="server/snapshot.c",
          original="    _exit(write_file(s) < 0 ? 1 : 0);",
-         mutant="    _exit(0);",
+         mutant="    _exit(s ? 0 : 1);",
          breaks="the periodic snapshot is never written: a kill -9 loses every update",
          tests=["tests/integration/test_herd.py::test_periodic_snapshot_is_written_while_running"]),
     dict(id="snapshot-end-count-unchecked", file="server/snapshot.c",
