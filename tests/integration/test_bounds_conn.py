@@ -12,9 +12,10 @@ import time
 
 import pytest
 
-from conftest import (BIN_DIR, DEFAULT_LINKS, ROOT, connect, exchange, free_port, program,
+from conftest import (DEFAULT_LINKS, connect, exchange, free_port, program,
                       read_log, recv_exact_lines, recv_until_eof, wait_listening, wait_log,
                       write_config)
+from test_supervisor import ScriptHerd, alive
 
 SECRET = "test-secret-0123456789"
 BUSY = b"? too many connections, try again later\n"
@@ -207,42 +208,9 @@ SUPERVISOR = "supervisor:\n  restart_max: 3\n  restart_window_s: 60\n" \
              f"  hang_timeout_s: {HANG_S}\n"
 
 
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(")")[-1].split()[0] != "Z"
-
-
-class ScriptHerd:
-    """The five servers under herd-supervisor, through start_servers.sh."""
-
-    def __init__(self, path):
-        self.dir = str(path)
-        self.ports = {n: free_port() for n in DEFAULT_LINKS}
-        self.config = write_config(self.dir, {n: (self.ports[n], DEFAULT_LINKS[n])
-                                              for n in DEFAULT_LINKS}, extra=SUPERVISOR)
-        self.pidfile = os.path.join(self.dir, "servers.pid")
-        self.env = dict(os.environ, HERD_BIN_DIR=BIN_DIR, HERD_START_TIMEOUT="10")
-        self.env.pop("HERD_SECRET", None)
-
-    def script(self, name, *args):
-        return subprocess.run([os.path.join(ROOT, name), "-c", self.config, *args],
-                              capture_output=True, text=True, env=self.env, timeout=60)
-
-    def pids(self):
-        try:
-            with open(self.pidfile) as f:
-                return {k: int(v) for k, v in (line.split() for line in f)}
-        except (FileNotFoundError, ValueError):
-            return {}
-
-
 @pytest.fixture
 def sherd(tmp_path):
-    h = ScriptHerd(tmp_path)
+    h = ScriptHerd(tmp_path, extra=SUPERVISOR)
     stopped = []
     yield h, stopped
     for pid in stopped:                  # a SIGSTOPped server left behind

@@ -538,6 +538,7 @@ def test_secret_from_the_file_trimmed(herd):
     secret = os.path.join(herd.dir, "state", "herd.secret")
     with open(secret, "w") as f:
         f.write(herd.secret + " \t\r\n")
+    os.chmod(secret, 0o600)                          # the owner's alone, or refused
     herd.start("Bona")                               # HERD_SECRET: the plain secret
     herd.start("Bailey", secret_from_file=True)
     assert herd.wait_log("Bailey", "link-up peer=Bona", timeout=10)

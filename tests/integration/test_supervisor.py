@@ -15,11 +15,14 @@ SUPERVISOR = "supervisor:\n  restart_max: 3\n  restart_window_s: 60\n" \
 
 
 class ScriptHerd:
-    def __init__(self, path):
+    """The five servers under herd-supervisor, through start_servers.sh;
+    'extra' is the config's supervisor section."""
+
+    def __init__(self, path, extra=SUPERVISOR):
         self.dir = str(path)
         self.ports = {n: free_port() for n in DEFAULT_LINKS}
         self.config = write_config(self.dir, {n: (self.ports[n], DEFAULT_LINKS[n])
-                                              for n in DEFAULT_LINKS}, extra=SUPERVISOR)
+                                              for n in DEFAULT_LINKS}, extra=extra)
         self.pidfile = os.path.join(self.dir, "servers.pid")
         self.env = dict(os.environ, HERD_BIN_DIR=BIN_DIR, HERD_START_TIMEOUT="10")
         self.env.pop("HERD_SECRET", None)
@@ -40,8 +43,12 @@ class ScriptHerd:
                               capture_output=True, text=True, env=self.env, timeout=60)
 
     def pids(self):
-        with open(self.pidfile) as f:
-            return {k: int(v) for k, v in (line.split() for line in f)}
+        """{name: pid} from servers.pid; {} when it is missing or half-written."""
+        try:
+            with open(self.pidfile) as f:
+                return {k: int(v) for k, v in (line.split() for line in f)}
+        except (FileNotFoundError, ValueError):
+            return {}
 
     def log(self, name):
         return read_log(self.dir, name)
@@ -240,7 +247,7 @@ def test_status_shows_a_given_up_server(sherd):
         assert 0.9 <= time.time() - start < 5
         assert r.returncode == 1 and "4 of 5 servers listening" in r.stdout, r.stdout
         row = next(l for l in r.stdout.splitlines() if l.startswith("Clark "))
-        assert row.split()[2:] == ["-", "-", "3", "given-up", f"{sherd.dir}/logs/Clark.log"], row
+        assert row.split()[2:] == ["-", "-", "3", "given-up", "-", f"{sherd.dir}/logs/Clark.log"], row
         row = next(l for l in r.stdout.splitlines() if l.startswith("Bailey "))
         assert row.split()[4] == "0" and row.split()[5] == "yes", row
         assert row.split()[3].endswith("s"), "uptime in seconds"
