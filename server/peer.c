@@ -297,15 +297,7 @@ static void on_update(server *s, client *c, const char *line, size_t len) {
         .origin = at.origin, .diff = at.diff, .client = at.u.client,
         .location = at.u.location, .time = at.u.time, .t = at.u.t
     };
-    table_entry *e = table_offer(&s->tab, &u);
-    if (!e) return;
-    s->table_dirty = 1;
-    if (s->cfg->logging.log_lines) {
-        char prefix[96];
-        snprintf(prefix, sizeof prefix, "from=%s ", peer_name(s, L));
-        log_data(LOG_INFO, "update", prefix, e->line, e->line_len, NULL);
-    }
-    peer_flood(s, e, c->link);
+    update_apply(s, &u, c->link);
 }
 
 void peer_line(server *s, client *c, const char *line, size_t len) {

@@ -41,6 +41,35 @@ typedef struct client {
     int64_t drain_until_ms;     /* while draining: when to give up */
     int64_t partial_since_ms;   /* an unfinished line began then; 0: none */
     struct timespec rx_time;    /* wall clock of the last read with data */
+    /* Flags.  Who sets and clears each, and which may go together:
+     *  eof            server.c client_read, on a read of 0; never cleared.
+     *                 The last unterminated line is served (clients only).
+     *  close_after_flush  client_read at eof: close once 'out' is written.
+     *  draining       client_close_after_reply: a last reply is due; input is
+     *                 read and thrown away until drain_until_ms.  Implies no
+     *                 more lines are handled; goes with shut once written.
+     *  shut           client_write, after a draining client's output is out.
+     *  dead           client_kill; freed after the poll round.  Every other
+     *                 flag is moot from then on; never cleared.
+     *  connecting     peer.c dial (ROLE_DIALING only), cleared by
+     *                 peer_connected.  Polls for POLLOUT instead of POLLIN.
+     *  quiet          peer.c dial: no conn-open/close lines; cleared at
+     *                 link-up.  Links and dials only.
+     *  waiting        google.c, ROLE_CLIENT only: a WHATSAT waits upstream;
+     *                 further lines are held in 'in' until it clears.
+     *  cold           server.c make_cold / cold_remove.  Only a ROLE_CLIENT
+     *                 that is not probation, dead, eof or waiting, with
+     *                 nothing queued to write, may be cold.
+     *  queued         server.c queue_write / write_queued: in server.wq.
+     *  counted        client_add (every new connection); cleared once by
+     *                 client_uncount (role change to a link, or close), never
+     *                 set again for this connection.
+     *  probation      accept_clients past a full table (implies counted in
+     *                 nprobation, ROLE_CLIENT); cleared by client_uncount.
+     *  addr_counted   accept_clients when per-address caps are on; cleared
+     *                 by client_uncount.
+     * A link (ROLE_DIALING, ROLE_ACCEPTED, ROLE_PEER) is never counted,
+     * probation, addr_counted, waiting or cold. */
     unsigned eof : 1;           /* the client half-closed */
     unsigned close_after_flush : 1;
     unsigned draining : 1;      /* a last reply is due; discarding input */
@@ -51,9 +80,7 @@ typedef struct client {
     unsigned waiting : 1;       /* a WHATSAT waits upstream: hold the rest */
     unsigned cold : 1;          /* idle: parked in the cold set, not polled */
     unsigned queued : 1;        /* in server.wq: replies to write this round */
-    unsigned counted : 1;       /* counted in nclients or nprobation (a plain
-                                 * client since its accept; never again once
-                                 * it was part of a link, whatever its role) */
+    unsigned counted : 1;       /* counted in nclients or nprobation */
     unsigned probation : 1;     /* taken past a full table: must say PEER HELLO */
     unsigned addr_counted : 1;  /* counted in server.per_addr */
     uint32_t ip;                /* IPv4 address of an accepted connection */
@@ -128,8 +155,14 @@ int server_run(server *s);
 
 void server_free(server *s);
 
-/* commands.c: handle one line (without LF or CRLF) from client c, appending
- * the reply to c->out. */
+/* forward.c: the one path of an update, from a client (from_link -1) or
+ * from link from_link: store it when newer than what the table holds, mark
+ * the table for the next snapshot, log it, forward it.  Returns the stored
+ * entry, or NULL when it was not newer. */
+table_entry *update_apply(server *s, const table_update *u, int from_link);
+
+/* commands.c: handle one line (without LF or CRLF) from c, a ROLE_CLIENT
+ * connection, appending the reply to c->out. */
 void command_handle(server *s, client *c, const char *line, size_t len);
 
 /* commands.c: the answer to a bad line, "? " + the line + LF, on c->out. */

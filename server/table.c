@@ -255,23 +255,32 @@ void table_set_max(table *t, size_t max) {
     while (t->count > t->max) evict_oldest(t);
 }
 
-static table_entry *make_entry(const table_update *u, uint64_t h) {
-    size_t len = 3 + u->origin.len + 1 + u->diff.len + 1 + u->client.len + 1 +
-                 u->location.len + 1 + u->time.len;
-    table_entry *e = xmalloc(sizeof *e + len + 1);
-    char *o = e->line;
-    e->hash = h;
-    e->t = u->t;
+size_t table_at_len(const table_update *u) {
+    return 3 + u->origin.len + 1 + u->diff.len + 1 + u->client.len + 1 +
+           u->location.len + 1 + u->time.len;
+}
+
+size_t table_format_at(char *out, const table_update *u, table_entry *e) {
+    char *o = out;
     memcpy(o, "AT ", 3); o += 3;
-    e->origin_off = (uint16_t)(o - e->line); e->origin_len = (uint16_t)u->origin.len;
+    if (e) { e->origin_off = (uint16_t)(o - out); e->origin_len = (uint16_t)u->origin.len; }
     memcpy(o, u->origin.p, u->origin.len); o += u->origin.len; *o++ = ' ';
     memcpy(o, u->diff.p, u->diff.len); o += u->diff.len; *o++ = ' ';
-    e->client_off = (uint16_t)(o - e->line); e->client_len = (uint16_t)u->client.len;
+    if (e) { e->client_off = (uint16_t)(o - out); e->client_len = (uint16_t)u->client.len; }
     memcpy(o, u->client.p, u->client.len); o += u->client.len; *o++ = ' ';
-    e->location_off = (uint32_t)(o - e->line); e->location_len = (uint32_t)u->location.len;
+    if (e) { e->location_off = (uint32_t)(o - out); e->location_len = (uint32_t)u->location.len; }
     memcpy(o, u->location.p, u->location.len); o += u->location.len; *o++ = ' ';
     memcpy(o, u->time.p, u->time.len); o += u->time.len;
-    *o = '\0';
+    return (size_t)(o - out);
+}
+
+static table_entry *make_entry(const table_update *u, uint64_t h) {
+    size_t len = table_at_len(u);
+    table_entry *e = xmalloc(sizeof *e + len + 1);
+    e->hash = h;
+    e->t = u->t;
+    table_format_at(e->line, u, e);
+    e->line[len] = '\0';
     e->line_len = (uint32_t)len;
     return e;
 }

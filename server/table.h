@@ -89,6 +89,13 @@ typedef struct {
  * call: keep a copy of what must outlive it. */
 table_entry *table_offer(table *t, const table_update *u);
 
+/* The AT line of an update, "AT origin diff client location time" (the one
+ * formatter of it: stored entries, IAMAT replies): its length, and the line
+ * written to out (table_at_len bytes, no LF, no NUL); with e, the field
+ * offsets are recorded in e.  Returns the length written. */
+size_t table_at_len(const table_update *u);
+size_t table_format_at(char *out, const table_update *u, table_entry *e);
+
 /* The slot index holding e (which must be in the table). */
 size_t table_index(const table *t, const table_entry *e);
 
