@@ -710,6 +710,7 @@ void server_free(server *s) {
     free(s->cold);
     free(s->wq);
     if (s->cold_fd >= 0) close(s->cold_fd);
+    if (s->me) forward_log_stats(s);
     log_msg(LOG_INFO, "stopped", "server=%s", s->me ? s->me->name : "?");
     log_close();
     if (s->lfd >= 0) close(s->lfd);

@@ -99,12 +99,38 @@ typedef struct {
     int backoff_ms;
     int failures;               /* dial failures since the last link-up */
     client *accepting;          /* its HELLO came in; waiting for PROOF, or NULL */
-    int streaming;              /* sending the whole table */
+    int streaming;              /* sending part of the table (stream_mask) */
     size_t stream_pos;
     uint64_t stream_layout;     /* the table's layout when the stream began */
+    uint64_t stream_mask[TABLE_BUCKETS / 64];  /* buckets the stream sends */
+    uint64_t stream_gen;        /* only entries stored by then (gen); or all */
     int resync;                 /* stream again once the current one ends */
     uint64_t sent, received;    /* updates, for the log */
+    /* anti-entropy (forward.c) */
+    int64_t next_sum_ms;        /* when to send our next SUM */
+    uint64_t sum_gen, prev_gen; /* table.gen at our last two SUMs */
+    uint64_t differ[TABLE_BUCKETS / 64];  /* buckets whose SUMS differed */
+    int lsdb_due;               /* send every known LINK state (link just up) */
 } peer_link;
+
+/* What forward.c knows of the herd's links (docs/PROTOCOL.md, "Between
+ * servers"): each server's newest LINK state, the trees computed from them. */
+typedef struct {
+    uint64_t seq[CONFIG_MAX_SERVERS];   /* newest LINK seq per server; 0: none */
+    uint64_t up[CONFIG_MAX_SERVERS];    /* bit j: it says its link to j is up */
+    int8_t parent[CONFIG_MAX_SERVERS][CONFIG_MAX_SERVERS];  /* per origin; -1 none */
+    uint64_t tree_ok;                   /* bit o: parent[o] is computed */
+    int64_t flux_until_ms;              /* flood until then: states in flux */
+    int announce;                       /* our own state changed: send it */
+    int64_t next_stats_ms;
+    uint64_t logged_sent;               /* link_updates_sent at the last log */
+    /* counters (the forward-stats log line) */
+    uint64_t client_updates;            /* client updates stored */
+    uint64_t link_updates_sent;         /* AT lines appended to links */
+    uint64_t tree_sends, flood_sends;   /* updates forwarded each way */
+    uint64_t ctl_sent, ctl_bytes;       /* LINK, SUM, SUMS lines sent */
+    uint64_t repairs;                   /* updates stored from anti-entropy */
+} forward_state;
 
 typedef struct server {
     const config *cfg;
@@ -135,6 +161,7 @@ typedef struct server {
     places_local places;
     peer_link links[CONFIG_MAX_SERVERS];
     int n_links;
+    forward_state fw;
     char secret[256];           /* empty: links are disabled */
     size_t secret_len;
     int table_dirty;            /* changed since the last snapshot */
@@ -200,7 +227,15 @@ int peer_hello(server *s, client *c, const char *line, size_t len);
 void peer_line(server *s, client *c, const char *line, size_t len);
 void peer_lost(server *s, client *c);      /* c is going away */
 void peer_connected(server *s, client *c); /* a dial finished (POLLOUT) */
-void peer_flood(server *s, const table_entry *e, int from_link);
+void peer_send(server *s, const table_entry *e, int li);  /* one AT line on link li */
+void peer_stream(server *s, int li, const uint64_t *mask, uint64_t gen); /* buckets */
+
+/* forward.c: trees of live links, link states, anti-entropy. */
+void forward_init(server *s);
+void forward_link_changed(server *s, int li);  /* link li came up or went down */
+void forward_line(server *s, int li, const char *line, size_t len);  /* LINK, SUM, SUMS */
+void forward_tick(server *s);
+void forward_log_stats(server *s);
 int peer_poll_timeout(server *s);          /* ms to the next dial, or -1 */
 
 /* snapshot.c: state/NAME.snap */
