@@ -1,0 +1,211 @@
+"""Forwarding along trees of live links, with anti-entropy (docs/PROTOCOL.md,
+"Between servers").
+
+The link messages are counted by the servers themselves: each logs a
+`forward-stats` line when it stops, with `client_updates` (client updates it
+stored) and `link_updates_sent` (AT lines it put on links, anti-entropy
+included).  Their ratio over the herd is the link messages per update.
+"""
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import time
+
+from conftest import DEFAULT_LINKS, Herd, exchange, free_port, program, read_log, \
+    wait_listening, write_config
+
+FLUX_S = 2.5   # a server floods for 2 s after any link state changed (forward.c)
+
+
+def stats(folder, names):
+    """Sums of the last forward-stats line of each server's log."""
+    total = {"client_updates": 0, "link_updates_sent": 0, "tree": 0, "flood": 0,
+             "ctl_lines": 0, "ctl_bytes": 0}
+    for n in names:
+        lines = [l for l in read_log(folder, n).splitlines() if "forward-stats" in l]
+        assert lines, f"{n} logged no forward-stats"
+        for k in total:
+            total[k] += int(re.search(r"\b%s=(\d+)" % k, lines[-1]).group(1))
+    return total
+
+
+def wait_until(cond, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def load_ratio(tmp_path, mode):
+    """The default herd under benchmark load: link AT lines per client update."""
+    tmp_path.mkdir()
+    h = Herd(tmp_path, logging={"log_lines": "false"})
+    with open(h.config, "a") as f:
+        f.write(f"  forwarding: {mode}\n")
+    try:
+        h.start().wait_links()
+        time.sleep(FLUX_S)
+        r = subprocess.run([program("herd-benchmark"), "-c", h.config, "--quiet",
+                            "--concurrency", "20", "--duration", "2", "--warmup", "0",
+                            "--mix", "iamat=100,whatsat=0", "--clients", "2000"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    finally:
+        h.stop()
+    st = stats(h.dir, DEFAULT_LINKS)
+    assert st["client_updates"] > 1000, st
+    return st["link_updates_sent"] / st["client_updates"], st
+
+
+def test_default_herd_under_load_sends_at_most_4_2_per_update(tmp_path, report):
+    tree, st = load_ratio(tmp_path / "tree", "tree")
+    flood, fst = load_ratio(tmp_path / "flood", "flood")
+    report(f"default herd, c=20 IAMAT: {tree:.3f} link AT lines per stored client update "
+           f"with trees ({st}), {flood:.3f} with flooding ({fst})")
+    assert tree <= 4.2
+    assert flood > 6           # the same count sees flooding's duplicates
+
+
+# ------------------------------------------------------------ a big herd
+
+def random_topology(n, seed):
+    """A connected graph on n nodes, every degree from 3 to 6."""
+    rnd = random.Random(seed)
+    adj = {i: set() for i in range(n)}
+    for i in range(1, n):                                   # a random spanning tree
+        j = rnd.choice([k for k in range(i) if len(adj[k]) < 5])
+        adj[i].add(j)
+        adj[j].add(i)
+    for i in range(n):
+        while len(adj[i]) < 3:
+            j = rnd.choice([k for k in range(n) if k != i and k not in adj[i] and len(adj[k]) < 6])
+            adj[i].add(j)
+            adj[j].add(i)
+    assert all(3 <= len(a) <= 6 for a in adj.values())
+    return adj
+
+
+class BigHerd:
+    def __init__(self, path, n, seed):
+        self.dir = str(path)
+        self.names = ["S%02d" % i for i in range(n)]
+        adj = random_topology(n, seed)
+        self.neigh = {self.names[i]: sorted(self.names[j] for j in adj[i]) for i in range(n)}
+        self.links = sum(len(a) for a in adj.values()) // 2
+        self.ports = {name: free_port() for name in self.names}
+        self.config = write_config(self.dir, {m: (self.ports[m], self.neigh[m]) for m in self.names},
+                                   logging={"log_lines": "false"},
+                                   extra="herd:\n  snapshot_interval_s: 1\n  anti_entropy_ms: 500\n")
+        self.procs = {}
+
+    def start(self, *names):
+        env = dict(os.environ, HERD_SECRET="test-secret-0123456789")
+        for m in names or self.names:
+            err = open(os.path.join(self.dir, f"{m}.stderr"), "ab")
+            self.procs[m] = subprocess.Popen([program("herd-server"), m, "-c", self.config],
+                                             stdout=subprocess.DEVNULL, stderr=err, env=env)
+            err.close()
+        for m in names or self.names:
+            assert wait_listening(self.ports[m], self.procs[m], timeout=30), f"{m} did not start"
+
+    def kill(self, m):
+        p = self.procs.pop(m)
+        p.kill()
+        p.wait()
+
+    def stop_all(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        bad = []
+        for m, p in self.procs.items():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            err = open(os.path.join(self.dir, f"{m}.stderr"), errors="replace").read()
+            if p.returncode != 0 or "Sanitizer" in err or "runtime error" in err:
+                bad.append(f"{m} exited {p.returncode}: {err[-1000:]}")
+        self.procs = {}
+        assert not bad, bad
+
+    def links_up(self):
+        return all(read_log(self.dir, m).count("link-up") >= len(self.neigh[m]) for m in self.names)
+
+    def iamat(self, m, client, t):
+        reply = exchange(self.ports[m], b"IAMAT %s +1.0+2.0 %s\n" % (client, t))
+        assert reply.startswith(b"AT %s " % m.encode()), reply
+        return reply[:-1]
+
+    def stored(self, m, client):
+        reply = exchange(self.ports[m], b"WHATSAT %s 1 1\n" % client)
+        return None if reply.startswith(b"? ") else reply.split(b"\n", 1)[0]
+
+    def converged(self, want):
+        """Every server holds want[client] for every client."""
+        for m in self.names:
+            for c, line in want.items():
+                if self.stored(m, c) != line:
+                    return False
+        return True
+
+
+def test_big_herd_n_minus_1_per_update_and_converges_after_cuts_and_kills(tmp_path, report):
+    n = 32
+    h = BigHerd(tmp_path, n, seed=19)
+    rnd = random.Random(19)
+    try:
+        h.start()
+        wait_until(h.links_up, 60, "every link up")
+        time.sleep(FLUX_S)
+        # quiet herd: each update crosses exactly N-1 links
+        want = {}
+        for i in range(40):
+            c = b"big%d" % i
+            want[c] = h.iamat(rnd.choice(h.names), c, b"%d.5" % (1000 + i))
+        t0 = time.time()
+        wait_until(lambda: h.converged(want), 60, "the first updates everywhere")
+        took = time.time() - t0
+        h.stop_all()
+        st = stats(h.dir, h.names)
+        per = st["link_updates_sent"] / st["client_updates"]
+        report(f"{n} servers, {h.links} links: {per:.2f} link AT lines per update "
+               f"(N-1 = {n - 1}, flooding would cost {2 * h.links - (n - 1)}); {st}; "
+               f"all held after {took:.2f} s")
+        assert st["client_updates"] == 40
+        assert st["link_updates_sent"] == 40 * (n - 1), st
+        assert st["flood"] == 0, st
+
+        # now cut links and kill servers under updates: kill -9 a few servers
+        # (every link of each goes down), update elsewhere, restart them,
+        # again; then every server must end with the newest value of each
+        h.start()
+        wait_until(h.links_up, 60, "every link up again")
+        seq = 2000
+        for rnd_round in range(3):
+            victims = rnd.sample(h.names, 4)
+            for v in victims:
+                h.kill(v)
+            for i in range(40):
+                c = b"big%d" % rnd.randrange(60)
+                m = rnd.choice([x for x in h.names if x in h.procs])
+                seq += 1
+                want[c] = h.iamat(m, c, b"%d.5" % seq)
+            h.start(*victims)
+            for i in range(20):                       # while links come back
+                c = b"big%d" % rnd.randrange(60)
+                seq += 1
+                want[c] = h.iamat(rnd.choice(h.names), c, b"%d.5" % seq)
+        t0 = time.time()
+        wait_until(lambda: h.converged(want), 90, "convergence after cuts and kills")
+        took = time.time() - t0
+        report(f"{n} servers: after 3 rounds of 4 kills and restarts, all {len(want)} clients "
+               f"held everywhere {took:.2f} s after the last update")
+    finally:
+        h.stop_all()
