@@ -16,9 +16,10 @@
  *
  * Safety first: an update is flooded as before (every neighbour but the
  * sender) when forwarding is set to flood, for FLUX_MS after any link state
- * changed, when its origin is unknown, when the tree does not reach us, or
+ * changed, when its origin is unknown, when the tree does not reach us,
  * when it came from a neighbour that is not our parent in its tree (the
- * sender's view differs from ours).  Anything a tree still misses is
+ * sender's view differs from ours), or when a neighbour whose link is up
+ * never announced its links (an older server: it only knows flooding).  Anything a tree still misses is
  * repaired by anti-entropy.
  *
  * Anti-entropy.  Every herd.anti_entropy_ms (P), and at once when a link
@@ -130,6 +131,8 @@ static int tree_children(server *s, const table_entry *e, int from_link, uint64_
         return -1;
     int o = server_index(s, e->line + e->origin_off, e->origin_len), me = me_index(s);
     if (o < 0) return -1;
+    for (int li = 0; li < s->n_links; li++)      /* a neighbour that never says LINK */
+        if (link_ready(s, li) && !s->fw.seq[s->links[li].server]) return -1;
     if (!(s->fw.tree_ok >> o & 1)) compute_tree(s, o);
     const int8_t *par = s->fw.parent[o];
     if (o != me && par[me] < 0) return -1;                       /* not reached */
