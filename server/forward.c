@@ -216,6 +216,7 @@ static void announce(server *s) {
     s->fw.up[me] = my_up(s);
     states_changed(s);
     flood_state(s, me, -1);
+    s->fw.announced++;
 }
 
 void forward_link_changed(server *s, int li) {
@@ -262,8 +263,8 @@ static void on_link_state(server *s, int li, const proto_str *f) {
     int o = server_index(s, f[1].p, f[1].len);
     uint64_t seq;
     if (o < 0 || parse_u64(f[2], &seq) < 0) return;
-    if (o == me_index(s)) {                 /* our own, from a previous life */
-        if (seq >= s->fw.seq[o]) {
+    if (o == me_index(s)) {   /* our own: an echo, or one from a previous life */
+        if (seq > s->fw.seq[o]) {
             s->fw.seq[o] = seq;
             s->fw.announce = 1;
         }
@@ -354,8 +355,8 @@ void forward_log_stats(server *s) {
     forward_state *w = &s->fw;
     log_msg(LOG_INFO, "forward-stats", "client_updates=%" PRIu64 " link_updates_sent=%" PRIu64
             " tree=%" PRIu64 " flood=%" PRIu64 " ctl_lines=%" PRIu64 " ctl_bytes=%" PRIu64
-            " mode=%s", w->client_updates, w->link_updates_sent, w->tree_sends, w->flood_sends,
-            w->ctl_sent, w->ctl_bytes,
+            " announced=%" PRIu64 " mode=%s", w->client_updates, w->link_updates_sent,
+            w->tree_sends, w->flood_sends, w->ctl_sent, w->ctl_bytes, w->announced,
             s->cfg->herd.forwarding == FORWARD_FLOOD ? "flood" : "tree");
 }
 

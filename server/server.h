@@ -129,6 +129,7 @@ typedef struct {
     uint64_t link_updates_sent;         /* AT lines appended to links */
     uint64_t tree_sends, flood_sends;   /* updates forwarded each way */
     uint64_t ctl_sent, ctl_bytes;       /* LINK, SUM, SUMS lines sent */
+    uint64_t announced;                 /* our own states sent */
     uint64_t repairs;                   /* updates stored from anti-entropy */
 } forward_state;
 

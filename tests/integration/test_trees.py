@@ -23,7 +23,7 @@ FLUX_S = 2.5   # a server floods for 2 s after any link state changed (forward.c
 def stats(folder, names):
     """Sums of the last forward-stats line of each server's log."""
     total = {"client_updates": 0, "link_updates_sent": 0, "tree": 0, "flood": 0,
-             "ctl_lines": 0, "ctl_bytes": 0}
+             "ctl_lines": 0, "ctl_bytes": 0, "announced": 0}
     for n in names:
         lines = [l for l in read_log(folder, n).splitlines() if "forward-stats" in l]
         assert lines, f"{n} logged no forward-stats"
@@ -69,6 +69,30 @@ def test_default_herd_under_load_sends_at_most_4_2_per_update(tmp_path, report):
            f"with trees ({st}), {flood:.3f} with flooding ({fst})")
     assert tree <= 4.2
     assert flood > 6           # the same count sees flooding's duplicates
+
+
+def test_anti_entropy_at_rest_costs_one_sum_per_link_and_second(tmp_path, report):
+    """An idle herd: after the LINK states at start, one SUM line per link
+    direction per herd.anti_entropy_ms, and nothing else (a server's own
+    state echoed back to it must not make it announce again)."""
+    h = Herd(tmp_path, logging={"log_lines": "false"})
+    try:
+        h.start().wait_links()
+        time.sleep(4)
+    finally:
+        h.stop()
+    st = stats(h.dir, DEFAULT_LINKS)
+    report(f"idle default herd, about 4.5 s: {st['ctl_lines']} LINK/SUM/SUMS lines, "
+           f"{st['ctl_bytes']} bytes")
+    # 12 link directions x ~5 s of SUMs, plus each server's few states sent
+    # to each link at start
+    assert st["ctl_lines"] <= 12 * 6 + 150, st
+    # a server announces when one of its links comes up or goes down: the
+    # herd's 6 links, each end, up once and maybe down at the stop
+    for n in DEFAULT_LINKS:
+        one = stats(h.dir, [n])
+        assert one["announced"] <= 2 * len(DEFAULT_LINKS[n]), (n, one)
+    assert st["link_updates_sent"] == 0, st
 
 
 # ------------------------------------------------------------ a big herd
