@@ -77,7 +77,7 @@ def main():
             start([redis, "--port", str(rport), "--save", "", "--appendonly", "no"], rport)
         time.sleep(3)      # links up, and past the 2 s of flooding after link changes
         scratch = os.path.join(tmp, "run.json")
-        common = ["--duration", str(a.duration), "--warmup", "0.5", "--concurrency", "20"]
+        common = ["--duration", str(a.duration), "--warmup", "0", "--concurrency", "20"]   # no warm-up: CPU counts every request
         runs = {}
         for r in range(a.repeat):
             for mode in ("flood", "tree"):
@@ -94,7 +94,11 @@ def main():
         for name, rs in runs.items():
             for js in rs:
                 cpu = js.get("cpu_s")
-                hot = (" cpu s: " + ", ".join(f"{n} {v:.2f}" for n, v in cpu.items())) if cpu else ""
+                hot = ""
+                if cpu:
+                    per = sum(cpu.values()) * 1e6 / max(js["requests"], 1)
+                    hot = (f"  {per:5.1f} us server CPU/request; cpu s: "
+                           + ", ".join(f"{n} {v:.2f}" for n, v in cpu.items()))
                 print(f"{name:6s} {js['rps']:9.0f} req/s  p50 {js['latency_us']['p50']:7.1f} us  "
                       f"p99 {js['latency_us']['p99']:8.1f} us{hot}", flush=True)
         for mode in ("flood", "tree"):
