@@ -95,6 +95,44 @@ def test_anti_entropy_at_rest_costs_one_sum_per_link_and_second(tmp_path, report
     assert st["link_updates_sent"] == 0, st
 
 
+def test_catch_up_sends_little_when_little_differs(tmp_path, report):
+    """A server back from a stop is sent what it missed, not the table."""
+    h = Herd(tmp_path, logging={"log_lines": "false"})
+    try:
+        h.start().wait_links()
+        with socket.create_connection(("127.0.0.1", h.ports["Bailey"])) as c:
+            c.sendall(b"".join(b"IAMAT many%d +1.0+1.0 %d.5\n" % (i, 1000 + i)
+                               for i in range(3000)))
+            got = b""
+            while got.count(b"\n") < 3000:
+                got += c.recv(1 << 16)
+        h.wait_stored(DEFAULT_LINKS, b"many2999", got.rstrip(b"\n").rsplit(b"\n", 1)[1])
+        h.stop("Bona")                                   # saves its snapshot
+        missed = {}
+        for i in range(5):
+            c = b"missed%d" % i
+            missed[c] = exchange(h.ports["Clark"], b"IAMAT %s +2.0+2.0 %d.5\n" % (c, 5000 + i))[:-1]
+        h.start("Bona")
+        for c, line in missed.items():
+            h.wait_stored(["Bona"], c, line)
+        assert h.stored("Bona", b"many0") is not None
+        time.sleep(1.5)                     # a SUM round more: nothing else is sent
+        downs = {n: h.log(n).count("link-down peer=Bona") for n in ("Bailey", "Campbell", "Clark")}
+        h.stop("Bona")
+        # each neighbour's link-down line counts the AT lines it sent Bona
+        sent = {}
+        for n in ("Bailey", "Campbell", "Clark"):
+            wait_until(lambda: h.log(n).count("link-down peer=Bona") > downs[n], 10,
+                       f"{n}'s link-down")
+            line = [l for l in h.log(n).splitlines() if "link-down peer=Bona" in l][-1]
+            sent[n] = int(re.search(r"sent=(\d+)", line).group(1))
+    finally:
+        h.stop()
+    report(f"Bona back after 5 updates it missed, of 3005 clients: its neighbours sent it "
+           f"{sent} AT lines by catch-up")
+    assert all(v <= 100 for v in sent.values()), sent
+
+
 # ------------------------------------------------------------ a big herd
 
 def random_topology(n, seed):
