@@ -189,10 +189,12 @@ report: deps
 report-data: all
 	@$(MAKE) --no-print-directory deps DEB_PACKAGES=redis-server
 	/usr/bin/python3 benchmark/report_data.py
+	/usr/bin/python3 benchmark/forwarding_ab.py --json docs/data/forwarding_ab.json
 	rm -f docs/data/resilience.jsonl
 	HERD_MEASURED_FILE=$(abspath docs/data/resilience.jsonl) CHAOS_SECONDS=$(CHAOS_SECONDS) \
 	  HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -rs tests/integration/test_chaos.py \
-	  tests/integration/test_multihost.py tests/integration/test_abuse.py
+	  tests/integration/test_multihost.py tests/integration/test_abuse.py \
+	  tests/integration/test_trees.py
 
 clean:
 	@if [ -f servers.pid ]; then echo "the herd is running: make stop first" >&2; exit 1; fi
