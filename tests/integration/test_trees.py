@@ -71,6 +71,50 @@ def test_default_herd_under_load_sends_at_most_4_2_per_update(tmp_path, report):
     assert flood > 6           # the same count sees flooding's duplicates
 
 
+def test_trees_follow_a_death_and_a_return(tmp_path, report):
+    """Bailey stops: the four others form a ring (Bona, Clark, Jaquez,
+    Campbell), where flooding costs 5 messages per update and a tree 3.
+    Bailey comes back: 4 again.  Bailey's catch-up (anti-entropy, counted in
+    its neighbours' catch-up-sent lines) is counted apart."""
+    h = Herd(tmp_path, logging={"log_lines": "false"})
+    try:
+        h.start().wait_links()
+        h.stop("Bailey")
+        time.sleep(FLUX_S)
+        want = {}
+        for i in range(50):
+            c = b"ring%d" % i
+            want[c] = exchange(h.ports["Bona"], b"IAMAT %s +1.0+1.0 %d.5\n" % (c, 100 + i))[:-1]
+        for c, line in want.items():
+            h.wait_stored(["Bona", "Campbell", "Clark", "Jaquez"], c, line)
+        h.start("Bailey")
+        wait_until(lambda: h.log("Bailey").count("link-up") >= 4, 10, "Bailey's links again")
+        for c, line in want.items():
+            h.wait_stored(["Bailey"], c, line)          # caught up
+        time.sleep(FLUX_S)
+        for i in range(50):
+            c = b"back%d" % i
+            want[c] = exchange(h.ports["Clark"], b"IAMAT %s +1.0+1.0 %d.5\n" % (c, 200 + i))[:-1]
+        for c, line in want.items():
+            h.wait_stored(DEFAULT_LINKS, c, line)
+    finally:
+        h.stop()
+    others = ("Bona", "Campbell", "Clark", "Jaquez")
+    st = stats(h.dir, others)
+    bailey = stats(h.dir, ["Bailey"])    # its last line: its second life
+    catch_up = sum(int(m) for n in ("Bona", "Campbell")
+                   for m in re.findall(r"catch-up-sent peer=Bailey updates=(\d+)", h.log(n)))
+    forwarded = st["link_updates_sent"] - catch_up
+    report(f"50 updates without Bailey, 50 after its return: the other four forwarded "
+           f"{forwarded} AT lines (trees: 50 x 3 + 50 x 4 = 350; flooding: 50 x 5 + 50 x 8 "
+           f"= 650) and sent {catch_up} to catch Bailey up; Bailey, flooding what it "
+           f"caught up while its links were in flux, sent {bailey['link_updates_sent']}")
+    assert st["client_updates"] == 100, st
+    assert forwarded == 350, (forwarded, catch_up, st)
+    assert catch_up <= 2 * 50, catch_up
+    assert bailey["link_updates_sent"] <= 50, bailey     # to its other neighbour only
+
+
 def test_anti_entropy_at_rest_costs_one_sum_per_link_and_second(tmp_path, report):
     """An idle herd: after the LINK states at start, one SUM line per link
     direction per herd.anti_entropy_ms, and nothing else (a server's own
