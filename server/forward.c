@@ -28,7 +28,12 @@
  * whose own differ answers with its TABLE_BUCKETS bucket digests, "SUMS
  * <first> <hex>" lines of SUMS_PER_LINE buckets each; the first side then
  * sends the entries of the buckets that differ, skipping those stored in
- * the last period (they may still be on their way along a tree).  Applying
+ * the last period (they may still be on their way along a tree).  Under
+ * load some buckets always differ, by updates still on their way on
+ * another branch of a tree; sending their older entries would resend the
+ * table.  So a bucket's entries are sent only when it differed in two
+ * rounds in a row (in-flight differences rarely hit the same bucket twice
+ * among 4096), except right after a link came up.  Applying
  * an entry is idempotent (the newer order), so a repeated one costs a line
  * and nothing else.  At rest this costs one SUM line per link direction per
  * period.  Bound: a server one hop from a server holding an update holds it
@@ -47,7 +52,7 @@
 
 #define FLUX_MS 2000          /* flood this long after a link state changed */
 #define STATS_MS 10000        /* forward-stats log line at most this often */
-#define SUMS_PER_LINE 16      /* bucket digests per SUMS line */
+#define SUMS_PER_LINE 32      /* bucket digests per SUMS line (about 540 bytes) */
 
 static int me_index(const server *s) { return (int)(s->me - s->cfg->servers); }
 
@@ -226,6 +231,7 @@ void forward_link_changed(server *s, int li) {
         L->next_sum_ms = s->now_ms;             /* catch up now */
         L->sum_gen = L->prev_gen = s->tab.gen;  /* all we hold is old to it */
         memset(L->differ, 0, sizeof L->differ);
+        memset(L->differed, 0xff, sizeof L->differed);   /* catch up at once */
     }
     s->fw.up[me_index(s)] = my_up(s);
     s->fw.announce = 1;
@@ -334,9 +340,14 @@ static void on_sums(server *s, int li, const proto_str *f) {
         if (v != s->tab.bucket_sum[b]) L->differ[b / 64] |= UINT64_C(1) << (b % 64);
     }
     if (first + SUMS_PER_LINE < TABLE_BUCKETS) return;
+    uint64_t both[TABLE_BUCKETS / 64];
     int any = 0;
-    for (size_t i = 0; i < TABLE_BUCKETS / 64; i++) any |= L->differ[i] != 0;
-    if (any) peer_stream(s, li, L->differ, L->prev_gen);
+    for (size_t i = 0; i < TABLE_BUCKETS / 64; i++) {
+        both[i] = L->differ[i] & L->differed[i];
+        any |= both[i] != 0;
+    }
+    if (any) peer_stream(s, li, both, L->prev_gen);
+    memcpy(L->differed, L->differ, sizeof L->differed);
     memset(L->differ, 0, sizeof L->differ);
 }
 

@@ -109,7 +109,8 @@ typedef struct {
     /* anti-entropy (forward.c) */
     int64_t next_sum_ms;        /* when to send our next SUM */
     uint64_t sum_gen, prev_gen; /* table.gen at our last two SUMs */
-    uint64_t differ[TABLE_BUCKETS / 64];  /* buckets whose SUMS differed */
+    uint64_t differ[TABLE_BUCKETS / 64];  /* buckets whose SUMS differ, this round */
+    uint64_t differed[TABLE_BUCKETS / 64];  /* ... and the round before */
     int lsdb_due;               /* send every known LINK state (link just up) */
 } peer_link;
 

@@ -299,7 +299,7 @@ static table_entry *make_entry(table *t, const table_update *u, uint64_t h) {
     e->line[len] = '\0';
     e->line_len = (uint32_t)len;
     e->sum = siphash(e->line, len, DIGEST_K0, DIGEST_K1);
-    e->bucket = (uint8_t)table_bucket_of(u->client.p, u->client.len);
+    e->bucket = (uint16_t)table_bucket_of(u->client.p, u->client.len);
     e->gen = ++t->gen;
     return e;
 }

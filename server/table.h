@@ -34,7 +34,7 @@
  * client, location, time).  Kept up to date on every store, replace and
  * eviction: an evicted entry leaves its bucket's digest, so two servers
  * holding the same entries have the same digests whatever they evicted. */
-#define TABLE_BUCKETS 256
+#define TABLE_BUCKETS 4096
 
 typedef struct {
     uint64_t hash;
@@ -47,7 +47,7 @@ typedef struct {
     uint32_t location_off;
     uint32_t location_len;
     uint32_t heap_pos;          /* index in table.heap */
-    uint8_t bucket;             /* digest bucket (fixed-key hash of the client) */
+    uint16_t bucket;            /* digest bucket (fixed-key hash of the client) */
     char line[];                /* NUL-terminated for convenience */
 } table_entry;
 
