@@ -224,6 +224,9 @@ def main():
     data = {"sweep": load("sweep.json"), "propagation": load("propagation.json"),
             "resources": load("resources.json"), "forwarding": load("forwarding_ab.json")}
     data["open"] = data["sweep"]["open"]
+    data["forwarding"]["median"] = {   # rps, per mode, over the interleaved rounds
+        m: sorted(r["rps"] for r in runs)[len(runs) // 2]
+        for m, runs in data["forwarding"]["runs"].items()}
     measured = load("resilience.jsonl")
 
     print("report: plots", flush=True)
