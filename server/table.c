@@ -65,8 +65,9 @@ unsigned table_bucket_of(const char *client, size_t len) {
 
 /* An entry joins or leaves the digests (XOR: the same call does both). */
 static void digest_flip(table *t, const table_entry *e) {
-    t->bucket_sum[e->bucket] ^= e->sum;
-    t->root ^= e->sum;
+    uint64_t sum = siphash(e->line, e->line_len, DIGEST_K0, DIGEST_K1);
+    t->bucket_sum[e->bucket] ^= sum;
+    t->root ^= sum;
 }
 
 /* ---------------------------------------------------------- the order */
@@ -298,7 +299,6 @@ static table_entry *make_entry(table *t, const table_update *u, uint64_t h) {
     table_format_at(e->line, u, e);
     e->line[len] = '\0';
     e->line_len = (uint32_t)len;
-    e->sum = siphash(e->line, len, DIGEST_K0, DIGEST_K1);
     e->bucket = (uint16_t)table_bucket_of(u->client.p, u->client.len);
     e->gen = ++t->gen;
     return e;

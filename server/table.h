@@ -31,14 +31,14 @@
  * TABLE_BUCKETS buckets by a hash of the client id under a fixed key (the
  * same on every server); a bucket's digest is the XOR of its entries'
  * hashes, each a fixed-key hash of the entry's whole AT line (origin, diff,
- * client, location, time).  Kept up to date on every store, replace and
+ * client, location, time), computed when it joins or leaves (not kept: 8
+ * bytes a client).  Kept up to date on every store, replace and
  * eviction: an evicted entry leaves its bucket's digest, so two servers
  * holding the same entries have the same digests whatever they evicted. */
 #define TABLE_BUCKETS 4096
 
 typedef struct {
     uint64_t hash;
-    uint64_t sum;               /* fixed-key hash of the line, for digests */
     uint64_t gen;               /* table.gen when stored */
     proto_time t;
     uint32_t line_len;          /* "AT origin diff client location time" */
