@@ -15,8 +15,8 @@
  *
  * Once up, both sides catch up by anti-entropy (forward.c: only the buckets
  * whose digests differ are sent), then every newer update as one "AT ..."
- * line, on the links forward.c picks.  Updates pending for a link collect in its
- * output buffer and leave in one write per loop round.  A link whose
+ * line, on the links forward.c picks.  Updates pending for a link collect
+ * in its output buffer and leave in one write per loop round.  A link whose
  * unsent output passes limits.max_output_bytes stops queueing single
  * updates and instead streams the table again when it has drained: the
  * backlog is bounded and never more than one line per client.
