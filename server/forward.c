@@ -19,8 +19,8 @@
  * changed, when its origin is unknown, when the tree does not reach us,
  * when it came from a neighbour that is not our parent in its tree (the
  * sender's view differs from ours), or when a neighbour whose link is up
- * never announced its links (an older server: it only knows flooding).  Anything a tree still misses is
- * repaired by anti-entropy.
+ * never announced its links (an older server: it only knows flooding).
+ * Anything a tree still misses is repaired by anti-entropy.
  *
  * Anti-entropy.  Every herd.anti_entropy_ms (P), and at once when a link
  * comes up, each side of a link sends "SUM <count> <root>": its table's
