@@ -295,24 +295,7 @@ static void send_sum(server *s, int li) {
     L->next_sum_ms = s->now_ms + s->cfg->herd.anti_entropy_ms;
 }
 
-/* Their SUM differs from ours: our bucket digests, so they send what differs. */
-static void on_sum(server *s, int li, const proto_str *f) {
-    uint64_t count;
-    char want[20];
-    int n = snprintf(want, sizeof want, "%016" PRIx64, s->tab.root);
-    if (parse_u64(f[1], &count) < 0) return;
-    if (count == s->tab.count && f[2].len == (size_t)n && memcmp(f[2].p, want, f[2].len) == 0)
-        return;
-    for (int b = 0; b < TABLE_BUCKETS; b += SUMS_PER_LINE) {
-        char line[32 + SUMS_PER_LINE * 16];
-        int k = snprintf(line, sizeof line, "SUMS %d ", b);
-        for (int i = 0; i < SUMS_PER_LINE; i++)
-            k += snprintf(line + k, sizeof line - (size_t)k, "%016" PRIx64,
-                          s->tab.bucket_sum[b + i]);
-        send_ctl(s, li, line, (size_t)k);
-    }
-}
-
+/* 16 lowercase hex digits at p; -1 on anything else. */
 static int hex_u64(const char *p, uint64_t *v) {
     uint64_t x = 0;
     for (int i = 0; i < 16; i++) {
@@ -325,8 +308,25 @@ static int hex_u64(const char *p, uint64_t *v) {
     return 0;
 }
 
+/* Their SUM (a well-formed one) differs from ours: our bucket digests, so
+ * they send what differs. */
+static void on_sum(server *s, int li, const proto_str *f) {
+    uint64_t count, root;
+    if (parse_u64(f[1], &count) < 0 || f[2].len != 16 || hex_u64(f[2].p, &root) < 0) return;
+    if (count == s->tab.count && root == s->tab.root) return;
+    for (int b = 0; b < TABLE_BUCKETS; b += SUMS_PER_LINE) {
+        char line[32 + SUMS_PER_LINE * 16];
+        int k = snprintf(line, sizeof line, "SUMS %d ", b);
+        for (int i = 0; i < SUMS_PER_LINE; i++)
+            k += snprintf(line + k, sizeof line - (size_t)k, "%016" PRIx64,
+                          s->tab.bucket_sum[b + i]);
+        send_ctl(s, li, line, (size_t)k);
+    }
+}
+
 /* Their bucket digests: once all are in, send the entries of the buckets
- * that differ, stored before our previous SUM. */
+ * that differ now and differed in the round before, stored before our
+ * previous SUM. */
 static void on_sums(server *s, int li, const proto_str *f) {
     peer_link *L = &s->links[li];
     uint64_t first;

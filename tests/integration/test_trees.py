@@ -325,3 +325,49 @@ def test_anti_entropy_under_load_on_a_large_table(tmp_path, report):
     report(f"default herd, c=20 IAMAT over 500,000 client ids for 4 s: {ratio:.3f} link AT "
            f"lines per update ({st})")
     assert ratio <= 4.2, st
+
+
+def read_lines(sock, want, timeout=5):
+    """Lines from a link until want(lines) holds; returns them."""
+    sock.settimeout(timeout)
+    data = b""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        lines = data.split(b"\n")[:-1]
+        if want(lines):
+            return lines
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    raise AssertionError(f"link lines so far: {data[-2000:]!r}")
+
+
+def test_link_messages_as_documented_and_bad_ones_ignored(herd):
+    """A fake Bailey links to Bona: Bona sends its LINK state and a SUM
+    (docs/PROTOCOL.md, "Between servers"), answers a differing SUM with its
+    bucket digests, and shrugs off malformed LINK, SUM and SUMS lines."""
+    from test_herd import fake_peer
+    herd.start("Bona")
+    peer = fake_peer(herd, "Bailey", "Bona")
+    try:
+        lines = read_lines(peer, lambda ls: any(l.startswith(b"SUM ") for l in ls))
+        link = [l for l in lines if l.startswith(b"LINK Bona ")]
+        assert link and re.fullmatch(rb"LINK Bona \d+ Bailey", link[-1]), lines
+        assert b"SUM 0 0000000000000000" in lines, lines
+        bad = [b"LINK", b"LINK Nobody 5 Bona", b"LINK Bailey 99999999999999999999999 Bona",
+               b"LINK Bailey x Bona", b"LINK Bailey 5 Nobody,,Clark,Bona,", b"LINK Bona 1 -",
+               b"SUM", b"SUM zz 0123456789abcdef", b"SUM 1 zz", b"SUMS 7 abc",
+               b"SUMS 0 " + b"g" * 512, b"SUMS 99999 " + b"0" * 512, b"SUMS 32 " + b"0" * 511,
+               b"SUMS -32 " + b"0" * 512, b"HELLO there", b"\x00\xff"]
+        peer.sendall(b"\n".join(bad) + b"\n")
+        at = b"AT Bailey +0.100000000 fine +1.0+1.0 100"
+        peer.sendall(at + b"\nSUM 7 0123456789abcdef\n")
+        lines = read_lines(peer, lambda ls: sum(l.startswith(b"SUMS ") for l in ls) >= 128)
+        sums = [l for l in lines if l.startswith(b"SUMS ")]
+        assert [int(l.split()[1]) for l in sums] == list(range(0, 4096, 32)), sums[:3]
+        assert all(re.fullmatch(rb"SUMS \d+ [0-9a-f]{512}", l) for l in sums)
+        assert sum(int(l.split()[2], 16) != 0 for l in sums) == 1   # one client, one bucket
+        assert herd.stored("Bona", b"fine") == at
+    finally:
+        peer.close()
