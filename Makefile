@@ -48,8 +48,8 @@ PYTEST  := /usr/bin/python3 -m pytest
 COMMON_SRC := common/buf.c common/clock.c common/config.c common/handshake.c common/log.c common/net.c \
               common/protocol.c common/secret.c common/signals.c
 SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c \
-              server/peer.c server/snapshot.c server/http.c server/google.c server/addrcap.c \
-              server/metrics.c
+              server/peer.c server/forward.c server/snapshot.c server/http.c server/google.c \
+              server/addrcap.c server/metrics.c
 BENCH_SRC  := benchmark/benchmark.c
 SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c supervisor/lock.c \
               supervisor/local.c
@@ -224,10 +224,12 @@ report: deps
 report-data: all
 	@$(MAKE) --no-print-directory deps DEB_PACKAGES=redis-server
 	/usr/bin/python3 benchmark/report_data.py
+	/usr/bin/python3 benchmark/forwarding_ab.py --json docs/data/forwarding_ab.json
 	rm -f docs/data/resilience.jsonl
 	HERD_MEASURED_FILE=$(abspath docs/data/resilience.jsonl) CHAOS_SECONDS=$(CHAOS_SECONDS) \
 	  HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -rs tests/integration/test_chaos.py \
-	  tests/integration/test_multihost.py tests/integration/test_abuse.py
+	  tests/integration/test_multihost.py tests/integration/test_abuse.py \
+	  tests/integration/test_trees.py
 
 # Installation (README, "Running on several hosts").  The config is
 # installed only when there is none, so a second install keeps it; the

@@ -59,7 +59,7 @@ static const char *type_name(const yaml_node_t *n) {
 
 /* ---------------------------------------------------------------- values */
 
-typedef enum { K_INT, K_SIZE, K_STR, K_PATH, K_BOOL, K_PROVIDER, K_MIX, K_DOUBLE } key_type;
+typedef enum { K_INT, K_SIZE, K_STR, K_PATH, K_BOOL, K_PROVIDER, K_MIX, K_DOUBLE, K_FORWARDING } key_type;
 
 typedef struct {
     const char *name;
@@ -137,6 +137,12 @@ static int set_value(loader *L, config *cfg, const key_spec *k,
         else return fail(L, v, "%s.%s: unknown provider '%s' (local, google, google-legacy)",
                          section, k->name, s);
         return 0;
+    case K_FORWARDING:
+        if (!strcmp(s, "tree")) cfg->herd.forwarding = FORWARD_TREE;
+        else if (!strcmp(s, "flood")) cfg->herd.forwarding = FORWARD_FLOOD;
+        else return fail(L, v, "%s.%s: expected tree or flood, found '%s'",
+                         section, k->name, s);
+        return 0;
     case K_MIX:
         if (config_parse_mix(s, (int *)field) < 0)
             return fail(L, v, "%s.%s: expected 'iamat=P,whatsat=Q' adding up to 100, found '%s'",
@@ -195,6 +201,8 @@ static const key_spec herd_keys[] = {
     {"state_dir", K_PATH, STR(herd.state_dir), 0, 0},
     {"snapshot_interval_s", K_INT, OFF(herd.snapshot_interval_s), 0, 1, 86400},
     {"metrics_server_label", K_BOOL, OFF(herd.metrics_server_label), 0, 0, 0},
+    {"forwarding", K_FORWARDING, 0, 0, 0, 0},
+    {"anti_entropy_ms", K_INT, OFF(herd.anti_entropy_ms), 0, 100, 600000},
     {NULL, 0, 0, 0, 0, 0},
 };
 
@@ -420,6 +428,8 @@ static void set_defaults(config *cfg) {
               "state/herd.secret");
     path_join(cfg->herd.state_dir, sizeof cfg->herd.state_dir, cfg->dir, "state");
     cfg->herd.snapshot_interval_s = 5;
+    cfg->herd.forwarding = FORWARD_TREE;
+    cfg->herd.anti_entropy_ms = 1000;
     cfg->benchmark.concurrency = 20;
     cfg->benchmark.duration_s = 10;
     cfg->benchmark.iamat_pct = 50;

@@ -68,7 +68,13 @@ typedef struct {
     char state_dir[CONFIG_MAX_PATH];
     int snapshot_interval_s;
     int metrics_server_label; /* 1: server="NAME" on every metrics sample */
+    int forwarding;           /* FORWARD_TREE or FORWARD_FLOOD */
+    int anti_entropy_ms;      /* neighbours compare table digests this often */
 } config_herd;
+
+/* herd.forwarding: along each origin's tree of live links, or to every
+ * neighbour but the sender (docs/PROTOCOL.md, "Between servers"). */
+enum { FORWARD_TREE, FORWARD_FLOOD };
 
 typedef struct {
     int concurrency;

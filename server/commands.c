@@ -6,7 +6,9 @@
  *   anything else, or a bad field -> "? " + the line as received
  *
  * Replies are appended to the client's output buffer whole, so each goes out
- * in one write.
+ * in one write.  Only ROLE_CLIENT connections come here (server.c picks the
+ * handler by role); a link's lines go to peer_line() in peer.c, and an
+ * update, from a client or a link, is applied by update_apply() in forward.c.
  */
 #include <stdio.h>
 #include <string.h>
@@ -65,27 +67,12 @@ static void do_iamat(server *s, client *c, const proto_iamat *ia) {
         .time = ia->time,
         .t = ia->t,
     };
-    size_t start = buf_pending(&c->out);
-    buf_reserve(&c->out, 3 + u.origin.len + dlen + ia->client.len +
-                             ia->location.len + ia->time.len + 8);
-    buf_append(&c->out, "AT ", 3);
-    buf_append(&c->out, u.origin.p, u.origin.len);
-    buf_append_char(&c->out, ' ');
-    buf_append(&c->out, diff, dlen);
-    buf_append_char(&c->out, ' ');
-    buf_append(&c->out, ia->client.p, ia->client.len);
-    buf_append_char(&c->out, ' ');
-    buf_append(&c->out, ia->location.p, ia->location.len);
-    buf_append_char(&c->out, ' ');
-    buf_append(&c->out, ia->time.p, ia->time.len);
+    size_t start = buf_pending(&c->out), n = table_at_len(&u);
+    buf_reserve(&c->out, n + 1);
+    c->out.len += table_format_at(c->out.p + c->out.len, &u, NULL);
     buf_append_char(&c->out, '\n');
     log_reply(s, c, start);
-    table_entry *e = table_offer(&s->tab, &u);
-    if (e) {
-        s->table_dirty = 1;
-        s->metrics.client_updates++;
-        peer_flood(s, e, -1);
-    }
+    update_apply(s, &u, -1);
 }
 
 static void do_whatsat(server *s, client *c, const proto_whatsat *ws,
@@ -124,12 +111,8 @@ void command_handle(server *s, client *c, const char *line, size_t len) {
     proto_iamat ia;
     proto_whatsat ws;
     const char *why = NULL;
-    if (s->cfg->logging.log_lines && c->role == ROLE_CLIENT)
+    if (s->cfg->logging.log_lines)
         log_client_data(c, "recv", line, len, NULL);
-    if (c->role != ROLE_CLIENT) {          /* peers are never answered "? " */
-        peer_line(s, c, line, len);
-        return;
-    }
     if (len > 5 && memcmp(line, "PEER ", 5) == 0 && peer_hello(s, c, line, len) == 0)
         return;
     if (c->probation) {                    /* past a full table: neighbours only */

@@ -13,9 +13,10 @@
  * proof closes the connection and is logged.  The two labels differ, so a
  * proof cannot be reflected back.
  *
- * Once up, both sides stream their whole table (catch-up), then every newer
- * update as one "AT ..." line.  Updates pending for a link collect in its
- * output buffer and leave in one write per loop round.  A link whose
+ * Once up, both sides catch up by anti-entropy (forward.c: only the buckets
+ * whose digests differ are sent), then every newer update as one "AT ..."
+ * line, on the links forward.c picks.  Updates pending for a link collect
+ * in its output buffer and leave in one write per loop round.  A link whose
  * unsent output passes limits.max_output_bytes stops queueing single
  * updates and instead streams the table again when it has drained: the
  * backlog is bounded and never more than one line per client.
@@ -62,6 +63,7 @@ static int load_secret(server *s, char *err, size_t errlen) {
 
 int peer_init(server *s, char *err, size_t errlen) {
     if (load_secret(s, err, errlen) < 0) return -1;
+    forward_init(s);
     for (int k = 0; k < s->me->n_neighbors; k++) {
         peer_link *L = &s->links[s->n_links++];
         memset(L, 0, sizeof *L);
@@ -78,11 +80,26 @@ int peer_init(server *s, char *err, size_t errlen) {
 
 /* ----------------------------------------------------------------- links */
 
-static void start_stream(server *s, peer_link *L) {
+/* Stream the entries of the buckets in mask stored by table.gen 'gen'. */
+static void start_stream_of(server *s, peer_link *L, const uint64_t *mask, uint64_t gen) {
     L->streaming = 1;
     L->stream_pos = 0;
     L->stream_layout = s->tab.layout;
+    memcpy(L->stream_mask, mask, sizeof L->stream_mask);
+    L->stream_gen = gen;
     L->resync = 0;
+}
+
+/* The whole table (a backlog that overflowed). */
+static void start_stream(server *s, peer_link *L) {
+    uint64_t all[TABLE_BUCKETS / 64];
+    memset(all, 0xff, sizeof all);
+    start_stream_of(s, L, all, UINT64_MAX);
+}
+
+void peer_stream(server *s, int li, const uint64_t *mask, uint64_t gen) {
+    peer_link *L = &s->links[li];
+    if (L->conn && !L->conn->dead && !L->streaming) start_stream_of(s, L, mask, gen);
 }
 
 /* A neighbour that vanishes without a reset shows as link-down within about
@@ -110,7 +127,7 @@ static void link_up(server *s, int li, client *c, const char *direction) {
     L->failures = 0;
     L->backoff_ms = BACKOFF_MIN_MS;
     L->sent = L->received = 0;
-    start_stream(s, L);
+    forward_link_changed(s, li);   /* catch-up: anti-entropy, at once */
     log_msg(LOG_INFO, "link-up", "peer=%s addr=%s dir=%s id=%llu", peer_name(s, L),
             c->addr, direction, (unsigned long long)c->id);
 }
@@ -135,6 +152,7 @@ void peer_lost(server *s, client *c) {
     } else if (L->conn == c) {
         L->conn = NULL;
         L->streaming = 0;
+        forward_link_changed(s, c->link);
         L->next_dial_ms = s->now_ms + BACKOFF_MIN_MS;
         L->backoff_ms = BACKOFF_MIN_MS;
         log_msg(LOG_WARN, "link-down", "peer=%s reason=%s sent=%llu received=%llu",
@@ -298,16 +316,7 @@ static void on_update(server *s, client *c, const char *line, size_t len) {
         .origin = at.origin, .diff = at.diff, .client = at.u.client,
         .location = at.u.location, .time = at.u.time, .t = at.u.t
     };
-    table_entry *e = table_offer(&s->tab, &u);
-    if (!e) return;
-    s->table_dirty = 1;
-    s->metrics.link_updates_stored++;
-    if (s->cfg->logging.log_lines) {
-        char prefix[96];
-        snprintf(prefix, sizeof prefix, "from=%s ", peer_name(s, L));
-        log_data(LOG_INFO, "update", prefix, e->line, e->line_len, NULL);
-    }
-    peer_flood(s, e, c->link);
+    update_apply(s, &u, c->link);
 }
 
 void peer_line(server *s, client *c, const char *line, size_t len) {
@@ -316,37 +325,37 @@ void peer_line(server *s, client *c, const char *line, size_t len) {
     case ROLE_ACCEPTED: on_proof(s, c, line, len); return;
     case ROLE_PEER:
         if (len > 3 && memcmp(line, "AT", 2) == 0) on_update(s, c, line, len);
-        return;   /* anything else from a peer is ignored, never answered */
+        else forward_line(s, c->link, line, len);   /* LINK, SUM, SUMS */
+        return;   /* nothing from a peer is ever answered "? " */
     case ROLE_CLIENT: return;
     }
 }
 
-void peer_flood(server *s, const table_entry *e, int from_link) {
+static int in_stream(const peer_link *L, const table_entry *e) {
+    return (L->stream_mask[e->bucket / 64] >> (e->bucket % 64) & 1) && e->gen <= L->stream_gen;
+}
+
+void peer_send(server *s, const table_entry *e, int li) {
     size_t cap = s->cfg->limits.max_output_bytes;
-    size_t slot = (size_t)-1;
-    for (int li = 0; li < s->n_links; li++) {
-        peer_link *L = &s->links[li];
-        if (li == from_link || !L->conn || L->conn->dead) continue;
-        if (L->streaming) {
-            /* the stream will reach this slot later, with the newest entry */
-            if (slot == (size_t)-1) slot = table_index(&s->tab, e);
-            if (s->tab.layout == L->stream_layout && slot >= L->stream_pos) continue;
-        }
-        if (buf_pending(&L->conn->out) > cap) {
-            if (!L->streaming && !L->resync)
-                log_msg(LOG_WARN, "link-backlog", "peer=%s unsent=%zu cap=%zu: "
-                        "sending the table again once it drains", peer_name(s, L),
-                        buf_pending(&L->conn->out), cap);
-            if (L->streaming) L->resync = 1;
-            else start_stream(s, L);
-            continue;
-        }
-        buf_reserve(&L->conn->out, e->line_len + 1);
-        buf_append(&L->conn->out, e->line, e->line_len);
-        buf_append_char(&L->conn->out, '\n');
-        L->sent++;
-        s->metrics.link_updates_sent++;
+    peer_link *L = &s->links[li];
+    if (!L->conn || L->conn->dead) return;
+    if (L->streaming && L->stream_gen == UINT64_MAX && s->tab.layout == L->stream_layout &&
+        table_index(&s->tab, e) >= L->stream_pos)
+        return;   /* a whole-table stream will reach this slot later, with the newest entry */
+    if (buf_pending(&L->conn->out) > cap) {
+        if (!L->streaming && !L->resync)
+            log_msg(LOG_WARN, "link-backlog", "peer=%s unsent=%zu cap=%zu: "
+                    "sending the table again once it drains", peer_name(s, L),
+                    buf_pending(&L->conn->out), cap);
+        if (L->streaming) L->resync = 1;
+        else start_stream(s, L);
+        return;
     }
+    buf_reserve(&L->conn->out, e->line_len + 1);
+    buf_append(&L->conn->out, e->line, e->line_len);
+    buf_append_char(&L->conn->out, '\n');
+    L->sent++;
+    s->metrics.link_updates_sent++;
 }
 
 /* Append the next part of the table to a catching-up link. */
@@ -358,7 +367,7 @@ static void pump_stream(server *s, peer_link *L) {
     }
     while (L->stream_pos < s->tab.cap && buf_pending(out) < STREAM_CHUNK) {
         const table_entry *e = table_slot(&s->tab, L->stream_pos++);
-        if (!e) continue;
+        if (!e || !in_stream(L, e)) continue;
         buf_append(out, e->line, e->line_len);
         buf_append_char(out, '\n');
         L->sent++;
@@ -370,8 +379,9 @@ static void pump_stream(server *s, peer_link *L) {
         return;
     }
     L->streaming = 0;
-    log_msg(LOG_INFO, "catch-up-sent", "peer=%s updates=%llu clients=%zu", peer_name(s, L),
-            (unsigned long long)L->sent, s->tab.count);
+    log_msg(LOG_INFO, "catch-up-sent", "peer=%s updates=%llu clients=%zu whole=%d",
+            peer_name(s, L), (unsigned long long)L->sent, s->tab.count,
+            L->stream_gen == UINT64_MAX);
 }
 
 void peer_tick(server *s) {
@@ -383,6 +393,7 @@ void peer_tick(server *s) {
             buf_pending(&L->conn->out) < STREAM_CHUNK)
             pump_stream(s, L);
     }
+    forward_tick(s);
 }
 
 void peer_flush(server *s) {
@@ -398,6 +409,11 @@ int peer_poll_timeout(server *s) {
         peer_link *L = &s->links[li];
         if (!s->secret_len) break;
         if (L->conn && L->streaming && buf_pending(&L->conn->out) < STREAM_CHUNK) return 0;
+        if (L->conn) {                        /* the next SUM (forward.c) */
+            int64_t t = L->next_sum_ms - s->now_ms;
+            if (t < 0) t = 0;
+            if (best < 0 || t < best) best = t;
+        }
         if (L->dialer && !L->conn && !L->dialing) {
             int64_t t = L->next_dial_ms - s->now_ms;
             if (t < 0) t = 0;

@@ -11,8 +11,9 @@
  * costs in proportion to the clients that are busy, and 10,000 idle
  * connections cost nothing per request.
  *
- * Input: bytes land in c->in; each LF ends a line, which goes to
- * command_handle().  A line longer than limits.max_line_bytes (not counting
+ * Input: bytes land in c->in; each LF ends a line, which goes to the
+ * handler of the connection's role: command_handle() for a client,
+ * peer_line() for a link or a handshake.  A line longer than limits.max_line_bytes (not counting
  * its LF or CRLF) gets one "? " line, after which the input is read and
  * thrown away for a moment and the connection closed once the reply is
  * out.  At EOF, a plain client's last unterminated line is served; on a
@@ -264,6 +265,14 @@ static void drop_torn_line(server *s, client *c, size_t len) {
 
 /* Serve every complete line in c->in; on EOF, a plain client's last
  * unterminated one.  The limit is on the line without its LF or CRLF. */
+typedef void (*line_fn)(server *, client *, const char *, size_t);
+
+/* The handler of c's lines, by its role: client commands (commands.c), or a
+ * link's handshake and traffic (peer.c), which are never answered "? ". */
+static line_fn line_handler(const client *c) {
+    return c->role == ROLE_CLIENT ? command_handle : peer_line;
+}
+
 static void process_input(server *s, client *c) {
     /* a peer's AT line is a client's line plus an origin and a diff */
     size_t max = s->cfg->limits.max_line_bytes + (c->role == ROLE_CLIENT ? 0 : 256);
@@ -287,7 +296,7 @@ static void process_input(server *s, client *c) {
         }
         size_t l = (nl && len && start[len - 1] == '\r') ? len - 1 : len;
         if (l > max) { line_too_long(s, c); break; }
-        command_handle(s, c, start, l);
+        line_handler(c)(s, c, start, l);
         buf_consume(&c->in, nl ? len + 1 : len);
         c->scanned = 0;
         if (check_output_cap(s, c) < 0) return;
@@ -710,6 +719,7 @@ void server_free(server *s) {
     free(s->cold);
     free(s->wq);
     if (s->cold_fd >= 0) close(s->cold_fd);
+    if (s->me) forward_log_stats(s);
     log_msg(LOG_INFO, "stopped", "server=%s", s->me ? s->me->name : "?");
     log_close();
     if (s->lfd >= 0) close(s->lfd);

@@ -43,6 +43,35 @@ typedef struct client {
     int64_t drain_until_ms;     /* while draining: when to give up */
     int64_t partial_since_ms;   /* an unfinished line began then; 0: none */
     struct timespec rx_time;    /* wall clock of the last read with data */
+    /* Flags.  Who sets and clears each, and which may go together:
+     *  eof            server.c client_read, on a read of 0; never cleared.
+     *                 The last unterminated line is served (clients only).
+     *  close_after_flush  client_read at eof: close once 'out' is written.
+     *  draining       client_close_after_reply: a last reply is due; input is
+     *                 read and thrown away until drain_until_ms.  Implies no
+     *                 more lines are handled; goes with shut once written.
+     *  shut           client_write, after a draining client's output is out.
+     *  dead           client_kill; freed after the poll round.  Every other
+     *                 flag is moot from then on; never cleared.
+     *  connecting     peer.c dial (ROLE_DIALING only), cleared by
+     *                 peer_connected.  Polls for POLLOUT instead of POLLIN.
+     *  quiet          peer.c dial: no conn-open/close lines; cleared at
+     *                 link-up.  Links and dials only.
+     *  waiting        google.c, ROLE_CLIENT only: a WHATSAT waits upstream;
+     *                 further lines are held in 'in' until it clears.
+     *  cold           server.c make_cold / cold_remove.  Only a ROLE_CLIENT
+     *                 that is not probation, dead, eof or waiting, with
+     *                 nothing queued to write, may be cold.
+     *  queued         server.c queue_write / write_queued: in server.wq.
+     *  counted        client_add (every new connection); cleared once by
+     *                 client_uncount (role change to a link, or close), never
+     *                 set again for this connection.
+     *  probation      accept_clients past a full table (implies counted in
+     *                 nprobation, ROLE_CLIENT); cleared by client_uncount.
+     *  addr_counted   accept_clients when per-address caps are on; cleared
+     *                 by client_uncount.
+     * A link (ROLE_DIALING, ROLE_ACCEPTED, ROLE_PEER) is never counted,
+     * probation, addr_counted, waiting or cold. */
     unsigned eof : 1;           /* the client half-closed */
     unsigned close_after_flush : 1;
     unsigned draining : 1;      /* a last reply is due; discarding input */
@@ -53,9 +82,7 @@ typedef struct client {
     unsigned waiting : 1;       /* a WHATSAT waits upstream: hold the rest */
     unsigned cold : 1;          /* idle: parked in the cold set, not polled */
     unsigned queued : 1;        /* in server.wq: replies to write this round */
-    unsigned counted : 1;       /* counted in nclients or nprobation (a plain
-                                 * client since its accept; never again once
-                                 * it was part of a link, whatever its role) */
+    unsigned counted : 1;       /* counted in nclients or nprobation */
     unsigned probation : 1;     /* taken past a full table: must say PEER HELLO */
     unsigned addr_counted : 1;  /* counted in server.per_addr */
     uint32_t ip;                /* address key of an accepted one (net_accept) */
@@ -74,12 +101,39 @@ typedef struct {
     int backoff_ms;
     int failures;               /* dial failures since the last link-up */
     client *accepting;          /* its HELLO came in; waiting for PROOF, or NULL */
-    int streaming;              /* sending the whole table */
+    int streaming;              /* sending part of the table (stream_mask) */
     size_t stream_pos;
     uint64_t stream_layout;     /* the table's layout when the stream began */
+    uint64_t stream_mask[TABLE_BUCKETS / 64];  /* buckets the stream sends */
+    uint64_t stream_gen;        /* only entries stored by then (gen); or all */
     int resync;                 /* stream again once the current one ends */
     uint64_t sent, received;    /* updates, for the log */
+    /* anti-entropy (forward.c) */
+    int64_t next_sum_ms;        /* when to send our next SUM */
+    uint64_t sum_gen, prev_gen; /* table.gen at our last two SUMs */
+    uint64_t differ[TABLE_BUCKETS / 64];  /* buckets whose SUMS differ, this round */
+    uint64_t differed[TABLE_BUCKETS / 64];  /* ... and the round before */
+    int lsdb_due;               /* send every known LINK state (link just up) */
 } peer_link;
+
+/* What forward.c knows of the herd's links (docs/PROTOCOL.md, "Between
+ * servers"): each server's newest LINK state, the trees computed from them. */
+typedef struct {
+    uint64_t seq[CONFIG_MAX_SERVERS];   /* newest LINK seq per server; 0: none */
+    uint64_t up[CONFIG_MAX_SERVERS];    /* bit j: it says its link to j is up */
+    int8_t parent[CONFIG_MAX_SERVERS][CONFIG_MAX_SERVERS];  /* per origin; -1 none */
+    uint64_t tree_ok;                   /* bit o: parent[o] is computed */
+    int64_t flux_until_ms;              /* flood until then: states in flux */
+    int announce;                       /* our own state changed: send it */
+    int64_t next_stats_ms;
+    uint64_t logged_sent;               /* link_updates_sent at the last log */
+    /* counters (the forward-stats log line; the updates themselves are
+     * counted in server.metrics) */
+    uint64_t tree_sends, flood_sends;   /* updates forwarded each way */
+    uint64_t ctl_sent, ctl_bytes;       /* LINK, SUM, SUMS lines sent */
+    uint64_t announced;                 /* our own states sent */
+    uint64_t repairs;                   /* updates stored from anti-entropy */
+} forward_state;
 
 typedef struct server {
     const config *cfg;
@@ -110,6 +164,7 @@ typedef struct server {
     places_local places;
     peer_link links[CONFIG_MAX_SERVERS];
     int n_links;
+    forward_state fw;
     char secret[256];           /* empty: links are disabled */
     size_t secret_len;
     int table_dirty;            /* changed since the last snapshot */
@@ -131,8 +186,14 @@ int server_run(server *s);
 
 void server_free(server *s);
 
-/* commands.c: handle one line (without LF or CRLF) from client c, appending
- * the reply to c->out. */
+/* forward.c: the one path of an update, from a client (from_link -1) or
+ * from link from_link: store it when newer than what the table holds, mark
+ * the table for the next snapshot, log it, forward it.  Returns the stored
+ * entry, or NULL when it was not newer. */
+table_entry *update_apply(server *s, const table_update *u, int from_link);
+
+/* commands.c: handle one line (without LF or CRLF) from c, a ROLE_CLIENT
+ * connection, appending the reply to c->out. */
 void command_handle(server *s, client *c, const char *line, size_t len);
 
 /* commands.c: the answer to a bad line, "? " + the line + LF, on c->out. */
@@ -170,7 +231,15 @@ int peer_hello(server *s, client *c, const char *line, size_t len);
 void peer_line(server *s, client *c, const char *line, size_t len);
 void peer_lost(server *s, client *c);      /* c is going away */
 void peer_connected(server *s, client *c); /* a dial finished (POLLOUT) */
-void peer_flood(server *s, const table_entry *e, int from_link);
+void peer_send(server *s, const table_entry *e, int li);  /* one AT line on link li */
+void peer_stream(server *s, int li, const uint64_t *mask, uint64_t gen); /* buckets */
+
+/* forward.c: trees of live links, link states, anti-entropy. */
+void forward_init(server *s);
+void forward_link_changed(server *s, int li);  /* link li came up or went down */
+void forward_line(server *s, int li, const char *line, size_t len);  /* LINK, SUM, SUMS */
+void forward_tick(server *s);
+void forward_log_stats(server *s);
 int peer_poll_timeout(server *s);          /* ms to the next dial, or -1 */
 
 /* snapshot.c: state/NAME.snap */

@@ -55,6 +55,21 @@ static uint64_t siphash(const void *data, size_t len, uint64_t k0, uint64_t k1) 
     return v0 ^ v1 ^ v2 ^ v3;
 }
 
+/* Fixed keys for the digests: every server must compute the same hashes. */
+#define DIGEST_K0 0x70726f7879686572ULL   /* "proxyher" */
+#define DIGEST_K1 0x6420646967657374ULL   /* "d digest" */
+
+unsigned table_bucket_of(const char *client, size_t len) {
+    return (unsigned)(siphash(client, len, DIGEST_K1, DIGEST_K0) % TABLE_BUCKETS);
+}
+
+/* An entry joins or leaves the digests (XOR: the same call does both). */
+static void digest_flip(table *t, const table_entry *e) {
+    uint64_t sum = siphash(e->line, e->line_len, DIGEST_K0, DIGEST_K1);
+    t->bucket_sum[e->bucket] ^= sum;
+    t->root ^= sum;
+}
+
 /* ---------------------------------------------------------- the order */
 
 /* The fields the order reads, from an entry. */
@@ -179,6 +194,7 @@ void table_clear(table *t) {
     t->max = saved.max;
     t->k0 = saved.k0;
     t->k1 = saved.k1;
+    t->gen = saved.gen;
     t->layout = saved.layout + 1;
 }
 
@@ -240,6 +256,7 @@ static void evict_oldest(table *t) {
         }
     }
     t->count--;
+    digest_flip(t, e);
     if (t->count) {
         heap_put(t, 0, t->heap[t->count]);
         sift_down(t, 0, t->count);
@@ -255,24 +272,35 @@ void table_set_max(table *t, size_t max) {
     while (t->count > t->max) evict_oldest(t);
 }
 
-static table_entry *make_entry(const table_update *u, uint64_t h) {
-    size_t len = 3 + u->origin.len + 1 + u->diff.len + 1 + u->client.len + 1 +
-                 u->location.len + 1 + u->time.len;
-    table_entry *e = xmalloc(sizeof *e + len + 1);
-    char *o = e->line;
-    e->hash = h;
-    e->t = u->t;
+size_t table_at_len(const table_update *u) {
+    return 3 + u->origin.len + 1 + u->diff.len + 1 + u->client.len + 1 +
+           u->location.len + 1 + u->time.len;
+}
+
+size_t table_format_at(char *out, const table_update *u, table_entry *e) {
+    char *o = out;
     memcpy(o, "AT ", 3); o += 3;
-    e->origin_off = (uint16_t)(o - e->line); e->origin_len = (uint16_t)u->origin.len;
+    if (e) { e->origin_off = (uint16_t)(o - out); e->origin_len = (uint16_t)u->origin.len; }
     memcpy(o, u->origin.p, u->origin.len); o += u->origin.len; *o++ = ' ';
     memcpy(o, u->diff.p, u->diff.len); o += u->diff.len; *o++ = ' ';
-    e->client_off = (uint16_t)(o - e->line); e->client_len = (uint16_t)u->client.len;
+    if (e) { e->client_off = (uint16_t)(o - out); e->client_len = (uint16_t)u->client.len; }
     memcpy(o, u->client.p, u->client.len); o += u->client.len; *o++ = ' ';
-    e->location_off = (uint32_t)(o - e->line); e->location_len = (uint32_t)u->location.len;
+    if (e) { e->location_off = (uint32_t)(o - out); e->location_len = (uint32_t)u->location.len; }
     memcpy(o, u->location.p, u->location.len); o += u->location.len; *o++ = ' ';
     memcpy(o, u->time.p, u->time.len); o += u->time.len;
-    *o = '\0';
+    return (size_t)(o - out);
+}
+
+static table_entry *make_entry(table *t, const table_update *u, uint64_t h) {
+    size_t len = table_at_len(u);
+    table_entry *e = xmalloc(sizeof *e + len + 1);
+    e->hash = h;
+    e->t = u->t;
+    table_format_at(e->line, u, e);
+    e->line[len] = '\0';
     e->line_len = (uint32_t)len;
+    e->bucket = (uint16_t)table_bucket_of(u->client.p, u->client.len);
+    e->gen = ++t->gen;
     return e;
 }
 
@@ -280,7 +308,9 @@ static table_entry *make_entry(const table_update *u, uint64_t h) {
  * the heap (it only got newer). */
 static table_entry *replace(table *t, size_t i, const table_update *u) {
     table_entry *old = t->slots[i];
-    table_entry *e = make_entry(u, old->hash);
+    table_entry *e = make_entry(t, u, old->hash);
+    digest_flip(t, old);
+    digest_flip(t, e);
     t->slots[i] = e;
     heap_put(t, old->heap_pos, heap_slot(e));
     sift_down(t, e->heap_pos, t->count);
@@ -302,7 +332,8 @@ table_entry *table_offer(table *t, const table_update *u) {
         evict_oldest(t);
         i = find_slot(t, h, u->client.p, u->client.len);   /* marks may have gone */
     }
-    table_entry *e = make_entry(u, h);
+    table_entry *e = make_entry(t, u, h);
+    digest_flip(t, e);
     if (t->slots[i] == REMOVED) t->removed--;
     t->slots[i] = e;
     heap_reserve(t);

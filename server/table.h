@@ -27,8 +27,19 @@
 #define TABLE_DEFAULT_MAX 1000000   /* clients; about 160 MB */
 #define TABLE_MAX_MAX 100000000     /* heap positions are 32-bit */
 
+/* Digests for anti-entropy (forward.c): the table is split into
+ * TABLE_BUCKETS buckets by a hash of the client id under a fixed key (the
+ * same on every server); a bucket's digest is the XOR of its entries'
+ * hashes, each a fixed-key hash of the entry's whole AT line (origin, diff,
+ * client, location, time), computed when it joins or leaves (not kept: 8
+ * bytes a client).  Kept up to date on every store, replace and
+ * eviction: an evicted entry leaves its bucket's digest, so two servers
+ * holding the same entries have the same digests whatever they evicted. */
+#define TABLE_BUCKETS 4096
+
 typedef struct {
     uint64_t hash;
+    uint64_t gen;               /* table.gen when stored */
     proto_time t;
     uint32_t line_len;          /* "AT origin diff client location time" */
     uint16_t origin_off, origin_len;
@@ -36,6 +47,7 @@ typedef struct {
     uint32_t location_off;
     uint32_t location_len;
     uint32_t heap_pos;          /* index in table.heap */
+    uint16_t bucket;            /* digest bucket (fixed-key hash of the client) */
     char line[];                /* NUL-terminated for convenience */
 } table_entry;
 
@@ -59,6 +71,9 @@ typedef struct {
     uint64_t evicted_logged, refused_logged;
     int64_t next_log_ms;
     uint64_t k0, k1;            /* SipHash key */
+    uint64_t gen;               /* stores so far: entries' gen come from it */
+    uint64_t root;              /* XOR of every entry's sum */
+    uint64_t bucket_sum[TABLE_BUCKETS];
 } table;
 
 /* An empty table holding at most TABLE_DEFAULT_MAX clients. */
@@ -89,12 +104,22 @@ typedef struct {
  * call: keep a copy of what must outlive it. */
 table_entry *table_offer(table *t, const table_update *u);
 
+/* The AT line of an update, "AT origin diff client location time" (the one
+ * formatter of it: stored entries, IAMAT replies): its length, and the line
+ * written to out (table_at_len bytes, no LF, no NUL); with e, the field
+ * offsets are recorded in e.  Returns the length written. */
+size_t table_at_len(const table_update *u);
+size_t table_format_at(char *out, const table_update *u, table_entry *e);
+
 /* The slot index holding e (which must be in the table). */
 size_t table_index(const table *t, const table_entry *e);
 
 /* The entry in slot i (i < cap), or NULL for a free or removed slot.
  * Positions stay put until t->layout changes. */
 table_entry *table_slot(const table *t, size_t i);
+
+/* The digest bucket of a client id (the same on every server). */
+unsigned table_bucket_of(const char *client, size_t len);
 
 /* Visit every entry (unordered); stop early when fn returns non-zero. */
 void table_each(const table *t, int (*fn)(const table_entry *, void *), void *arg);

@@ -11,6 +11,7 @@ text comes from a file in docs/data/, never typed by hand:
     {{machine}}                         the measuring machine
     {{value:sweep.SERIES@C.KEY.KEY}}    a number from the concurrency sweep
     {{value:propagation.KEY.KEY}}       a number from the propagation run
+    {{value:forwarding.KEY.KEY}}        a number from the forwarding A/B run
     {{ratio:A/B}}                       two such numbers divided
     {{table:throughput}} {{table:latency}}
     {{measured:TEST}}                   what a test reported (resilience.jsonl)
@@ -159,6 +160,18 @@ def write_dat(data, work):
             for r in sorted(runs, key=lambda r: r["concurrency"]):
                 f.write(f"{r['concurrency']} {r['rps']} {r['latency_us']['p50']} "
                         f"{r['latency_us']['p99']}\n")
+    # forwarding along trees against flooding (benchmark/forwarding_ab.py)
+    runs = data["forwarding"]["runs"]
+    with open(os.path.join(work, "forwarding.dat"), "w") as f:
+        f.write("# round flood_rps tree_rps redis_rps\n")
+        for i, (a, b) in enumerate(zip(runs["flood"], runs["tree"])):
+            r = runs["redis"][i]["rps"] if "redis" in runs else "NaN"
+            f.write(f"{i + 1} {a['rps']} {b['rps']} {r}\n")
+    with open(os.path.join(work, "forwarding_cpu.dat"), "w") as f:
+        f.write("# server flood_cpu_s tree_cpu_s (mean per run)\n")
+        for n in runs["flood"][0]["cpu_s"]:
+            mean = [sum(r["cpu_s"][n] for r in runs[m]) / len(runs[m]) for m in ("flood", "tree")]
+            f.write(f"{n} {mean[0]:.3f} {mean[1]:.3f}\n")
     samples = data["propagation"]["all_sorted_us"]
     with open(os.path.join(work, "propagation.dat"), "w") as f:
         f.write("# microseconds fraction_of_updates\n")
@@ -209,8 +222,11 @@ def main():
             fail(f"{tool} is not installed (make deps installs it)")
     os.makedirs(a.work, exist_ok=True)
     data = {"sweep": load("sweep.json"), "propagation": load("propagation.json"),
-            "resources": load("resources.json")}
+            "resources": load("resources.json"), "forwarding": load("forwarding_ab.json")}
     data["open"] = data["sweep"]["open"]
+    data["forwarding"]["median"] = {   # rps, per mode, over the interleaved rounds
+        m: sorted(r["rps"] for r in runs)[len(runs) // 2]
+        for m, runs in data["forwarding"]["runs"].items()}
     measured = load("resilience.jsonl")
 
     print("report: plots", flush=True)

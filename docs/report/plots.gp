@@ -39,3 +39,26 @@ set ylabel "fraction of updates"
 set yrange [0:1.02]
 
 plot f("propagation.dat") u 1:2 w steps ls 3 t "idle herd, updates given to Bailey"
+
+set output f("forwarding.svg")
+unset logscale
+set xlabel "round (flood, trees, then redis, in turn)"
+set ylabel "requests per second, c=20"
+set format y "%.0s%c"
+set yrange [0:*]
+set xrange [0.5:*]
+set xtics 1
+plot f("forwarding.dat") u 1:4 w l ls 1 t "redis-server PING (reference)", \
+     f("forwarding.dat") u 1:2 w l ls 2 t "herd IAMAT, flooding (8 link messages per update)", \
+     f("forwarding.dat") u 1:3 w l ls 3 t "herd IAMAT, trees (4 link messages per update)"
+
+set output f("forwarding_cpu.svg")
+set xlabel "server"
+set ylabel "CPU seconds per 3 s run (mean of the runs)"
+set format y "%g"
+set xrange [*:*]
+set style data histogram
+set style histogram clustered gap 1
+set style fill solid 1.0 noborder
+plot f("forwarding_cpu.dat") u 2:xtic(1) lc rgb "#2060a0" t "flooding", \
+     f("forwarding_cpu.dat") u 3 lc rgb "#c04020" t "trees"

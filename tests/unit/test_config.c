@@ -187,6 +187,26 @@ static void test_load_text(void) {
           !strncmp(err, "x.yml: ", 7), "%s", err);
 }
 
+/* herd.forwarding and herd.anti_entropy_ms: defaults, values, refusals
+ * naming the line. */
+static void test_forwarding(void) {
+    static const char srv[] = "servers:\n  A: {port: 7001}\nherd:\n  snapshot_interval_s: 5\n";
+    char text[256], err[512];
+    config cfg;
+    CHECK(config_load_text("h.yml", srv, sizeof srv - 1, &cfg, err, sizeof err) == 0, "%s", err);
+    CHECK(cfg.herd.forwarding == FORWARD_TREE && cfg.herd.anti_entropy_ms == 1000,
+          "trees and 1 s by default");
+    int n = snprintf(text, sizeof text, "%s  forwarding: flood\n  anti_entropy_ms: 250\n", srv);
+    CHECK(config_load_text("h.yml", text, (size_t)n, &cfg, err, sizeof err) == 0, "%s", err);
+    CHECK(cfg.herd.forwarding == FORWARD_FLOOD && cfg.herd.anti_entropy_ms == 250, "set");
+    n = snprintf(text, sizeof text, "%s  forwarding: gossip\n", srv);
+    CHECK(config_load_text("h.yml", text, (size_t)n, &cfg, err, sizeof err) < 0 &&
+          !strncmp(err, "h.yml:5: ", 9) && strstr(err, "expected tree or flood"), "%s", err);
+    n = snprintf(text, sizeof text, "%s  anti_entropy_ms: 50\n", srv);
+    CHECK(config_load_text("h.yml", text, (size_t)n, &cfg, err, sizeof err) < 0 &&
+          !strncmp(err, "h.yml:5: ", 9) && strstr(err, "out of range"), "%s", err);
+}
+
 static void test_mix(void) {
     int p = -1;
     CHECK(config_parse_mix("iamat=30,whatsat=70", &p) == 0 && p == 30, "30/70");
@@ -239,6 +259,7 @@ int main(void) {
     test_defaults_and_paths();
     test_default_file();
     test_load_text();
+    test_forwarding();
     test_mix();
     test_logging_bounds();
     unlink(path);

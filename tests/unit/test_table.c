@@ -193,7 +193,56 @@ static void test_churn(void) {
     table_free(&t);
 }
 
+/* Digests (anti-entropy): two tables that end with the same entries have
+ * the same root and bucket digests, whatever the order of the updates, the
+ * replacements and the evictions on the way; one differing entry changes
+ * exactly its bucket. */
+static int same_digests(const table *a, const table *b) {
+    if (a->root != b->root) return 0;
+    for (int i = 0; i < TABLE_BUCKETS; i++)
+        if (a->bucket_sum[i] != b->bucket_sum[i]) return 0;
+    return 1;
+}
+
+static void test_digests(void) {
+    enum { N = 3000, MAX = 1000 };
+    static table_update ups[N];
+    static char ids[N][16], times[N][24];
+    table a, b;
+    table_init(&a);
+    table_init(&b);           /* another random SipHash key, as another server */
+    table_set_max(&a, MAX);
+    table_set_max(&b, MAX);
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "d%d", (int)(next_rand() % 1500));
+        snprintf(times[i], sizeof times[i], "%d.5", i + 1);
+        ups[i] = upd(i % 2 ? "Bona" : "Bailey", ids[i], "+1.0+1.0", times[i]);
+        table_offer(&a, &ups[i]);
+    }
+    for (int i = N; i-- > 0;) table_offer(&b, &ups[i]);   /* reverse order */
+    CHECK(a.count == b.count && a.count == MAX, "both full");
+    CHECK(a.evicted > 0, "some evicted on the way");
+    CHECK(same_digests(&a, &b), "same entries, same digests, in any order");
+    uint64_t root = 0;
+    for (int i = 0; i < TABLE_BUCKETS; i++) root ^= a.bucket_sum[i];
+    CHECK(root == a.root, "the root is the XOR of the buckets");
+    /* one newer entry: its bucket and the root differ, no other bucket */
+    table_update u = upd("Clark", ups[N - 1].client.p, "+2.0+2.0", "999999");
+    CHECK(table_offer(&a, &u) != NULL, "newer stored");
+    unsigned want = table_bucket_of(u.client.p, u.client.len), differ = 0;
+    for (unsigned i = 0; i < TABLE_BUCKETS; i++)
+        if (a.bucket_sum[i] != b.bucket_sum[i]) differ += i == want ? 1 : 100;
+    CHECK(differ == 1 && a.root != b.root, "only its bucket differs");
+    CHECK(table_offer(&b, &u) != NULL, "and the other takes it");
+    CHECK(same_digests(&a, &b), "equal again");
+    table_clear(&a);
+    CHECK(a.root == 0 && a.bucket_sum[want] == 0, "cleared: empty digests");
+    table_free(&a);
+    table_free(&b);
+}
+
 int main(void) {
+    test_digests();
     test_bound();
     test_ties();
     test_any_order();
