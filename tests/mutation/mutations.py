@@ -88,14 +88,15 @@ MUTATIONS = [
          tests=["tests/integration/test_logs.py::test_log_reopened_on_sighup"]),
 
     # ---------------------------------------------------------- commands.c
-    dict(id="iamat-not-flooded", file="server/commands.c",
-         original="peer_flood(s, e, -1);",
-         mutant="(void)e;",
+    dict(id="iamat-not-flooded", file="server/forward.c",
+         original="if (flood ? li != from_link : (kids >> li & 1)) peer_send(s, e, li);",
+         mutant="if (from_link >= 0 && (flood ? li != from_link : (kids >> li & 1))) "
+                "peer_send(s, e, li);",
          breaks="an IAMAT's update never leaves the server that received it",
          tests=["tests/integration/test_herd.py::test_update_reaches_every_server"]),
     dict(id="recv-not-logged", file="server/commands.c",
-         original="if (s->cfg->logging.log_lines && c->role == ROLE_CLIENT)",
-         mutant="if (0)",
+         original="    if (s->cfg->logging.log_lines)\n        log_client_data(c, \"recv\"",
+         mutant="    if (0)\n        log_client_data(c, \"recv\"",
          breaks="the lines clients send are missing from the log",
          tests=["tests/integration/test_logs.py::test_log_holds_input_output_and_connections"]),
     dict(id="whatsat-bound-ignored", file="server/commands.c",
@@ -144,11 +145,13 @@ MUTATIONS = [
          tests=["tests/integration/test_herd.py::test_damaged_snapshot_is_set_aside"]),
 
     # -------------------------------------------------------------- peer.c
-    dict(id="no-catch-up-on-link-up", file="server/peer.c",
-         original="    L->sent = L->received = 0;\n    start_stream(s, L);",
-         mutant="    L->sent = L->received = 0;",
-         breaks="a server that comes back never receives what it missed (no catch-up)",
-         tests=["tests/integration/test_herd.py::test_flood_routes_around_a_stopped_server"]),
+    dict(id="no-catch-up-on-link-up", file="server/forward.c",
+         original="    if (any) peer_stream(s, li, both, L->prev_gen);",
+         mutant="    (void)any;",
+         breaks="a server that comes back never receives what it missed (no catch-up, "
+                "no anti-entropy repair)",
+         tests=["tests/integration/test_herd.py::test_flood_routes_around_a_stopped_server",
+                "tests/integration/test_trees.py::test_catch_up_sends_little_when_little_differs"]),
     dict(id="accepting-side-ignores-proof", file="server/peer.c",
          original="proof(s, \"proof\", them, s->me->name, c->nonce_theirs, c->nonce_mine, want);\n"
                   "    if (!hs_proof_ok(want, h.proof)) {",
@@ -168,11 +171,12 @@ MUTATIONS = [
          mutant="if (li < 0) return -1;",
          breaks="a HELLO naming a neighbour that never dials us is answered with WELCOME",
          tests=["tests/integration/test_herd.py::test_clients_cannot_forge_updates"]),
-    dict(id="update-not-forwarded", file="server/peer.c",
-         original="    peer_flood(s, e, c->link);",
-         mutant="    (void)e;",
-         breaks="updates travel one hop only: servers two links away never see them",
-         tests=["tests/integration/test_herd.py::test_update_reaches_every_server"]),
+    dict(id="update-not-forwarded", file="server/forward.c",
+         original="    forward(s, e, from_link);\n    return e;",
+         mutant="    if (from_link < 0) forward(s, e, from_link);\n    return e;",
+         breaks="updates travel one hop only: servers two links away see them only when "
+                "anti-entropy repairs them",
+         tests=["tests/integration/test_trees.py::test_trees_follow_a_death_and_a_return"]),
     dict(id="link-backlog-unbounded", file="server/peer.c",
          original="if (buf_pending(&L->conn->out) > cap) {",
          mutant="if (0) {",
