@@ -16,7 +16,7 @@
 #   make clean      remove what the build made
 
 CC      ?= gcc
-PKGS    := libcurl yaml-0.1 libcjson libcrypto
+PKGS    := libcurl yaml-0.1 libcjson libssl libcrypto
 OPT     ?= -O2 -g
 CFLAGS  := $(OPT) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wformat=2 \
            -Icommon -Iserver -Isupervisor -MMD -MP
@@ -40,7 +40,8 @@ PYTEST  := /usr/bin/python3 -m pytest
 COMMON_SRC := common/buf.c common/clock.c common/config.c common/handshake.c common/log.c common/net.c \
               common/protocol.c common/secret.c common/signals.c
 SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c \
-              server/peer.c server/snapshot.c server/http.c server/google.c server/addrcap.c
+              server/peer.c server/snapshot.c server/http.c server/google.c server/addrcap.c \
+              server/tls.c
 BENCH_SRC  := benchmark/benchmark.c
 SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c supervisor/lock.c
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)

@@ -1,4 +1,11 @@
-/* handshake.h -- the peer handshake's lines and proofs, free of sockets.
+/* handshake.h -- the peer handshake's lines, proofs and TLS keys, free of
+ * sockets.
+ *
+ * A TLS link (docs/PROTOCOL.md, "Between servers") needs no lines: the
+ * dialer A offers the external PSK named "proxyherd-v1 A B", whose key is
+ * HMAC-SHA256(secret, "proxyherd-v1 psk A B"), so the key of one link is
+ * worth nothing on another.  A plain link (loopback, or herd.tls: never)
+ * authenticates with three lines:
  *
  *   dialer A -> B:  PEER HELLO A nA
  *   B -> A:         PEER WELCOME B nB P("welcome B A nA nB")
@@ -16,6 +23,8 @@
 
 #define HS_NONCE_LEN 32
 #define HS_PROOF_LEN 64
+#define HS_PSK_LEN 32                 /* SHA-256 */
+#define HS_PSK_PREFIX "proxyherd-v1 "
 
 typedef struct {
     proto_str name, nonce, proof;   /* proof: WELCOME only */
@@ -36,5 +45,18 @@ void hs_proof(const char *secret, size_t secret_len, const char *kind, const cha
 
 /* 1 when 'got' is exactly 'want', compared in constant time. */
 int hs_proof_ok(const char *want, proto_str got);
+
+/* The PSK identity of the link A dials to B, "proxyherd-v1 A B", into out.
+ * Returns its length, or -1 when it does not fit. */
+int hs_psk_identity(const char *dialer, const char *acceptor, char *out, size_t outlen);
+
+/* Split an identity (not NUL-terminated) into its two names.  Returns 0, or
+ * -1 when it is not exactly "proxyherd-v1 A B" with two non-empty names. */
+int hs_parse_psk_identity(const unsigned char *id, size_t len, proto_str *dialer,
+                          proto_str *acceptor);
+
+/* out = HMAC-SHA256(secret, "proxyherd-v1 psk A B"): the link's TLS key. */
+void hs_psk_key(const char *secret, size_t secret_len, const char *dialer,
+                const char *acceptor, unsigned char out[HS_PSK_LEN]);
 
 #endif

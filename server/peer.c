@@ -4,8 +4,18 @@
  * sorts first dials; the other accepts on its ordinary port.  Dials that
  * fail are retried with exponential back-off (100 ms doubling to 3.2 s).
  *
- * Handshake, with N a fresh random nonce per side and P an HMAC-SHA256 over
- * the shared secret:
+ * A link is TLS 1.3 (server/tls.c) unless herd.tls says otherwise: "auto"
+ * (the default) leaves a link plain only when both ends are loopback
+ * addresses, "always" and "never" mean what they say.  On a TLS link the
+ * handshake is TLS's own: the dialer's PSK identity names the link and the
+ * PSK proves the secret both ways, so no PEER line is sent at all.  The
+ * acceptor tells a TLS dialer from a client by its first byte (0x16, see
+ * server.c), and takes TLS from any neighbour that dials it; it refuses a
+ * plain HELLO on a link that must be TLS.
+ *
+ * A plain link, where TLS would cost more than it protects (loopback),
+ * still needs proof of the secret, so it keeps the line handshake, with N
+ * a fresh random nonce per side and P an HMAC-SHA256 over the secret:
  *   dialer A -> B:  PEER HELLO A nA
  *   B -> A:         PEER WELCOME B nB P("welcome B A nA nB")
  *   A -> B:         PEER PROOF P("proof A B nA nB")
@@ -34,6 +44,7 @@
 #include "net.h"
 #include "secret.h"
 #include "server.h"
+#include "tls.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 3200
@@ -68,6 +79,10 @@ int peer_init(server *s, char *err, size_t errlen) {
         L->server = s->me->neighbors[k];
         L->dialer = strcmp(s->me->name, peer_name(s, L)) < 0;
         L->backoff_ms = BACKOFF_MIN_MS;
+        L->tls = s->cfg->herd.tls == TLS_ALWAYS ||
+                 (s->cfg->herd.tls == TLS_AUTO &&
+                  !(tls_host_is_loopback(s->me->host) &&
+                    tls_host_is_loopback(s->cfg->servers[L->server].host)));
     }
     if (s->n_links && !s->secret_len)
         log_msg(LOG_WARN, "links-disabled",
@@ -116,15 +131,17 @@ static void link_up(server *s, int li, client *c, const char *direction) {
 }
 
 void peer_lost(server *s, client *c) {
-    if (c->link < 0) return;
-    peer_link *L = &s->links[c->link];
-    if (c->role == ROLE_ACCEPTED) {       /* gone between HELLO and PROOF */
-        if (L->accepting == c) L->accepting = NULL;
-        log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s before its proof "
-                "(wrong secret?)", peer_name(s, L), c->addr, c->close_reason);
+    if (c->role == ROLE_ACCEPTED) {       /* gone between HELLO and PROOF, or in TLS */
+        peer_link *A = c->link >= 0 ? &s->links[c->link] : NULL;
+        if (A && A->accepting == c) A->accepting = NULL;
+        log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s before its %s "
+                "(wrong secret?)", A ? peer_name(s, A) : "?", c->addr, c->close_reason,
+                c->ssl ? "TLS handshake was done" : "proof");
         c->link = -1;
         return;
     }
+    if (c->link < 0) return;
+    peer_link *L = &s->links[c->link];
     if (L->dialing == c) {
         L->dialing = NULL;
         if (L->failures++ == 0)
@@ -176,6 +193,11 @@ void peer_connected(server *s, client *c) {
         return;
     }
     c->connecting = 0;
+    if (s->links[c->link].tls) {
+        if (tls_start(s, c, 1) < 0) client_kill(s, c, "TLS setup failed");
+        else peer_tls_step(s, c);
+        return;
+    }
     hs_nonce(c->nonce_mine);
     buf_printf(&c->out, "PEER HELLO %s %s\n", s->me->name, c->nonce_mine);
     client_write(s, c);
@@ -183,10 +205,10 @@ void peer_connected(server *s, client *c) {
 
 /* ------------------------------------------------------------- handshake */
 
-static int find_link(const server *s, proto_str name) {
+int peer_find_link(const server *s, const char *name, size_t len) {
     for (int i = 0; i < s->n_links; i++) {
         const char *n = s->cfg->servers[s->links[i].server].name;
-        if (strlen(n) == name.len && memcmp(n, name.p, name.len) == 0) return i;
+        if (strlen(n) == len && memcmp(n, name, len) == 0) return i;
     }
     return -1;
 }
@@ -198,9 +220,15 @@ static int name_is(proto_str f, const char *w) {
 int peer_hello(server *s, client *c, const char *line, size_t len) {
     hs_line h;
     if (hs_parse_hello(line, len, &h) < 0 || !s->secret_len) return -1;
-    int li = find_link(s, h.name);
+    int li = peer_find_link(s, h.name.p, h.name.len);
     if (li < 0 || s->links[li].dialer) return -1;   /* not a neighbour that dials us */
     peer_link *L = &s->links[li];
+    if (L->tls) {             /* answered "? " like any bad line, and logged */
+        log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=plain-text handshake on a "
+                "link that must be TLS (herd.tls: %s)", peer_name(s, L), c->addr,
+                config_tls_name(s->cfg->herd.tls));
+        return -1;
+    }
     /* one handshake per link at a time, so HELLOs cannot pile up past
      * max_clients: a newer one means the neighbour dialled again */
     if (L->accepting) client_kill(s, L->accepting, "replaced by a newer handshake");
@@ -222,10 +250,12 @@ int peer_hello(server *s, client *c, const char *line, size_t len) {
 
 static void refuse(server *s, client *c, const char *why) {
     log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s",
-            peer_name(s, &s->links[c->link]), c->addr, why);
+            c->link >= 0 ? peer_name(s, &s->links[c->link]) : "?", c->addr, why);
     if (c->role == ROLE_ACCEPTED) {               /* logged once is enough */
-        if (s->links[c->link].accepting == c) s->links[c->link].accepting = NULL;
+        if (c->link >= 0 && s->links[c->link].accepting == c)
+            s->links[c->link].accepting = NULL;
         c->link = -1;
+        c->role = ROLE_CLIENT;   /* no link any more (still counted if a TLS one) */
     }
     client_kill(s, c, why);
 }
@@ -249,6 +279,35 @@ static void on_welcome(server *s, client *c, const char *line, size_t len) {
     proof(s, "proof", s->me->name, them, c->nonce_mine, c->nonce_theirs, mine);
     buf_printf(&c->out, "PEER PROOF %s\n", mine);
     link_up(s, c->link, c, "out");
+}
+
+/* ------------------------------------------------------------------ TLS */
+
+/* Accepting side: c's first byte was 0x16.  With links and a secret, it is
+ * a neighbour's TLS handshake: c keeps its place among the clients (so
+ * handshakes in progress are bounded by max_clients) until the handshake
+ * names the link; it has the handshake timeout to get there. */
+int peer_tls_accept(server *s, client *c) {
+    if (!s->tls_ctx || tls_start(s, c, 0) < 0) return -1;
+    c->role = ROLE_ACCEPTED;   /* not client_set_role: it stays counted */
+    int64_t until = s->now_ms + HANDSHAKE_MS;
+    if (!c->probation || until < c->handshake_until_ms) c->handshake_until_ms = until;
+    peer_tls_step(s, c);
+    return 0;
+}
+
+/* Either side: the next step of the TLS handshake; when done, the link is
+ * up (the PSK identity told the acceptor which one). */
+void peer_tls_step(server *s, client *c) {
+    const char *why = "TLS handshake failed";
+    int r = tls_handshake(s, c, &why);
+    if (r == 0) return;
+    if (r < 0 || c->link < 0) {
+        refuse(s, c, why);
+        return;
+    }
+    c->last_ms = s->now_ms;
+    link_up(s, c->link, c, c->role == ROLE_DIALING ? "out" : "in");
 }
 
 /* Accepting side: a line other than PROOF before the handshake is done (an

@@ -19,10 +19,15 @@
 #include "places.h"
 #include "table.h"
 
+struct ssl_st;
+struct ssl_ctx_st;
+
 typedef enum {
     ROLE_CLIENT,        /* a plain client */
-    ROLE_DIALING,       /* our connection to a neighbour, before WELCOME */
-    ROLE_ACCEPTED,      /* a neighbour said HELLO; we wait for its PROOF */
+    ROLE_DIALING,       /* our connection to a neighbour, before WELCOME or
+                         * the end of the TLS handshake */
+    ROLE_ACCEPTED,      /* a neighbour said HELLO (we wait for its PROOF), or
+                         * a TLS handshake came in (server/tls.c) */
     ROLE_PEER,          /* an authenticated link */
 } client_role;
 
@@ -56,10 +61,15 @@ typedef struct client {
                                  * it was part of a link, whatever its role) */
     unsigned probation : 1;     /* taken past a full table: must say PEER HELLO */
     unsigned addr_counted : 1;  /* counted in server.per_addr */
+    unsigned tls_hs : 1;        /* the TLS handshake is not done yet */
+    unsigned tls_want_write : 1;/* the last TLS call waits for POLLOUT */
+    unsigned sniffed : 1;       /* first byte looked at: TLS or a client */
     uint32_t ip;                /* IPv4 address of an accepted connection */
     const char *busy_line;      /* on probation: the "? " line if it is refused */
     size_t cold_slot;           /* index in server.cold while cold */
     const char *close_reason;
+    struct ssl_st *ssl;         /* a TLS link or handshake; NULL: plain TCP */
+    const char *tls_why;        /* why the PSK lookup found nothing */
 } client;
 
 /* One link to a neighbour (peer.c). */
@@ -76,6 +86,7 @@ typedef struct {
     size_t stream_pos;
     uint64_t stream_layout;     /* the table's layout when the stream began */
     int resync;                 /* stream again once the current one ends */
+    int tls;                    /* TLS by herd.tls (else the plain handshake) */
     uint64_t sent, received;    /* updates, for the log */
 } peer_link;
 
@@ -109,6 +120,7 @@ typedef struct server {
     peer_link links[CONFIG_MAX_SERVERS];
     int n_links;
     char secret[256];           /* empty: links are disabled */
+    struct ssl_ctx_st *tls_ctx; /* with a secret and links (server/tls.c) */
     size_t secret_len;
     int table_dirty;            /* changed since the last snapshot */
     int64_t next_snapshot_ms;
@@ -169,6 +181,9 @@ void peer_lost(server *s, client *c);      /* c is going away */
 void peer_connected(server *s, client *c); /* a dial finished (POLLOUT) */
 void peer_flood(server *s, const table_entry *e, int from_link);
 int peer_poll_timeout(server *s);          /* ms to the next dial, or -1 */
+int peer_tls_accept(server *s, client *c); /* first byte 0x16: TLS, 0; or -1 */
+void peer_tls_step(server *s, client *c);  /* go on with c's TLS handshake */
+int peer_find_link(const server *s, const char *name, size_t len); /* or -1 */
 
 /* snapshot.c: state/NAME.snap */
 void snapshot_load(server *s);
