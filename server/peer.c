@@ -126,8 +126,8 @@ static void link_up(server *s, int li, client *c, const char *direction) {
     L->backoff_ms = BACKOFF_MIN_MS;
     L->sent = L->received = 0;
     start_stream(s, L);
-    log_msg(LOG_INFO, "link-up", "peer=%s addr=%s dir=%s id=%llu", peer_name(s, L),
-            c->addr, direction, (unsigned long long)c->id);
+    log_msg(LOG_INFO, "link-up", "peer=%s addr=%s dir=%s id=%llu tls=%d", peer_name(s, L),
+            c->addr, direction, (unsigned long long)c->id, c->ssl != NULL);
 }
 
 void peer_lost(server *s, client *c) {

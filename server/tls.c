@@ -155,8 +155,12 @@ static const char *failure(client *c, int r) {
                                    : "closed during the TLS handshake";
     unsigned long code = ERR_peek_last_error();
     int reason = ERR_GET_REASON(code);
-    if (reason == SSL_R_BINDER_DOES_NOT_VERIFY || reason == SSL_R_TLSV1_ALERT_DECRYPT_ERROR)
+    if (reason == SSL_R_BINDER_DOES_NOT_VERIFY)
         return "TLS: the PSK does not match (wrong secret?)";
+    if (SSL_is_server(c->ssl) == 0 && (reason == SSL_R_SSLV3_ALERT_ILLEGAL_PARAMETER ||
+                                       reason == SSL_R_TLSV1_ALERT_DECRYPT_ERROR ||
+                                       reason == SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE))
+        return "TLS: the neighbour refused our PSK (wrong secret?)";
     if (c->tls_why) return c->tls_why;
     const char *text = ERR_reason_error_string(code);
     if (!text) return "TLS handshake failed";

@@ -1,0 +1,284 @@
+"""Encrypted links (docs/PROTOCOL.md, "Between servers"): TLS 1.3 keyed by
+the herd secret, refused when the secret, the transport or the handshake is
+wrong, and no client location in clear on the wire.
+
+Every test runs on loopback, so the herd is told herd.tls: always (the
+default, auto, would leave loopback links plain)."""
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import DEFAULT_LINKS, Herd, free_port, program, wait_listening, write_config
+from test_herd import fake_peer, iamat
+
+ALL = list(DEFAULT_LINKS)
+LOC = b"+34.068930-118.445127"
+
+
+def set_tls(herd, mode):
+    """A copy of the herd's first config with herd.tls: mode; returns its path."""
+    with open(os.path.join(herd.dir, "config.yml")) as f:
+        text = f.read()
+    text = text.replace("herd:\n", f"herd:\n  tls: {mode}\n", 1)
+    path = os.path.join(herd.dir, f"config-{mode}.yml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+@pytest.fixture
+def tls_herd(tmp_path):
+    h = Herd(tmp_path)
+    h.config = set_tls(h, "always")
+    yield h
+    h.stop()
+
+
+def test_tls_herd_passes_updates(tls_herd):
+    h = tls_herd
+    h.start().wait_links()
+    for n in ALL:
+        assert "tls=1" in h.log(n), n
+    at = iamat(h, "Bailey", b"tlsclient", LOC)
+    h.wait_stored(ALL, b"tlsclient", at)
+
+
+def test_wrong_secret_is_refused_and_logged(tls_herd):
+    h = tls_herd
+    h.start().wait_links()
+    h.stop("Bailey")
+    h.start("Bailey", secret="not-the-herd-secret")
+    # Bailey dials Bona and Campbell; both check the PSK binder and refuse
+    for n in ("Bona", "Campbell"):
+        assert h.wait_log(n, "peer-refused peer=Bailey", timeout=10), h.log(n)
+        assert "the PSK does not match (wrong secret?)" in h.log(n)
+    assert h.wait_log("Bailey", "peer-refused peer=Bona", timeout=10)
+    assert "the neighbour refused our PSK (wrong secret?)" in h.log("Bailey")
+    at = iamat(h, "Bailey", b"outsider", LOC)
+    time.sleep(0.5)
+    for n in ("Bona", "Campbell"):
+        assert h.stored(n, b"outsider") is None
+    assert h.stored("Bailey", b"outsider") == at
+    assert h.log("Bailey").count("link-up") == 2      # from the first start only
+
+
+def test_plain_handshake_on_a_tls_link_is_refused(tls_herd):
+    h = tls_herd
+    h.start().wait_links()
+    h.stop("Bailey")
+    # a plain-text HELLO from a configured neighbour: an ordinary bad line
+    line = b"PEER HELLO Bailey 0123456789abcdef0123456789abcdef"
+    assert h.send("Bona", line + b"\n") == b"? " + line + b"\n"
+    assert h.wait_log("Bona", "reason=plain-text handshake on a link that must be TLS")
+    with pytest.raises(AssertionError):
+        fake_peer(h, "Bailey", "Bona")
+    # a real server told to keep its links plain gets no link either
+    config, h.config = h.config, set_tls(h, "never")
+    h.start("Bailey")
+    h.config = config
+    assert h.wait_log("Bailey", "peer-refused peer=Bona", timeout=10)
+    assert "unexpected handshake line" in h.log("Bailey")
+    at = iamat(h, "Bailey", b"plainpeer", LOC)
+    time.sleep(0.5)
+    assert h.stored("Bona", b"plainpeer") is None
+    assert h.stored("Campbell", b"plainpeer") is None
+    assert h.stored("Bailey", b"plainpeer") == at
+
+
+def open_raw(port, data):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if data:
+        s.sendall(data)
+    return s
+
+
+def closed_within(s, seconds):
+    """True when the server closes s (EOF or reset) within 'seconds'."""
+    s.settimeout(seconds)
+    deadline = time.time() + seconds
+    try:
+        while time.time() < deadline:
+            if not s.recv(4096):
+                return True
+    except socket.timeout:
+        return False
+    except ConnectionResetError:
+        return True
+    return False
+
+
+def test_garbage_after_0x16_is_refused_and_the_server_serves_on(tls_herd):
+    h = tls_herd
+    h.start().wait_links()
+    port = h.ports["Bona"]
+    garbage = [
+        b"\x16" + os.urandom(300),
+        b"\x16\x03\x01\x00\x10" + b"\x01" + b"\xff" * 15,    # a record holding a broken hello
+        b"\x16\x03\x01\xff\xff" + b"A" * 2000,               # a record longer than allowed
+    ]
+    for g in garbage:
+        s = open_raw(port, g)
+        t0 = time.time()
+        assert closed_within(s, 8), g[:8]
+        assert time.time() - t0 < 8
+        s.close()
+    assert h.wait_log("Bona", "peer-refused peer=?")
+    at = iamat(h, "Bona", b"stillserving", LOC)
+    h.wait_stored(ALL, b"stillserving", at)
+    assert h.procs["Bona"].poll() is None
+
+
+def test_stalled_tls_handshake_is_dropped_within_the_timeout(tls_herd):
+    h = tls_herd
+    h.start().wait_links()
+    stalled = [open_raw(h.ports["Bona"], b"\x16"), open_raw(h.ports["Bona"], b"\x16\x03\x01\x02")]
+    t0 = time.time()
+    # served meanwhile
+    at = iamat(h, "Bona", b"meanwhile", LOC)
+    h.wait_stored(ALL, b"meanwhile", at)
+    for s in stalled:
+        assert closed_within(s, 10)
+        s.close()
+    took = time.time() - t0
+    assert 4 <= took < 9, took            # the 5 s handshake timeout, swept each second
+    assert h.wait_log("Bona", "reason=handshake timeout before its TLS handshake was done")
+
+
+class RecordingProxy:
+    """A TCP proxy from a free port to 'target' that keeps every byte it
+    forwards, both ways (no root needed, unlike a capture on lo)."""
+
+    def __init__(self, target):
+        self.target = target
+        self.port = free_port()
+        self.recorded = bytearray()
+        self.lock = threading.Lock()
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", self.port))
+        self.lsock.listen(8)
+        self.socks = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                a, _ = self.lsock.accept()
+            except OSError:
+                return
+            try:
+                b = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                a.close()
+                continue
+            self.socks += [a, b]
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                with self.lock:
+                    self.recorded += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.lsock.close()
+        for s in self.socks:
+            s.close()
+
+
+def run_pair_through_proxy(tmp_path, mode):
+    """Alpha dials Beta through a recording proxy; an update goes each way
+    (one before the link is up, so the catch-up stream is on the wire too).
+    Returns the bytes the proxy saw."""
+    pa, pb = free_port(), free_port()
+    proxy = RecordingProxy(pb)
+    procs = []
+    env = dict(os.environ, HERD_SECRET="proxy-secret-0123456789")
+    extra = f"herd:\n  tls: {mode}\n"
+    try:
+        for name, beta_port in (("Beta", pb), ("Alpha", proxy.port)):
+            d = tmp_path / f"{mode}-{name}"
+            d.mkdir()
+            cfg = write_config(str(d), {"Alpha": (pa, ["Beta"]), "Beta": (beta_port, ["Alpha"])},
+                               extra=extra)
+            err = open(d / "stderr", "wb")
+            procs.append((subprocess.Popen([program("herd-server"), name, "-c", cfg],
+                                           stdout=subprocess.DEVNULL, stderr=err, env=env), err))
+            assert wait_listening(pa if name == "Alpha" else pb, procs[-1][0])
+            if name == "Beta":
+                exchange_line(pb, b"IAMAT early-client +11.111111+22.222222 1700000000.5\n")
+        deadline = time.time() + 10
+        while b"link-up" not in read_bytes(tmp_path / f"{mode}-Alpha" / "logs" / "Alpha.log"):
+            assert time.time() < deadline, "no link"
+            time.sleep(0.05)
+        exchange_line(pa, b"IAMAT secret-client-42 -33.333333+44.444444 1700000001.5\n")
+        for port, client in ((pb, b"secret-client-42"), (pa, b"early-client")):
+            deadline = time.time() + 10
+            while not exchange_line(port, b"WHATSAT %s 1 1\n" % client).startswith(b"AT "):
+                assert time.time() < deadline, client
+                time.sleep(0.05)
+        with proxy.lock:
+            return bytes(proxy.recorded)
+    finally:
+        for p, err in procs:
+            p.terminate()
+            p.wait(timeout=10)
+            err.close()
+        proxy.close()
+
+
+def read_bytes(path):
+    try:
+        return open(path, "rb").read()
+    except FileNotFoundError:
+        return b""
+
+
+def exchange_line(port, data):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                return out
+            out += b
+
+
+SECRETS = [b"secret-client-42", b"-33.333333+44.444444", b"early-client", b"+11.111111+22.222222"]
+
+
+def test_no_client_location_in_clear_on_a_tls_link(tmp_path):
+    wire = run_pair_through_proxy(tmp_path, "always")
+    assert wire[:1] == b"\x16", wire[:40]          # a TLS handshake record first
+    assert len(wire) > 200
+    for s in SECRETS:
+        assert s not in wire, s
+    assert b"PEER HELLO" not in wire
+
+
+def test_plain_link_carries_them_in_clear(tmp_path):
+    """The control: the same run with herd.tls: never shows what the
+    recording would have found."""
+    wire = run_pair_through_proxy(tmp_path, "never")
+    assert wire.startswith(b"PEER HELLO Alpha ")
+    for s in SECRETS:
+        assert s in wire, s
