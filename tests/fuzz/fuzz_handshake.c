@@ -4,7 +4,9 @@
  * against both sides of the exchange with a fixed secret.  Whatever the
  * parsers accept must point inside its line with well-formed fields; a
  * HELLO they accept must lead to a WELCOME the other side accepts and
- * verifies; a forged proof is accepted only if it is the right one. */
+ * verifies; a forged proof is accepted only if it is the right one.  The
+ * first line is also read as a TLS PSK identity: one the parser accepts
+ * must be rebuilt byte for byte from the two names it found. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +49,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         at += n + 1;
     }
     if (!line[0]) return 0;
+
+    proto_str pa, pb;
+    if (hs_parse_psk_identity((const unsigned char *)line[0], len[0], &pa, &pb) == 0) {
+        if (!inside(pa, line[0], len[0]) || !inside(pb, line[0], len[0]) || !pa.len || !pb.len)
+            abort();
+        char *a = copy_str(pa), *b = copy_str(pb), id[600];
+        int n = hs_psk_identity(a, b, id, sizeof id);
+        if (n < 0 || (size_t)n != len[0] || memcmp(id, line[0], len[0]) != 0) abort();
+        free(a);
+        free(b);
+    }
 
     char nb[HS_NONCE_LEN + 1] = "fedcba9876543210fedcba9876543210";
     hs_line h;
