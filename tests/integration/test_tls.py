@@ -282,3 +282,38 @@ def test_plain_link_carries_them_in_clear(tmp_path):
     assert wire.startswith(b"PEER HELLO Alpha ")
     for s in SECRETS:
         assert s in wire, s
+
+
+def test_tls_neighbour_gets_its_link_past_a_full_client_table(tmp_path):
+    """As with a plain HELLO: idle clients fill Bona's max_clients, and
+    Bailey, restarted, still gets its TLS link (on probation); garbage after
+    0x16 past the full table is refused and gives back its place."""
+    from test_bounds_conn import Pair, hold_clients, wait_for
+    h = Pair(tmp_path, {"max_clients": 4})
+    try:
+        with open(h.config) as f:
+            text = f.read()
+        with open(h.config, "w") as f:
+            f.write(text.replace("herd:\n", "herd:\n  tls: always\n", 1))
+        h.start("Bona")
+        h.start("Bailey")
+        assert wait_for(lambda: "link-up" in h.log("Bona"), 10)
+        idle = hold_clients(h.ports["Bona"], 4, b"IDLE")
+        for _ in range(3):
+            s = open_raw(h.ports["Bona"], b"\x16" + b"\x00" * 50)
+            assert closed_within(s, 8)
+            s.close()
+        h.procs["Bailey"].kill()
+        h.procs["Bailey"].wait()
+        assert wait_for(lambda: "link-down" in h.log("Bona"), 10)
+        h.start("Bailey")
+        assert wait_for(lambda: h.log("Bona").count("link-up") >= 2, 15), h.log("Bona")
+        assert "tls=1" in h.log("Bona").split("link-up")[-1].splitlines()[0]
+        at = exchange_line(h.ports["Bailey"], b"IAMAT back +1.0+1.0 %.9f\n" % time.time())[:-1]
+        idle.pop().close()
+        assert wait_for(lambda: exchange_line(h.ports["Bona"], b"WHATSAT back 1 1\n")
+                        .startswith(at), 10)
+        for c in idle:
+            c.close()
+    finally:
+        h.stop()
