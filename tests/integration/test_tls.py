@@ -237,11 +237,16 @@ def run_pair_through_proxy(tmp_path, mode):
         with proxy.lock:
             return bytes(proxy.recorded)
     finally:
+        problems = []
         for p, err in procs:
             p.terminate()
             p.wait(timeout=10)
             err.close()
+            text = open(err.name, errors="replace").read()
+            if p.returncode != 0 or "Sanitizer" in text or "runtime error" in text:
+                problems.append(f"exit {p.returncode}: {text[-2000:]}")
         proxy.close()
+        assert not problems, problems
 
 
 def read_bytes(path):
