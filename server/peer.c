@@ -307,6 +307,7 @@ void peer_tls_step(server *s, client *c) {
         return;
     }
     c->last_ms = s->now_ms;
+    c->tls_more = 1;           /* the first records may have come with the handshake */
     link_up(s, c->link, c, c->role == ROLE_DIALING ? "out" : "in");
 }
 

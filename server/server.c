@@ -331,8 +331,9 @@ static int sniff_tls(server *s, client *c) {
 static void client_read(server *s, client *c) {
     if (sniff_tls(s, c)) return;
     /* a TLS read returns one record (16 KiB at most): more turns, same bytes */
-    int turns = c->ssl ? READS_PER_TURN * (READ_CHUNK / 16384) : READS_PER_TURN;
-    for (int turn = 0; turn < turns && !c->dead && !c->eof; turn++) {
+    int turns = c->ssl ? READS_PER_TURN * (READ_CHUNK / 16384) : READS_PER_TURN, turn;
+    c->tls_more = 0;
+    for (turn = 0; turn < turns && !c->dead && !c->eof; turn++) {
         if (c->draining) buf_clear(&c->in);   /* read only to throw away */
         buf_reserve(&c->in, READ_CHUNK);
         ssize_t n = conn_recv(c, c->in.p + c->in.len, c->in.cap - c->in.len);
@@ -357,6 +358,9 @@ static void client_read(server *s, client *c) {
         }
     }
     if (c->draining) buf_clear(&c->in);
+    /* stopped for fairness, not for want of bytes: OpenSSL may hold more
+     * than the socket shows (had it said EAGAIN, it holds none we can use) */
+    if (turn == turns && tls_pending(c)) c->tls_more = 1;
     if (!c->dead) queue_write(s, c);
 }
 
@@ -666,7 +670,7 @@ int server_run(server *s) {
             else if (c->tls_hs) ev = c->tls_want_write ? POLLOUT : POLLIN;
             else if (!c->eof && !c->waiting) ev |= POLLIN;
             if (buf_pending(&c->out) || c->tls_want_write) ev |= POLLOUT;
-            if (tls_pending(c) && !c->eof) tls_ready = 1;
+            if (c->tls_more && !c->eof) tls_ready = 1;
             s->pfd[i].events = ev;
         }
         /* libcurl's sockets ride at the end of the poll set */
@@ -692,7 +696,7 @@ int server_run(server *s) {
             for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd; i++) {
                 short re = s->pfd[i].revents;
                 client *c = s->conn[i];
-                if (c->ssl && !c->eof && (tls_pending(c) || (c->tls_want_write && re)))
+                if (c->ssl && !c->eof && (c->tls_more || (c->tls_want_write && re)))
                     re |= POLLIN;      /* read without waiting, or retry the read */
                 if (!re || c->dead) continue;
                 if (c->connecting) {

@@ -64,6 +64,8 @@ typedef struct client {
     unsigned tls_hs : 1;        /* the TLS handshake is not done yet */
     unsigned tls_want_write : 1;/* the last TLS call waits for POLLOUT */
     unsigned sniffed : 1;       /* first byte looked at: TLS or a client */
+    unsigned tls_more : 1;      /* OpenSSL may hold bytes the socket no longer
+                                 * shows: read next round without waiting */
     uint32_t ip;                /* IPv4 address of an accepted connection */
     const char *busy_line;      /* on probation: the "? " line if it is refused */
     size_t cold_slot;           /* index in server.cold while cold */

@@ -105,6 +105,7 @@ int tls_init(server *s, char *err, size_t errlen) {
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_read_ahead(ctx, 1);   /* one read() for many records, not two per record */
     SSL_CTX_set_psk_use_session_callback(ctx, use_psk);
     SSL_CTX_set_psk_find_session_callback(ctx, find_psk);
     SSL_CTX_set_app_data(ctx, s);
@@ -222,7 +223,7 @@ ssize_t tls_send(client *c, const void *p, size_t n) {
 }
 
 int tls_pending(const client *c) {
-    return c->ssl && !c->tls_hs && SSL_pending(c->ssl) > 0;
+    return c->ssl && !c->tls_hs && SSL_has_pending(c->ssl);
 }
 
 void tls_drop(client *c) {

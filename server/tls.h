@@ -8,9 +8,9 @@
  *
  * Everything is non-blocking: a call that cannot go on returns EAGAIN (or 0
  * from tls_handshake) with c->tls_want_write telling the loop whether to
- * wait for POLLOUT or POLLIN.  Decrypted bytes may wait inside OpenSSL
- * (tls_pending) with nothing left on the socket, so the loop reads those
- * without waiting for poll().
+ * wait for POLLOUT or POLLIN.  OpenSSL reads ahead, so records may wait
+ * inside it (tls_pending) with nothing left on the socket; the loop reads
+ * those without waiting for poll() (client.tls_more).
  */
 #ifndef HERD_TLS_H
 #define HERD_TLS_H
@@ -41,7 +41,7 @@ int tls_handshake(server *s, client *c, const char **why);
 ssize_t tls_recv(client *c, void *p, size_t n);
 ssize_t tls_send(client *c, const void *p, size_t n);
 
-/* 1 when decrypted bytes wait in OpenSSL's buffer. */
+/* 1 when bytes wait in OpenSSL's buffer (read ahead from the socket). */
 int tls_pending(const client *c);
 
 /* Free c's SSL object (the descriptor stays c's). */
