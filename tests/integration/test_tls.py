@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from conftest import DEFAULT_LINKS, Herd, free_port, program, wait_listening, write_config
+from conftest import (DEFAULT_LINKS, Herd, free_port, program, wait_listening, wait_log,
+                      write_config)
 from test_herd import fake_peer, iamat
 
 ALL = list(DEFAULT_LINKS)
@@ -322,3 +323,55 @@ def test_tls_neighbour_gets_its_link_past_a_full_client_table(tmp_path):
             c.close()
     finally:
         h.stop()
+
+
+def test_the_documented_psk_opens_a_link_from_another_tls_client(tmp_path):
+    """openssl s_client, given only what docs/PROTOCOL.md says (identity
+    "proxyherd-v1 A B", key HMAC-SHA256(secret, "proxyherd-v1 psk A B")),
+    gets the link: the catch-up arrives and its AT line is stored.  The
+    same client with another secret is refused."""
+    import hashlib
+    import hmac
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed")
+    secret = "psk-doc-secret-0123456789"
+    pa, pb = free_port(), free_port()
+    cfg = write_config(str(tmp_path), {"Bailey": (pa, ["Bona"]), "Bona": (pb, ["Bailey"])},
+                       extra="herd:\n  tls: always\n")
+    err = open(tmp_path / "stderr", "wb")
+    p = subprocess.Popen([program("herd-server"), "Bona", "-c", cfg], stdout=subprocess.DEVNULL,
+                         stderr=err, env=dict(os.environ, HERD_SECRET=secret))
+    try:
+        assert wait_listening(pb, p)
+        exchange_line(pb, b"IAMAT known +1.0+1.0 5\n")
+
+        def s_client(key_secret, line):
+            key = hmac.new(key_secret.encode(), b"proxyherd-v1 psk Bailey Bona",
+                           hashlib.sha256).hexdigest()
+            c = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{pb}", "-tls1_3",
+                                  "-ciphersuites", "TLS_AES_128_GCM_SHA256", "-psk_identity",
+                                  "proxyherd-v1 Bailey Bona", "-psk", key, "-quiet"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL)
+            c.stdin.write(line)
+            c.stdin.flush()
+            time.sleep(1.0)
+            c.kill()
+            out, _ = c.communicate()
+            return out
+
+        out = s_client(secret, b"AT Bailey +0.100000000 from-sclient +2.0+2.0 7\n")
+        assert out.startswith(b"AT Bona ") and b" known +1.0+1.0 5\n" in out, out
+        assert exchange_line(pb, b"WHATSAT from-sclient 1 1\n").startswith(
+            b"AT Bailey +0.100000000 from-sclient +2.0+2.0 7\n")
+        out = s_client("another-secret", b"AT Bailey +0.100000000 intruder +2.0+2.0 7\n")
+        assert out == b""
+        assert exchange_line(pb, b"WHATSAT intruder 1 1\n") == b"? WHATSAT intruder 1 1\n"
+        assert wait_log(str(tmp_path), "Bona", "the PSK does not match (wrong secret?)")
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
+        err.close()
+    assert p.returncode == 0
+    text = open(tmp_path / "stderr", errors="replace").read()
+    assert "Sanitizer" not in text and "runtime error" not in text, text
