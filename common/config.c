@@ -59,7 +59,7 @@ static const char *type_name(const yaml_node_t *n) {
 
 /* ---------------------------------------------------------------- values */
 
-typedef enum { K_INT, K_SIZE, K_STR, K_PATH, K_BOOL, K_PROVIDER, K_MIX, K_DOUBLE, K_TLS } key_type;
+typedef enum { K_INT, K_SIZE, K_STR, K_PATH, K_BOOL, K_PROVIDER, K_MIX, K_DOUBLE } key_type;
 
 typedef struct {
     const char *name;
@@ -137,13 +137,6 @@ static int set_value(loader *L, config *cfg, const key_spec *k,
         else return fail(L, v, "%s.%s: unknown provider '%s' (local, google, google-legacy)",
                          section, k->name, s);
         return 0;
-    case K_TLS:
-        if (!strcmp(s, "auto")) cfg->herd.tls = TLS_AUTO;
-        else if (!strcmp(s, "always")) cfg->herd.tls = TLS_ALWAYS;
-        else if (!strcmp(s, "never")) cfg->herd.tls = TLS_NEVER;
-        else return fail(L, v, "%s.%s: expected auto, always or never, found '%s'",
-                         section, k->name, s);
-        return 0;
     case K_MIX:
         if (config_parse_mix(s, (int *)field) < 0)
             return fail(L, v, "%s.%s: expected 'iamat=P,whatsat=Q' adding up to 100, found '%s'",
@@ -201,7 +194,6 @@ static const key_spec herd_keys[] = {
     {"secret_file", K_PATH, STR(herd.secret_file), 0, 0},
     {"state_dir", K_PATH, STR(herd.state_dir), 0, 0},
     {"snapshot_interval_s", K_INT, OFF(herd.snapshot_interval_s), 0, 1, 86400},
-    {"tls", K_TLS, 0, 0, 0, 0},
     {NULL, 0, 0, 0, 0, 0},
 };
 
@@ -398,7 +390,6 @@ static void set_defaults(config *cfg) {
               "state/herd.secret");
     path_join(cfg->herd.state_dir, sizeof cfg->herd.state_dir, cfg->dir, "state");
     cfg->herd.snapshot_interval_s = 5;
-    cfg->herd.tls = TLS_AUTO;
     cfg->benchmark.concurrency = 20;
     cfg->benchmark.duration_s = 10;
     cfg->benchmark.iamat_pct = 50;
@@ -545,12 +536,4 @@ int config_parse_mix(const char *s, int *iamat_pct) {
     if (iamat + whatsat != 100) return -1;
     *iamat_pct = iamat;
     return 0;
-}
-
-const char *config_tls_name(tls_mode m) {
-    switch (m) {
-    case TLS_ALWAYS: return "always";
-    case TLS_NEVER: return "never";
-    default: return "auto";
-    }
 }

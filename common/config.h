@@ -63,14 +63,10 @@ typedef struct {
     int hang_timeout_s;       /* no heartbeat this long: SIGKILL; 0: off */
 } config_supervisor;
 
-/* herd.tls: which links are TLS (docs/PROTOCOL.md, "Between servers"). */
-typedef enum { TLS_AUTO, TLS_ALWAYS, TLS_NEVER } tls_mode;
-
 typedef struct {
     char secret_file[CONFIG_MAX_PATH];
     char state_dir[CONFIG_MAX_PATH];
     int snapshot_interval_s;
-    tls_mode tls;             /* auto: TLS unless both ends are loopback */
 } config_herd;
 
 typedef struct {
@@ -111,9 +107,6 @@ int config_find_server(const config *cfg, const char *name);
 /* Parse "iamat=P,whatsat=Q" (either may be left out; they add up to 100).
  * Returns 0 and sets *iamat_pct, or -1. */
 int config_parse_mix(const char *s, int *iamat_pct);
-
-/* Name of a herd.tls mode as written in the config. */
-const char *config_tls_name(tls_mode m);
 
 /* Name of a provider as written in the config. */
 const char *config_provider_name(places_provider p);

@@ -4,24 +4,11 @@
  * sorts first dials; the other accepts on its ordinary port.  Dials that
  * fail are retried with exponential back-off (100 ms doubling to 3.2 s).
  *
- * A link is TLS 1.3 (server/tls.c) unless herd.tls says otherwise: "auto"
- * (the default) leaves a link plain only when both ends are loopback
- * addresses, "always" and "never" mean what they say.  On a TLS link the
- * handshake is TLS's own: the dialer's PSK identity names the link and the
- * PSK proves the secret both ways, so no PEER line is sent at all.  The
- * acceptor tells a TLS dialer from a client by its first byte (0x16, see
- * server.c), and takes TLS from any neighbour that dials it; it refuses a
- * plain HELLO on a link that must be TLS.
- *
- * A plain link, where TLS would cost more than it protects (loopback),
- * still needs proof of the secret, so it keeps the line handshake, with N
- * a fresh random nonce per side and P an HMAC-SHA256 over the secret:
- *   dialer A -> B:  PEER HELLO A nA
- *   B -> A:         PEER WELCOME B nB P("welcome B A nA nB")
- *   A -> B:         PEER PROOF P("proof A B nA nB")
- * Each side checks the other's proof before it accepts any AT line; a wrong
- * proof closes the connection and is logged.  The two labels differ, so a
- * proof cannot be reflected back.
+ * Every link is TLS 1.3 (server/tls.c), keyed by the herd secret: the
+ * dialer's PSK identity names the link and the PSK proves the secret both
+ * ways, so no line precedes the updates.  The acceptor tells a TLS dialer
+ * from a client by its first byte (0x16, see server.c).  A handshake not
+ * done within HANDSHAKE_MS is dropped.
  *
  * Once up, both sides stream their whole table (catch-up), then every newer
  * update as one "AT ..." line.  Updates pending for a link collect in its
@@ -39,7 +26,6 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "handshake.h"
 #include "log.h"
 #include "net.h"
 #include "secret.h"
@@ -56,11 +42,6 @@ static const char *peer_name(const server *s, const peer_link *L) {
 }
 
 /* ---------------------------------------------------------------- secret */
-
-static void proof(const server *s, const char *kind, const char *a, const char *b,
-                  const char *na, const char *nb, char out[HS_PROOF_LEN + 1]) {
-    hs_proof(s->secret, s->secret_len, kind, a, b, na, nb, out);
-}
 
 /* HERD_SECRET, else the secret file (common/secret.c: refused when open to
  * other users or empty); no secret when neither exists. */
@@ -79,10 +60,6 @@ int peer_init(server *s, char *err, size_t errlen) {
         L->server = s->me->neighbors[k];
         L->dialer = strcmp(s->me->name, peer_name(s, L)) < 0;
         L->backoff_ms = BACKOFF_MIN_MS;
-        L->tls = s->cfg->herd.tls == TLS_ALWAYS ||
-                 (s->cfg->herd.tls == TLS_AUTO &&
-                  !(tls_host_is_loopback(s->me->host) &&
-                    tls_host_is_loopback(s->cfg->servers[L->server].host)));
     }
     if (s->n_links && !s->secret_len)
         log_msg(LOG_WARN, "links-disabled",
@@ -117,7 +94,6 @@ static void link_up(server *s, int li, client *c, const char *direction) {
     tune_link_socket(c->fd);
     if (L->conn && L->conn != c) client_kill(s, L->conn, "replaced by a new link");
     if (L->dialing == c) L->dialing = NULL;
-    if (L->accepting == c) L->accepting = NULL;
     client_set_role(s, c, ROLE_PEER);
     c->link = li;
     c->quiet = 0;
@@ -131,12 +107,10 @@ static void link_up(server *s, int li, client *c, const char *direction) {
 }
 
 void peer_lost(server *s, client *c) {
-    if (c->role == ROLE_ACCEPTED) {       /* gone between HELLO and PROOF, or in TLS */
-        peer_link *A = c->link >= 0 ? &s->links[c->link] : NULL;
-        if (A && A->accepting == c) A->accepting = NULL;
-        log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s before its %s "
-                "(wrong secret?)", A ? peer_name(s, A) : "?", c->addr, c->close_reason,
-                c->ssl ? "TLS handshake was done" : "proof");
+    if (c->role == ROLE_ACCEPTED) {       /* gone during its TLS handshake */
+        log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s before its TLS "
+                "handshake was done", c->link >= 0 ? peer_name(s, &s->links[c->link]) : "?",
+                c->addr, c->close_reason);
         c->link = -1;
         return;
     }
@@ -193,17 +167,11 @@ void peer_connected(server *s, client *c) {
         return;
     }
     c->connecting = 0;
-    if (s->links[c->link].tls) {
-        if (tls_start(s, c, 1) < 0) client_kill(s, c, "TLS setup failed");
-        else peer_tls_step(s, c);
-        return;
-    }
-    hs_nonce(c->nonce_mine);
-    buf_printf(&c->out, "PEER HELLO %s %s\n", s->me->name, c->nonce_mine);
-    client_write(s, c);
+    if (tls_start(s, c, 1) < 0) client_kill(s, c, "TLS setup failed");
+    else peer_tls_step(s, c);
 }
 
-/* ------------------------------------------------------------- handshake */
+/* ------------------------------------------------------------------ TLS */
 
 int peer_find_link(const server *s, const char *name, size_t len) {
     for (int i = 0; i < s->n_links; i++) {
@@ -213,75 +181,24 @@ int peer_find_link(const server *s, const char *name, size_t len) {
     return -1;
 }
 
-static int name_is(proto_str f, const char *w) {
-    return f.len == strlen(w) && memcmp(f.p, w, f.len) == 0;
-}
-
-int peer_hello(server *s, client *c, const char *line, size_t len) {
-    hs_line h;
-    if (hs_parse_hello(line, len, &h) < 0 || !s->secret_len) return -1;
-    int li = peer_find_link(s, h.name.p, h.name.len);
-    if (li < 0 || s->links[li].dialer) return -1;   /* not a neighbour that dials us */
-    peer_link *L = &s->links[li];
-    if (L->tls) {             /* answered "? " like any bad line, and logged */
-        log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=plain-text handshake on a "
-                "link that must be TLS (herd.tls: %s)", peer_name(s, L), c->addr,
-                config_tls_name(s->cfg->herd.tls));
-        return -1;
-    }
-    /* one handshake per link at a time, so HELLOs cannot pile up past
-     * max_clients: a newer one means the neighbour dialled again */
-    if (L->accepting) client_kill(s, L->accepting, "replaced by a newer handshake");
-    L->accepting = c;
-    client_set_role(s, c, ROLE_ACCEPTED);
-    c->link = li;
-    c->handshake_until_ms = s->now_ms + HANDSHAKE_MS;
-    memcpy(c->nonce_theirs, h.nonce.p, HS_NONCE_LEN);
-    c->nonce_theirs[HS_NONCE_LEN] = '\0';
-    hs_nonce(c->nonce_mine);
-    const char *them = peer_name(s, &s->links[li]);
-    char p[HS_PROOF_LEN + 1];
-    proof(s, "welcome", s->me->name, them, c->nonce_theirs, c->nonce_mine, p);
-    buf_printf(&c->out, "PEER WELCOME %s %s %s\n", s->me->name, c->nonce_mine, p);
-    log_msg(LOG_INFO, "peer-hello", "peer=%s addr=%s id=%llu", them, c->addr,
-            (unsigned long long)c->id);
-    return 0;
-}
-
 static void refuse(server *s, client *c, const char *why) {
     log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s",
             c->link >= 0 ? peer_name(s, &s->links[c->link]) : "?", c->addr, why);
     if (c->role == ROLE_ACCEPTED) {               /* logged once is enough */
-        if (c->link >= 0 && s->links[c->link].accepting == c)
-            s->links[c->link].accepting = NULL;
         c->link = -1;
-        c->role = ROLE_CLIENT;   /* no link any more (still counted if a TLS one) */
+        c->role = ROLE_CLIENT;   /* no link any more; still counted as a client */
     }
     client_kill(s, c, why);
 }
 
-/* Dialer side: the neighbour's WELCOME. */
-static void on_welcome(server *s, client *c, const char *line, size_t len) {
-    hs_line h;
-    const char *them = peer_name(s, &s->links[c->link]);
-    if (hs_parse_welcome(line, len, &h) < 0 || !name_is(h.name, them)) {
-        refuse(s, c, "unexpected handshake line");
-        return;
-    }
-    memcpy(c->nonce_theirs, h.nonce.p, HS_NONCE_LEN);
-    c->nonce_theirs[HS_NONCE_LEN] = '\0';
-    char want[HS_PROOF_LEN + 1], mine[HS_PROOF_LEN + 1];
-    proof(s, "welcome", them, s->me->name, c->nonce_mine, c->nonce_theirs, want);
-    if (!hs_proof_ok(want, h.proof)) {
-        refuse(s, c, "bad proof (wrong secret?)");
-        return;
-    }
-    proof(s, "proof", s->me->name, them, c->nonce_mine, c->nonce_theirs, mine);
-    buf_printf(&c->out, "PEER PROOF %s\n", mine);
-    link_up(s, c->link, c, "out");
+/* A client's "PEER HELLO ...": the plain-text handshake of earlier
+ * versions (or a probe).  Links are TLS only; the line gets the answer of
+ * any bad line, and a server with links logs the refusal. */
+void peer_plain_hello(server *s, client *c) {
+    if (s->n_links)
+        log_msg(LOG_WARN, "peer-refused", "peer=? addr=%s id=%llu reason=plain-text handshake "
+                "(links are TLS)", c->addr, (unsigned long long)c->id);
 }
-
-/* ------------------------------------------------------------------ TLS */
 
 /* Accepting side: c's first byte was 0x16.  With links and a secret, it is
  * a neighbour's TLS handshake: c keeps its place among the clients (so
@@ -311,37 +228,6 @@ void peer_tls_step(server *s, client *c) {
     link_up(s, c->link, c, c->role == ROLE_DIALING ? "out" : "in");
 }
 
-/* Accepting side: a line other than PROOF before the handshake is done (an
- * AT line, say).  It gets the answer of any bad line, "? " and the line;
- * then the half-done handshake is given up: the reply is written, and the
- * connection closed and logged as a refused peer. */
-static void refuse_after_reply(server *s, client *c, const char *line, size_t len) {
-    command_reply_invalid(s, c, line, len);
-    log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=a line other than "
-            "PEER PROOF before the handshake was done", peer_name(s, &s->links[c->link]),
-            c->addr);
-    c->role = ROLE_CLIENT;     /* no link any more: an ordinary client, closing */
-    c->link = -1;
-    client_close_after_reply(s, c, "refused peer: line before its proof");
-}
-
-/* Accepting side: the dialer's PROOF. */
-static void on_proof(server *s, client *c, const char *line, size_t len) {
-    hs_line h;
-    const char *them = peer_name(s, &s->links[c->link]);
-    if (hs_parse_proof(line, len, &h) < 0) {
-        refuse_after_reply(s, c, line, len);
-        return;
-    }
-    char want[HS_PROOF_LEN + 1];
-    proof(s, "proof", them, s->me->name, c->nonce_theirs, c->nonce_mine, want);
-    if (!hs_proof_ok(want, h.proof)) {
-        refuse(s, c, "bad proof (wrong secret?)");
-        return;
-    }
-    link_up(s, c->link, c, "in");
-}
-
 /* ------------------------------------------------------------- updates */
 
 static void on_update(server *s, client *c, const char *line, size_t len) {
@@ -369,14 +255,9 @@ static void on_update(server *s, client *c, const char *line, size_t len) {
 }
 
 void peer_line(server *s, client *c, const char *line, size_t len) {
-    switch (c->role) {
-    case ROLE_DIALING: on_welcome(s, c, line, len); return;
-    case ROLE_ACCEPTED: on_proof(s, c, line, len); return;
-    case ROLE_PEER:
-        if (len > 3 && memcmp(line, "AT", 2) == 0) on_update(s, c, line, len);
-        return;   /* anything else from a peer is ignored, never answered */
-    case ROLE_CLIENT: return;
-    }
+    /* anything but an AT line from a peer is ignored, never answered */
+    if (c->role == ROLE_PEER && len > 3 && memcmp(line, "AT", 2) == 0)
+        on_update(s, c, line, len);
 }
 
 void peer_flood(server *s, const table_entry *e, int from_link) {

@@ -366,12 +366,13 @@ static void client_read(server *s, client *c) {
 
 /* ------------------------------------------------------- admission
  *
- * Who counts against what: max_clients counts plain clients only; links,
- * dials and handshakes never do.  A connection is accepted as a client and
- * only its first line can say it is a neighbour (PEER HELLO), so when the
+ * Who counts against what: max_clients counts plain clients only; links
+ * and dials never do.  A connection is accepted as a client and only its
+ * first byte can say it may be a neighbour (0x16: TLS); it counts as the
+ * client it came in as until its handshake names a link.  So when the
  * client table is full -- or its address holds max_clients_per_address
  * connections -- up to one connection per configured link is still taken
- * "on probation": it must send a configured neighbour's PEER HELLO within
+ * "on probation": it must finish a neighbour's TLS handshake within
  * PROBATION_MS, else it gets the "? too many connections" line it would
  * have had at once, and is closed.  Past that, a connection is refused at
  * accept: the "? " line, then close.  Every refused connection gets its line.
@@ -411,7 +412,7 @@ static void refuse_fd(int fd, const char *line, size_t len) {
 
 void client_refuse_busy(server *s, client *c) {
     log_msg(LOG_WARN, "conn-refused", "id=%llu from=%s reason=%s reached and no neighbour's "
-            "PEER HELLO", (unsigned long long)c->id, c->addr,
+            "TLS handshake", (unsigned long long)c->id, c->addr,
             c->busy_line == BUSY ? "max_clients" : "max_clients_per_address");
     client_kill(s, c, "too many connections");   /* first: the write below ends here */
     if (c->ssl) return;                /* a TLS handshake: no plain line into it */
@@ -469,7 +470,7 @@ static void accept_clients(server *s) {
         net_nodelay(fd);
         client *c = client_add(s, fd, addr);
         c->ip = ip;
-        if (busy) {                        /* a neighbour's HELLO, or out */
+        if (busy) {                        /* a neighbour's TLS handshake, or out */
             s->nclients--;
             s->nprobation++;
             c->probation = 1;

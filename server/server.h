@@ -24,10 +24,9 @@ struct ssl_ctx_st;
 
 typedef enum {
     ROLE_CLIENT,        /* a plain client */
-    ROLE_DIALING,       /* our connection to a neighbour, before WELCOME or
-                         * the end of the TLS handshake */
-    ROLE_ACCEPTED,      /* a neighbour said HELLO (we wait for its PROOF), or
-                         * a TLS handshake came in (server/tls.c) */
+    ROLE_DIALING,       /* our connection to a neighbour, before the end of
+                         * its TLS handshake */
+    ROLE_ACCEPTED,      /* a TLS handshake came in (server/tls.c) */
     ROLE_PEER,          /* an authenticated link */
 } client_role;
 
@@ -36,7 +35,6 @@ typedef struct client {
     client_role role;
     int link;                   /* index in server.links, or -1 */
     int64_t handshake_until_ms; /* a handshake not done by then is dropped */
-    char nonce_mine[33], nonce_theirs[33];
     size_t slot;                /* index in the poll set */
     uint64_t id;                /* for log lines */
     char addr[48];              /* "ip:port" of the other end */
@@ -59,7 +57,7 @@ typedef struct client {
     unsigned counted : 1;       /* counted in nclients or nprobation (a plain
                                  * client since its accept; never again once
                                  * it was part of a link, whatever its role) */
-    unsigned probation : 1;     /* taken past a full table: must say PEER HELLO */
+    unsigned probation : 1;     /* taken past a full table: must start TLS */
     unsigned addr_counted : 1;  /* counted in server.per_addr */
     unsigned tls_hs : 1;        /* the TLS handshake is not done yet */
     unsigned tls_want_write : 1;/* the last TLS call waits for POLLOUT */
@@ -83,12 +81,10 @@ typedef struct {
     int64_t next_dial_ms;
     int backoff_ms;
     int failures;               /* dial failures since the last link-up */
-    client *accepting;          /* its HELLO came in; waiting for PROOF, or NULL */
     int streaming;              /* sending the whole table */
     size_t stream_pos;
     uint64_t stream_layout;     /* the table's layout when the stream began */
     int resync;                 /* stream again once the current one ends */
-    int tls;                    /* TLS by herd.tls (else the plain handshake) */
     uint64_t sent, received;    /* updates, for the log */
 } peer_link;
 
@@ -164,7 +160,7 @@ void client_close_after_reply(server *s, client *c, const char *reason);
 void client_set_role(server *s, client *c, client_role role);
 
 /* server.c: c is on probation and said something other than a neighbour's
- * PEER HELLO: send its "too many connections" line and close it. */
+ * TLS handshake: send its "too many connections" line and close it. */
 void client_refuse_busy(server *s, client *c);
 
 /* server.c: go on with c's buffered commands after a wait, and write. */
@@ -177,8 +173,8 @@ void client_write(server *s, client *c);
 int peer_init(server *s, char *err, size_t errlen);
 void peer_tick(server *s);                 /* dial, time out, stream */
 void peer_flush(server *s);                /* write what each link has pending */
-int peer_hello(server *s, client *c, const char *line, size_t len);
 void peer_line(server *s, client *c, const char *line, size_t len);
+void peer_plain_hello(server *s, client *c); /* an old plain-text handshake */
 void peer_lost(server *s, client *c);      /* c is going away */
 void peer_connected(server *s, client *c); /* a dial finished (POLLOUT) */
 void peer_flood(server *s, const table_entry *e, int from_link);

@@ -10,11 +10,9 @@
  */
 #include "tls.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <string.h>
-#include <strings.h>
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -116,17 +114,6 @@ int tls_init(server *s, char *err, size_t errlen) {
 void tls_free(server *s) {
     SSL_CTX_free(s->tls_ctx);
     s->tls_ctx = NULL;
-}
-
-int tls_host_is_loopback(const char *host) {
-    unsigned char a[16];
-    if (inet_pton(AF_INET, host, a) == 1) return a[0] == 127;
-    if (inet_pton(AF_INET6, host, a) == 1) {
-        static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-        static const unsigned char one[16] = {[15] = 1};
-        return !memcmp(a, one, 16) || (!memcmp(a, v4mapped, 12) && a[12] == 127);
-    }
-    return !strcasecmp(host, "localhost");
 }
 
 int tls_start(server *s, client *c, int dialer) {

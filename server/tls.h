@@ -24,9 +24,6 @@
 int tls_init(server *s, char *err, size_t errlen);
 void tls_free(server *s);
 
-/* 1 when host is a loopback address (127.0.0.0/8, ::1) or "localhost". */
-int tls_host_is_loopback(const char *host);
-
 /* Give c an SSL object: dialer side (we offer the PSK of c->link) or
  * accepting side (the identity tells which link it is).  Returns 0, or -1
  * when OpenSSL failed (logged). */

@@ -1,6 +1,7 @@
 """The herd: flooding, authentication, catch-up and snapshots (docs/PROTOCOL.md, "Between servers")."""
 import os
 import socket
+import subprocess
 import time
 
 from conftest import DEFAULT_LINKS, exchange
@@ -81,17 +82,21 @@ def test_clients_cannot_forge_updates(herd):
     ]
     for line in forged:
         assert herd.send("Bailey", line + b"\n") == b"? " + line + b"\n"
-    # a client may start a handshake as a neighbour, but not finish it
-    with socket.create_connection(("127.0.0.1", herd.ports["Bona"])) as s:
-        s.sendall(b"PEER HELLO Bailey 0123456789abcdef0123456789abcdef\n")
-        assert s.recv(4096).startswith(b"PEER WELCOME Bona ")
-        s.sendall(b"PEER PROOF " + b"f" * 64 + b"\nAT Bailey +0.1 victim +9.0+9.0 999\n")
-        s.settimeout(5)
-        assert s.recv(4096) == b""
+    # the old plain-text handshake of a configured neighbour is a bad line too
+    line = b"PEER HELLO Bailey 0123456789abcdef0123456789abcdef"
+    assert herd.send("Bona", line + b"\n") == b"? " + line + b"\n"
+    # a TLS peer offering the link's identity without the secret gets no link
+    key = psk_key("not-the-herd-secret", "Bailey", "Bona")
+    p = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{herd.ports['Bona']}",
+                        "-tls1_3", "-brief", "-ciphersuites", "TLS_AES_128_GCM_SHA256",
+                        "-psk_identity", "proxyherd-v1 Bailey Bona", "-psk", key],
+                       input=b"AT Bailey +0.1 victim +9.0+9.0 999\n", capture_output=True,
+                       timeout=10)
+    assert b"CONNECTION ESTABLISHED" not in p.stderr and p.stdout == b"", p
     time.sleep(0.3)
     for n in ALL:
         assert herd.stored(n, b"victim") == at
-    assert herd.wait_log("Bona", "peer-refused")
+    assert herd.wait_log("Bona", "the PSK does not match (wrong secret?)")
 
 
 def test_wrong_secret_never_gets_a_link(herd):
@@ -104,7 +109,7 @@ def test_wrong_secret_never_gets_a_link(herd):
     for n in ("Bona", "Campbell"):
         assert herd.stored(n, b"outsider") is None
         assert herd.wait_log(n, "peer-refused")
-    assert herd.wait_log("Bailey", "bad proof (wrong secret?)")
+    assert herd.wait_log("Bailey", "the neighbour refused our PSK (wrong secret?)")
     assert herd.stored("Bailey", b"outsider") == at
 
 
@@ -189,26 +194,69 @@ def test_damaged_snapshot_is_set_aside(herd):
     assert herd.wait_log("Bailey", "another server's snapshot")
 
 
-def fake_peer(herd, me, them):
-    """Complete the handshake as server 'me' towards 'them'; returns the socket."""
+def psk_key(secret, dialer, acceptor):
+    """The link's TLS key, as docs/PROTOCOL.md gives it, in hex."""
     import hashlib
     import hmac
-    key = herd.secret.encode()
+    return hmac.new(secret.encode(), f"proxyherd-v1 psk {dialer} {acceptor}".encode(),
+                    hashlib.sha256).hexdigest()
 
-    def mac(text):
-        return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
-    s = socket.create_connection(("127.0.0.1", herd.ports[them]))
-    na = os.urandom(16).hex()
-    s.sendall(f"PEER HELLO {me} {na}\n".encode())
-    line = b""
-    while not line.endswith(b"\n"):
-        line += s.recv(1)
-    word, welcome, name, nb, proof = line.decode().split()
-    assert (word, welcome, name) == ("PEER", "WELCOME", them)
-    assert proof == mac(f"herd-v1 welcome {them} {me} {na} {nb}"), "the documented proof"
-    s.sendall(f"PEER PROOF {mac(f'herd-v1 proof {me} {them} {na} {nb}')}\n".encode())
-    return s
+class FakePeer:
+    """A neighbour's end of a TLS link, played by openssl s_client (Python's
+    ssl module has TLS 1.3 external PSKs only from 3.13): sendall() goes
+    into the link, recv() comes out of it, and a peer that stops reading
+    stops s_client reading the socket, as a slow server would."""
+
+    def __init__(self, port, me, them, secret):
+        self.proc = subprocess.Popen(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-brief",
+             "-ciphersuites", "TLS_AES_128_GCM_SHA256",
+             "-psk_identity", f"proxyherd-v1 {me} {them}", "-psk", psk_key(secret, me, them)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.timeout = None
+        # -brief: the handshake's outcome on stderr, only the link's bytes on stdout
+        import select
+        said, deadline = b"", time.time() + 10
+        while b"CONNECTION ESTABLISHED" not in said:
+            left = deadline - time.time()
+            r, _, _ = select.select([self.proc.stderr], [], [], max(left, 0))
+            more = os.read(self.proc.stderr.fileno(), 4096) if r else b""
+            if not more:
+                self.close()
+                raise AssertionError(f"no TLS link: {said!r}")
+            said += more
+
+    def sendall(self, data):
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def settimeout(self, t):
+        self.timeout = t
+
+    def recv(self, n):
+        import select
+        r, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        if not r:
+            raise socket.timeout()
+        return os.read(self.proc.stdout.fileno(), n)
+
+    def close(self):
+        """What was sent goes out, then the link closes."""
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+def fake_peer(herd, me, them):
+    """Server 'me' towards 'them' over TLS; returns it once the link is up
+    (the first bytes of the catch-up may still be on their way)."""
+    return FakePeer(herd.ports[them], me, them, herd.secret)
 
 
 def sanitized(pid):

@@ -1,9 +1,6 @@
 """Encrypted links (docs/PROTOCOL.md, "Between servers"): TLS 1.3 keyed by
 the herd secret, refused when the secret, the transport or the handshake is
-wrong, and no client location in clear on the wire.
-
-Every test runs on loopback, so the herd is told herd.tls: always (the
-default, auto, would leave loopback links plain)."""
+wrong, and no client location in clear on the wire."""
 import os
 import shutil
 import socket
@@ -15,33 +12,14 @@ import pytest
 
 from conftest import (DEFAULT_LINKS, Herd, free_port, program, wait_listening, wait_log,
                       write_config)
-from test_herd import fake_peer, iamat
+from test_herd import iamat
 
 ALL = list(DEFAULT_LINKS)
 LOC = b"+34.068930-118.445127"
 
 
-def set_tls(herd, mode):
-    """A copy of the herd's first config with herd.tls: mode; returns its path."""
-    with open(os.path.join(herd.dir, "config.yml")) as f:
-        text = f.read()
-    text = text.replace("herd:\n", f"herd:\n  tls: {mode}\n", 1)
-    path = os.path.join(herd.dir, f"config-{mode}.yml")
-    with open(path, "w") as f:
-        f.write(text)
-    return path
-
-
-@pytest.fixture
-def tls_herd(tmp_path):
-    h = Herd(tmp_path)
-    h.config = set_tls(h, "always")
-    yield h
-    h.stop()
-
-
-def test_tls_herd_passes_updates(tls_herd):
-    h = tls_herd
+def test_tls_herd_passes_updates(herd):
+    h = herd
     h.start().wait_links()
     for n in ALL:
         assert "tls=1" in h.log(n), n
@@ -49,8 +27,8 @@ def test_tls_herd_passes_updates(tls_herd):
     h.wait_stored(ALL, b"tlsclient", at)
 
 
-def test_wrong_secret_is_refused_and_logged(tls_herd):
-    h = tls_herd
+def test_wrong_secret_is_refused_and_logged(herd):
+    h = herd
     h.start().wait_links()
     h.stop("Bailey")
     h.start("Bailey", secret="not-the-herd-secret")
@@ -68,29 +46,30 @@ def test_wrong_secret_is_refused_and_logged(tls_herd):
     assert h.log("Bailey").count("link-up") == 2      # from the first start only
 
 
-def test_plain_handshake_on_a_tls_link_is_refused(tls_herd):
-    h = tls_herd
+def test_plain_text_peer_is_refused(herd):
+    """A server speaking the plain-text handshake of earlier versions (PEER
+    HELLO, then AT lines) gets "? " lines, no link, and is logged."""
+    h = herd
     h.start().wait_links()
     h.stop("Bailey")
-    # a plain-text HELLO from a configured neighbour: an ordinary bad line
-    line = b"PEER HELLO Bailey 0123456789abcdef0123456789abcdef"
-    assert h.send("Bona", line + b"\n") == b"? " + line + b"\n"
-    assert h.wait_log("Bona", "reason=plain-text handshake on a link that must be TLS")
-    with pytest.raises(AssertionError):
-        fake_peer(h, "Bailey", "Bona")
-    # a real server told to keep its links plain gets no link either
-    config, h.config = h.config, set_tls(h, "never")
-    h.start("Bailey")
-    h.config = config
-    assert h.wait_log("Bailey", "peer-refused peer=Bona", timeout=10)
-    assert "unexpected handshake line" in h.log("Bailey")
-    at = iamat(h, "Bailey", b"plainpeer", LOC)
-    time.sleep(0.5)
-    assert h.stored("Bona", b"plainpeer") is None
-    assert h.stored("Campbell", b"plainpeer") is None
-    assert h.stored("Bailey", b"plainpeer") == at
-
-
+    hello = b"PEER HELLO Bailey 0123456789abcdef0123456789abcdef"
+    at = b"AT Bailey +0.100000000 plainpeer +1.0+1.0 5"
+    with socket.create_connection(("127.0.0.1", h.ports["Bona"]), timeout=10) as s:
+        s.sendall(hello + b"\n" + at + b"\n")
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            reply += b
+    assert reply == b"? " + hello + b"\n? " + at + b"\n"
+    assert h.wait_log("Bona", "reason=plain-text handshake (links are TLS)")
+    time.sleep(0.3)
+    for n in ALL:
+        if n != "Bailey":
+            assert h.stored(n, b"plainpeer") is None
+    assert h.log("Bona").count("link-up peer=Bailey") == 1   # the first start's only
 def open_raw(port, data):
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     if data:
@@ -113,8 +92,8 @@ def closed_within(s, seconds):
     return False
 
 
-def test_garbage_after_0x16_is_refused_and_the_server_serves_on(tls_herd):
-    h = tls_herd
+def test_garbage_after_0x16_is_refused_and_the_server_serves_on(herd):
+    h = herd
     h.start().wait_links()
     port = h.ports["Bona"]
     garbage = [
@@ -134,8 +113,8 @@ def test_garbage_after_0x16_is_refused_and_the_server_serves_on(tls_herd):
     assert h.procs["Bona"].poll() is None
 
 
-def test_stalled_tls_handshake_is_dropped_within_the_timeout(tls_herd):
-    h = tls_herd
+def test_stalled_tls_handshake_is_dropped_within_the_timeout(herd):
+    h = herd
     h.start().wait_links()
     stalled = [open_raw(h.ports["Bona"], b"\x16"), open_raw(h.ports["Bona"], b"\x16\x03\x01\x02")]
     t0 = time.time()
@@ -204,7 +183,7 @@ class RecordingProxy:
             s.close()
 
 
-def run_pair_through_proxy(tmp_path, mode):
+def run_pair_through_proxy(tmp_path):
     """Alpha dials Beta through a recording proxy; an update goes each way
     (one before the link is up, so the catch-up stream is on the wire too).
     Returns the bytes the proxy saw."""
@@ -212,13 +191,11 @@ def run_pair_through_proxy(tmp_path, mode):
     proxy = RecordingProxy(pb)
     procs = []
     env = dict(os.environ, HERD_SECRET="proxy-secret-0123456789")
-    extra = f"herd:\n  tls: {mode}\n"
     try:
         for name, beta_port in (("Beta", pb), ("Alpha", proxy.port)):
-            d = tmp_path / f"{mode}-{name}"
+            d = tmp_path / name
             d.mkdir()
-            cfg = write_config(str(d), {"Alpha": (pa, ["Beta"]), "Beta": (beta_port, ["Alpha"])},
-                               extra=extra)
+            cfg = write_config(str(d), {"Alpha": (pa, ["Beta"]), "Beta": (beta_port, ["Alpha"])})
             err = open(d / "stderr", "wb")
             procs.append((subprocess.Popen([program("herd-server"), name, "-c", cfg],
                                            stdout=subprocess.DEVNULL, stderr=err, env=env), err))
@@ -226,7 +203,7 @@ def run_pair_through_proxy(tmp_path, mode):
             if name == "Beta":
                 exchange_line(pb, b"IAMAT early-client +11.111111+22.222222 1700000000.5\n")
         deadline = time.time() + 10
-        while b"link-up" not in read_bytes(tmp_path / f"{mode}-Alpha" / "logs" / "Alpha.log"):
+        while b"link-up" not in read_bytes(tmp_path / "Alpha" / "logs" / "Alpha.log"):
             assert time.time() < deadline, "no link"
             time.sleep(0.05)
         exchange_line(pa, b"IAMAT secret-client-42 -33.333333+44.444444 1700000001.5\n")
@@ -272,22 +249,16 @@ def exchange_line(port, data):
 SECRETS = [b"secret-client-42", b"-33.333333+44.444444", b"early-client", b"+11.111111+22.222222"]
 
 
-def test_no_client_location_in_clear_on_a_tls_link(tmp_path):
-    wire = run_pair_through_proxy(tmp_path, "always")
+def test_no_client_location_in_clear_on_a_link(tmp_path):
+    """Both updates crossed the link (run_pair_through_proxy waits for each
+    at the other end), yet no client id or location is in what it carried.
+    (Before links were TLS, all four were there in clear.)"""
+    wire = run_pair_through_proxy(tmp_path)
     assert wire[:1] == b"\x16", wire[:40]          # a TLS handshake record first
-    assert len(wire) > 200
+    assert len(wire) > 500
     for s in SECRETS:
         assert s not in wire, s
     assert b"PEER HELLO" not in wire
-
-
-def test_plain_link_carries_them_in_clear(tmp_path):
-    """The control: the same run with herd.tls: never shows what the
-    recording would have found."""
-    wire = run_pair_through_proxy(tmp_path, "never")
-    assert wire.startswith(b"PEER HELLO Alpha ")
-    for s in SECRETS:
-        assert s in wire, s
 
 
 def test_tls_neighbour_gets_its_link_past_a_full_client_table(tmp_path):
@@ -297,10 +268,6 @@ def test_tls_neighbour_gets_its_link_past_a_full_client_table(tmp_path):
     from test_bounds_conn import Pair, hold_clients, wait_for
     h = Pair(tmp_path, {"max_clients": 4})
     try:
-        with open(h.config) as f:
-            text = f.read()
-        with open(h.config, "w") as f:
-            f.write(text.replace("herd:\n", "herd:\n  tls: always\n", 1))
         h.start("Bona")
         h.start("Bailey")
         assert wait_for(lambda: "link-up" in h.log("Bona"), 10)
@@ -336,8 +303,7 @@ def test_the_documented_psk_opens_a_link_from_another_tls_client(tmp_path):
         pytest.skip("openssl not installed")
     secret = "psk-doc-secret-0123456789"
     pa, pb = free_port(), free_port()
-    cfg = write_config(str(tmp_path), {"Bailey": (pa, ["Bona"]), "Bona": (pb, ["Bailey"])},
-                       extra="herd:\n  tls: always\n")
+    cfg = write_config(str(tmp_path), {"Bailey": (pa, ["Bona"]), "Bona": (pb, ["Bailey"])})
     err = open(tmp_path / "stderr", "wb")
     p = subprocess.Popen([program("herd-server"), "Bona", "-c", cfg], stdout=subprocess.DEVNULL,
                          stderr=err, env=dict(os.environ, HERD_SECRET=secret))

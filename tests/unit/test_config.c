@@ -46,7 +46,6 @@ static void test_refusals(void) {
         {HERD2 "logging:\n  log_lines: maybe\n", 5, "true or false"},
         {HERD2 "limit:\n  max_clients: 5\n", 4, "unknown section 'limit'"},
         {HERD2 "places: { provider: bing }\n", 4, "unknown provider 'bing'"},
-        {HERD2 "herd:\n  tls: sometimes\n", 5, "expected auto, always or never"},
         {HERD2 "benchmark:\n  mix: iamat=60,whatsat=60\n", 5, "adding up to 100"},
         {"servers:\n  A: { port: 7001, neighbors: [A] }\n", 2, "its own neighbour"},
         {"servers:\n  A: { port: 7001, neighbors: [B, B] }\n  B: { port: 7002, neighbors: [A] }\n",
@@ -108,10 +107,6 @@ static void test_defaults_and_paths(void) {
           cfg.limits.max_clients == 20000 && cfg.limits.idle_timeout_s == 300 &&
           cfg.limits.max_clients_per_address == 0, "limits");
     CHECK(cfg.supervisor.hang_timeout_s == 10, "hang_timeout_s");
-    CHECK(cfg.herd.tls == TLS_AUTO, "herd.tls defaults to auto");
-    CHECK(load_text(HERD2 "herd: { tls: never }\n", &cfg, err, sizeof err) == 0 &&
-          cfg.herd.tls == TLS_NEVER && !strcmp(config_tls_name(cfg.herd.tls), "never"),
-          "herd.tls: never %s", err);
     CHECK(cfg.places.provider == PLACES_LOCAL && cfg.places.timeout_ms == 5000, "places");
     CHECK(!strcmp(cfg.servers[0].host, "127.0.0.1") && cfg.servers[1].port == 7002, "servers");
 }
