@@ -25,9 +25,10 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LIBS    = $(PKG_LIBS) -lm
 
-# Debian packages the build and the tests need.
+# Debian packages the build and the tests need (openssl: the tests play a
+# neighbour with openssl s_client).
 DEB_PACKAGES := gcc make libc6-dev pkg-config libcurl4-openssl-dev libyaml-dev \
-                libcjson-dev libssl-dev python3 python3-pytest netcat-openbsd \
+                libcjson-dev libssl-dev openssl python3 python3-pytest netcat-openbsd \
                 clang libclang-rt-14-dev valgrind iproute2 \
                 pandoc weasyprint gnuplot-nox graphviz fonts-dejavu-core poppler-utils
 
