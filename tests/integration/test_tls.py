@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import (DEFAULT_LINKS, Herd, free_port, program, wait_listening, wait_log,
+from conftest import (DEFAULT_LINKS, free_port, program, wait_listening, wait_log,
                       write_config)
 from test_herd import iamat
 
