@@ -55,7 +55,7 @@
 #define OUT_KEEP (64 * 1024)    /* an empty output buffer larger is freed */
 #define COLD_MS 1000            /* idle this long: into the cold set */
 #define WARM_PER_TURN 256
-#define PROBATION_MS 2000       /* a connection past a full table: HELLO by then */
+#define PROBATION_MS 2000       /* a connection past a full table: TLS link by then */
 #define BEAT_MS 1000            /* heartbeat to the supervisor */
 /* Descriptors kept free for everything but clients and links: stdio, the
  * listener, the self-pipe, the cold set, the spare, the log and its reopen,
