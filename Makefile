@@ -24,7 +24,7 @@
 #   make clean      remove what the build made
 
 CC      ?= gcc
-PKGS    := libcurl yaml-0.1 libcjson libcrypto
+PKGS    := libcurl yaml-0.1 libcjson libssl libcrypto
 OPT     ?= -O2 -g
 CFLAGS  := $(OPT) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wformat=2 \
            -Icommon -Iserver -Isupervisor -MMD -MP
@@ -33,9 +33,10 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LIBS    = $(PKG_LIBS) -lm
 
-# Debian packages the build and the tests need.
+# Debian packages the build and the tests need (openssl: the tests play a
+# neighbour with openssl s_client).
 DEB_PACKAGES := gcc make libc6-dev pkg-config libcurl4-openssl-dev libyaml-dev \
-                libcjson-dev libssl-dev python3 python3-pytest netcat-openbsd \
+                libcjson-dev libssl-dev openssl python3 python3-pytest netcat-openbsd \
                 clang libclang-rt-14-dev valgrind iproute2 gcovr \
                 pandoc weasyprint gnuplot-nox graphviz fonts-dejavu-core poppler-utils
 
@@ -49,7 +50,7 @@ COMMON_SRC := common/buf.c common/clock.c common/config.c common/handshake.c com
               common/protocol.c common/secret.c common/signals.c
 SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c \
               server/peer.c server/forward.c server/snapshot.c server/http.c server/google.c \
-              server/addrcap.c server/metrics.c
+              server/addrcap.c server/metrics.c server/tls.c
 BENCH_SRC  := benchmark/benchmark.c
 SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c supervisor/lock.c \
               supervisor/local.c

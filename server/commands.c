@@ -113,8 +113,8 @@ void command_handle(server *s, client *c, const char *line, size_t len) {
     const char *why = NULL;
     if (s->cfg->logging.log_lines)
         log_client_data(c, "recv", line, len, NULL);
-    if (len > 5 && memcmp(line, "PEER ", 5) == 0 && peer_hello(s, c, line, len) == 0)
-        return;
+    if (len > 11 && memcmp(line, "PEER HELLO ", 11) == 0)
+        peer_plain_hello(s, c);            /* logged, then a bad line like any */
     if (c->probation) {                    /* past a full table: neighbours only */
         client_refuse_busy(s, c);
         return;

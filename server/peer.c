@@ -4,14 +4,11 @@
  * sorts first dials; the other accepts on its ordinary port.  Dials that
  * fail are retried with exponential back-off (100 ms doubling to 3.2 s).
  *
- * Handshake, with N a fresh random nonce per side and P an HMAC-SHA256 over
- * the shared secret:
- *   dialer A -> B:  PEER HELLO A nA
- *   B -> A:         PEER WELCOME B nB P("welcome B A nA nB")
- *   A -> B:         PEER PROOF P("proof A B nA nB")
- * Each side checks the other's proof before it accepts any AT line; a wrong
- * proof closes the connection and is logged.  The two labels differ, so a
- * proof cannot be reflected back.
+ * Every link is TLS 1.3 (server/tls.c), keyed by the herd secret: the
+ * dialer's PSK identity names the link and the PSK proves the secret both
+ * ways, so no line precedes the updates.  The acceptor tells a TLS dialer
+ * from a client by its first byte (0x16, see server.c).  A handshake not
+ * done within HANDSHAKE_MS is dropped.
  *
  * Once up, both sides catch up by anti-entropy (forward.c: only the buckets
  * whose digests differ are sent), then every newer update as one "AT ..."
@@ -30,11 +27,11 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "handshake.h"
 #include "log.h"
 #include "net.h"
 #include "secret.h"
 #include "server.h"
+#include "tls.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 3200
@@ -46,11 +43,6 @@ static const char *peer_name(const server *s, const peer_link *L) {
 }
 
 /* ---------------------------------------------------------------- secret */
-
-static void proof(const server *s, const char *kind, const char *a, const char *b,
-                  const char *na, const char *nb, char out[HS_PROOF_LEN + 1]) {
-    hs_proof(s->secret, s->secret_len, kind, a, b, na, nb, out);
-}
 
 /* HERD_SECRET, else the secret file (common/secret.c: refused when open to
  * other users or empty); no secret when neither exists. */
@@ -119,7 +111,6 @@ static void link_up(server *s, int li, client *c, const char *direction) {
     tune_link_socket(c->fd);
     if (L->conn && L->conn != c) client_kill(s, L->conn, "replaced by a new link");
     if (L->dialing == c) L->dialing = NULL;
-    if (L->accepting == c) L->accepting = NULL;
     client_set_role(s, c, ROLE_PEER);
     c->link = li;
     c->quiet = 0;
@@ -128,20 +119,20 @@ static void link_up(server *s, int li, client *c, const char *direction) {
     L->backoff_ms = BACKOFF_MIN_MS;
     L->sent = L->received = 0;
     forward_link_changed(s, li);   /* catch-up: anti-entropy, at once */
-    log_msg(LOG_INFO, "link-up", "peer=%s addr=%s dir=%s id=%llu", peer_name(s, L),
-            c->addr, direction, (unsigned long long)c->id);
+    log_msg(LOG_INFO, "link-up", "peer=%s addr=%s dir=%s id=%llu tls=%d", peer_name(s, L),
+            c->addr, direction, (unsigned long long)c->id, c->ssl != NULL);
 }
 
 void peer_lost(server *s, client *c) {
-    if (c->link < 0) return;
-    peer_link *L = &s->links[c->link];
-    if (c->role == ROLE_ACCEPTED) {       /* gone between HELLO and PROOF */
-        if (L->accepting == c) L->accepting = NULL;
-        log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s before its proof "
-                "(wrong secret?)", peer_name(s, L), c->addr, c->close_reason);
+    if (c->role == ROLE_ACCEPTED) {       /* gone during its TLS handshake */
+        log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s before its TLS "
+                "handshake was done", c->link >= 0 ? peer_name(s, &s->links[c->link]) : "?",
+                c->addr, c->close_reason);
         c->link = -1;
         return;
     }
+    if (c->link < 0) return;
+    peer_link *L = &s->links[c->link];
     if (L->dialing == c) {
         L->dialing = NULL;
         if (L->failures++ == 0)
@@ -194,110 +185,65 @@ void peer_connected(server *s, client *c) {
         return;
     }
     c->connecting = 0;
-    hs_nonce(c->nonce_mine);
-    buf_printf(&c->out, "PEER HELLO %s %s\n", s->me->name, c->nonce_mine);
-    client_write(s, c);
+    if (tls_start(s, c, 1) < 0) client_kill(s, c, "TLS setup failed");
+    else peer_tls_step(s, c);
 }
 
-/* ------------------------------------------------------------- handshake */
+/* ------------------------------------------------------------------ TLS */
 
-static int find_link(const server *s, proto_str name) {
+int peer_find_link(const server *s, const char *name, size_t len) {
     for (int i = 0; i < s->n_links; i++) {
         const char *n = s->cfg->servers[s->links[i].server].name;
-        if (strlen(n) == name.len && memcmp(n, name.p, name.len) == 0) return i;
+        if (strlen(n) == len && memcmp(n, name, len) == 0) return i;
     }
     return -1;
 }
 
-static int name_is(proto_str f, const char *w) {
-    return f.len == strlen(w) && memcmp(f.p, w, f.len) == 0;
-}
-
-int peer_hello(server *s, client *c, const char *line, size_t len) {
-    hs_line h;
-    if (hs_parse_hello(line, len, &h) < 0 || !s->secret_len) return -1;
-    int li = find_link(s, h.name);
-    if (li < 0 || s->links[li].dialer) return -1;   /* not a neighbour that dials us */
-    peer_link *L = &s->links[li];
-    /* one handshake per link at a time, so HELLOs cannot pile up past
-     * max_clients: a newer one means the neighbour dialled again */
-    if (L->accepting) client_kill(s, L->accepting, "replaced by a newer handshake");
-    L->accepting = c;
-    client_set_role(s, c, ROLE_ACCEPTED);
-    c->link = li;
-    c->handshake_until_ms = s->now_ms + HANDSHAKE_MS;
-    memcpy(c->nonce_theirs, h.nonce.p, HS_NONCE_LEN);
-    c->nonce_theirs[HS_NONCE_LEN] = '\0';
-    hs_nonce(c->nonce_mine);
-    const char *them = peer_name(s, &s->links[li]);
-    char p[HS_PROOF_LEN + 1];
-    proof(s, "welcome", s->me->name, them, c->nonce_theirs, c->nonce_mine, p);
-    buf_printf(&c->out, "PEER WELCOME %s %s %s\n", s->me->name, c->nonce_mine, p);
-    log_msg(LOG_INFO, "peer-hello", "peer=%s addr=%s id=%llu", them, c->addr,
-            (unsigned long long)c->id);
-    return 0;
-}
-
 static void refuse(server *s, client *c, const char *why) {
     log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s",
-            peer_name(s, &s->links[c->link]), c->addr, why);
+            c->link >= 0 ? peer_name(s, &s->links[c->link]) : "?", c->addr, why);
     if (c->role == ROLE_ACCEPTED) {               /* logged once is enough */
-        if (s->links[c->link].accepting == c) s->links[c->link].accepting = NULL;
         c->link = -1;
+        c->role = ROLE_CLIENT;   /* no link any more; still counted as a client */
     }
     client_kill(s, c, why);
 }
 
-/* Dialer side: the neighbour's WELCOME. */
-static void on_welcome(server *s, client *c, const char *line, size_t len) {
-    hs_line h;
-    const char *them = peer_name(s, &s->links[c->link]);
-    if (hs_parse_welcome(line, len, &h) < 0 || !name_is(h.name, them)) {
-        refuse(s, c, "unexpected handshake line");
-        return;
-    }
-    memcpy(c->nonce_theirs, h.nonce.p, HS_NONCE_LEN);
-    c->nonce_theirs[HS_NONCE_LEN] = '\0';
-    char want[HS_PROOF_LEN + 1], mine[HS_PROOF_LEN + 1];
-    proof(s, "welcome", them, s->me->name, c->nonce_mine, c->nonce_theirs, want);
-    if (!hs_proof_ok(want, h.proof)) {
-        refuse(s, c, "bad proof (wrong secret?)");
-        return;
-    }
-    proof(s, "proof", s->me->name, them, c->nonce_mine, c->nonce_theirs, mine);
-    buf_printf(&c->out, "PEER PROOF %s\n", mine);
-    link_up(s, c->link, c, "out");
+/* A client's "PEER HELLO ...": the plain-text handshake of earlier
+ * versions (or a probe).  Links are TLS only; the line gets the answer of
+ * any bad line, and a server with links logs the refusal. */
+void peer_plain_hello(server *s, client *c) {
+    if (s->n_links)
+        log_msg(LOG_WARN, "peer-refused", "peer=? addr=%s id=%llu reason=plain-text handshake "
+                "(links are TLS)", c->addr, (unsigned long long)c->id);
 }
 
-/* Accepting side: a line other than PROOF before the handshake is done (an
- * AT line, say).  It gets the answer of any bad line, "? " and the line;
- * then the half-done handshake is given up: the reply is written, and the
- * connection closed and logged as a refused peer. */
-static void refuse_after_reply(server *s, client *c, const char *line, size_t len) {
-    command_reply_invalid(s, c, line, len);
-    log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=a line other than "
-            "PEER PROOF before the handshake was done", peer_name(s, &s->links[c->link]),
-            c->addr);
-    c->role = ROLE_CLIENT;     /* no link any more: an ordinary client, closing */
-    c->link = -1;
-    client_close_after_reply(s, c, "refused peer: line before its proof");
+/* Accepting side: c's first byte was 0x16.  With links and a secret, it is
+ * a neighbour's TLS handshake: c keeps its place among the clients (so
+ * handshakes in progress are bounded by max_clients) until the handshake
+ * names the link; it has the handshake timeout to get there. */
+int peer_tls_accept(server *s, client *c) {
+    if (!s->tls_ctx || tls_start(s, c, 0) < 0) return -1;
+    c->role = ROLE_ACCEPTED;   /* not client_set_role: it stays counted */
+    int64_t until = s->now_ms + HANDSHAKE_MS;
+    if (!c->probation || until < c->handshake_until_ms) c->handshake_until_ms = until;
+    peer_tls_step(s, c);
+    return 0;
 }
 
-/* Accepting side: the dialer's PROOF. */
-static void on_proof(server *s, client *c, const char *line, size_t len) {
-    hs_line h;
-    const char *them = peer_name(s, &s->links[c->link]);
-    if (hs_parse_proof(line, len, &h) < 0) {
-        refuse_after_reply(s, c, line, len);
+/* Either side: the next step of the TLS handshake; when done, the link is
+ * up (the PSK identity told the acceptor which one). */
+void peer_tls_step(server *s, client *c) {
+    const char *why = "TLS handshake failed";
+    int r = tls_handshake(s, c, &why);
+    if (r == 0) return;
+    if (r < 0 || c->link < 0) {
+        refuse(s, c, why);
         return;
     }
-    char want[HS_PROOF_LEN + 1];
-    proof(s, "proof", them, s->me->name, c->nonce_theirs, c->nonce_mine, want);
-    if (!hs_proof_ok(want, h.proof)) {
-        refuse(s, c, "bad proof (wrong secret?)");
-        return;
-    }
-    link_up(s, c->link, c, "in");
+    c->last_ms = s->now_ms;
+    c->tls_more = 1;           /* the first records may have come with the handshake */
+    link_up(s, c->link, c, c->role == ROLE_DIALING ? "out" : "in");
 }
 
 /* ------------------------------------------------------------- updates */
@@ -320,15 +266,10 @@ static void on_update(server *s, client *c, const char *line, size_t len) {
 }
 
 void peer_line(server *s, client *c, const char *line, size_t len) {
-    switch (c->role) {
-    case ROLE_DIALING: on_welcome(s, c, line, len); return;
-    case ROLE_ACCEPTED: on_proof(s, c, line, len); return;
-    case ROLE_PEER:
-        if (len > 3 && memcmp(line, "AT", 2) == 0) on_update(s, c, line, len);
-        else forward_line(s, c->link, line, len);   /* LINK, SUM, SUMS */
-        return;   /* nothing from a peer is ever answered "? " */
-    case ROLE_CLIENT: return;
-    }
+    /* nothing from a peer is ever answered "? " */
+    if (c->role != ROLE_PEER) return;
+    if (len > 3 && memcmp(line, "AT", 2) == 0) on_update(s, c, line, len);
+    else forward_line(s, c->link, line, len);   /* LINK, SUM, SUMS */
 }
 
 static int in_stream(const peer_link *L, const table_entry *e) {

@@ -45,6 +45,7 @@
 #include "log.h"
 #include "net.h"
 #include "signals.h"
+#include "tls.h"
 #include "xalloc.h"
 
 #define READ_CHUNK (64 * 1024)
@@ -55,7 +56,7 @@
 #define OUT_KEEP (64 * 1024)    /* an empty output buffer larger is freed */
 #define COLD_MS 1000            /* idle this long: into the cold set */
 #define WARM_PER_TURN 256
-#define PROBATION_MS 2000       /* a connection past a full table: HELLO by then */
+#define PROBATION_MS 2000       /* a connection past a full table: TLS link by then */
 #define BEAT_MS 1000            /* heartbeat to the supervisor */
 /* Descriptors kept free for everything but clients and links: stdio, the
  * listener, the self-pipe, the cold set, the spare, the log and its reopen,
@@ -106,6 +107,7 @@ static void client_free(server *s, client *c) {
         log_msg(LOG_INFO, "conn-close", "id=%llu from=%s reason=%s",
             (unsigned long long)c->id, c->addr, c->close_reason);
     client_uncount(s, c);
+    if (c->ssl) tls_drop(c);
     close(c->fd);
     buf_free(&c->in);
     buf_free(&c->out);
@@ -176,10 +178,19 @@ static void warm_clients(server *s) {
     }
 }
 
+/* The transport: plain TCP, or TLS on a link (server/tls.c). */
+static ssize_t conn_recv(client *c, void *p, size_t n) {
+    return c->ssl ? tls_recv(c, p, n) : read(c->fd, p, n);
+}
+
+static ssize_t conn_send(client *c, const void *p, size_t n) {
+    return c->ssl ? tls_send(c, p, n) : send(c->fd, p, n, MSG_NOSIGNAL);
+}
+
 /* Write what is pending; close when asked to after the flush. */
 void client_write(server *s, client *c) {
     while (buf_pending(&c->out)) {
-        ssize_t n = send(c->fd, buf_data(&c->out), buf_pending(&c->out), MSG_NOSIGNAL);
+        ssize_t n = conn_send(c, buf_data(&c->out), buf_pending(&c->out));
         if (n > 0) {
             buf_consume(&c->out, (size_t)n);
             c->last_ms = s->now_ms;
@@ -315,17 +326,32 @@ void client_resume(server *s, client *c) {
     if (!c->dead) client_write(s, c);
 }
 
+/* A new connection's first byte: 0x16 (a TLS handshake record, which no
+ * client line starts with) makes it a neighbour's TLS link in the making.
+ * Returns 1 when it did. */
+static int sniff_tls(server *s, client *c) {
+    unsigned char b;
+    if (c->sniffed || c->role != ROLE_CLIENT || !s->tls_ctx) return 0;
+    if (recv(c->fd, &b, 1, MSG_PEEK) != 1) return 0;   /* EOF, error: read() says */
+    c->sniffed = 1;
+    return b == 0x16 && peer_tls_accept(s, c) == 0;
+}
+
 static void client_read(server *s, client *c) {
-    for (int turn = 0; turn < READS_PER_TURN && !c->dead && !c->eof; turn++) {
+    if (sniff_tls(s, c)) return;
+    /* a TLS read returns one record (16 KiB at most): more turns, same bytes */
+    int turns = c->ssl ? READS_PER_TURN * (READ_CHUNK / 16384) : READS_PER_TURN, turn;
+    c->tls_more = 0;
+    for (turn = 0; turn < turns && !c->dead && !c->eof; turn++) {
         if (c->draining) buf_clear(&c->in);   /* read only to throw away */
         buf_reserve(&c->in, READ_CHUNK);
-        ssize_t n = read(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len);
+        ssize_t n = conn_recv(c, c->in.p + c->in.len, c->in.cap - c->in.len);
         if (n > 0) {
             c->in.len += (size_t)n;
             c->last_ms = s->now_ms;
             clock_gettime(CLOCK_REALTIME, &c->rx_time);   /* IAMAT diffs count from here */
             if (!c->draining) process_input(s, c);
-            if ((size_t)n < READ_CHUNK) break;   /* drained the socket */
+            if (!c->ssl && (size_t)n < READ_CHUNK) break;   /* drained the socket */
         } else if (n == 0) {
             c->eof = 1;
             if (!c->draining) process_input(s, c);
@@ -335,22 +361,27 @@ static void client_read(server *s, client *c) {
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
             break;
         } else {
-            client_kill(s, c, errno == ECONNRESET ? "reset by client" : "read error");
+            client_kill(s, c, errno == ECONNRESET ? "reset by client"
+                              : errno == EPROTO ? "bad TLS record" : "read error");
             return;
         }
     }
     if (c->draining) buf_clear(&c->in);
+    /* stopped for fairness, not for want of bytes: OpenSSL may hold more
+     * than the socket shows (had it said EAGAIN, it holds none we can use) */
+    if (turn == turns && tls_pending(c)) c->tls_more = 1;
     if (!c->dead) queue_write(s, c);
 }
 
 /* ------------------------------------------------------- admission
  *
- * Who counts against what: max_clients counts plain clients only; links,
- * dials and handshakes never do.  A connection is accepted as a client and
- * only its first line can say it is a neighbour (PEER HELLO), so when the
+ * Who counts against what: max_clients counts plain clients only; links
+ * and dials never do.  A connection is accepted as a client and only its
+ * first byte can say it may be a neighbour (0x16: TLS); it counts as the
+ * client it came in as until its handshake names a link.  So when the
  * client table is full -- or its address holds max_clients_per_address
  * connections -- up to one connection per configured link is still taken
- * "on probation": it must send a configured neighbour's PEER HELLO within
+ * "on probation": it must finish a neighbour's TLS handshake within
  * PROBATION_MS, else it gets the "? too many connections" line it would
  * have had at once, and is closed.  Past that, a connection is refused at
  * accept: the "? " line, then close.  Every refused connection gets its line.
@@ -390,10 +421,11 @@ static void refuse_fd(int fd, const char *line, size_t len) {
 
 void client_refuse_busy(server *s, client *c) {
     log_msg(LOG_WARN, "conn-refused", "id=%llu from=%s reason=%s reached and no neighbour's "
-            "PEER HELLO", (unsigned long long)c->id, c->addr,
+            "TLS handshake", (unsigned long long)c->id, c->addr,
             c->busy_line == BUSY ? "max_clients" : "max_clients_per_address");
     s->metrics.conns_refused++;
     client_kill(s, c, "too many connections");   /* first: the write below ends here */
+    if (c->ssl) return;                /* a TLS handshake: no plain line into it */
     buf_append(&c->out, c->busy_line, strlen(c->busy_line));
     client_write(s, c);
 }
@@ -453,7 +485,7 @@ static void accept_clients(server *s) {
         client *c = client_add(s, fd, addr);
         c->ip = ip;
         s->metrics.conns_accepted++;
-        if (busy) {                        /* a neighbour's HELLO, or out */
+        if (busy) {                        /* a neighbour's TLS handshake, or out */
             s->nclients--;
             s->nprobation++;
             c->probation = 1;
@@ -605,6 +637,7 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
     if (setup_signals(s, err, errlen) < 0) return -1;
     heartbeat_open(s);
     if (peer_init(s, err, errlen) < 0) return -1;
+    if (tls_init(s, err, errlen) < 0) return -1;
     long fds;
     if (fit_fd_limit(s, &fds, err, errlen) < 0) return -1;
     addrcap_init(&s->per_addr, (unsigned)cfg->limits.max_clients_per_address,
@@ -647,12 +680,15 @@ int server_run(server *s) {
     s->now_ms = mono_ms();
     s->next_sweep_ms = s->now_ms + SWEEP_MS;
     while (!s->stop) {
+        int tls_ready = 0;   /* links with decrypted bytes waiting in OpenSSL */
         for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd; i++) {
             client *c = s->conn[i];
             short ev = 0;
             if (c->connecting) ev = POLLOUT;
+            else if (c->tls_hs) ev = c->tls_want_write ? POLLOUT : POLLIN;
             else if (!c->eof && !c->waiting) ev |= POLLIN;
-            if (buf_pending(&c->out)) ev |= POLLOUT;
+            if (buf_pending(&c->out) || c->tls_want_write) ev |= POLLOUT;
+            if (c->tls_more && !c->eof) tls_ready = 1;
             s->pfd[i].events = ev;
         }
         /* libcurl's sockets ride at the end of the poll set */
@@ -665,22 +701,28 @@ int server_run(server *s) {
             }
             nh = http_fill_poll(&s->http, s->pfd + s->npfd);
         }
-        int n = poll(s->pfd, s->npfd + nh, poll_timeout(s));
+        int n = poll(s->pfd, s->npfd + nh, tls_ready ? 0 : poll_timeout(s));
         if (n < 0 && errno != EINTR) {
             log_msg(LOG_ERROR, "poll", "%s", strerror(errno));
             break;
         }
         s->now_ms = mono_ms();
         if (s->google) http_poll_done(&s->http, s->pfd + s->npfd, n > 0 ? nh : 0, s->now_ms);
-        if (n > 0) {
+        if (n > 0 || (n == 0 && tls_ready)) {
             if (s->pfd[1].revents) handle_signals(s);
             if (s->pfd[2].revents) warm_clients(s);
             for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd; i++) {
                 short re = s->pfd[i].revents;
                 client *c = s->conn[i];
+                if (c->ssl && !c->eof && (c->tls_more || (c->tls_want_write && re)))
+                    re |= POLLIN;      /* read without waiting, or retry the read */
                 if (!re || c->dead) continue;
                 if (c->connecting) {
                     peer_connected(s, c);
+                    continue;
+                }
+                if (c->tls_hs) {
+                    peer_tls_step(s, c);
                     continue;
                 }
                 if (re & (POLLIN | POLLHUP | POLLERR)) client_read(s, c);
@@ -731,6 +773,7 @@ void server_free(server *s) {
     free(s->pfd);
     free(s->conn);
     google_free(s);
+    tls_free(s);
     table_free(&s->tab);
     places_local_free(&s->places);
 }

@@ -21,10 +21,14 @@
 #include "places.h"
 #include "table.h"
 
+struct ssl_st;
+struct ssl_ctx_st;
+
 typedef enum {
     ROLE_CLIENT,        /* a plain client */
-    ROLE_DIALING,       /* our connection to a neighbour, before WELCOME */
-    ROLE_ACCEPTED,      /* a neighbour said HELLO; we wait for its PROOF */
+    ROLE_DIALING,       /* our connection to a neighbour, before the end of
+                         * its TLS handshake */
+    ROLE_ACCEPTED,      /* a TLS handshake came in (server/tls.c) */
     ROLE_PEER,          /* an authenticated link */
 } client_role;
 
@@ -33,7 +37,6 @@ typedef struct client {
     client_role role;
     int link;                   /* index in server.links, or -1 */
     int64_t handshake_until_ms; /* a handshake not done by then is dropped */
-    char nonce_mine[33], nonce_theirs[33];
     size_t slot;                /* index in the poll set */
     uint64_t id;                /* for log lines */
     char addr[NET_ADDRSTRLEN];  /* "ip:port" or "[ip]:port" of the other end */
@@ -82,13 +85,22 @@ typedef struct client {
     unsigned waiting : 1;       /* a WHATSAT waits upstream: hold the rest */
     unsigned cold : 1;          /* idle: parked in the cold set, not polled */
     unsigned queued : 1;        /* in server.wq: replies to write this round */
-    unsigned counted : 1;       /* counted in nclients or nprobation */
-    unsigned probation : 1;     /* taken past a full table: must say PEER HELLO */
+    unsigned counted : 1;       /* counted in nclients or nprobation (a plain
+                                 * client since its accept; never again once
+                                 * it was part of a link, whatever its role) */
+    unsigned probation : 1;     /* taken past a full table: must start TLS */
     unsigned addr_counted : 1;  /* counted in server.per_addr */
+    unsigned tls_hs : 1;        /* the TLS handshake is not done yet */
+    unsigned tls_want_write : 1;/* the last TLS call waits for POLLOUT */
+    unsigned sniffed : 1;       /* first byte looked at: TLS or a client */
+    unsigned tls_more : 1;      /* OpenSSL may hold bytes the socket no longer
+                                 * shows: read next round without waiting */
     uint32_t ip;                /* address key of an accepted one (net_accept) */
     const char *busy_line;      /* on probation: the "? " line if it is refused */
     size_t cold_slot;           /* index in server.cold while cold */
     const char *close_reason;
+    struct ssl_st *ssl;         /* a TLS link or handshake; NULL: plain TCP */
+    const char *tls_why;        /* why the PSK lookup found nothing */
 } client;
 
 /* One link to a neighbour (peer.c). */
@@ -100,7 +112,6 @@ typedef struct {
     int64_t next_dial_ms;
     int backoff_ms;
     int failures;               /* dial failures since the last link-up */
-    client *accepting;          /* its HELLO came in; waiting for PROOF, or NULL */
     int streaming;              /* sending part of the table (stream_mask) */
     size_t stream_pos;
     uint64_t stream_layout;     /* the table's layout when the stream began */
@@ -166,6 +177,7 @@ typedef struct server {
     int n_links;
     forward_state fw;
     char secret[256];           /* empty: links are disabled */
+    struct ssl_ctx_st *tls_ctx; /* with a secret and links (server/tls.c) */
     size_t secret_len;
     int table_dirty;            /* changed since the last snapshot */
     int64_t next_snapshot_ms;
@@ -214,7 +226,7 @@ void client_close_after_reply(server *s, client *c, const char *reason);
 void client_set_role(server *s, client *c, client_role role);
 
 /* server.c: c is on probation and said something other than a neighbour's
- * PEER HELLO: send its "too many connections" line and close it. */
+ * TLS handshake: send its "too many connections" line and close it. */
 void client_refuse_busy(server *s, client *c);
 
 /* server.c: go on with c's buffered commands after a wait, and write. */
@@ -227,8 +239,8 @@ void client_write(server *s, client *c);
 int peer_init(server *s, char *err, size_t errlen);
 void peer_tick(server *s);                 /* dial, time out, stream */
 void peer_flush(server *s);                /* write what each link has pending */
-int peer_hello(server *s, client *c, const char *line, size_t len);
 void peer_line(server *s, client *c, const char *line, size_t len);
+void peer_plain_hello(server *s, client *c); /* an old plain-text handshake */
 void peer_lost(server *s, client *c);      /* c is going away */
 void peer_connected(server *s, client *c); /* a dial finished (POLLOUT) */
 void peer_send(server *s, const table_entry *e, int li);  /* one AT line on link li */
@@ -241,6 +253,9 @@ void forward_line(server *s, int li, const char *line, size_t len);  /* LINK, SU
 void forward_tick(server *s);
 void forward_log_stats(server *s);
 int peer_poll_timeout(server *s);          /* ms to the next dial, or -1 */
+int peer_tls_accept(server *s, client *c); /* first byte 0x16: TLS, 0; or -1 */
+void peer_tls_step(server *s, client *c);  /* go on with c's TLS handshake */
+int peer_find_link(const server *s, const char *name, size_t len); /* or -1 */
 
 /* snapshot.c: state/NAME.snap */
 void snapshot_load(server *s);

@@ -123,7 +123,7 @@ def test_neighbour_restarts_while_idle_clients_fill_max_clients(pair):
     assert wait_for(lambda: exchange(h.ports["Bona"], b"WHATSAT back 1 1\n").startswith(at), 10)
     for c in idle:
         c.close()
-    assert "reason=max_clients reached and no neighbour's PEER HELLO" in h.log("Bona")
+    assert "reason=max_clients reached and no neighbour's TLS handshake" in h.log("Bona")
 
 
 def test_low_descriptor_limit_lowers_max_clients_and_every_refusal_has_its_line(tmp_path):

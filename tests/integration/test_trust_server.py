@@ -213,23 +213,21 @@ def test_torn_line_on_a_link_is_dropped(tmp_path, started, monkeypatch):
     assert "peer-torn-line peer=Bailey" in log, log
 
 
-def test_at_line_before_the_proof_gets_a_question_mark(tmp_path, started, monkeypatch):
+def test_at_line_after_a_plain_hello_gets_a_question_mark(tmp_path, started, monkeypatch):
+    """Links are TLS only: the old plain-text handshake from a configured
+    neighbour, then an AT line, are two bad lines, and nothing is stored."""
     s, _ = linked(tmp_path, started, monkeypatch)
+    hello = b"PEER HELLO Bailey " + b"0123456789abcdef" * 2
     at = b"AT Bailey +0.100000000 early +1.0+1.0 5"
     with connect(s.port, timeout=5) as c:
-        c.sendall(b"PEER HELLO Bailey " + b"0123456789abcdef" * 2 + b"\n")
-        welcome = b""
-        while not welcome.endswith(b"\n"):
-            welcome += c.recv(1)
-        assert welcome.startswith(b"PEER WELCOME Bona ")
-        c.sendall(at + b"\n")
-        assert recv_until_eof(c) == b"? " + at + b"\n"
+        c.sendall(hello + b"\n" + at + b"\n")
+        c.shutdown(socket.SHUT_WR)
+        assert recv_until_eof(c) == b"? " + hello + b"\n? " + at + b"\n"
     assert stored(s.port, b"early") == b"? WHATSAT early 1 1\n"
-    log = s.read_log(wait_for="peer-refused")
-    assert "peer-refused peer=Bailey" in log and "before the handshake was done" in log, log
+    assert "link-up" not in s.read_log()
 
 
-def test_dialer_given_an_at_line_instead_of_welcome_survives(tmp_path, started, monkeypatch):
+def test_dialer_given_an_at_line_instead_of_a_tls_answer_survives(tmp_path, started, monkeypatch):
     monkeypatch.setenv("HERD_SECRET", SECRET)
     ports = {"Alpha": free_port(), "Zed": free_port()}
     s = configured(tmp_path, "Alpha", {"Alpha": (ports["Alpha"], ["Zed"]),
@@ -240,13 +238,12 @@ def test_dialer_given_an_at_line_instead_of_welcome_survives(tmp_path, started, 
         c, _ = lsn.accept()                    # Alpha dials Zed
         with c:
             c.settimeout(5)
-            hello = b""
-            while not hello.endswith(b"\n"):
-                hello += c.recv(1)
-            assert hello.startswith(b"PEER HELLO Alpha ")
+            hello = c.recv(5)
+            assert hello[:1] == b"\x16", hello     # a TLS handshake record
             c.sendall(b"AT Zed +0.100000000 x +1.0+1.0 5\n")
-            assert recv_until_eof(c) == b""
-    assert "unexpected handshake line" in s.read_log(wait_for="unexpected handshake line")
+            assert b"AT " not in recv_until_eof(c)  # at most a TLS alert, then close
+    log = s.read_log(wait_for="peer-refused peer=Zed")
+    assert "peer-refused peer=Zed" in log, log
     assert exchange(s.port, b"WHATSAT x 1 1\n") == b"? WHATSAT x 1 1\n"
 
 
