@@ -37,7 +37,7 @@ LIBS    = $(PKG_LIBS) -lm
 # neighbour with openssl s_client).
 DEB_PACKAGES := gcc make libc6-dev pkg-config libcurl4-openssl-dev libyaml-dev \
                 libcjson-dev libssl-dev openssl python3 python3-pytest netcat-openbsd \
-                clang libclang-rt-14-dev valgrind iproute2 gcovr \
+                clang libclang-rt-14-dev valgrind iproute2 tcpdump gcovr \
                 pandoc weasyprint gnuplot-nox graphviz fonts-dejavu-core poppler-utils
 
 # Where objects go: build/ for the normal build, build/asan/ for the

@@ -11,16 +11,22 @@ same text), each running ./start_servers.sh -c on it.  They need root and
 `ip netns`, and are skipped with the reason otherwise.  Namespaces, bridge
 and veths are named phh*, and everything is removed, pass or fail.
 
-Hook for a capture on the bridge: the `net` fixture's Net.capture() starts
-tcpdump on the bridge (skipping when tcpdump is missing) and returns a
-Capture whose stop() gives the bytes seen; a test that must find no client
-location in the link traffic can search them.
+A capture on the bridge: the `net` fixture's Net.capture() starts tcpdump
+on the bridge (a missing tcpdump fails the test: `make deps` installs it)
+and returns a Capture whose stop() gives the pcap file's bytes;
+pcap_tcp_packets() reads them.  test_capture_on_the_bridge_finds_no_client_location
+checks with it that the links between the hosts carry no client id or
+location in plain text (docs/PROTOCOL.md, "Between servers": every link is
+TLS 1.3), while a client's own line across the same bridge is seen.
 """
 import os
 import random
+import secrets
 import shutil
 import signal
+import select
 import socket
+import struct
 import subprocess
 import time
 
@@ -362,11 +368,24 @@ class Capture:
 
     def __init__(self, iface, path):
         if not shutil.which("tcpdump"):
-            pytest.skip("tcpdump is missing: no capture on the bridge")
+            pytest.fail("tcpdump is missing (`make deps` installs it): no capture on the bridge")
         self.path = path
-        self.proc = subprocess.Popen(["tcpdump", "-i", iface, "-U", "-w", path, "tcp"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
+        # --immediate-mode: each packet is written as it comes (without it, the
+        # kernel hands packets over in blocks, and a stop may lose the last ones)
+        self.proc = subprocess.Popen(["tcpdump", "-i", iface, "--immediate-mode", "-U", "-w",
+                                      path, "tcp"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.said = b""
+        deadline = time.time() + 10       # capturing once it says "listening on"
+        while b"listening on" not in self.said and time.time() < deadline:
+            if select.select([self.proc.stderr], [], [], 0.2)[0]:
+                line = self.proc.stderr.readline()
+                if not line:
+                    break
+                self.said += line
+        if b"listening on" not in self.said:
+            self.stop()
+            pytest.fail(f"tcpdump on {iface} did not start: {self.said!r}")
 
     def stop(self):
         if self.proc.poll() is None:
@@ -376,8 +395,36 @@ class Capture:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+            self.said += self.proc.stderr.read()
+            self.proc.stderr.close()
         with open(self.path, "rb") as f:
             return f.read()
+
+
+def pcap_tcp_packets(data):
+    """(src, sport, dst, dport, payload) of each IPv4 TCP packet of a pcap
+    file of Ethernet frames (what tcpdump -w writes for a bridge)."""
+    magic = data[:4]
+    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        order = "<"
+    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        order = ">"
+    else:
+        raise AssertionError(f"not a pcap file: {data[:24]!r}")
+    link_type = struct.unpack(order + "I", data[20:24])[0]
+    assert link_type == 1, f"pcap link type {link_type}, not Ethernet"
+    off = 24
+    while off + 16 <= len(data):
+        caplen = struct.unpack(order + "I", data[off + 8:off + 12])[0]
+        frame = data[off + 16:off + 16 + caplen]
+        off += 16 + caplen
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+            continue                               # not IPv4, or not TCP
+        ip = frame[14:]
+        tcp = ip[(ip[0] & 15) * 4:struct.unpack("!H", ip[2:4])[0]]
+        sport, dport = struct.unpack("!HH", tcp[:4])
+        yield (socket.inet_ntoa(ip[12:16]), sport, socket.inet_ntoa(ip[16:20]), dport,
+               bytes(tcp[(tcp[12] >> 4) * 4:]))
 
 
 class Net:
@@ -470,16 +517,21 @@ class Net:
         except OSError:
             return None
 
-    def send_inside(self, n, line):
-        """From inside n's namespace (it may be cut off the bridge)."""
+    def send_inside(self, n, line, host_from=None):
+        """From inside n's namespace (it may be cut off the bridge), or from
+        host host_from's; the reply, or with host_from (the client's port,
+        the reply)."""
         host, port = self.where(n)
         code = ("import socket,sys\n"
                 f"s=socket.create_connection(('{host}',{port}),timeout=5)\n"
+                "sys.stdout.buffer.write(b'%d\\n' % s.getsockname()[1])\n"
                 f"s.sendall({line!r});s.shutdown(socket.SHUT_WR)\n"
                 "o=b''\nwhile True:\n b=s.recv(65536)\n if not b: break\n o+=b\n"
                 "sys.stdout.buffer.write(o)\n")
-        return subprocess.run([*self.in_ns(PLACEMENT[n]), "/usr/bin/python3", "-c", code],
-                              capture_output=True, timeout=20).stdout
+        out = subprocess.run([*self.in_ns(host_from or PLACEMENT[n]), "/usr/bin/python3", "-c",
+                              code], capture_output=True, timeout=20).stdout
+        client_port, _, reply = out.partition(b"\n")
+        return (int(client_port or 0), reply) if host_from else reply
 
     def wait_all(self, client, want, names=None, timeout=30):
         names = names or list(LINKS)
@@ -619,3 +671,66 @@ def test_a_host_that_moves_is_found(net):
     at = net.send("Bailey", b"IAMAT moved +7.0+7.0 %.9f\n" % time.time())[:-1]
     net.wait_all(b"moved", at)
     assert f"addr={net.addr['C']}:" in net.log("Jaquez")
+
+
+def test_capture_on_the_bridge_finds_no_client_location(net, report):
+    """Issue 18: a capture on the bridge while an update floods over the
+    links finds no client id or location in the link traffic (every link is
+    TLS 1.3, docs/PROTOCOL.md, "Between servers").  The control: the same
+    capture and parser find each client's own plain IAMAT line, sent from
+    host C to Bailey on host A across the same bridge."""
+    cap = net.capture()
+    tag = secrets.token_hex(8)
+    sent = []                  # (client port, client id, location, IAMAT line)
+    ats = []                   # (client id, the AT line Bailey answered)
+    for i in range(3):
+        client = b"capture-secret-client-%s-%d" % (tag.encode(), i)
+        where = b"+12.345678-098.76543%d" % i
+        line = b"IAMAT %s %s %.9f\n" % (client, where, time.time())
+        port, reply = net.send_inside("Bailey", line, host_from="C")
+        assert reply.startswith(b"AT Bailey ") and line[6:] in reply, reply
+        sent.append((port, client, where, line))
+        ats.append((client, reply.split(b"\n")[0]))
+    for client, at in ats:                 # on every server of every host
+        net.wait_all(client, at)
+    data = cap.stop()
+    packets = list(pcap_tcp_packets(data))
+    assert packets, f"the capture is empty ({len(data)} bytes): {cap.said!r}"
+
+    hosts = set(net.addr.values())
+    servers = {(net.addr[PLACEMENT[n]], PORTS[n]) for n in LINKS}
+    clients = {(net.addr["C"], port) for port, *_ in sent}
+    flows = {}                 # (from, to) -> the payload bytes, in capture order
+    for src, sport, dst, dport, payload in packets:
+        flows.setdefault(((src, sport), (dst, dport)), bytearray()).extend(payload)
+    link = {}
+    for (a, b), payload in flows.items():
+        if a[0] in hosts and b[0] in hosts and a[0] != b[0] and (a in servers or b in servers) \
+                and a not in clients and b not in clients:
+            link[(a, b)] = payload
+    link_packets = [p for p in packets if ((p[0], p[1]), (p[2], p[3])) in link and p[4]]
+
+    # the capture holds the links' traffic between the hosts, as TLS records
+    assert link_packets, {k: len(v) for k, v in flows.items()}
+    pairs = {frozenset((a[0], b[0])) for (a, b), v in link.items() if v}
+    assert frozenset((net.addr["A"], net.addr["B"])) in pairs, pairs
+    assert frozenset((net.addr["B"], net.addr["C"])) in pairs, pairs
+    assert any(p[4].startswith(b"\x17\x03\x03") for p in link_packets), \
+        [p[4][:8] for p in link_packets[:10]]
+
+    # the control: each client's own line is in plain text on its connection
+    bailey = net.where("Bailey")
+    for port, client, where, line in sent:
+        mine = bytes(flows.get(((net.addr["C"], port), bailey), b""))
+        assert mine == line, (mine, line)
+        assert client in data and where in data
+
+    # and no link carries a client id or location
+    for (a, b), payload in link.items():
+        for _, client, where, _ in sent:
+            assert client not in payload and where not in payload, \
+                f"{a} -> {b} carries {client!r} or {where!r} in plain text"
+    link_bytes = sum(len(v) for v in link.values())
+    report(f"capture {len(data)} bytes, {len(packets)} TCP packets; {len(link)} link flows "
+           f"between hosts, {len(link_packets)} packets, {link_bytes} payload bytes: no client "
+           f"id or location; the 3 clients' own lines found in their flows")
