@@ -717,6 +717,14 @@ def test_capture_on_the_bridge_finds_no_client_location(net, report):
     assert frozenset((net.addr["B"], net.addr["C"])) in pairs, pairs
     assert any(p[4].startswith(b"\x17\x03\x03") for p in link_packets), \
         [p[4][:8] for p in link_packets[:10]]
+    # and the updates went that way (hosts B and C learnt them over the bridge
+    # only): from A to B and from B to C, at least the bytes of the ids and
+    # locations crossed, encrypted
+    least = sum(len(client) + len(where) for _, client, where, _ in sent)
+    for x, y in (("A", "B"), ("B", "C")):
+        crossed = sum(len(v) for (a, b), v in link.items()
+                      if a[0] == net.addr[x] and b[0] == net.addr[y])
+        assert crossed >= least, f"{x} -> {y}: {crossed} bytes on the links, {least} at least"
 
     # the control: each client's own line is in plain text on its connection
     bailey = net.where("Bailey")
