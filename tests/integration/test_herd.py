@@ -41,12 +41,13 @@ def test_flood_routes_around_a_stopped_server(herd):
     herd.wait_stored(["Bona"], b"detour", at, timeout=5)
     for i, line in enumerate(later):
         herd.wait_stored(["Bona"], b"while-down-%d" % i, line, timeout=5)
-    # each neighbour streamed its table to the new Bona: lines of this start,
-    # not of the first one
+    # its links came up again, and a neighbour sent it what differed (by
+    # anti-entropy: the first to find the difference; the others may then
+    # find none): lines of this start, not of the first one
     for n in ("Bailey", "Clark", "Campbell"):
         assert herd.wait_log(n, "link-up peer=Bona", since=marks[n]), n
-        assert herd.wait_log(n, "catch-up-sent peer=Bona", since=marks[n]), n
-    assert herd.wait_log("Bona", "catch-up-sent", since=marks["Bona"])
+    assert any(herd.wait_log(n, "catch-up-sent peer=Bona", since=marks[n], timeout=1)
+               for n in ("Bailey", "Clark", "Campbell"))
 
 
 def test_partition_heals_to_the_newest_value(herd):
@@ -439,7 +440,8 @@ def test_a_new_link_replaces_the_old_one(herd):
     second = fake_peer(herd, "Bailey", "Bona")
     assert herd.wait_log("Bona", "link-down peer=Bailey reason=replaced by a new link")
     first.settimeout(5)
-    assert first.recv(4096) == b""
+    while first.recv(4096):           # what it was sent before (LINK, SUM), then the end
+        pass
     second.sendall(b"AT Bailey +0.000000001 via-second +1.0+1.0 5\n")
     herd.wait_stored(["Bona"], b"via-second", b"AT Bailey +0.000000001 via-second +1.0+1.0 5")
     first.close()

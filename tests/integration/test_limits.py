@@ -1,5 +1,4 @@
 """Limits of docs/PROTOCOL.md: each enforced without stopping or slowing others."""
-import errno
 import os
 import selectors
 import signal

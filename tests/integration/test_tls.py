@@ -327,7 +327,8 @@ def test_the_documented_psk_opens_a_link_from_another_tls_client(tmp_path):
             return out
 
         out = s_client(secret, b"AT Bailey +0.100000000 from-sclient +2.0+2.0 7\n")
-        assert out.startswith(b"AT Bona ") and b" known +1.0+1.0 5\n" in out, out
+        # the link is up: Bona speaks first, its link states and its table's digest
+        assert out.startswith(b"LINK Bona ") and b"\nSUM 1 " in out, out
         assert exchange_line(pb, b"WHATSAT from-sclient 1 1\n").startswith(
             b"AT Bailey +0.100000000 from-sclient +2.0+2.0 7\n")
         out = s_client("another-secret", b"AT Bailey +0.100000000 intruder +2.0+2.0 7\n")
