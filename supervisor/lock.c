@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "supervisor.h"
@@ -121,6 +122,20 @@ int herd_lock_take(const config *cfg, char *err, size_t errlen) {
         return -1;
     }
     return fd;
+}
+
+int herd_lock_keep(const config *cfg, int *fd, char *err, size_t errlen) {
+    char path[4200];
+    struct stat on_disk, held;
+    herd_lock_path(cfg, path, sizeof path);
+    if (lstat(path, &on_disk) == 0 && fstat(*fd, &held) == 0 &&
+        on_disk.st_dev == held.st_dev && on_disk.st_ino == held.st_ino)
+        return 0;
+    int nfd = herd_lock_take(cfg, err, errlen);
+    if (nfd < 0) return -1;
+    close(*fd);
+    *fd = nfd;
+    return 1;
 }
 
 long herd_supervisor_pid(const config *cfg) {

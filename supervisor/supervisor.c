@@ -405,6 +405,23 @@ static int setup(char *err, size_t errlen) {
     return signals_to_pipe(sigs, 4, &S.sig_r, &S.sig_w, err, errlen);
 }
 
+/* servers.lock removed or replaced under us: take it again, said once. */
+static void keep_lock(int64_t now) {
+    static int64_t next_ms;
+    static int failing;
+    if (now < next_ms) return;
+    next_ms = now + 1000;
+    char err[4400];
+    int rc = herd_lock_keep(S.cfg, &S.lock_fd, err, sizeof err);
+    if (rc > 0)
+        log_msg(LOG_WARN, "lock-renewed", "servers.lock was removed or replaced; "
+                "this supervisor holds a new one (never delete it while the herd runs)");
+    else if (rc < 0 && !failing)
+        log_msg(LOG_ERROR, "lock-lost", "servers.lock was removed or replaced and cannot "
+                "be taken again: %s", err);
+    failing = rc < 0;
+}
+
 int supervisor_run(const config *cfg, const char *server_path) {
     char err[4400];
     S.cfg = cfg;
@@ -453,6 +470,7 @@ int supervisor_run(const config *cfg, const char *server_path) {
         }
         reap();   /* a SIGCHLD may have come before the handler was set */
         now = mono_ms();
+        keep_lock(now);
         heartbeat_check(now);
         for (int i = 0; i < S.n && !S.stopping; i++) {
             child *k = &S.kids[i];

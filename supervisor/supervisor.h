@@ -41,6 +41,13 @@ void herd_lock_path(const config *cfg, char *out, size_t n);
  * supervisor's pid when one holds it). */
 int herd_lock_take(const config *cfg, char *err, size_t errlen);
 
+/* Once a second: is the servers.lock on disk still the file *fd locks?  An
+ * operator may remove or replace it (cleaning up "stale" files), and the
+ * scripts would then take the herd for stopped and lose track of it; so a
+ * new one is taken in its place.  Returns 0 (still ours), 1 (taken again:
+ * *fd is the new one), or -1 with a reason in err (it could not be). */
+int herd_lock_keep(const config *cfg, int *fd, char *err, size_t errlen);
+
 /* The pid of the supervisor that holds cfg's lock, runs herd-supervisor
  * and runs cfg (not another config of the same folder), or 0 when no herd
  * runs (a pid file may say otherwise: it may be stale). */

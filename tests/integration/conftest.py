@@ -237,9 +237,9 @@ def recv_until_eof(sock, limit=64 << 20):
             raise AssertionError("reply larger than expected")
 
 
-def exchange(port, data):
+def exchange(port, data, host="127.0.0.1", timeout=10.0):
     """Send data, half-close, return everything until the server closes."""
-    with connect(port) as s:
+    with socket.create_connection((host, port), timeout=timeout) as s:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
         return recv_until_eof(s)

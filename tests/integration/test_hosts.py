@@ -32,6 +32,7 @@ import time
 
 import pytest
 
+import conftest
 from conftest import BIN_DIR, PLACES, ROOT, free_port, program
 
 SECRET = "0123456789abcdef" * 4 + "\n"
@@ -123,18 +124,7 @@ def wait_for(cond, timeout, step=0.1):
 
 
 def exchange(host, port, data, timeout=5):
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect((host, port))
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        out = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                return out
-            out += b
+    return conftest.exchange(port, data, host=host, timeout=timeout)
 
 
 def stored(host, port, client):

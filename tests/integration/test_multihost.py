@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import DEFAULT_LINKS, PLACES, program
+from conftest import DEFAULT_LINKS, PLACES, exchange, program
 
 NAMES = list(DEFAULT_LINKS)
 PORT = 10500
@@ -94,15 +94,7 @@ class Hosts:
                     time.sleep(0.05)
 
     def send(self, n, data):
-        with socket.create_connection((self.addr[n], PORT), timeout=5) as s:
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
-            out = b""
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    return out
-                out += b
+        return exchange(PORT, data, host=self.addr[n], timeout=5)
 
     def send_inside(self, n, line):
         """From inside n's namespace (it may be cut off the bridge)."""

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import (DEFAULT_LINKS, free_port, program, wait_listening, wait_log,
+from conftest import (DEFAULT_LINKS, exchange, free_port, program, wait_listening, wait_log,
                       write_config)
 from test_herd import iamat
 
@@ -235,15 +235,7 @@ def read_bytes(path):
 
 
 def exchange_line(port, data):
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        out = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                return out
-            out += b
+    return exchange(port, data)
 
 
 SECRETS = [b"secret-client-42", b"-33.333333+44.444444", b"early-client", b"+11.111111+22.222222"]
