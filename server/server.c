@@ -285,8 +285,10 @@ static line_fn line_handler(const client *c) {
 }
 
 static void process_input(server *s, client *c) {
-    /* a peer's AT line is a client's line plus an origin and a diff */
-    size_t max = s->cfg->limits.max_line_bytes + (c->role == ROLE_CLIENT ? 0 : 256);
+    /* a peer's AT line is a client's line plus an origin and a diff; its
+     * LINK and SUMS lines may be longer than a small max_line_bytes */
+    size_t max = s->cfg->limits.max_line_bytes;
+    if (c->role != ROLE_CLIENT) max = (max < FORWARD_CTL_MAX ? FORWARD_CTL_MAX : max) + 256;
     while (!c->dead && !c->draining && !c->waiting) {
         char *start = c->in.p + c->in.off;
         size_t avail = buf_pending(&c->in);

@@ -247,6 +247,9 @@ void peer_send(server *s, const table_entry *e, int li);  /* one AT line on link
 void peer_stream(server *s, int li, const uint64_t *mask, uint64_t gen); /* buckets */
 
 /* forward.c: trees of live links, link states, anti-entropy. */
+/* The longest control line (LINK, SUM, SUMS) forward.c sends: a link takes
+ * lines this long whatever limits.max_line_bytes, which bounds clients'. */
+#define FORWARD_CTL_MAX (CONFIG_MAX_SERVERS * 72)
 void forward_init(server *s);
 void forward_link_changed(server *s, int li);  /* link li came up or went down */
 void forward_line(server *s, int li, const char *line, size_t len);  /* LINK, SUM, SUMS */
