@@ -666,9 +666,11 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
     return 0;
 }
 
-/* Poll timeout: the next sweep, log flush or dial, whichever is first. */
+/* Poll timeout: the next sweep, heartbeat, log flush or dial, whichever is
+ * first (without the beat, an idle loop beats up to two seconds apart). */
 static int poll_timeout(server *s) {
     int64_t t = s->next_sweep_ms - s->now_ms;
+    if (s->hb_fd >= 0 && s->next_beat_ms - s->now_ms < t) t = s->next_beat_ms - s->now_ms;
     int lf = log_next_flush_ms(log_now_ms());
     if (lf >= 0 && lf < t) t = lf;
     int pt = peer_poll_timeout(s);
