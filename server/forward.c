@@ -204,7 +204,7 @@ static size_t format_state(const server *s, int o, char *out, size_t size) {
 
 /* Server o's state to every ready link but 'except'. */
 static void flood_state(server *s, int o, int except) {
-    char line[CONFIG_MAX_SERVERS * 72];
+    char line[FORWARD_CTL_MAX];
     size_t n = format_state(s, o, line, sizeof line);
     for (int li = 0; li < s->n_links; li++)
         if (li != except && link_ready(s, li)) send_ctl(s, li, line, n);
@@ -386,7 +386,7 @@ void forward_tick(server *s) {
             L->lsdb_due = 0;
             for (int o = 0; o < s->cfg->n_servers; o++) {
                 if (!s->fw.seq[o]) continue;
-                char line[CONFIG_MAX_SERVERS * 72];
+                char line[FORWARD_CTL_MAX];
                 send_ctl(s, li, line, format_state(s, o, line, sizeof line));
             }
         }

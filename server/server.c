@@ -285,8 +285,10 @@ static line_fn line_handler(const client *c) {
 }
 
 static void process_input(server *s, client *c) {
-    /* a peer's AT line is a client's line plus an origin and a diff */
-    size_t max = s->cfg->limits.max_line_bytes + (c->role == ROLE_CLIENT ? 0 : 256);
+    /* a peer's AT line is a client's line plus an origin and a diff; its
+     * LINK and SUMS lines may be longer than a small max_line_bytes */
+    size_t max = s->cfg->limits.max_line_bytes;
+    if (c->role != ROLE_CLIENT) max = (max < FORWARD_CTL_MAX ? FORWARD_CTL_MAX : max) + 256;
     while (!c->dead && !c->draining && !c->waiting) {
         char *start = c->in.p + c->in.off;
         size_t avail = buf_pending(&c->in);
@@ -664,9 +666,11 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
     return 0;
 }
 
-/* Poll timeout: the next sweep, log flush or dial, whichever is first. */
+/* Poll timeout: the next sweep, heartbeat, log flush or dial, whichever is
+ * first (without the beat, an idle loop beats up to two seconds apart). */
 static int poll_timeout(server *s) {
     int64_t t = s->next_sweep_ms - s->now_ms;
+    if (s->hb_fd >= 0 && s->next_beat_ms - s->now_ms < t) t = s->next_beat_ms - s->now_ms;
     int lf = log_next_flush_ms(log_now_ms());
     if (lf >= 0 && lf < t) t = lf;
     int pt = peer_poll_timeout(s);

@@ -70,11 +70,14 @@ typedef struct client {
      *                 client_uncount (role change to a link, or close), never
      *                 set again for this connection.
      *  probation      accept_clients past a full table (implies counted in
-     *                 nprobation, ROLE_CLIENT); cleared by client_uncount.
+     *                 nprobation; ROLE_CLIENT, or ROLE_ACCEPTED once its TLS
+     *                 handshake began); cleared by client_uncount.
      *  addr_counted   accept_clients when per-address caps are on; cleared
      *                 by client_uncount.
-     * A link (ROLE_DIALING, ROLE_ACCEPTED, ROLE_PEER) is never counted,
-     * probation, addr_counted, waiting or cold. */
+     * A link (ROLE_DIALING, ROLE_PEER) is never counted, probation,
+     * addr_counted, waiting or cold.  ROLE_ACCEPTED keeps counted, probation
+     * and addr_counted from the client it came in as (peer_tls_accept) until
+     * link_up's client_set_role or its close; it is never waiting or cold. */
     unsigned eof : 1;           /* the client half-closed */
     unsigned close_after_flush : 1;
     unsigned draining : 1;      /* a last reply is due; discarding input */
@@ -247,6 +250,9 @@ void peer_send(server *s, const table_entry *e, int li);  /* one AT line on link
 void peer_stream(server *s, int li, const uint64_t *mask, uint64_t gen); /* buckets */
 
 /* forward.c: trees of live links, link states, anti-entropy. */
+/* The longest control line (LINK, SUM, SUMS) forward.c sends: a link takes
+ * lines this long whatever limits.max_line_bytes, which bounds clients'. */
+#define FORWARD_CTL_MAX (CONFIG_MAX_SERVERS * 72)
 void forward_init(server *s);
 void forward_link_changed(server *s, int li);  /* link li came up or went down */
 void forward_line(server *s, int li, const char *line, size_t len);  /* LINK, SUM, SUMS */

@@ -380,3 +380,26 @@ def test_link_messages_as_documented_and_bad_ones_ignored(herd):
         assert herd.stored("Bona", b"fine") == at
     finally:
         peer.close()
+
+
+def test_catch_up_with_a_small_max_line_bytes(tmp_path):
+    """SUMS and LINK lines are longer than a small limits.max_line_bytes: a
+    link takes them anyway (the limit bounds clients' lines), so catch-up
+    works and the link stays up instead of being closed as "line too long"."""
+    h = Herd(tmp_path)
+    h.config = write_config(
+        h.dir, {n: (h.ports[n], DEFAULT_LINKS[n]) for n in DEFAULT_LINKS},
+        limits={"max_line_bytes": 64}, extra="herd:\n  snapshot_interval_s: 1\n")
+    try:
+        h.start("Bailey")
+        assert h.send("Bailey", b"IAMAT kiwi +34.06-118.44 1.5\n").startswith(b"AT ")
+        want = h.stored("Bailey", b"kiwi")
+        h.start("Bona")
+        h.wait_stored(["Bona"], b"kiwi", want)
+        time.sleep(2.5)   # a few anti-entropy rounds with tables that agree
+        for n in ("Bailey", "Bona"):
+            log = h.log(n)
+            assert "line-too-long" not in log, n
+            assert "link-down" not in log, n
+    finally:
+        h.stop()
