@@ -59,7 +59,7 @@ static const char *type_name(const yaml_node_t *n) {
 
 /* ---------------------------------------------------------------- values */
 
-typedef enum { K_INT, K_SIZE, K_STR, K_PATH, K_BOOL, K_PROVIDER, K_MIX, K_DOUBLE, K_FORWARDING } key_type;
+typedef enum { K_INT, K_INT_OR_OFF, K_SIZE, K_STR, K_PATH, K_BOOL, K_PROVIDER, K_MIX, K_DOUBLE, K_FORWARDING } key_type;
 
 typedef struct {
     const char *name;
@@ -94,14 +94,20 @@ static int set_value(loader *L, config *cfg, const key_spec *k,
     long long n;
     switch (k->type) {
     case K_INT:
+    case K_INT_OR_OFF:        /* 0 (off), or min to max */
     case K_SIZE:
         if (parse_ll(s, &n) < 0)
             return fail(L, v, "%s.%s: expected an integer, found '%s'",
                         section, k->name, s);
+        if (k->type == K_INT_OR_OFF && n == 0) {
+            *(int *)field = 0;
+            return 0;
+        }
         if (n < k->min || n > k->max)
-            return fail(L, v, "%s.%s: %lld is out of range (%lld to %lld)",
-                        section, k->name, n, k->min, k->max);
-        if (k->type == K_INT) *(int *)field = (int)n;
+            return fail(L, v, "%s.%s: %lld is out of range (%s%lld to %lld)",
+                        section, k->name, n, k->type == K_INT_OR_OFF ? "0 for off, or " : "",
+                        k->min, k->max);
+        if (k->type != K_SIZE) *(int *)field = (int)n;
         else *(size_t *)field = (size_t)n;
         return 0;
     case K_DOUBLE: {
@@ -192,7 +198,9 @@ static const key_spec supervisor_keys[] = {
     {"backoff_initial_ms", K_INT, OFF(supervisor.backoff_initial_ms), 0, 1, 600000},
     {"backoff_max_ms", K_INT, OFF(supervisor.backoff_max_ms), 0, 1, 600000},
     {"stop_timeout_s", K_INT, OFF(supervisor.stop_timeout_s), 0, 1, 3600},
-    {"hang_timeout_s", K_INT, OFF(supervisor.hang_timeout_s), 0, 0, 3600},
+    /* at least 3: a server beats once a second, so 1 or 2 s would take a
+     * busy but healthy loop for a hung one */
+    {"hang_timeout_s", K_INT_OR_OFF, OFF(supervisor.hang_timeout_s), 0, 3, 3600},
     {NULL, 0, 0, 0, 0, 0},
 };
 

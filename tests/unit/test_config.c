@@ -48,6 +48,7 @@ static void test_refusals(void) {
         {HERD2 "limits:\n  max_clients: 0\n", 5, "out of range"},
         {HERD2 "limits:\n  max_clients_per_address: -1\n", 5, "out of range"},
         {HERD2 "supervisor:\n  hang_timeout_s: 3601\n", 5, "out of range"},
+        {HERD2 "supervisor:\n  hang_timeout_s: 2\n", 5, "0 for off, or 3 to 3600"},
         {HERD2 "limits:\n  max_line_bytes: [1]\n", 5, "expected a value"},
         {HERD2 "limits:\n  max_lines: 5\n", 5, "unknown key 'max_lines'"},
         {HERD2 "logging:\n  dir: logs\n  dir: other\n", 6, "given twice"},
