@@ -279,7 +279,7 @@ static const char *host_problem(const char *h) {
     size_t label = 0;
     for (const char *p = h;; p++) {
         if (*p == '.' || !*p) {
-            if (label == 0 || label > 63 || p[-1] == '-' || p[-label] == '-')
+            if (label == 0 || label > 63 || p[-1] == '-' || *(p - label) == '-')
                 return "is not a host name (labels of 1 to 63 letters, digits or '-', "
                        "not starting or ending with '-')";
             if (!*p) return NULL;
