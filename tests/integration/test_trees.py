@@ -403,3 +403,13 @@ def test_catch_up_with_a_small_max_line_bytes(tmp_path):
             assert "link-down" not in log, n
     finally:
         h.stop()
+
+
+def test_an_update_reaches_every_server_before_anti_entropy_could(herd):
+    """Forwarding, not anti-entropy, carries a new update: it is everywhere
+    well within a second, while a repair needs two digest rounds (a bucket
+    must differ twice, herd.anti_entropy_ms apart)."""
+    herd.start().wait_links()
+    time.sleep(FLUX_S)                  # link states settled: the trees are in use
+    at = exchange(herd.ports["Bailey"], b"IAMAT swift +1.0+1.0 %.9f\n" % time.time())[:-1]
+    herd.wait_stored(DEFAULT_LINKS, b"swift", at, timeout=0.8)

@@ -92,8 +92,9 @@ MUTATIONS = [
          original="if (flood ? li != from_link : (kids >> li & 1)) peer_send(s, e, li);",
          mutant="if (from_link >= 0 && (flood ? li != from_link : (kids >> li & 1))) "
                 "peer_send(s, e, li);",
-         breaks="an IAMAT's update never leaves the server that received it",
-         tests=["tests/integration/test_herd.py::test_update_reaches_every_server"]),
+         breaks="an IAMAT's update never leaves the server that received it (only "
+                "anti-entropy, a second or two later, would spread it)",
+         tests=["tests/integration/test_trees.py::test_an_update_reaches_every_server_before_anti_entropy_could"]),
     dict(id="recv-not-logged", file="server/commands.c",
          original="    if (s->cfg->logging.log_lines)\n        log_client_data(c, \"recv\"",
          mutant="    if (0)\n        log_client_data(c, \"recv\"",
@@ -473,7 +474,7 @@ MUTATIONS = [
          tests=["tests/integration/test_supervisor.py::test_start_status_stop"]),
     dict(id="stale-pidfile-trusted", file="supervisor/status.c",
          original="if (read_files(cfg, &sup, st) < 0 || !live || live != sup) {",
-         mutant="if (read_files(cfg, &sup, st) < 0) {",
+         mutant="if (read_files(cfg, &sup, st) < 0 || (live && live != sup)) {",
          breaks="--status believes a stale servers.pid whose supervisor is gone",
          tests=["tests/integration/test_mutation_gaps.py::test_status_with_a_stale_pid_file"]),
 ]
