@@ -333,7 +333,10 @@ def test_anti_entropy_under_load_on_a_large_table(tmp_path, report):
     ratio, st = load_ratio(tmp_path / "big", "tree", clients=500000, duration=4)
     report(f"default herd, c=20 IAMAT over 500,000 client ids for 4 s: {ratio:.3f} link AT "
            f"lines per update ({st})")
-    assert ratio <= 4.2, st
+    # 4.00 to 4.04 on a quiet machine, 4.36 once on a loaded one (repairs of
+    # updates slowed in flight); resending the table costs 8.26 (before the
+    # two-round rule), which this still catches
+    assert ratio <= 5.0, st
 
 
 def read_lines(sock, want, timeout=5):
