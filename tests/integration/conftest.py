@@ -237,6 +237,17 @@ def recv_until_eof(sock, limit=64 << 20):
             raise AssertionError("reply larger than expected")
 
 
+def wait_for(cond, timeout, step=0.05):
+    """Poll cond() until it is true or timeout seconds pass; returns its
+    last value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
 def exchange(port, data, host="127.0.0.1", timeout=10.0):
     """Send data, half-close, return everything until the server closes."""
     with socket.create_connection((host, port), timeout=timeout) as s:

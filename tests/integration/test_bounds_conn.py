@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import (DEFAULT_LINKS, connect, exchange, free_port, program,
+from conftest import (DEFAULT_LINKS, connect, wait_for, exchange, free_port, program,
                       read_log, recv_exact_lines, recv_until_eof, wait_listening, wait_log,
                       write_config)
 from test_supervisor import ScriptHerd, alive
@@ -80,15 +80,6 @@ def pair(tmp_path):
     yield make
     for p in made:
         p.stop()
-
-
-def wait_for(cond, timeout, step=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 def test_neighbour_restarts_while_idle_clients_fill_max_clients(pair):

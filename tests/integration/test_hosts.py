@@ -33,7 +33,7 @@ import time
 import pytest
 
 import conftest
-from conftest import BIN_DIR, PLACES, ROOT, free_port, program
+from conftest import BIN_DIR, PLACES, ROOT, free_port, program, wait_for
 
 SECRET = "0123456789abcdef" * 4 + "\n"
 
@@ -112,15 +112,6 @@ def supervisor_problems(folder):
     return [line for line in log.splitlines()
             if "child-crash" in line or "child-given-up" in line or "child-hung" in line
             or ("child-stopped" in line and "exit status 0" not in line)]
-
-
-def wait_for(cond, timeout, step=0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 def exchange(host, port, data, timeout=5):
