@@ -5,9 +5,8 @@ newest clients, in memory, in its snapshot and in what it sends a neighbour
 that catches up."""
 import re
 import subprocess
-import time
 
-from conftest import DEFAULT_LINKS, Herd, exchange, free_port, program, write_config
+from conftest import DEFAULT_LINKS, Herd, exchange, free_port, program, wait_for, write_config
 
 ALL = tuple(DEFAULT_LINKS)
 # 8 KB of leading zeros: a valid latitude once, 8 KB in every server's table
@@ -35,15 +34,6 @@ def stored_set(port, clients):
         pos = end
     assert pos == len(data), data[pos:pos + 200]
     return out
-
-
-def wait_for(cond, timeout=15):
-    deadline = time.time() + timeout
-    while not cond():
-        if time.time() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_8kb_location_is_refused_and_changes_nothing(tmp_path):
@@ -92,7 +82,7 @@ def test_every_server_keeps_the_same_newest_clients(tmp_path):
     clients = [b"bound-%03d" % i for i in range(2 * n)]
     try:
         h.start(*[x for x in ALL if x != "Jaquez"])
-        assert wait_for(lambda: h.log("Bailey").count("link-up") >= 2)
+        assert wait_for(lambda: h.log("Bailey").count("link-up") >= 2, timeout=15)
         lines = exchange(h.ports["Bailey"], b"".join(
             b"IAMAT %s +1.0+1.0 %d\n" % (c, 1700000000 + i) for i, c in enumerate(clients)))
         acks = lines.split(b"\n")[:-1]
@@ -108,7 +98,7 @@ def test_every_server_keeps_the_same_newest_clients(tmp_path):
                 got[name] = stored_set(h.ports[name], clients)
             return all(got[name] == want for name in ALL)
 
-        ok = wait_for(converged)
+        ok = wait_for(converged, timeout=15)
         assert ok, {name: sorted(c for c, v in got[name].items() if v != want[c])[:5]
                     for name in ALL}
         # counted and logged as a summary, not a line per eviction

@@ -18,7 +18,8 @@ import urllib.parse
 
 import pytest
 
-from conftest import Server, connect, exchange, free_port, program, recv_until_eof, write_config
+from conftest import (Server, connect, exchange, free_port, program, recv_until_eof, wait_for,
+                      write_config)
 from fake_places import FakePlaces
 from test_benchmark import FakeLineServer, bench
 from test_herd import fake_peer
@@ -50,16 +51,6 @@ def configured(tmp_path, name, servers, extra=""):
     s.port = servers[name][0]
     s.config = write_config(s.dir, servers, extra=extra)
     return s
-
-
-def wait_for(cond, timeout=5.0, step=0.01):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    return cond()
 
 
 def stored(port, client):
@@ -125,7 +116,7 @@ def test_snapshot_child_holds_no_socket_and_dies_with_the_server(tmp_path, start
     while time.time() < deadline + 10:
         for cpid in children(pid):
             os.kill(cpid, signal.SIGSTOP)
-            if not wait_for(lambda: state(cpid) != "R", timeout=2) or state(cpid) != "T":
+            if not wait_for(lambda: state(cpid) != "R", timeout=2, step=0.01) or state(cpid) != "T":
                 break                           # it finished first
             if not holds_sockets(cpid) or time.time() > deadline:
                 child = cpid
@@ -160,7 +151,8 @@ def test_snapshot_child_holds_no_socket_and_dies_with_the_server(tmp_path, start
             raise AssertionError(f"restart failed while the snapshot child lived: "
                                  f"{again.read_stderr()}")
         started.append(again)
-        assert wait_for(lambda: not alive(child)), "the snapshot child outlived its server"
+        assert wait_for(lambda: not alive(child), timeout=5), \
+            "the snapshot child outlived its server"
     finally:
         if alive(child):
             os.kill(child, signal.SIGKILL)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import free_port, program, read_log, wait_listening, wait_log, write_config
+from conftest import free_port, program, read_log, wait_for, wait_listening, wait_log, write_config
 from test_supervisor import ScriptHerd, alive, wait_gone
 
 
@@ -50,15 +50,6 @@ def write_pidfile(h, lines):
 
 def still_running(pid):
     return alive(pid)
-
-
-def wait_for(cond, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 # ------------------------------------------------- item 1: stale pid files
