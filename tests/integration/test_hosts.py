@@ -34,12 +34,9 @@ import pytest
 
 import conftest
 from conftest import BIN_DIR, PLACES, ROOT, free_port, program, wait_for
+from test_multihost import netns_available, plug, sh
 
 SECRET = "0123456789abcdef" * 4 + "\n"
-
-
-def sh(*args, check=True, **kw):
-    return subprocess.run(list(args), capture_output=True, text=True, check=check, **kw)
 
 
 def config_text(servers, extra=""):
@@ -323,19 +320,6 @@ def test_make_install(tmp_path):
 
 # --------------------------------------------------------- several machines
 
-def netns_available():
-    if os.geteuid() != 0:
-        return "needs root"
-    if not shutil.which("ip"):
-        return "needs ip (iproute2)"
-    probe = f"phhprobe{os.getpid() % 100000}"
-    r = sh("ip", "netns", "add", probe, check=False)
-    if r.returncode != 0:
-        return f"ip netns unavailable: {r.stderr.strip()}"
-    sh("ip", "netns", "del", probe, check=False)
-    return None
-
-
 # Five servers on three hosts: A runs two, B two, C one.
 PLACEMENT = {"Bailey": "A", "Bona": "A", "Campbell": "B", "Clark": "B", "Jaquez": "C"}
 LINKS = {"Bailey": ["Bona", "Campbell"], "Bona": ["Bailey", "Clark", "Campbell"],
@@ -440,15 +424,8 @@ class Net:
             os.makedirs(f"/etc/netns/{ns}", exist_ok=True)
             self.made.append(("etc", f"/etc/netns/{ns}"))
             self.write_hosts(h)
-            sh("ip", "link", "add", v, "type", "veth", "peer", "name", f"p{v}")
             self.made.append(("link", v))
-            sh("ip", "link", "set", f"p{v}", "netns", ns)
-            sh("ip", "-n", ns, "link", "set", f"p{v}", "name", "eth0")
-            sh("ip", "-n", ns, "addr", "add", f"{self.addr[h]}/24", "dev", "eth0")
-            sh("ip", "-n", ns, "link", "set", "eth0", "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "link", "set", v, "master", self.bridge)
-            sh("ip", "link", "set", v, "up")
+            plug(self.bridge, ns, v, self.addr[h])
         text = config_text({n: (self.name[PLACEMENT[n]], PORTS[n], LINKS[n]) for n in LINKS},
                            extra="herd: { snapshot_interval_s: 1 }\n")
         self.config = {h: write_herd_dir(self.dir[h], text) for h in self.hosts}

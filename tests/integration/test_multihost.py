@@ -11,6 +11,7 @@ Needs root and `ip netns`; skipped with the reason otherwise.
 """
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,19 +25,35 @@ NAMES = list(DEFAULT_LINKS)
 PORT = 10500
 
 
-def sh(*args, check=True):
-    return subprocess.run(list(args), capture_output=True, text=True, check=check)
+def sh(*args, check=True, **kw):
+    return subprocess.run(list(args), capture_output=True, text=True, check=check, **kw)
 
 
 def netns_available():
+    """None when this test can make network namespaces, else why not."""
     if os.geteuid() != 0:
         return "needs root"
-    probe = f"herdprobe{os.getpid()}"
+    if not shutil.which("ip"):
+        return "needs ip (iproute2)"
+    probe = f"herdprobe{os.getpid() % 100000}"
     r = sh("ip", "netns", "add", probe, check=False)
     if r.returncode != 0:
         return f"ip netns unavailable: {r.stderr.strip()}"
     sh("ip", "netns", "del", probe, check=False)
     return None
+
+
+def plug(bridge, ns, veth, addr):
+    """A veth pair: veth on the bridge, its peer eth0 with addr/24 in the
+    namespace ns (which exists already), both up, and ns's loopback up."""
+    sh("ip", "link", "add", veth, "type", "veth", "peer", "name", f"p{veth}")
+    sh("ip", "link", "set", f"p{veth}", "netns", ns)
+    sh("ip", "-n", ns, "link", "set", f"p{veth}", "name", "eth0")
+    sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+    sh("ip", "-n", ns, "link", "set", "eth0", "up")
+    sh("ip", "-n", ns, "link", "set", "lo", "up")
+    sh("ip", "link", "set", veth, "master", bridge)
+    sh("ip", "link", "set", veth, "up")
 
 
 class Hosts:
@@ -55,16 +72,8 @@ class Hosts:
         sh("ip", "addr", "add", f"{self.net}.254/24", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
         for n in NAMES:
-            ns, v = self.ns[n], self.veth[n]
-            sh("ip", "netns", "add", ns)
-            sh("ip", "link", "add", v, "type", "veth", "peer", "name", f"p{v}")
-            sh("ip", "link", "set", f"p{v}", "netns", ns)
-            sh("ip", "-n", ns, "link", "set", f"p{v}", "name", "eth0")
-            sh("ip", "-n", ns, "addr", "add", f"{self.addr[n]}/24", "dev", "eth0")
-            sh("ip", "-n", ns, "link", "set", "eth0", "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "link", "set", v, "master", self.bridge)
-            sh("ip", "link", "set", v, "up")
+            sh("ip", "netns", "add", self.ns[n])
+            plug(self.bridge, self.ns[n], self.veth[n], self.addr[n])
 
     def write_config(self):
         text = "servers:\n"
