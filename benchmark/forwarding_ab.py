@@ -21,7 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report_data import BIN, ROOT, TOPOLOGY, bench, free_port, wait_port  # noqa: E402
+from report_data import BIN, ROOT, TOPOLOGY, bench, free_port, stop_all, wait_port  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -134,14 +134,7 @@ def main():
             with open(a.json, "w") as f:
                 json.dump(out, f, indent=1)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -65,6 +65,20 @@ def write_config(folder, servers):
     return path
 
 
+def stop_all(procs, timeout=20):
+    """SIGTERM every process still running, then wait for each; one that
+    does not stop in timeout seconds is killed."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def machine():
     cpu = "unknown"
     try:
@@ -336,15 +350,7 @@ def main():
             json.dump({"machine": result["machine"], "idle": idle, "memory": memory}, f, indent=1)
         print(f"report_data: wrote sweep.json, propagation.json and resources.json in {a.out}")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
