@@ -72,6 +72,19 @@ static void single(buf_t *b, const server *s, const char *name, const char *type
     buf_printf(b, "%llu\n", (unsigned long long)v);
 }
 
+/* A family of n samples, the i-th labelled key="labels[i]". */
+static void labelled(buf_t *b, const server *s, const char *name, const char *type,
+                     const char *help, const char *key, const char *const *labels,
+                     const uint64_t *v, int n) {
+    char label[96];
+    family(b, name, type, help);
+    for (int i = 0; i < n; i++) {
+        snprintf(label, sizeof label, "%s=\"%s\"", key, labels[i]);
+        sample(b, s, name, label);
+        buf_printf(b, "%llu\n", (unsigned long long)v[i]);
+    }
+}
+
 static int link_is_up(const peer_link *L) {
     return L->conn && !L->conn->dead;
 }
@@ -102,13 +115,9 @@ static void render(const server *s, buf_t *b) {
         sample(b, s, "proxyherd_link_up", label);
         buf_printf(b, "%d\n", link_is_up(&s->links[i]));
     }
-    family(b, "proxyherd_requests_total", "counter",
-           "Client lines by the command they parsed as; invalid: answered \"? \".");
-    for (int i = 0; i < MX_NCOMMANDS; i++) {
-        snprintf(label, sizeof label, "command=\"%s\"", command_label[i]);
-        sample(b, s, "proxyherd_requests_total", label);
-        buf_printf(b, "%llu\n", (unsigned long long)m->requests[i]);
-    }
+    labelled(b, s, "proxyherd_requests_total", "counter",
+             "Client lines by the command they parsed as; invalid: answered \"? \".",
+             "command", command_label, m->requests, MX_NCOMMANDS);
     single(b, s, "proxyherd_connections", "gauge",
            "Open client connections (those limits.max_clients counts; links are not).",
            s->nclients);
@@ -119,13 +128,9 @@ static void render(const server *s, buf_t *b) {
     single(b, s, "proxyherd_connections_refused_total", "counter",
            "Connections turned away (limits.max_clients, or out of descriptors).",
            m->conns_refused);
-    family(b, "proxyherd_upstream_requests_total", "counter",
-           "Requests to the places provider, by the status they ended with.");
-    for (int i = 0; i < MX_NUPSTREAM; i++) {
-        snprintf(label, sizeof label, "status=\"%s\"", upstream_label[i]);
-        sample(b, s, "proxyherd_upstream_requests_total", label);
-        buf_printf(b, "%llu\n", (unsigned long long)m->upstream[i]);
-    }
+    labelled(b, s, "proxyherd_upstream_requests_total", "counter",
+             "Requests to the places provider, by the status they ended with.",
+             "status", upstream_label, m->upstream, MX_NUPSTREAM);
     single(b, s, "proxyherd_upstream_cache_hits_total", "counter",
            "WHATSATs answered from the places cache.", m->upstream_cache_hits);
     single(b, s, "proxyherd_evictions_total", "counter",
