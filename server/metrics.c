@@ -124,7 +124,7 @@ static void render(const server *s, buf_t *b) {
     single(b, s, "proxyherd_connections_idle", "gauge",
            "Client connections parked idle (the cold set).", s->ncold);
     single(b, s, "proxyherd_connections_accepted_total", "counter",
-           "Client connections accepted.", m->conns_accepted);
+           "Connections accepted: clients, and neighbours dialling in.", m->conns_accepted);
     single(b, s, "proxyherd_connections_refused_total", "counter",
            "Connections turned away (limits.max_clients, or out of descriptors).",
            m->conns_refused);
