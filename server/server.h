@@ -146,7 +146,6 @@ typedef struct {
     uint64_t tree_sends, flood_sends;   /* updates forwarded each way */
     uint64_t ctl_sent, ctl_bytes;       /* LINK, SUM, SUMS lines sent */
     uint64_t announced;                 /* our own states sent */
-    uint64_t repairs;                   /* updates stored from anti-entropy */
 } forward_state;
 
 typedef struct server {
