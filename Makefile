@@ -50,7 +50,7 @@ COMMON_SRC := common/buf.c common/clock.c common/config.c common/handshake.c com
               common/protocol.c common/secret.c common/signals.c
 SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c \
               server/peer.c server/forward.c server/snapshot.c server/http.c server/google.c \
-              server/addrcap.c server/metrics.c server/tls.c
+              server/addrcap.c server/metrics.c server/tls.c server/resolver.c
 BENCH_SRC  := benchmark/benchmark.c
 SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c supervisor/lock.c \
               supervisor/local.c

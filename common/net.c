@@ -63,6 +63,11 @@ static int lookup(const char *host, int port, int flags, struct sockaddr_storage
     return pick ? 0 : EAI_NONAME;
 }
 
+int net_literal(const char *host, int port, struct sockaddr_storage *sa, socklen_t *len) {
+    memset(sa, 0, sizeof *sa);
+    return lookup(host, port, AI_NUMERICHOST, sa, len) ? -1 : 0;
+}
+
 int net_resolve(const char *host, int port, struct sockaddr_storage *sa, socklen_t *len,
                 char *err, size_t errlen) {
     memset(sa, 0, sizeof *sa);
@@ -131,16 +136,17 @@ int net_accept(int lfd, char *addr, size_t addrlen, uint32_t *ip) {
     return fd;
 }
 
-int net_connect_to(const char *host, int port, char *addr, size_t addrlen, char *err,
-                   size_t errlen) {
-    struct sockaddr_storage sa;
-    socklen_t len;
+int net_connect_sa(const struct sockaddr_storage *sa, socklen_t len, char *addr, size_t addrlen,
+                   char *err, size_t errlen) {
     char where[NET_ADDRSTRLEN];
-    int fd = new_socket(&sa, &len, host, port, err, errlen);
-    if (fd < 0) return -1;
-    net_format_sa((struct sockaddr *)&sa, where, sizeof where);
+    net_format_sa((const struct sockaddr *)sa, where, sizeof where);
     if (addr) snprintf(addr, addrlen, "%s", where);
-    if (connect(fd, (struct sockaddr *)&sa, len) < 0 && errno != EINPROGRESS) {
+    int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    if (connect(fd, (const struct sockaddr *)sa, len) < 0 && errno != EINPROGRESS) {
         snprintf(err, errlen, "connect to %s: %s", where, strerror(errno));
         close(fd);
         return -1;
@@ -149,7 +155,10 @@ int net_connect_to(const char *host, int port, char *addr, size_t addrlen, char 
 }
 
 int net_connect(const char *host, int port, char *err, size_t errlen) {
-    return net_connect_to(host, port, NULL, 0, err, errlen);
+    struct sockaddr_storage sa;
+    socklen_t len;
+    if (net_resolve(host, port, &sa, &len, err, errlen) < 0) return -1;
+    return net_connect_sa(&sa, len, NULL, 0, err, errlen);
 }
 
 /* Same address, ports aside (an IPv6 scope too). */

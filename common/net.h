@@ -7,7 +7,8 @@
  * A host is an IPv4 literal, an IPv6 literal (no brackets) or a name.  A
  * literal is parsed without any lookup (AI_NUMERICHOST).  A name goes to
  * getaddrinfo(), which answers at once for /etc/hosts names and may wait
- * for the resolver's timeout on a DNS name (docs/DESIGN.md); of its
+ * for the resolver's timeout on a DNS name (so the server's loop leaves
+ * that to server/resolver.c, docs/DESIGN.md); of its
  * answers the first IPv4 address is taken, else the first IPv6 one, so
  * `localhost` is 127.0.0.1 and both ends of a link agree on the address.
  * Addresses are written "1.2.3.4:port" and "[::1]:port".
@@ -26,6 +27,10 @@
  * or -1 with a reason in err. */
 int net_resolve(const char *host, int port, struct sockaddr_storage *sa, socklen_t *len,
                 char *err, size_t errlen);
+
+/* The same for a literal only, never a lookup (so never a wait): 0, or -1
+ * when host is a name. */
+int net_literal(const char *host, int port, struct sockaddr_storage *sa, socklen_t *len);
 
 /* host:port as text, with brackets around an IPv6 literal. */
 void net_format(const char *host, int port, char *out, size_t n);
@@ -53,14 +58,16 @@ int net_listen(const char *host, int port, int backlog, char *err, size_t errlen
  * to accept).  Retries on EINTR. */
 int net_accept(int lfd, char *addr, size_t addrlen, uint32_t *ip);
 
-/* Resolve host again and start a non-blocking connect to host:port.
- * Returns the fd (connection in progress or done) or -1 with a reason in
- * err. */
+/* Resolve host (net_resolve: a name may wait for DNS) and start a
+ * non-blocking connect to host:port.  Returns the fd (connection in
+ * progress or done) or -1 with a reason in err. */
 int net_connect(const char *host, int port, char *err, size_t errlen);
 
-/* The same; 'addr' gets the address dialled, as net_format_sa writes it. */
-int net_connect_to(const char *host, int port, char *addr, size_t addrlen, char *err,
-                   size_t errlen);
+/* Start a non-blocking connect to an address already resolved; 'addr'
+ * (unless NULL) gets it as net_format_sa writes it.  The fd, or -1 with a
+ * reason in err. */
+int net_connect_sa(const struct sockaddr_storage *sa, socklen_t len, char *addr, size_t addrlen,
+                   char *err, size_t errlen);
 
 /* Turn off Nagle's algorithm: replies are whole lines, sent at once. */
 void net_nodelay(int fd);

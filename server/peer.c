@@ -153,17 +153,23 @@ void peer_lost(server *s, client *c) {
     c->link = -1;
 }
 
-static void dial(server *s, int li) {
+/* A dial that did not start: logged once per run of failures, tried
+ * again after the back-off. */
+static void dial_failed(server *s, peer_link *L, const char *why) {
+    if (L->failures++ == 0)
+        log_msg(LOG_WARN, "link-dial-failed", "peer=%s reason=%s (retrying)", peer_name(s, L),
+                why);
+    L->next_dial_ms = s->now_ms + L->backoff_ms;
+    L->backoff_ms = L->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : L->backoff_ms * 2;
+}
+
+/* Connect link li to an address: the dial is under way. */
+static void dial_to(server *s, int li, const struct sockaddr_storage *sa, socklen_t len) {
     peer_link *L = &s->links[li];
-    const config_server *o = &s->cfg->servers[L->server];
     char err[512], addr[NET_ADDRSTRLEN];
-    /* resolved again before each dial: a host that moved is found */
-    int fd = net_connect_to(o->host, o->port, addr, sizeof addr, err, sizeof err);
+    int fd = net_connect_sa(sa, len, addr, sizeof addr, err, sizeof err);
     if (fd < 0) {
-        if (L->failures++ == 0)
-            log_msg(LOG_WARN, "link-dial-failed", "peer=%s reason=%s (retrying)", o->name, err);
-        L->next_dial_ms = s->now_ms + L->backoff_ms;
-        L->backoff_ms = L->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : L->backoff_ms * 2;
+        dial_failed(s, L, err);
         return;
     }
     net_nodelay(fd);
@@ -174,6 +180,30 @@ static void dial(server *s, int li) {
     c->connecting = 1;
     c->handshake_until_ms = s->now_ms + HANDSHAKE_MS;
     L->dialing = c;
+}
+
+/* A literal is dialled at once; a name is looked up again before each dial
+ * (so a host that moved is found), by the resolver helper, never here. */
+static void dial(server *s, int li) {
+    peer_link *L = &s->links[li];
+    const config_server *o = &s->cfg->servers[L->server];
+    struct sockaddr_storage sa;
+    socklen_t len;
+    char err[512];
+    if (net_literal(o->host, o->port, &sa, &len) == 0) dial_to(s, li, &sa, len);
+    else if (resolver_ask(s, li, o->host, o->port, err, sizeof err) < 0) dial_failed(s, L, err);
+    else L->resolving = 1;
+}
+
+void peer_resolved(server *s, int li, const struct sockaddr_storage *sa, socklen_t len,
+                   const char *why) {
+    for (int i = 0; i < s->n_links; i++) {
+        peer_link *L = &s->links[i];
+        if ((li >= 0 && i != li) || !L->resolving) continue;
+        L->resolving = 0;
+        if (sa) dial_to(s, i, sa, len);
+        else dial_failed(s, L, why);
+    }
 }
 
 void peer_connected(server *s, client *c) {
@@ -329,7 +359,8 @@ void peer_tick(server *s) {
     for (int li = 0; li < s->n_links; li++) {
         peer_link *L = &s->links[li];
         if (!s->secret_len) continue;
-        if (L->dialer && !L->conn && !L->dialing && s->now_ms >= L->next_dial_ms) dial(s, li);
+        if (L->dialer && !L->conn && !L->dialing && !L->resolving && s->now_ms >= L->next_dial_ms)
+            dial(s, li);
         if (L->conn && !L->conn->dead && L->streaming &&
             buf_pending(&L->conn->out) < STREAM_CHUNK)
             pump_stream(s, L);
@@ -355,7 +386,7 @@ int peer_poll_timeout(server *s) {
             if (t < 0) t = 0;
             if (best < 0 || t < best) best = t;
         }
-        if (L->dialer && !L->conn && !L->dialing) {
+        if (L->dialer && !L->conn && !L->dialing && !L->resolving) {
             int64_t t = L->next_dial_ms - s->now_ms;
             if (t < 0) t = 0;
             if (best < 0 || t < best) best = t;

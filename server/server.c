@@ -60,7 +60,7 @@
 #define BEAT_MS 1000            /* heartbeat to the supervisor */
 /* Descriptors kept free for everything but clients and links: stdio, the
  * listener, the self-pipe, the cold set, the spare, the log and its reopen,
- * the heartbeat, a snapshot (temp file and folder, in the child or at stop)
+ * the heartbeat, the resolver's socket, a snapshot (temp file and folder, in the child or at stop)
  * and what a parent left open; libcurl's come on top (HTTP_MAX_FDS). */
 #define FD_RESERVE 32
 #define FDS_PER_LINK 3          /* the link, a dial or handshake, a probation */
@@ -627,7 +627,7 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
     memset(s, 0, sizeof *s);
     s->cfg = cfg;
     s->me = &cfg->servers[me];
-    s->lfd = s->sig_r = s->sig_w = s->spare_fd = s->cold_fd = s->hb_fd = -1;
+    s->lfd = s->sig_r = s->sig_w = s->spare_fd = s->cold_fd = s->hb_fd = s->resolver_fd = -1;
     table_init(&s->tab);
     log_set_rotation(cfg->logging.max_file_bytes, cfg->logging.keep_files);
     if (log_open(cfg->logging.dir, s->me->name, cfg->logging.flush_ms, err, errlen) < 0)
@@ -656,6 +656,7 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
     pollset_add(s, s->lfd, POLLIN, NULL);
     pollset_add(s, s->sig_r, POLLIN, NULL);
     pollset_add(s, s->cold_fd, POLLIN, NULL);
+    pollset_add(s, -1, POLLIN, NULL);             /* SERVER_RESOLVER_SLOT */
     char bound[NET_ADDRSTRLEN];
     net_sockname(s->lfd, bound, sizeof bound);
     log_msg(LOG_INFO, "listening", "server=%s addr=%s host=%s provider=%s places=%zu "
@@ -715,6 +716,7 @@ int server_run(server *s) {
         if (n > 0 || (n == 0 && tls_ready)) {
             if (s->pfd[1].revents) handle_signals(s);
             if (s->pfd[2].revents) warm_clients(s);
+            if (s->pfd[SERVER_RESOLVER_SLOT].revents) resolver_read(s);
             for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd; i++) {
                 short re = s->pfd[i].revents;
                 client *c = s->conn[i];
@@ -773,6 +775,7 @@ void server_free(server *s) {
     if (s->sig_w >= 0) close(s->sig_w);
     if (s->spare_fd >= 0) close(s->spare_fd);
     if (s->hb_fd >= 0) close(s->hb_fd);
+    resolver_free(s);
     addrcap_free(&s->per_addr);
     free(s->pfd);
     free(s->conn);

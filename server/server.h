@@ -112,6 +112,7 @@ typedef struct {
     int dialer;                 /* we open this link (our name is smaller) */
     client *conn;               /* the authenticated connection, or NULL */
     client *dialing;            /* our connection being set up, or NULL */
+    int resolving;              /* its host name is being looked up (resolver.c) */
     int64_t next_dial_ms;
     int backoff_ms;
     int failures;               /* dial failures since the last link-up */
@@ -154,8 +155,9 @@ typedef struct server {
     int lfd;                    /* listening socket */
     int sig_r, sig_w;           /* self-pipe for signals */
     int spare_fd;               /* kept open to shed connections on EMFILE */
-    struct pollfd *pfd;         /* [0] listener, [1] signals, [2] cold set, then clients */
-    client **conn;              /* parallel to pfd; NULL for the first two */
+    struct pollfd *pfd;         /* [0] listener, [1] signals, [2] cold set, [3] resolver
+                                 * (fd -1 until needed), then clients */
+    client **conn;              /* parallel to pfd; NULL for the first four */
     size_t npfd, cap;
     size_t nclients;            /* clients against max_clients: active and cold */
     size_t nprobation;          /* connections on probation (see accept_clients) */
@@ -184,12 +186,15 @@ typedef struct server {
     int table_dirty;            /* changed since the last snapshot */
     int64_t next_snapshot_ms;
     pid_t snapshot_pid;         /* a child writing a snapshot, or 0 */
+    int resolver_fd;            /* to the host name helper (resolver.c), or -1 */
+    pid_t resolver_pid;
     http http;                  /* libcurl multi, for the google providers */
     struct google *google;      /* NULL with the local provider */
     metrics metrics;            /* counters for NAME.prom (metrics.c) */
 } server;
 
-#define SERVER_FIRST_CLIENT 3
+#define SERVER_RESOLVER_SLOT 3
+#define SERVER_FIRST_CLIENT 4
 
 /* Set up everything (log, places, listener).  Returns 0, or -1 with a
  * message in err. */
@@ -261,6 +266,17 @@ int peer_poll_timeout(server *s);          /* ms to the next dial, or -1 */
 int peer_tls_accept(server *s, client *c); /* first byte 0x16: TLS, 0; or -1 */
 void peer_tls_step(server *s, client *c);  /* go on with c's TLS handshake */
 int peer_find_link(const server *s, const char *name, size_t len); /* or -1 */
+/* The answer for link li's host name: its address, or NULL and why not;
+ * li -1: every question out failed (the helper went away). */
+void peer_resolved(server *s, int li, const struct sockaddr_storage *sa, socklen_t len,
+                   const char *why);
+
+/* resolver.c: look host:port up for link li in the helper process (started
+ * when needed); the answer comes to peer_resolved() from resolver_read(),
+ * called when SERVER_RESOLVER_SLOT is readable.  0, or -1 with err. */
+int resolver_ask(server *s, int li, const char *host, int port, char *err, size_t errlen);
+void resolver_read(server *s);
+void resolver_free(server *s);
 
 /* snapshot.c: state/NAME.snap */
 void snapshot_load(server *s);

@@ -418,6 +418,11 @@ MUTATIONS = [
          mutant="< 0) {",
          breaks="every dial to a neighbour counts as failed: no links come up",
          tests=["tests/integration/test_herd.py::test_update_reaches_every_server"]),
+    dict(id="dial-resolves-in-the-loop", file="server/peer.c",
+         original="if (net_literal(o->host, o->port, &sa, &len) == 0)",
+         mutant="if (net_resolve(o->host, o->port, &sa, &len, err, sizeof err) == 0)",
+         breaks="a neighbour's host name is looked up in the loop: a silent DNS holds every client",
+         tests=["tests/integration/test_resolver.py"]),
 
     # -------------------------------------------------------- supervisor.c
     dict(id="restart-backoff-not-doubled", file="supervisor/supervisor.c",

@@ -1,0 +1,131 @@
+/* resolver.c -- neighbours' host names looked up off the loop.
+ *
+ * A name only DNS knows can take the resolver's whole timeout (seconds per
+ * nameserver and attempt); the loop must not wait for it, or clients go
+ * unanswered and the supervisor's hang watch kills a healthy server.  So a
+ * dial to a neighbour named by a host name asks a helper process: forked
+ * on the first such dial, it does one lookup at a time (net_resolve, the
+ * same rule as everywhere) and answers over a SOCK_SEQPACKET socket pair
+ * polled by the loop (poll slot SERVER_RESOLVER_SLOT).  A literal never
+ * gets here (peer.c connects to it at once).  The helper holds no socket of
+ * the server, ignores the server's signals, dies with it
+ * (PR_SET_PDEATHSIG), and when it goes away its questions fail as dial
+ * failures and the next dial starts another one.  Each link has at most
+ * one question out, so the socket buffer never fills.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "server.h"
+
+typedef struct {
+    int link;
+    int port;
+    char host[sizeof ((config_server *)0)->host];
+} question;
+
+typedef struct {
+    int link;
+    int ok;
+    socklen_t len;
+    struct sockaddr_storage sa;
+    char err[256];
+} answer;
+
+/* The helper: answer each question until the server closes its end. */
+static void helper(int fd, pid_t parent) {
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent) _exit(1);
+    close_range(3, (unsigned)fd - 1, 0);
+    close_range((unsigned)fd + 1, ~0U, 0);
+    prctl(PR_SET_NAME, "herd-resolver");
+    int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPIPE};
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) signal(sigs[i], SIG_IGN);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (;;) {
+        question q;
+        ssize_t n = recv(fd, &q, sizeof q, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) _exit(0);
+        if (n != (ssize_t)sizeof q) continue;
+        q.host[sizeof q.host - 1] = '\0';
+        answer a = {.link = q.link};
+        a.ok = net_resolve(q.host, q.port, &a.sa, &a.len, a.err, sizeof a.err) == 0;
+        if (send(fd, &a, sizeof a, MSG_NOSIGNAL) < 0) _exit(1);
+    }
+}
+
+static int start(server *s, char *err, size_t errlen) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+        snprintf(err, errlen, "resolver: socketpair: %s", strerror(errno));
+        return -1;
+    }
+    log_flush();                 /* the helper must not inherit unwritten lines */
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(err, errlen, "resolver: fork: %s", strerror(errno));
+        close(sv[0]);
+        close(sv[1]);
+        return -1;
+    }
+    if (pid == 0) helper(sv[1], parent);
+    close(sv[1]);
+    s->resolver_fd = sv[0];
+    s->resolver_pid = pid;
+    s->pfd[SERVER_RESOLVER_SLOT].fd = sv[0];
+    return 0;
+}
+
+/* Close our end and reap the helper (it exits on EOF; SIGKILL if asked). */
+static void stop(server *s, int kill_it) {
+    if (s->resolver_fd < 0) return;
+    close(s->resolver_fd);
+    s->resolver_fd = -1;
+    s->pfd[SERVER_RESOLVER_SLOT].fd = -1;
+    if (kill_it) kill(s->resolver_pid, SIGKILL);
+    while (waitpid(s->resolver_pid, NULL, 0) < 0 && errno == EINTR) {}
+    s->resolver_pid = 0;
+}
+
+int resolver_ask(server *s, int link, const char *host, int port, char *err, size_t errlen) {
+    if (s->resolver_fd < 0 && start(s, err, errlen) < 0) return -1;
+    question q = {.link = link, .port = port};
+    snprintf(q.host, sizeof q.host, "%s", host);
+    if (send(s->resolver_fd, &q, sizeof q, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)sizeof q)
+        return 0;
+    snprintf(err, errlen, "resolver: %s", strerror(errno));
+    stop(s, 1);
+    return -1;
+}
+
+void resolver_read(server *s) {
+    for (;;) {
+        answer a;
+        ssize_t n = recv(s->resolver_fd, &a, sizeof a, MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+        if (n == (ssize_t)sizeof a) {
+            a.err[sizeof a.err - 1] = '\0';
+            peer_resolved(s, a.link, a.ok ? &a.sa : NULL, a.len, a.err);
+            continue;
+        }
+        log_msg(LOG_WARN, "resolver", "pid=%ld went away (%s); started again at the next dial",
+                (long)s->resolver_pid, n < 0 ? strerror(errno) : "closed");
+        stop(s, 1);
+        peer_resolved(s, -1, NULL, 0, "the resolver process went away");
+        return;
+    }
+}
+
+void resolver_free(server *s) {
+    stop(s, 1);
+}
