@@ -141,7 +141,7 @@ static void test_local_forms(void) {
 /* Every address of every interface is this machine's, IPv4 and IPv6. */
 static void test_interface_addresses(void) {
     struct ifaddrs *ifs;
-    char text[INET6_ADDRSTRLEN], err[256];
+    char text[INET6_ADDRSTRLEN], err[256] = "";
     int seen = 0;
     CHECK(getifaddrs(&ifs) == 0, "getifaddrs: %s", strerror(errno));
     for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
