@@ -274,6 +274,56 @@ def test_dialing_a_neighbour_with_another_secret_is_refused_and_retried(bona):
         end(zed)
 
 
+def read_record(sock):
+    """One TLS record (header and body) from sock."""
+    data = b""
+    while len(data) < 5 or len(data) < 5 + struct.unpack("!H", data[3:5])[0]:
+        b = sock.recv(65536)
+        assert b, data
+        data += b
+    return data
+
+
+def test_alerts_and_a_close_from_the_neighbour_we_dial(bona):
+    """Zed played by hand: each of Bona's dials offers the PSK identity
+    "proxyherd-v1 Bona Zed" in its ClientHello, and Zed answers with an
+    alert, then once by closing.  decrypt_error and illegal_parameter (what
+    a binder that does not verify gets) read as the neighbour refusing our
+    PSK; another alert is logged as OpenSSL names it; a close as a failed
+    handshake.  Bona retries each time and serves on."""
+    answers = [(b"\x15\x03\x03\x00\x02\x02\x33", "TLS: the neighbour refused our PSK (wrong secret?)"),
+               (b"\x15\x03\x03\x00\x02\x02\x2f", "TLS: the neighbour refused our PSK (wrong secret?)"),
+               (b"\x15\x03\x03\x00\x02\x02\x50", "tlsv1 alert internal error"),
+               (b"", "TLS handshake failed")]
+    hellos = []
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", bona.zed_port))
+    ls.listen(4)
+    ls.settimeout(15)
+    try:
+        bona.start()
+        for answer, why in answers:
+            mark = bona.mark()
+            c, _ = ls.accept()
+            with c:
+                c.settimeout(10)
+                hellos.append(read_record(c))
+                if answer:
+                    c.sendall(answer)
+                    c.recv(100)                  # until Bona closes
+            assert bona.wait_log(f"peer-refused peer=Zed addr=127.0.0.1:{bona.zed_port} "
+                                 f"reason={why}\n", since=mark), (why, bona.log()[mark:])
+        for h in hellos:
+            assert h[:1] == b"\x16" and h[5:6] == b"\x01", h[:8]     # a ClientHello
+            assert b"proxyherd-v1 Bona Zed" in h, h
+        assert bona.log().count("link-dial-failed peer=Zed") == 1
+        assert "link-up" not in bona.log()
+        bona.serves(b"after-alerts")
+    finally:
+        ls.close()
+
+
 # ----------------------------------------------------------- an open link
 
 class Meddler:
