@@ -287,14 +287,16 @@ def read_record(sock):
 def test_alerts_and_a_close_from_the_neighbour_we_dial(bona):
     """Zed played by hand: each of Bona's dials offers the PSK identity
     "proxyherd-v1 Bona Zed" in its ClientHello, and Zed answers with an
-    alert, then once by closing.  decrypt_error and illegal_parameter (what
-    a binder that does not verify gets) read as the neighbour refusing our
-    PSK; another alert is logged as OpenSSL names it; a close as a failed
+    alert, then once by closing, then with a line that is no TLS at all.
+    decrypt_error and illegal_parameter (what a binder that does not verify
+    gets) read as the neighbour refusing our PSK; another alert and the
+    plain text are logged as OpenSSL names them; a close as a failed
     handshake.  Bona retries each time and serves on."""
     answers = [(b"\x15\x03\x03\x00\x02\x02\x33", "TLS: the neighbour refused our PSK (wrong secret?)"),
                (b"\x15\x03\x03\x00\x02\x02\x2f", "TLS: the neighbour refused our PSK (wrong secret?)"),
                (b"\x15\x03\x03\x00\x02\x02\x50", "tlsv1 alert internal error"),
-               (b"", "TLS handshake failed")]
+               (b"", "TLS handshake failed"),
+               (b"? PEER HELLO\n", "wrong version number")]   # no TLS at all
     hellos = []
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
