@@ -152,7 +152,7 @@ IDENTITIES = [
     # (identity, key from these names with the herd secret, reason logged);
     # the peer is "?" but for the last: the identity named Bailey's link
     ("proxyherd-v1-Bailey-Bona", ("Bailey", "Bona"), "unknown PSK identity"),   # no spaces
-    ("proxyherd-v1 Bailey Bonb", ("Bailey", "Bonb"), "unknown PSK identity"),   # not us, same length
+    ("proxyherd-v1 Bailey Bonb", ("Bailey", "Bonb"), "unknown PSK identity"),   # same length
     ("proxyherd-v1 Bailey Bon", ("Bailey", "Bon"), "unknown PSK identity"),     # a prefix of us
     ("proxyherd-v1 Nobody Bona", ("Nobody", "Bona"),
      "PSK identity of a server that does not dial us"),                        # no such neighbour
@@ -212,7 +212,8 @@ def test_a_peer_gone_during_the_tls_handshake_is_refused(bona):
     refused as reset; one that closes it, as a failed handshake.  Both are
     logged at once (not at the handshake timeout) and Bona serves on."""
     bona.start()
-    for how, why in (("reset", "reset during the TLS handshake"), ("close", "TLS handshake failed")):
+    for how, why in (("reset", "reset during the TLS handshake"),
+                     ("close", "TLS handshake failed")):
         mark = bona.mark()
         s = socket.create_connection(("127.0.0.1", bona.port), timeout=10)
         s.sendall(hello_start())
@@ -292,8 +293,9 @@ def test_alerts_and_a_close_from_the_neighbour_we_dial(bona):
     gets) read as the neighbour refusing our PSK; another alert and the
     plain text are logged as OpenSSL names them; a close as a failed
     handshake.  Bona retries each time and serves on."""
-    answers = [(b"\x15\x03\x03\x00\x02\x02\x33", "TLS: the neighbour refused our PSK (wrong secret?)"),
-               (b"\x15\x03\x03\x00\x02\x02\x2f", "TLS: the neighbour refused our PSK (wrong secret?)"),
+    refused = "TLS: the neighbour refused our PSK (wrong secret?)"
+    answers = [(b"\x15\x03\x03\x00\x02\x02\x33", refused),      # fatal decrypt_error
+               (b"\x15\x03\x03\x00\x02\x02\x2f", refused),      # fatal illegal_parameter
                (b"\x15\x03\x03\x00\x02\x02\x50", "tlsv1 alert internal error"),
                (b"", "TLS handshake failed"),
                (b"? PEER HELLO\n", "wrong version number")]   # no TLS at all

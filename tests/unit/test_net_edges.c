@@ -147,9 +147,9 @@ static void test_interface_addresses(void) {
     for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
         if (!i->ifa_addr) continue;
         int f = i->ifa_addr->sa_family;
-        const void *a = f == AF_INET ? (const void *)&((struct sockaddr_in *)i->ifa_addr)->sin_addr
-                        : f == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr
-                                        : NULL;
+        const void *a = NULL;
+        if (f == AF_INET) a = &((struct sockaddr_in *)i->ifa_addr)->sin_addr;
+        if (f == AF_INET6) a = &((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr;
         if (!a || !inet_ntop(f, a, text, sizeof text)) continue;
         seen++;
         CHECK(net_is_local(text, err, sizeof err) == 1, "%s (%s): not local: %s", text, i->ifa_name,
