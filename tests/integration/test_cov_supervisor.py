@@ -1,0 +1,336 @@
+"""herd-supervisor --status, --rates, --init-secret and servers.lock on their
+edge paths (docs/PROTOCOL.md, "Processes and files"): lock files it must not
+trust, servers that are stopped, zombies, foreign or not listening, metrics
+files that are missing, stale, not rewritten or malformed, the uptime and
+links columns, and the herd secret the supervisor makes.
+
+Each test checks the exact output, exit status or files; supervisors are
+stopped with SIGTERM and must stop cleanly.
+"""
+import ctypes
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import (program, free_port, read_log, supervised_problems, wait_for, wait_listening,
+                      wait_log, write_config)
+
+SECRET = "cov-supervisor-secret-0123456789"
+# stopped servers stay stopped for seconds here: no hang restart meanwhile
+SUPERVISOR = "supervisor:\n  hang_timeout_s: 120\n  stop_timeout_s: 5\n"
+
+
+def supervisor_cmd(config, *args, env=None, timeout=30):
+    return subprocess.run([program("herd-supervisor"), "-c", config, *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def rows(out):
+    """The --status table: {NAME: [its columns]}, from the header on."""
+    lines = out.split("\n")
+    head = next(i for i, line in enumerate(lines) if line.startswith("NAME "))
+    table = {}
+    for line in lines[head + 1:]:
+        if not line.strip():
+            break
+        table[line.split()[0]] = line.split()
+    return table
+
+
+def proc_state(pid):
+    """The state letter of /proc/PID/stat, or "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+class SupHerd:
+    """Servers under herd-supervisor, started directly, in one folder.
+    servers: {name: [neighbours]}; remote: names whose host is not this
+    machine's (a TEST-NET address)."""
+
+    def __init__(self, path, servers, remote=(), extra=""):
+        self.dir = str(path)
+        self.ports = {n: free_port() for n in servers}
+        self.config = write_config(self.dir, {n: (self.ports[n], servers[n]) for n in servers},
+                                   extra=SUPERVISOR + extra)
+        text = open(self.config).read()
+        for n in remote:
+            text = text.replace(f"  {n}: {{ host: 127.0.0.1,", f"  {n}: {{ host: 192.0.2.1,")
+        open(self.config, "w").write(text)
+        self.local = [n for n in servers if n not in remote]
+        self.env = dict(os.environ, HERD_SECRET=SECRET)
+        self.proc = None
+        self.killed = set()
+
+    def start(self, config=None):
+        self.proc = subprocess.Popen([program("herd-supervisor"), "-c", config or self.config],
+                                     env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for n in self.local:
+            assert wait_listening(self.ports[n], self.proc), f"{n} did not start"
+        assert wait_for(lambda: set(self.pids()) >= {"supervisor", *self.local}, 10)
+        return self
+
+    def pids(self):
+        try:
+            with open(os.path.join(self.dir, "servers.pid")) as f:
+                return {k: int(v) for k, v in (line.split() for line in f)}
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def status(self, *args):
+        return supervisor_cmd(self.config, "--status", *args)
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def stop(self):
+        if self.proc is None:
+            return
+        for pid in self.pids().values():       # nothing may stay stopped
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout=20)
+        self.proc = None
+        assert rc == 0, f"herd-supervisor exited {rc}"
+        problems = supervised_problems(self.dir, self.local, self.killed)
+        assert not problems, problems
+
+
+@pytest.fixture
+def sup_herd(tmp_path):
+    made = []
+
+    def make(servers, sub="h", **kw):
+        os.makedirs(tmp_path / sub, exist_ok=True)
+        h = SupHerd(tmp_path / sub, servers, **kw)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.stop()
+
+
+def status_until(h, pred, *args, timeout=10):
+    """--status until pred(result) holds; returns the last result."""
+    last = [None]
+
+    def check():
+        last[0] = h.status(*args)
+        return pred(last[0])
+    wait_for(check, timeout, step=0.2)
+    return last[0]
+
+
+# ------------------------------------------------ stopped servers, metrics
+
+libc = ctypes.CDLL(None, use_errno=True)
+PTRACE_ATTACH, PTRACE_DETACH = 16, 17
+
+
+def test_status_stopped_servers_and_their_metrics_files(sup_herd):
+    """A server held by a debugger (state t) or by SIGSTOP (T) shows as
+    "stopped"; its links show "?" when its metrics file is stale (older than
+    5 s) and the valid lines only of a malformed one count; a server without
+    neighbours shows "-".  --rates says "no metrics file" and "metrics file
+    not rewritten" for the stopped ones."""
+    h = sup_herd({"Alpha": ["Beta"], "Beta": ["Alpha"], "Gamma": []}).start()
+    pids = h.pids()
+    sup = pids["supervisor"]
+    r = status_until(h, lambda r: r.returncode == 0 and
+                     rows(r.stdout)["Alpha"][6] == "Beta:up" and
+                     rows(r.stdout)["Beta"][6] == "Alpha:up", "--wait", "10")
+    assert r.stdout.startswith(f"supervisor pid {sup}; 3 of 3 servers listening\n"), r.stdout
+    t = rows(r.stdout)
+    assert t["Gamma"][:3] == ["Gamma", f"127.0.0.1:{h.ports['Gamma']}", str(pids["Gamma"])]
+    assert t["Gamma"][4:] == ["0", "yes", "-", h.path("logs", "Gamma.log")], t["Gamma"]
+    assert t["Alpha"][6] == "Beta:up" and t["Beta"][6] == "Alpha:up", r.stdout
+
+    # a debugger holds Gamma: tracing stop, 't'
+    assert libc.ptrace(PTRACE_ATTACH, pids["Gamma"], 0, 0) == 0, ctypes.get_errno()
+    try:
+        assert wait_for(lambda: proc_state(pids["Gamma"]) == "t", 5)
+        r = h.status()
+        assert r.returncode == 1, r.stdout
+        assert r.stdout.startswith(f"supervisor pid {sup}; 2 of 3 servers listening\n")
+        assert rows(r.stdout)["Gamma"][5] == "stopped", r.stdout
+    finally:
+        libc.ptrace(PTRACE_DETACH, pids["Gamma"], 0, 0)
+    r = status_until(h, lambda r: r.returncode == 0, "--wait", "10")
+    assert rows(r.stdout)["Gamma"][5] == "yes", r.stdout
+
+    # SIGSTOP: Beta and Gamma rewrite their metrics files no more
+    for n in ("Beta", "Gamma"):
+        os.kill(pids[n], signal.SIGSTOP)
+    assert wait_for(lambda: proc_state(pids["Beta"]) == proc_state(pids["Gamma"]) == "T", 5)
+    time.sleep(0.3)                       # a rewrite under way has ended
+    beta_prom = h.path("state", "Beta.prom")
+    os.remove(h.path("state", "Gamma.prom"))
+    # the valid line says down; each malformed one would say up if it counted
+    with open(beta_prom, "w") as f:
+        f.write('# TYPE proxyherd_link_up gauge\n'
+                'proxyherd_link_up{peer="Alpha"} 0\n'
+                'proxyherd_link_up{peer="Alpha" 1\n'             # no '}'
+                'proxyherd_link_up{role="Alpha"} 1\n'            # no peer label
+                'proxyherd_link_up{role="a"} 1 peer="Alpha"\n'   # peer after the '}'
+                'proxyherd_link_up{peer="Alpha"} x1\n'           # no value
+                'proxyherd_link_up{peer="Zed"} 1\n'              # not a neighbour
+                'garbage\n')
+    r = h.status("--rates")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.startswith(f"supervisor pid {sup}; 1 of 3 servers listening\n"), r.stdout
+    t = rows(r.stdout)
+    assert t["Beta"][2] == str(pids["Beta"]) and t["Beta"][5:7] == ["stopped", "Alpha:down"], \
+        r.stdout
+    assert t["Gamma"][5:7] == ["stopped", "-"], r.stdout
+    assert t["Alpha"][5] == "yes", r.stdout
+    rates = r.stdout.split(f"\nrates from {h.path('state')}/NAME.prom, over about a second:\n")
+    assert len(rates) == 2, r.stdout
+    lines = rates[1].splitlines()
+    assert lines[0].split() == ["NAME", "CLIENTS", "UPDATES/S", "LINK-SENT/S", "REQUESTS/S",
+                                "LINKS-UP"]
+    rr = {line.split()[0]: line for line in lines[1:]}
+    assert set(rr) == {"Alpha", "Beta", "Gamma"}, r.stdout
+    assert rr["Beta"] == f"{'Beta':<12} {'-':>9} {'-':>10} {'-':>12} {'-':>11} {'-':>9}  " \
+                         "(metrics file not rewritten)", r.stdout
+    assert rr["Gamma"] == f"{'Gamma':<12} {'-':>9} {'-':>10} {'-':>12} {'-':>11} {'-':>9}  " \
+                          "(no metrics file)", r.stdout
+    alpha = rr["Alpha"].split()
+    assert len(alpha) == 6 and alpha[5] in ("0/1", "1/1"), r.stdout
+    assert all(float(v) >= 0 for v in alpha[1:5]), r.stdout
+
+    # a metrics file older than 5 s says nothing, even "up"
+    with open(beta_prom, "w") as f:
+        f.write('proxyherd_link_up{peer="Alpha"} 1\n')
+    r = h.status()
+    assert rows(r.stdout)["Beta"][6] == "Alpha:up", r.stdout
+    old = time.time() - 10
+    os.utime(beta_prom, (old, old))
+    r = h.status()
+    assert rows(r.stdout)["Beta"][5:7] == ["stopped", "Alpha:?"], r.stdout
+
+    for n in ("Beta", "Gamma"):
+        os.kill(pids[n], signal.SIGCONT)
+    r = status_until(h, lambda r: r.returncode == 0, "--wait", "10")
+    assert "3 of 3 servers listening" in r.stdout, r.stdout
+    assert h.pids() == pids
+
+
+# ------------------------------- uptime, foreign pids, zombies, taken ports
+
+def write_atomic(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.rename(path + ".tmp", path)
+
+
+def test_status_uptime_foreign_pids_taken_port_and_a_zombie(sup_herd, tmp_path):
+    h = sup_herd({"Alpha": [], "Beta": []}).start()
+    pids = h.pids()
+    sup = pids["supervisor"]
+    r = status_until(h, lambda r: r.returncode == 0, "--wait", "10")
+    assert r.stdout.startswith(f"supervisor pid {sup}; 2 of 2 servers listening\n"), r.stdout
+
+    # uptimes of minutes and of hours (supervisor.state: NAME PID STARTED_MS RESTARTS STATE)
+    state = h.path("state", "supervisor.state")
+    lines = open(state).read().split("\n")
+    now_ms = int(time.time() * 1000)
+    ago = {"Alpha": 150_500, "Beta": 7_290_000}
+    write_atomic(state, "".join(
+        f"{f[0]} {f[1]} {now_ms - ago[f[0]]} {f[3]} {f[4]}\n"
+        for f in (line.split() for line in lines if line)))
+    t = rows(h.status().stdout)
+    assert re.fullmatch(r"2m3[0-4]s", t["Alpha"][3]), t["Alpha"]
+    assert t["Beta"][3] == "2h01m", t["Beta"]
+
+    # servers.pid naming a process that is not the supervisor's child
+    pidfile = h.path("servers.pid")
+    original = open(pidfile).read()
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        write_atomic(pidfile, f"supervisor {sup}\nAlpha {stranger.pid}\nBeta {pids['Beta']}\n")
+        r = h.status()
+        assert r.returncode == 1 and "1 of 2 servers listening" in r.stdout, r.stdout
+        assert rows(r.stdout)["Alpha"][2:4] == ["-", "-"], r.stdout
+        # ... or another supervisor than the one holding servers.lock
+        write_atomic(pidfile, f"supervisor {stranger.pid}\nAlpha {pids['Alpha']}\n")
+        r = h.status()
+        assert r.returncode == 3, r.stdout
+        assert r.stdout == f"no herd is running ({h.dir}/servers.pid: stale)\n"
+    finally:
+        write_atomic(pidfile, original)
+        stranger.kill()
+        stranger.wait()
+
+    # the config now gives Beta a port another program listens on: a
+    # connection succeeds, but Beta does not hold that port
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    taken = other.getsockname()[1]
+    text = open(h.config).read()
+    try:
+        write_atomic(h.config, text.replace(f"port: {h.ports['Beta']},", f"port: {taken},"))
+        r = h.status()
+        assert r.returncode == 1 and "1 of 2 servers listening" in r.stdout, r.stdout
+        b = rows(r.stdout)["Beta"]
+        assert b[1:3] == [f"127.0.0.1:{taken}", str(pids["Beta"])] and b[5] == "running", b
+    finally:
+        write_atomic(h.config, text)
+        other.close()
+
+    # Beta dies while the supervisor is stopped: a zombie is no server
+    os.kill(sup, signal.SIGSTOP)
+    try:
+        h.killed.add(pids["Beta"])
+        os.kill(pids["Beta"], signal.SIGKILL)
+        assert wait_for(lambda: proc_state(pids["Beta"]) == "Z", 5)
+        r = h.status()
+        assert r.returncode == 1, r.stdout
+        assert r.stdout.startswith(f"supervisor pid {sup}; 1 of 2 servers listening\n")
+        assert rows(r.stdout)["Beta"][2] == "-", r.stdout
+    finally:
+        os.kill(sup, signal.SIGCONT)
+    assert wait_log(h.dir, "supervisor",
+                    f"child-crash server=Beta pid={pids['Beta']} killed by signal 9", 10)
+    r = status_until(h, lambda r: r.returncode == 0, "--wait", "10")
+    assert h.pids()["Beta"] != pids["Beta"]
+    assert rows(r.stdout)["Beta"][2] == str(h.pids()["Beta"]), r.stdout
+
+
+# ---------------------------------------- remote neighbours, long LINKS
+
+def test_status_rates_with_remote_servers_and_a_long_links_column(sup_herd):
+    """17 neighbours on another host: "(17 more on other hosts)", no rates
+    row for them, and the LINKS column cut at 1023 characters."""
+    far = [f"Far{i:02d}" + "x" * 55 for i in range(17)]
+    servers = {"Hub": far, **{n: ["Hub"] for n in far}}
+    h = sup_herd(servers, remote=far).start()
+    sup = h.pids()["supervisor"]
+    r = h.status("--wait", "10", "--rates")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith(f"supervisor pid {sup}; 1 of 1 servers listening "
+                               "(17 more on other hosts)\n"), r.stdout
+    t = rows(r.stdout)
+    assert set(t) == {"Hub"}, r.stdout
+    links = t["Hub"][6]
+    assert links == ",".join(f"{n}:down" for n in far)[:1023], links
+    assert t["Hub"][7] == h.path("logs", "Hub.log")
+    rates = r.stdout.split("over about a second:\n")[1].splitlines()
+    assert len(rates) == 2 and rates[1].split()[0] == "Hub", r.stdout
+    assert rates[1].split()[5] == "0/17", r.stdout
