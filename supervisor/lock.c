@@ -141,7 +141,7 @@ int herd_lock_keep(const config *cfg, int *fd, char *err, size_t errlen) {
 long herd_supervisor_pid(const config *cfg) {
     char path[4200];
     herd_lock_path(cfg, path, sizeof path);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* a FIFO there: no hang */
     if (fd < 0) return 0;
     long pid = 0;
     char mine[PATH_MAX], theirs[PATH_MAX];

@@ -334,3 +334,147 @@ def test_status_rates_with_remote_servers_and_a_long_links_column(sup_herd):
     rates = r.stdout.split("over about a second:\n")[1].splitlines()
     assert len(rates) == 2 and rates[1].split()[0] == "Hub", r.stdout
     assert rates[1].split()[5] == "0/17", r.stdout
+
+
+# ------------------------------------- servers.lock that proves no herd
+
+def one_server(folder, extra=""):
+    os.makedirs(folder, exist_ok=True)
+    port = free_port()
+    return write_config(str(folder), {"Alpha": (port, [])}, extra=extra), port
+
+
+def hold_lock(folder, text):
+    """servers.lock, a new file holding text, locked by this process (as a
+    supervisor holds it); returns its descriptor."""
+    path = os.path.join(str(folder), "servers.lock")
+    if os.path.lexists(path):
+        os.remove(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, text.encode())
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_lock_held_with_no_valid_supervisor_pid(tmp_path):
+    """A servers.lock held, but empty, holding garbage, a pid below 1, no
+    config line, the pid of a process that is not herd-supervisor, or of no
+    process: --status finds no herd (the pid file is stale), and a
+    supervisor refuses to start, naming the pid only when there is one."""
+    cfg, port = one_server(tmp_path)
+    real = os.path.realpath(cfg)
+    lock = f"{tmp_path}/servers.lock"
+    anyone = f"another process holds {lock}: a supervisor of {cfg} is starting or running"
+    stranger = subprocess.Popen(["sleep", "60"])
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    cases = [("", anyone), ("garbage\n", anyone), (f"-5\n{real}\n", anyone),
+             (f"{stranger.pid}",                   # no newline, no config line
+              f"another supervisor (pid {stranger.pid}) runs the herd of {cfg} (it holds "
+              f"{lock}); stop it first with ./stop_servers.sh"),
+             (f"{gone.pid}\n{real}\n",
+              f"another supervisor (pid {gone.pid}) runs the herd of {cfg} (it holds "
+              f"{lock}); stop it first with ./stop_servers.sh")]
+    try:
+        for text, refusal in cases:
+            fd = hold_lock(tmp_path, text)
+            try:
+                if os.path.exists(f"{tmp_path}/servers.pid"):
+                    os.remove(f"{tmp_path}/servers.pid")
+                r = supervisor_cmd(cfg, "--status")
+                assert (r.returncode, r.stdout) == (
+                    3, f"no herd is running ({tmp_path}/servers.pid: missing)\n"), (text, r)
+                pid = text.split("\n")[0]
+                pid = pid if pid.lstrip("-").isdigit() else stranger.pid
+                with open(f"{tmp_path}/servers.pid", "w") as f:
+                    f.write(f"supervisor {pid}\nAlpha {stranger.pid}\n")
+                r = supervisor_cmd(cfg, "--status")
+                assert (r.returncode, r.stdout) == (
+                    3, f"no herd is running ({tmp_path}/servers.pid: stale)\n"), (text, r)
+                r = supervisor_cmd(cfg)
+                assert (r.returncode, r.stderr) == (1, f"herd-supervisor: {refusal}\n"), (text, r)
+                assert open(lock).read() == text, "the refused supervisor wrote the lock"
+            finally:
+                os.close(fd)
+        assert not os.path.exists(f"{tmp_path}/logs/Alpha.log"), "a server was started"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_status_knows_the_supervisor_by_its_program_name(tmp_path):
+    """The pid in a held servers.lock is the supervisor when /proc/PID/exe
+    ends in herd-supervisor: also after the program file was removed or
+    rebuilt under it ("... (deleted)"), and in a folder whose name holds
+    " (deleted)"; not a program of another name.  (A copy of sleep stands
+    in for the supervisor.)"""
+    cfg, port = one_server(tmp_path / "herd")
+    real = os.path.realpath(cfg)
+    folders = {"gone": tmp_path / "gone", "odd": tmp_path / "bin (deleted) here",
+               "other": tmp_path / "other"}
+    names = {"gone": "herd-supervisor", "odd": "herd-supervisor", "other": "herd-supervisor.old"}
+    procs = {}
+    try:
+        for k, folder in folders.items():
+            folder.mkdir()
+            exe = folder / names[k]
+            shutil.copy("/bin/sleep", exe)
+            procs[k] = subprocess.Popen([str(exe), "60"])
+        assert wait_for(lambda: all(os.path.basename(os.readlink(f"/proc/{p.pid}/exe")) ==
+                                    names[k] for k, p in procs.items()), 5)
+        shutil.rmtree(folders["gone"])
+        assert os.readlink(f"/proc/{procs['gone'].pid}/exe").endswith(" (deleted)")
+        for k, p in procs.items():
+            fd = hold_lock(tmp_path / "herd", f"{p.pid}\n{real}\n")
+            try:
+                with open(tmp_path / "herd" / "servers.pid", "w") as f:
+                    f.write(f"supervisor {p.pid}\nAlpha 1\n")
+                r = supervisor_cmd(cfg, "--status")
+                if k == "other":
+                    assert (r.returncode, r.stdout) == (
+                        3, f"no herd is running ({tmp_path}/herd/servers.pid: stale)\n"), r
+                    continue
+                assert r.returncode == 1, (k, r)
+                assert r.stdout.startswith(f"supervisor pid {p.pid}; 0 of 1 servers listening\n")
+                assert rows(r.stdout)["Alpha"] == [
+                    "Alpha", f"127.0.0.1:{port}", "-", "-", "0", "no", "-",
+                    f"{tmp_path}/herd/logs/Alpha.log"], (k, r.stdout)
+            finally:
+                os.close(fd)
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+
+
+def test_fifo_as_servers_lock_hangs_nothing(tmp_path):
+    """A FIFO where servers.lock belongs: --status said nothing and hung
+    for ever (open() waited for a writer), and so did stop_servers.sh and
+    start_servers.sh.  Now --status finds no herd, the supervisor refuses
+    to start, and the scripts end."""
+    cfg, port = one_server(tmp_path)
+    lock = f"{tmp_path}/servers.lock"
+    os.mkfifo(lock, 0o600)
+    r = supervisor_cmd(cfg, "--status", timeout=10)
+    assert (r.returncode, r.stdout) == (3, f"no herd is running ({tmp_path}/servers.pid: missing)\n")
+    with open(f"{tmp_path}/servers.pid", "w") as f:
+        f.write("supervisor 4000000\n")
+    r = supervisor_cmd(cfg, "--status", timeout=10)
+    assert (r.returncode, r.stdout) == (3, f"no herd is running ({tmp_path}/servers.pid: stale)\n")
+    r = supervisor_cmd(cfg, timeout=10)
+    assert (r.returncode, r.stderr) == (1, f"herd-supervisor: cannot write {lock}: Invalid argument\n")
+    env = dict(os.environ, HERD_BIN_DIR=os.path.dirname(program("herd-supervisor")),
+               HERD_START_TIMEOUT="3")
+    env.pop("HERD_SECRET", None)
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([os.path.join(here, "stop_servers.sh"), "-c", cfg], capture_output=True,
+                       text=True, env=env, timeout=15)
+    assert (r.returncode, r.stdout) == (
+        0, f"the herd is not running (removed a stale {tmp_path}/servers.pid; "
+           "signalled no process)\n"), r
+    r = subprocess.run([os.path.join(here, "start_servers.sh"), "-c", cfg], capture_output=True,
+                       text=True, env=env, timeout=30)
+    assert r.returncode == 1, r
+    assert f"herd-supervisor: cannot write {lock}: Invalid argument" in r.stderr, r.stderr
+    assert os.path.exists(lock) and not os.path.exists(f"{tmp_path}/servers.pid")
+    assert not wait_listening(port, type("P", (), {"poll": lambda self: None})(), timeout=0.5)
