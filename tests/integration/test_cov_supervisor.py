@@ -11,6 +11,7 @@ import ctypes
 import fcntl
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -224,6 +225,17 @@ def test_status_stopped_servers_and_their_metrics_files(sup_herd):
     r = h.status()
     assert rows(r.stdout)["Beta"][5:7] == ["stopped", "Alpha:?"], r.stdout
 
+    # Beta's file goes between the two readings of --rates: the second counts
+    p = subprocess.Popen([program("herd-supervisor"), "-c", h.config, "--status", "--rates"],
+                         stdout=subprocess.PIPE, text=True)
+    time.sleep(1.5)       # the first reading is done; the second waits for Beta's rewrite
+    os.remove(beta_prom)
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 1, out
+    rr = {line.split()[0]: line for line in out.split("over about a second:\n")[1].splitlines()}
+    assert rr["Beta"] == f"{'Beta':<12} {'-':>9} {'-':>10} {'-':>12} {'-':>11} {'-':>9}  " \
+                         "(no metrics file)", out
+
     for n in ("Beta", "Gamma"):
         os.kill(pids[n], signal.SIGCONT)
     r = status_until(h, lambda r: r.returncode == 0, "--wait", "10")
@@ -279,10 +291,15 @@ def test_status_uptime_foreign_pids_taken_port_and_a_zombie(sup_herd, tmp_path):
 
     # the config now gives Beta a port another program listens on: a
     # connection succeeds, but Beta does not hold that port
-    other = socket.socket()
-    other.bind(("127.0.0.1", 0))
-    other.listen()
-    taken = other.getsockname()[1]
+    # (17 listeners there: more than the 16 the status looks at)
+    others = []
+    for _ in range(17):
+        o = socket.socket()
+        o.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        o.bind(("127.0.0.1", others[0].getsockname()[1] if others else 0))
+        o.listen()
+        others.append(o)
+    taken = others[0].getsockname()[1]
     text = open(h.config).read()
     try:
         write_atomic(h.config, text.replace(f"port: {h.ports['Beta']},", f"port: {taken},"))
@@ -292,7 +309,8 @@ def test_status_uptime_foreign_pids_taken_port_and_a_zombie(sup_herd, tmp_path):
         assert b[1:3] == [f"127.0.0.1:{taken}", str(pids["Beta"])] and b[5] == "running", b
     finally:
         write_atomic(h.config, text)
-        other.close()
+        for o in others:
+            o.close()
 
     # Beta dies while the supervisor is stopped: a zombie is no server
     os.kill(sup, signal.SIGSTOP)
@@ -478,3 +496,147 @@ def test_fifo_as_servers_lock_hangs_nothing(tmp_path):
     assert f"herd-supervisor: cannot write {lock}: Invalid argument" in r.stderr, r.stderr
     assert os.path.exists(lock) and not os.path.exists(f"{tmp_path}/servers.pid")
     assert not wait_listening(port, type("P", (), {"poll": lambda self: None})(), timeout=0.5)
+
+
+# ------------------------------------------------ servers.lock taken again
+
+def test_lock_replaced_under_a_running_supervisor(sup_herd):
+    """servers.lock renamed over, turned into a folder, held by another
+    process, and removed once the config file is gone: the supervisor takes
+    a new one within a second when it can ("lock-renewed"), says once why
+    when it cannot ("lock-lost"), and names the config as it was given when
+    its real path cannot be found any more."""
+    h = sup_herd({"Alpha": []})
+    link = h.path("herd.yml")
+    os.symlink("config.yml", link)
+    h.start(config=link)
+    sup = h.pids()["supervisor"]
+    lock = h.path("servers.lock")
+    real = os.path.realpath(h.config)
+    mine = f"{sup}\n{real}\n"
+    assert open(lock).read() == mine
+
+    def log(what):
+        return read_log(h.dir, "supervisor").count(what)
+
+    def renewed(n):
+        return wait_for(lambda: log("WARN lock-renewed servers.lock was removed or replaced; "
+                                    "this supervisor holds a new one") == n, 10) \
+            and open(lock).read() == mine
+
+    # another file renamed over it
+    with open(lock + ".new", "w") as f:
+        f.write("4000000\n")
+    os.rename(lock + ".new", lock)
+    assert renewed(1), read_log(h.dir, "supervisor")
+    r = h.status()
+    assert r.returncode == 0 and r.stdout.startswith(f"supervisor pid {sup}; 1 of 1"), r.stdout
+
+    lost = "ERROR lock-lost servers.lock was removed or replaced and cannot be taken again: "
+    # a folder in its place
+    os.remove(lock)
+    os.mkdir(lock)
+    assert wait_for(lambda: log(f"{lost}cannot open {lock}: Is a directory") == 1, 10), \
+        read_log(h.dir, "supervisor")
+    os.rmdir(lock)
+    assert renewed(2), read_log(h.dir, "supervisor")
+
+    # another process holds the new file: said once, however long it lasts
+    fd = hold_lock(h.dir, "garbage\n")
+    try:
+        want = f"{lost}another process holds {lock}: a supervisor of {link} is starting or running"
+        assert wait_for(lambda: log(want) == 1, 10), read_log(h.dir, "supervisor")
+        time.sleep(2.2)                 # two more tries at least
+        assert log(lost) == 2, read_log(h.dir, "supervisor")
+        assert open(lock).read() == "garbage\n"
+    finally:
+        os.close(fd)
+    assert renewed(3), read_log(h.dir, "supervisor")
+
+    # the config's real path is gone: the lock names the path as given
+    os.rename(h.config, h.config + ".away")
+    try:
+        os.remove(lock)
+        mine = f"{sup}\n{link}\n"
+        assert renewed(4), (open(lock).read(), read_log(h.dir, "supervisor"))
+    finally:
+        os.rename(h.config + ".away", h.config)
+    assert log(lost) == 2
+
+
+# ------------------------------------------------------ the herd secret
+
+def init_secret(cfg, secret=None):
+    env = dict(os.environ)
+    env.pop("HERD_SECRET", None)
+    if secret is not None:
+        env["HERD_SECRET"] = secret
+    return supervisor_cmd(cfg, "--init-secret", env=env)
+
+
+def test_init_secret(tmp_path):
+    """--init-secret makes the secret (64 hex digits, mode 0600, in a
+    folder of mode 0700 it creates) when HERD_SECRET is unset or empty,
+    not when HERD_SECRET holds one, keeps a valid file, and refuses a file
+    others may read, a folder in its place, and a folder it would have to
+    create more than one level of."""
+    cfg, _ = one_server(tmp_path / "a")
+    path = tmp_path / "a" / "state" / "herd.secret"
+    r = init_secret(cfg, secret="")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        0, f"created the herd secret {path} (mode 0600)\n", ""), r
+    text = path.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}\n", text), text
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(path.parent).st_mode & 0o777 == 0o700
+    r = init_secret(cfg)                           # kept
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "") and path.read_text() == text
+    assert sorted(os.listdir(path.parent)) == ["herd.secret"]
+
+    cfg, _ = one_server(tmp_path / "b")
+    r = init_secret(cfg, secret="from-the-environment")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert not os.path.exists(tmp_path / "b" / "state")
+
+    os.chmod(path, 0o644)
+    r = init_secret(tmp_path / "a" / "config.yml")
+    assert r.returncode == 1 and r.stdout == "" and f"chmod 600 {path}" in r.stderr, r
+    assert path.read_text() == text
+    os.remove(path)
+    os.mkdir(path)
+    r = init_secret(tmp_path / "a" / "config.yml")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        1, "", f"herd-supervisor: {path} is not a regular file: the herd's secret must be one\n")
+
+    cfg, _ = one_server(tmp_path / "c", extra="herd:\n  secret_file: keys/herd/herd.secret\n")
+    r = init_secret(cfg)
+    deep = tmp_path / "c" / "keys" / "herd" / "herd.secret"
+    assert (r.returncode, r.stdout, r.stderr) == (
+        1, "", f"herd-supervisor: cannot create {deep}: No such file or directory\n"), r
+    assert not os.path.exists(tmp_path / "c" / "keys")
+
+
+# ------------------------------------------------------- no room to write
+
+def test_lock_file_that_cannot_be_written_whole(tmp_path):
+    """A file size limit (as a full disk) cuts the write of servers.lock
+    short: the supervisor refuses to start with "File too large", where it
+    said a stale, unrelated error before (a short write sets no errno)."""
+    folder = str(tmp_path)
+    while len(os.path.realpath(folder)) < 3650:      # a config path of about 3.7 KB
+        folder = os.path.join(folder, "d" * min(200, 3700 - len(os.path.realpath(folder))))
+    cfg, port = one_server(folder)
+    lock = os.path.join(folder, "servers.lock")
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3500, 3500))   # above any file it needs
+    r = subprocess.run([program("herd-supervisor"), "-c", cfg], capture_output=True, text=True,
+                       timeout=30, preexec_fn=small_files)
+    assert (r.returncode, r.stdout, r.stderr) == (
+        1, "", f"herd-supervisor: cannot write {lock}: File too large\n"), r
+    assert os.path.getsize(lock) == 3500
+    assert not os.path.exists(os.path.join(folder, "servers.pid"))
+    assert not os.path.exists(os.path.join(folder, "logs"))
+    r = supervisor_cmd(cfg, "--status")     # the lock file is not held
+    assert (r.returncode, r.stdout) == (3, f"no herd is running ({folder}/servers.pid: missing)\n")
