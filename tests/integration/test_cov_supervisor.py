@@ -307,6 +307,14 @@ def test_status_uptime_foreign_pids_taken_port_and_a_zombie(sup_herd, tmp_path):
         assert r.returncode == 1 and "1 of 2 servers listening" in r.stdout, r.stdout
         b = rows(r.stdout)["Beta"]
         assert b[1:3] == [f"127.0.0.1:{taken}", str(pids["Beta"])] and b[5] == "running", b
+        # ... or another address: Beta holds the port, but not there
+        write_atomic(h.config, text.replace(f"host: 127.0.0.1, port: {h.ports['Beta']},",
+                                            f"host: 127.0.0.2, port: {h.ports['Beta']},"))
+        r = h.status()
+        assert r.returncode == 1 and "1 of 2 servers listening" in r.stdout, r.stdout
+        b = rows(r.stdout)["Beta"]
+        assert b[1:3] == [f"127.0.0.2:{h.ports['Beta']}", str(pids["Beta"])] and \
+            b[5] == "running", b
     finally:
         write_atomic(h.config, text)
         for o in others:
