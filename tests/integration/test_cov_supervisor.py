@@ -432,8 +432,9 @@ def test_status_knows_the_supervisor_by_its_program_name(tmp_path):
     """The pid in a held servers.lock is the supervisor when /proc/PID/exe
     ends in herd-supervisor: also after the program file was removed or
     rebuilt under it ("... (deleted)"), and in a folder whose name holds
-    " (deleted)"; not a program of another name.  (A copy of sleep stands
-    in for the supervisor.)"""
+    " (deleted)"; not a program of another name.  A lock file without the
+    config line (an older supervisor's) names a supervisor of any config.
+    (A copy of sleep stands in for the supervisor.)"""
     cfg, port = one_server(tmp_path / "herd")
     real = os.path.realpath(cfg)
     folders = {"gone": tmp_path / "gone", "odd": tmp_path / "bin (deleted) here",
@@ -451,7 +452,7 @@ def test_status_knows_the_supervisor_by_its_program_name(tmp_path):
         shutil.rmtree(folders["gone"])
         assert os.readlink(f"/proc/{procs['gone'].pid}/exe").endswith(" (deleted)")
         for k, p in procs.items():
-            fd = hold_lock(tmp_path / "herd", f"{p.pid}\n{real}\n")
+            fd = hold_lock(tmp_path / "herd", f"{p.pid}\n" if k == "odd" else f"{p.pid}\n{real}\n")
             try:
                 with open(tmp_path / "herd" / "servers.pid", "w") as f:
                     f.write(f"supervisor {p.pid}\nAlpha 1\n")
