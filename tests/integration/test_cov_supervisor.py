@@ -251,7 +251,7 @@ def write_atomic(path, text):
     os.rename(path + ".tmp", path)
 
 
-def test_status_uptime_foreign_pids_taken_port_and_a_zombie(sup_herd, tmp_path):
+def test_status_uptime_foreign_pids_taken_port_and_a_zombie(sup_herd, make_server):
     h = sup_herd({"Alpha": [], "Beta": []}).start()
     pids = h.pids()
     sup = pids["supervisor"]
@@ -270,12 +270,13 @@ def test_status_uptime_foreign_pids_taken_port_and_a_zombie(sup_herd, tmp_path):
     assert re.fullmatch(r"2m3[0-4]s", t["Alpha"][3]), t["Alpha"]
     assert t["Beta"][3] == "2h01m", t["Beta"]
 
-    # servers.pid naming a process that is not the supervisor's child
+    # servers.pid naming a herd-server that is not the supervisor's child
+    stray = make_server(name="Alpha")
     pidfile = h.path("servers.pid")
     original = open(pidfile).read()
     stranger = subprocess.Popen(["sleep", "60"])
     try:
-        write_atomic(pidfile, f"supervisor {sup}\nAlpha {stranger.pid}\nBeta {pids['Beta']}\n")
+        write_atomic(pidfile, f"supervisor {sup}\nAlpha {stray.proc.pid}\nBeta {pids['Beta']}\n")
         r = h.status()
         assert r.returncode == 1 and "1 of 2 servers listening" in r.stdout, r.stdout
         assert rows(r.stdout)["Alpha"][2:4] == ["-", "-"], r.stdout
