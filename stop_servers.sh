@@ -70,7 +70,7 @@ fi
 sup=$(live_supervisor)
 # Two configs in one folder share servers.lock: its second line names the
 # config the supervisor runs, and another config's herd is not ours to stop.
-theirs=$(sed -n 2p "$lock" 2>/dev/null || true)
+theirs=$([ -f "$lock" ] && sed -n 2p "$lock" 2>/dev/null || true)   # a FIFO would hang sed
 mine=$(readlink -f "$config" 2>/dev/null || echo "$config")
 if [ -n "$sup" ] && [ -n "$theirs" ] && [ "$theirs" != "$mine" ]; then
     echo "stop_servers.sh: $lock is held by the herd of another config, $theirs" \

@@ -116,8 +116,9 @@ int herd_lock_take(const config *cfg, char *err, size_t errlen) {
     char text[PATH_MAX + 32], id[PATH_MAX];
     config_id(cfg, id, sizeof id);
     int len = snprintf(text, sizeof text, "%ld\n%s\n", (long)getpid(), id);
-    if (ftruncate(fd, 0) < 0 || pwrite(fd, text, (size_t)len, 0) != len) {
-        snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+    ssize_t w = ftruncate(fd, 0) < 0 ? -1 : pwrite(fd, text, (size_t)len, 0);
+    if (w != len) {   /* a short write (no room left) sets no errno */
+        snprintf(err, errlen, "cannot write %s: %s", path, strerror(w < 0 ? errno : EFBIG));
         close(fd);
         return -1;
     }
@@ -141,7 +142,7 @@ int herd_lock_keep(const config *cfg, int *fd, char *err, size_t errlen) {
 long herd_supervisor_pid(const config *cfg) {
     char path[4200];
     herd_lock_path(cfg, path, sizeof path);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);   /* a FIFO there: no hang */
     if (fd < 0) return 0;
     long pid = 0;
     char mine[PATH_MAX], theirs[PATH_MAX];

@@ -77,7 +77,7 @@ int main(int argc, char **argv) {
     if (init_secret) return supervisor_init_secret(&cfg) < 0 ? 1 : 0;
     if (list_local) return supervisor_list_local(&cfg);
     if (status) {
-        int rc = supervisor_status(&cfg, wait_s, 0);
+        int rc = supervisor_status(&cfg, wait_s);
         if (rates && rc != 3) supervisor_rates(&cfg);
         return rc;
     }

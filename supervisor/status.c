@@ -200,18 +200,45 @@ static void uptime(long long ms, char *out, size_t n) {
     else snprintf(out, n, "%lldh%02lldm", s / 3600, s / 60 % 60);
 }
 
-int supervisor_status(const config *cfg, int wait_s, int quiet) {
+/* The table of --status: one row per server of this machine. */
+static void print_table(const config *cfg, const int *local, const srv_status *st, long sup,
+                        int up, int here) {
+    printf("supervisor pid %ld; %d of %d servers listening", sup, up, here);
+    if (here < cfg->n_servers)
+        printf(" (%d more on other hosts)", cfg->n_servers - here);
+    printf("\n%-12s %-21s %-8s %-9s %-8s %-9s %-24s %s\n", "NAME", "ADDRESS", "PID",
+           "UPTIME", "RESTARTS", "LISTENING", "LINKS", "LOG");
+    int64_t now = wall_ms();
+    for (int i = 0; i < cfg->n_servers; i++) {
+        if (!local[i]) continue;
+        const config_server *c = &cfg->servers[i];
+        char addr[300], up_s[32] = "-", pid_s[24] = "-", links[1024];
+        net_format(c->host, c->port, addr, sizeof addr);
+        int a = herd_is_server(st[i].pid, sup);
+        if (a) snprintf(pid_s, sizeof pid_s, "%ld", st[i].pid);
+        if (a && st[i].started_ms) uptime(now - st[i].started_ms, up_s, sizeof up_s);
+        int l = serving(sup, st[i].pid, c);
+        links_column(cfg, c, a, links, sizeof links);
+        printf("%-12s %-21s %-8s %-9s %-8d %-9s %-24s %s/%s.log\n", c->name, addr, pid_s,
+               up_s, st[i].restarts,
+               l ? "yes" : a && stopped(st[i].pid) ? "stopped"
+                         : st[i].state[0] ? st[i].state : "no",
+               links, cfg->logging.dir, c->name);
+    }
+}
+
+int supervisor_status(const config *cfg, int wait_s) {
     srv_status st[CONFIG_MAX_SERVERS];
     long sup = 0;
     int64_t deadline = wall_ms() + (int64_t)wait_s * 1000;
     int up, local[CONFIG_MAX_SERVERS];
-    int here = herd_local_servers(cfg, local, quiet);
+    int here = herd_local_servers(cfg, local, 0);
     if (here == 0) return 3;   /* it said why */
     for (;;) {
         long live = herd_supervisor_pid(cfg);
         if (read_files(cfg, &sup, st) < 0 || !live || live != sup) {
-            if (!quiet) printf("no herd is running (%s/servers.pid: %s)\n", cfg->dir,
-                               sup ? "stale" : "missing");
+            printf("no herd is running (%s/servers.pid: %s)\n", cfg->dir,
+                   sup ? "stale" : "missing");
             return 3;
         }
         up = 0;
@@ -220,30 +247,7 @@ int supervisor_status(const config *cfg, int wait_s, int quiet) {
         if (up == here || wall_ms() >= deadline) break;
         usleep(100 * 1000);
     }
-    if (!quiet) {
-        printf("supervisor pid %ld; %d of %d servers listening", sup, up, here);
-        if (here < cfg->n_servers)
-            printf(" (%d more on other hosts)", cfg->n_servers - here);
-        printf("\n%-12s %-21s %-8s %-9s %-8s %-9s %-24s %s\n", "NAME", "ADDRESS", "PID",
-               "UPTIME", "RESTARTS", "LISTENING", "LINKS", "LOG");
-        int64_t now = wall_ms();
-        for (int i = 0; i < cfg->n_servers; i++) {
-            if (!local[i]) continue;
-            const config_server *c = &cfg->servers[i];
-            char addr[300], up_s[32] = "-", pid_s[24] = "-", links[1024];
-            net_format(c->host, c->port, addr, sizeof addr);
-            int a = herd_is_server(st[i].pid, sup);
-            if (a) snprintf(pid_s, sizeof pid_s, "%ld", st[i].pid);
-            if (a && st[i].started_ms) uptime(now - st[i].started_ms, up_s, sizeof up_s);
-            int l = serving(sup, st[i].pid, c);
-            links_column(cfg, c, a, links, sizeof links);
-            printf("%-12s %-21s %-8s %-9s %-8d %-9s %-24s %s/%s.log\n", c->name, addr, pid_s,
-                   up_s, st[i].restarts,
-                   l ? "yes" : a && stopped(st[i].pid) ? "stopped"
-                             : st[i].state[0] ? st[i].state : "no",
-                   links, cfg->logging.dir, c->name);
-        }
-    }
+    print_table(cfg, local, st, sup, up, here);
     return up == here ? 0 : 1;
 }
 

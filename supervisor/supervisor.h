@@ -12,7 +12,7 @@ int supervisor_run(const config *cfg, const char *server_path);
  * its links.  With wait_s > 0, first wait up to that long for every local
  * server to listen.  Returns 0 when all listen, 1 when some do not, 3 when
  * no herd runs here (or none of its servers is here). */
-int supervisor_status(const config *cfg, int wait_s, int quiet);
+int supervisor_status(const config *cfg, int wait_s);
 
 /* Print each server's rates (updates, link messages, requests per second)
  * from two readings of its metrics file <state_dir>/NAME.prom about a
