@@ -129,7 +129,9 @@ static int set_value(loader *L, config *cfg, const key_spec *k,
     case K_PATH:
         if (strlen(s) >= k->size)
             return fail(L, v, "%s.%s: value too long", section, k->name);
-        if (k->type == K_PATH && s[0] && s[0] != '/') {
+        if (k->type == K_PATH && !s[0])     /* "" would mean the root folder */
+            return fail(L, v, "%s.%s: expected a path, found an empty string", section, k->name);
+        if (k->type == K_PATH && s[0] != '/') {
             if (path_join(field, k->size, cfg->dir, s) < 0)
                 return fail(L, v, "%s.%s: path too long", section, k->name);
         } else {

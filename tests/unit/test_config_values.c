@@ -63,11 +63,15 @@ static void test_numbers(void) {
 static void test_strings_and_paths(void) {
     config cfg;
     char err[512], text[8192];
-    CHECK(load(HERD2 "places:\n  local_file: /abs/p.json\nherd:\n  state_dir: s\n"
-               "logging:\n  dir: \"\"\n", &cfg, err, sizeof err) == 0, "%s", err);
+    CHECK(load(HERD2 "places:\n  local_file: /abs/p.json\nherd:\n  state_dir: s\n",
+               &cfg, err, sizeof err) == 0, "%s", err);
     CHECK_STR(cfg.places.local_file, "/abs/p.json");
     CHECK_STR(cfg.herd.state_dir, "/etc/herd/s");
-    CHECK_STR(cfg.logging.dir, "");
+    /* an empty path would be the root folder (logs in /NAME.log): refused */
+    refused(HERD2 "logging:\n  dir: \"\"\n", 5, "logging.dir: expected a path, found an empty");
+    refused(HERD2 "herd:\n  state_dir: \"\"\n", 5, "herd.state_dir: expected a path");
+    refused(HERD2 "herd:\n  secret_file: \"\"\n", 5, "herd.secret_file: expected a path");
+    refused(HERD2 "places:\n  local_file: \"\"\n", 5, "places.local_file: expected a path");
     char longv[5000];
     memset(longv, 'x', sizeof longv - 1);
     longv[sizeof longv - 1] = '\0';
