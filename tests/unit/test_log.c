@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -554,6 +555,102 @@ static void case_fifo_reader_gone(void) {
     free(u1);
 }
 
+static volatile sig_atomic_t usr1_seen;
+
+static void on_usr1(int sig) {
+    (void)sig;
+    usr1_seen++;
+}
+
+#define PREFILL 4090    /* bytes put in a 4096-byte pipe: no line fits after */
+
+/* Make the pipe read by 'rd' hold 4096 bytes and fill it through 'wr' to
+ * PREFILL, so that the log's next write blocks.  Then fork a reader that
+ * waits until this process sleeps (in that write), interrupts it with
+ * SIGUSR1 (no SA_RESTART: the write fails with EINTR), waits a little and
+ * reads everything into the file 'got'.  Returns the reader's pid. */
+static pid_t interrupt_and_drain(int rd, int wr) {
+    static char pre[PREFILL];
+    memset(pre, '.', sizeof pre);
+    CHECK(fcntl(rd, F_SETPIPE_SZ, 4096) == 4096, "F_SETPIPE_SZ: %s", strerror(errno));
+    CHECK(write(wr, pre, sizeof pre) == PREFILL, "prefill: %s", strerror(errno));
+    struct sigaction sa = {.sa_handler = on_usr1};   /* sa_flags 0: no SA_RESTART */
+    sigaction(SIGUSR1, &sa, NULL);
+    const char *out = at("got");
+    pid_t writer = getpid(), pid = fork();
+    if (pid != 0) return pid;
+    char stat_path[64], st[512], buf[8192];
+    snprintf(stat_path, sizeof stat_path, "/proc/%d/stat", (int)writer);
+    for (int i = 0; i < 500; i++) {       /* until the writer sleeps, 5 s at most */
+        int fd = open(stat_path, O_RDONLY);
+        ssize_t n = fd >= 0 ? read(fd, st, sizeof st - 1) : -1;
+        if (fd >= 0) close(fd);
+        st[n > 0 ? n : 0] = '\0';
+        const char *paren = strrchr(st, ')');
+        if (paren && paren[1] == ' ' && paren[2] == 'S') break;
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    }
+    kill(writer, SIGUSR1);
+    nanosleep(&(struct timespec){0, 200 * 1000 * 1000}, NULL);
+    int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    struct pollfd pfd = {.fd = rd, .events = POLLIN};
+    while (poll(&pfd, 1, 500) > 0) {          /* until nothing comes for 0.5 s */
+        ssize_t n = read(rd, buf, sizeof buf);
+        if (n <= 0 || write(fd, buf, (size_t)n) != n) break;
+    }
+    close(fd);
+    _exit(0);
+}
+
+/* What the reader of interrupt_and_drain() got after PREFILL bytes,
+ * unstamped, or "(short)". */
+static char *drained(pid_t reader) {
+    int st = 0;
+    waitpid(reader, &st, 0);
+    size_t n = 0;
+    char *raw = slurp(at("got"), &n), *u = NULL;
+    if (raw && n >= PREFILL) u = unstamp(raw + PREFILL, n - PREFILL);
+    free(raw);
+    return u ? u : strdup("(short)");
+}
+
+/* A blocking log write interrupted by a signal is tried again: the log is
+ * a FIFO whose reader is slow, and a signal comes while the write waits. */
+static void case_interrupted_file_write(void) {
+    CHECK(mkfifo(at("i.log"), 0600) == 0, "mkfifo: %s", strerror(errno));
+    int rd = open(at("i.log"), O_RDONLY | O_NONBLOCK), wr = open(at("i.log"), O_WRONLY);
+    open_log_or_fail("i", 1 << 20, 1);
+    pid_t reader = interrupt_and_drain(rd, wr);
+    close(wr);
+    close(rd);
+    log_msg(LOG_INFO, "waited", "n=1");
+    log_flush();
+    char *got = drained(reader);
+    CHECK(usr1_seen == 1, "SIGUSR1 seen %d times, want 1", (int)usr1_seen);
+    CHECK_STR(got, "INFO waited n=1\n");
+    free(got);
+}
+
+/* The same before log_open(), when lines go to stderr (a pipe). */
+static void case_interrupted_stderr_write(void) {
+    int p[2], keep = dup(2);
+    if (keep < 0 || pipe(p) < 0) {
+        CHECK(0, "dup/pipe: %s", strerror(errno));
+        return;
+    }
+    pid_t reader = interrupt_and_drain(p[0], p[1]);
+    close(p[0]);
+    dup2(p[1], 2);
+    close(p[1]);
+    log_msg(LOG_WARN, "waited", "n=2");
+    dup2(keep, 2);
+    close(keep);
+    char *got = drained(reader);
+    CHECK(usr1_seen == 1, "SIGUSR1 seen %d times, want 1", (int)usr1_seen);
+    CHECK_STR(got, "WARN waited n=2\n");
+    free(got);
+}
+
 /* ----------------------------------------------------------------- runner */
 
 static const struct {
@@ -573,6 +670,8 @@ static const struct {
     {"reopen-folder", case_reopen_folder},
     {"full-disk", case_full_disk},
     {"fifo", case_fifo_reader_gone},
+    {"eintr-file", case_interrupted_file_write},
+    {"eintr-stderr", case_interrupted_stderr_write},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 
