@@ -1,7 +1,8 @@
 /* test_log.c -- the log's edges (common/log.h): a rotation that cannot
  * rename, keep_files 0, a log that cannot be opened again (a folder in its
- * place, no descriptor left), a full disk, a broken pipe, lines that do not
- * fit the stack buffer, and the "log-dropped" line that counts what was lost.
+ * place, no descriptor left), a full disk, a broken pipe, a write that a
+ * signal interrupts, lines that do not fit the stack buffer, and the
+ * "log-dropped" line that counts what was lost.
  *
  * log.c keeps its state in one static struct, and several cases lower a
  * process limit (RLIMIT_NOFILE, RLIMIT_FSIZE) or change a signal's handling,
@@ -17,7 +18,6 @@
 #include <ftw.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -33,7 +33,6 @@
 
 #define STAMP 25       /* "2026-11-24T19:55:02.123Z " */
 #define FILL 100       /* bytes of one fill() line, stamp and newline included */
-#define NOTICE_ROOM 600 /* 2 x the max_file_bytes of most cases */
 
 static char root[64];            /* the temporary folder of every case */
 static char dir[256];            /* this case's folder in it */
@@ -115,10 +114,13 @@ static void check_file(int line, const char *path, const char *want) {
     free(got);
 }
 
-/* Log fill line 'i': FILL bytes in the file. */
+/* A fill line's details after "n=NNN ": FILL bytes in all. */
+static const char XS[] = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+_Static_assert(sizeof XS - 1 == FILL - STAMP - 17, "a fill line is FILL bytes");
+
+/* Log fill line 'i'. */
 static void fill(int i) {
-    static const char xs[] = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
-    log_msg(LOG_INFO, "fill", "n=%03d %.*s", i, FILL - STAMP - 17, xs);
+    log_msg(LOG_INFO, "fill", "n=%03d %s", i, XS);
 }
 
 /* Fill lines from..to as they read once unstamped. */
@@ -127,8 +129,7 @@ static const char *fills(int from, int to) {
     static int k;
     char *r = t[k++ % 4], *o = r;
     for (int i = from; i <= to; i++)
-        o += sprintf(o, "INFO fill n=%03d %.*s\n", i, FILL - STAMP - 17,
-                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+        o += sprintf(o, "INFO fill n=%03d %s\n", i, XS);
     *o = '\0';
     return r;
 }
@@ -158,6 +159,7 @@ static void wait_retry(void) {
     nanosleep(&(struct timespec){1, 150 * 1000 * 1000}, NULL);
 }
 
+/* log_open() 'name' in this case's folder, with the given rotation. */
 static void open_log_or_fail(const char *name, size_t max, int keep) {
     char err[256] = "";
     log_set_rotation(max, keep);
