@@ -38,7 +38,7 @@ static struct {
     int fail_errno;          /* the last open/rotation failure, logged once */
     int in_flush;            /* lines logged by log_flush() itself wait for it */
     int mid_line;            /* the file ends inside a line (a write cut short) */
-    uint64_t dropped_lines, dropped_bytes;
+    uint64_t dropped_lines, dropped_bytes;   /* bytes > 0 whenever anything was dropped */
     int drop_errno;          /* why the first dropped line was dropped */
     buf_t buf;
     int64_t first_ms;        /* when the oldest buffered line was added */
@@ -135,7 +135,7 @@ static void numbered(char *dst, size_t size, int n) {
 static int rotate(void) {
     char from[4200], to[4200];
     int rc = 0;
-    for (int i = L.keep; i >= 1 && rc == 0; i--) {
+    for (int i = L.keep; i >= 1; i--) {
         numbered(from, sizeof from, i - 1);
         numbered(to, sizeof to, i);
         /* NAME.log that cannot move stays in place: keep writing to it */
@@ -212,8 +212,8 @@ static void end_line(void) {
 int log_open(const char *dir, const char *name, int flush_ms, char *err,
              size_t errlen) {
     int n = snprintf(L.path, sizeof L.path, "%s/%s.log", dir, name);
-    /* room for ".NNN" on rotated names */
-    if (n < 0 || (size_t)n + 8 >= sizeof L.path || strlen(dir) >= sizeof L.dir) {
+    /* room for ".NNN" on rotated names (then dir, shorter, fits L.dir) */
+    if (n < 0 || (size_t)n + 8 >= sizeof L.path) {
         L.path[0] = '\0';
         snprintf(err, errlen, "log path too long");
         return -1;
@@ -332,7 +332,7 @@ static size_t next_chunk(size_t cap) {
 static void drop_pending(int err) {
     if (!buf_pending(&L.buf)) return;
     const char *d = buf_data(&L.buf), *end = d + buf_pending(&L.buf);
-    if (!L.dropped_lines && !L.dropped_bytes) L.drop_errno = err;
+    if (!L.dropped_bytes) L.drop_errno = err;
     L.dropped_bytes += buf_pending(&L.buf);
     for (const char *p = d; (p = memchr(p, '\n', (size_t)(end - p))); p++)
         L.dropped_lines++;
@@ -395,7 +395,7 @@ static void flush_to_file(void) {
         return;
     }
     int stuck = 0;    /* a rotation left a non-empty file: no more this batch */
-    if (L.dropped_lines || L.dropped_bytes) {
+    if (L.dropped_bytes) {
         /* the notice counts against the bound too: make room first */
         if (L.size >= L.max_bytes && !L.need_open && now >= L.retry_ms) {
             int rc = rotate();
