@@ -349,7 +349,7 @@ MUTATIONS = [
          breaks="without a limits section idle clients are never closed",
          tests=["unit/test_config"]),
     dict(id="relative-path-not-resolved", file="common/config.c",
-         original="if (k->type == K_PATH && s[0] && s[0] != '/') {",
+         original="if (k->type == K_PATH && s[0] != '/') {",
          mutant="if (0) {",
          breaks="relative paths in the config are taken from the working directory, not the config's",
          tests=["unit/test_config"]),
