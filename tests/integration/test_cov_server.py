@@ -1,0 +1,221 @@
+"""Edge paths of one server's snapshot and links (docs/PROTOCOL.md,
+"Snapshots" and "Between servers"), each checked by what it does: the log
+line, the exit status, the files left in state/, the replies.
+
+Snapshots: a snapshot child that is slow is waited for, never doubled, and
+one that dies is logged and retried; the snapshot at the stop that cannot
+be written (disk full, a directory in the way) leaves the old one whole and
+no temporary file; leftovers that are no file of a killed child are left.
+"""
+import os
+import resource
+import signal
+import socket
+import subprocess
+import time
+
+from conftest import (Server, connect, exchange, free_port, program, recv_until_eof,
+                      wait_for, wait_listening, write_config)
+from test_trust_server import children, state
+
+LOC = b"+34.068930-118.445127"
+
+
+def start(tmp_path, name="Bailey", servers=None, extra="", env=None, limits=None, logging=None,
+          preexec=None):
+    """A herd-server for 'name' in tmp_path/name (config from servers,
+    {name: (port, [neighbours])}, by default alone), started with an
+    optional preexec_fn; stop it with stop()."""
+    sub = tmp_path / name
+    sub.mkdir(exist_ok=True)
+    s = Server(sub, name=name)
+    if servers:
+        s.port = servers[name][0]
+    s.config = write_config(s.dir, servers or {name: (s.port, [])}, limits=limits,
+                            logging=logging, extra=extra)
+    s.stderr = open(s.stderr_path, "wb")
+    s.proc = subprocess.Popen([program("herd-server"), name, "-c", s.config],
+                              stdout=subprocess.DEVNULL, stderr=s.stderr,
+                              env=env, preexec_fn=preexec)
+    if not wait_listening(s.port, s.proc):
+        s.stop(check=False)
+        raise AssertionError(f"herd-server did not start: {s.read_stderr()}")
+    return s
+
+
+def stop(s):
+    """SIGTERM; the exit status, and stderr checked for sanitizer reports."""
+    s.proc.send_signal(signal.SIGTERM)
+    try:
+        rc = s.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        s.proc.kill()
+        s.proc.wait()
+        rc = "ignored SIGTERM"
+    s.proc = None
+    s.stderr.close()
+    err = s.read_stderr()
+    assert "Sanitizer" not in err and "runtime error" not in err, err
+    return rc
+
+
+def fill(port, n, prefix=b"c"):
+    """n clients' IAMATs on one connection; waits for every answer."""
+    with connect(port) as c:
+        c.sendall(b"".join(b"IAMAT %s%d %s %d\n" % (prefix, i, LOC, i + 1) for i in range(n)))
+        c.shutdown(socket.SHUT_WR)
+        got = recv_until_eof(c)
+    assert got.count(b"\n") == n
+
+
+def state_files(s):
+    """The snapshot files in s's state/ (other files live there too)."""
+    folder = os.path.join(s.dir, "state")
+    return sorted(f for f in os.listdir(folder) if ".snap" in f) if os.path.isdir(folder) else []
+
+
+# ------------------------------------------------------------- snapshots
+
+def catch_child(pid, seconds):
+    """SIGSTOP the first child of pid seen within 'seconds'; its pid or None."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        for cpid in children(pid):
+            try:
+                os.kill(cpid, signal.SIGSTOP)
+            except ProcessLookupError:      # reaped meanwhile
+                continue
+            if wait_for(lambda: state(cpid) in ("T", "t", "Z", ""), 2) and state(cpid) in ("T", "t"):
+                return cpid
+    return None
+
+
+def snapshot_holds(s, n, client=None):
+    """True when s's snapshot on disk is whole with n clients (and client)."""
+    try:
+        data = open(os.path.join(s.dir, "state", "Bailey.snap"), "rb").read()
+    except OSError:
+        return False
+    lines = data.split(b"\n")
+    return lines[-1] == b"" and lines[-2] == b"END %d" % n and len(lines) == n + 3 and \
+        (client is None or b" %s " % client in data)
+
+
+def fresh_child(s, clients):
+    """With the table on disk (snapshot_holds(clients)), one IAMAT more and
+    the child forked for it, stopped.  Returns (its pid, the client count)."""
+    for k in range(30):
+        assert wait_for(lambda: snapshot_holds(s, clients), 15), f"no snapshot of {clients}"
+        assert exchange(s.port, b"IAMAT fresh%d %s 1\n" % (clients, LOC)).startswith(b"AT Bailey ")
+        clients += 1
+        child = catch_child(s.proc.pid, 2.5)
+        if child:
+            return child, clients
+    raise AssertionError("no snapshot child was caught")
+
+
+def test_slow_snapshot_child_is_waited_for_and_a_killed_one_retried(tmp_path):
+    """A snapshot child killed is logged with its status and the snapshot is
+    taken again at the next interval, though nothing changed since.  A
+    child that does not finish (stopped here) holds the next snapshot back:
+    the server serves on and forks no second child while it lives."""
+    s = start(tmp_path, extra="herd:\n  snapshot_interval_s: 1\n",
+              logging={"log_lines": False})
+    try:
+        pid = s.proc.pid
+        fill(s.port, 40000)        # a table the child takes a while to write
+        killed, clients = fresh_child(s, 40000)
+        os.kill(killed, signal.SIGKILL)
+        failed = f"snapshot-failed child={killed} status=9"
+        assert failed in s.read_log(wait_for=failed, timeout=5)
+        assert wait_for(lambda: snapshot_holds(s, clients), 10), "not retried"
+
+        child, clients = fresh_child(s, clients)
+        assert exchange(s.port, b"IAMAT late %s 7\n" % LOC).startswith(b"AT Bailey ")
+        time.sleep(2.5)            # two intervals, the table dirty
+        assert children(pid) == [child]
+        assert exchange(s.port, b"WHATSAT late 1 1\n").startswith(b"AT Bailey ")
+        os.kill(child, signal.SIGCONT)
+        assert wait_for(lambda: snapshot_holds(s, clients + 1, b"late"), 10)
+        assert "snapshot-failed" not in s.read_log().split(failed)[1]
+    finally:
+        assert stop(s) == 0
+
+
+def test_stop_snapshot_on_a_full_disk_keeps_the_old_one(tmp_path):
+    """The files a server may write are capped (RLIMIT_FSIZE, SIGXFSZ
+    ignored: the disk is full past 64 KiB).  The snapshot at the stop fails
+    with "File too large" and exit status 1; the snapshot there before is
+    intact and no temporary file is left."""
+    state_dir = tmp_path / "Bailey" / "state"
+    state_dir.mkdir(parents=True)
+    old = b"HERDSNAP 1 Bailey\nAT Bailey +0.000000001 before +1.0+1.0 5\nEND 1\n"
+    (state_dir / "Bailey.snap").write_bytes(old)
+
+    def full_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+    # a long interval: only the stop writes a snapshot; no line logged
+    s = start(tmp_path, extra="herd:\n  snapshot_interval_s: 3600\n",
+              logging={"log_lines": False}, preexec=full_disk)
+    stopped = False
+    try:
+        assert exchange(s.port, b"WHATSAT before 1 1\n").startswith(b"AT Bailey ")
+        fill(s.port, 2000)         # about 120 KB of snapshot
+        rc = stop(s)
+        stopped = True
+        assert rc == 1, rc
+        log = s.read_log()
+        assert f"snapshot-failed dir={state_dir} reason=File too large" in log, log
+        assert (state_dir / "Bailey.snap").read_bytes() == old
+        assert state_files(s) == ["Bailey.snap"]
+    finally:
+        if not stopped:
+            stop(s)
+
+
+def test_stop_snapshot_over_a_directory_fails_and_leaves_it(tmp_path):
+    """NAME.snap made a directory while the server runs: the stop's snapshot
+    cannot take its place ("Is a directory", exit status 1), the directory
+    and what it holds are untouched and no temporary file is left."""
+    s = start(tmp_path, extra="herd:\n  snapshot_interval_s: 3600\n")
+    stopped = False
+    try:
+        assert exchange(s.port, b"IAMAT kept %s 5\n" % LOC).startswith(b"AT Bailey ")
+        in_the_way = os.path.join(s.dir, "state", "Bailey.snap")
+        os.makedirs(in_the_way, exist_ok=True)
+        with open(os.path.join(in_the_way, "keep"), "w") as f:
+            f.write("mine\n")
+        rc = stop(s)
+        stopped = True
+        assert rc == 1, rc
+        assert f"snapshot-failed dir={os.path.join(s.dir, 'state')} reason=Is a directory" \
+            in s.read_log(), s.read_log()
+        assert state_files(s) == ["Bailey.snap"]
+        assert open(os.path.join(in_the_way, "keep")).read() == "mine\n"
+    finally:
+        if not stopped:
+            stop(s)
+
+
+def test_leftovers_that_are_no_child_file_are_left_alone(tmp_path):
+    """At start, NAME.snap.tmp.PID files are removed; "NAME.snap.tmp." (no
+    pid) is no child's file and stays unlogged, and a leftover that cannot
+    be removed (a directory) is logged with the reason, the server starting
+    all the same."""
+    state_dir = tmp_path / "Bailey" / "state"
+    (state_dir / "Bailey.snap.tmp.77").mkdir(parents=True)
+    (state_dir / "Bailey.snap.tmp.77" / "inside").write_text("x")
+    (state_dir / "Bailey.snap.tmp.").write_text("no pid")
+    (state_dir / "Bailey.snap.tmp.78").write_text("HERDSNAP 1 Bailey\nAT half")
+    s = start(tmp_path)
+    try:
+        log = s.read_log(wait_for="snapshot-leftover-removed")
+        assert f"snapshot-leftover file={state_dir}/Bailey.snap.tmp.77 cannot be removed: " \
+            "Is a directory" in log, log
+        assert f"file={state_dir}/Bailey.snap.tmp.78 (a snapshot child" in log
+        assert "Bailey.snap.tmp. " not in log
+        assert state_files(s) == ["Bailey.snap.tmp.", "Bailey.snap.tmp.77"]
+        assert exchange(s.port, b"WHATSAT nobody 1 1\n") == b"? WHATSAT nobody 1 1\n"
+    finally:
+        assert stop(s) == 0
