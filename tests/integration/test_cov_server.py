@@ -132,8 +132,11 @@ def test_slow_snapshot_child_is_waited_for_and_a_killed_one_retried(tmp_path):
 
         child, clients = fresh_child(s, clients)
         assert exchange(s.port, b"IAMAT late %s 7\n" % LOC).startswith(b"AT Bailey ")
+        snap = os.path.join(s.dir, "state", "Bailey.snap")
+        before = open(snap, "rb").read()
         time.sleep(2.5)            # two intervals, the table dirty
         assert children(pid) == [child]
+        assert open(snap, "rb").read() == before, "a snapshot was written meanwhile"
         assert exchange(s.port, b"WHATSAT late 1 1\n").startswith(b"AT Bailey ")
         os.kill(child, signal.SIGCONT)
         assert wait_for(lambda: snapshot_holds(s, clients + 1, b"late"), 10)
