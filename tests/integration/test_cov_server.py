@@ -222,3 +222,96 @@ def test_leftovers_that_are_no_child_file_are_left_alone(tmp_path):
         assert exchange(s.port, b"WHATSAT nobody 1 1\n") == b"? WHATSAT nobody 1 1\n"
     finally:
         assert stop(s) == 0
+
+
+# ------------------------------------------------------------------ links
+
+SECRET = "cov-secret-0123456789"
+
+
+def with_secret():
+    return dict(os.environ, HERD_SECRET=SECRET)
+
+
+def test_neighbour_that_cannot_be_dialled_is_logged_once(tmp_path):
+    """A neighbour whose address no route reaches (the broadcast address:
+    connect() fails at once, ENETUNREACH) is retried with back-off and
+    logged once, not at each retry; the server serves its clients."""
+    sub = tmp_path / "Alpha"
+    sub.mkdir()
+    s = Server(sub, name="Alpha")
+    port, far = s.port, free_port()
+    cfg = write_config(str(sub), {"Alpha": (port, ["Zulu"]), "Zulu": (far, ["Alpha"])})
+    text = open(cfg).read().replace("Zulu: { host: 127.0.0.1", "Zulu: { host: 255.255.255.255")
+    assert "255.255.255.255" in text
+    open(cfg, "w").write(text)
+    s.stderr = open(s.stderr_path, "wb")
+    s.proc = subprocess.Popen([program("herd-server"), "Alpha", "-c", cfg], env=with_secret(),
+                              stdout=subprocess.DEVNULL, stderr=s.stderr)
+    try:
+        assert wait_listening(port, s.proc)
+        want = (f"link-dial-failed peer=Zulu reason=connect to 255.255.255.255:{far}: "
+                "Network is unreachable (retrying)")
+        assert want in s.read_log(wait_for=want), s.read_log()
+        time.sleep(2.0)            # past the dials at 0.1, 0.3, 0.7 and 1.5 s
+        assert exchange(port, b"IAMAT here %s 5\n" % LOC).startswith(b"AT Alpha ")
+        assert s.read_log().count("link-dial-failed") == 1, s.read_log()
+        assert "link-up" not in s.read_log()
+    finally:
+        assert stop(s) == 0
+
+
+def test_plain_hello_to_a_server_without_links_is_just_a_bad_line(tmp_path):
+    """"PEER HELLO" (the old plain-text handshake) at a server with no
+    neighbours gets the "? " answer of any bad line; no refusal is logged,
+    there being no link to refuse."""
+    s = start(tmp_path)
+    try:
+        line = b"PEER HELLO Bona 0123456789abcdef0123456789abcdef"
+        assert exchange(s.port, line + b"\n") == b"? " + line + b"\n"
+        assert "conn-close" in s.read_log(wait_for="conn-close")
+        assert "peer-refused" not in s.read_log()
+    finally:
+        assert stop(s) == 0
+
+
+def s_client(port, identity, dialer, acceptor):
+    """openssl s_client offering 'identity' with the herd's key for the link
+    dialer -> acceptor; its stderr (the handshake's outcome)."""
+    from test_herd import psk_key
+    p = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
+                        "-brief", "-ciphersuites", "TLS_AES_128_GCM_SHA256",
+                        "-psk_identity", identity, "-psk", psk_key(SECRET, dialer, acceptor)],
+                       input=b"AT Bailey +0.000000001 sneaked +1.0+1.0 5\n",
+                       capture_output=True, timeout=20)
+    return p.stderr
+
+
+def test_tls_identities_that_name_no_link_of_ours_are_refused(tmp_path):
+    """Bona (neighbours Bailey, who dials it, and Campbell, whom it dials)
+    refuses a TLS peer whose PSK identity names a server that is no
+    neighbour, a neighbour that does not dial it, or another acceptor: no
+    link, each logged with its reason, the update it sent not stored."""
+    ports = {n: free_port() for n in ("Bailey", "Bona", "Campbell")}
+    servers = {"Bailey": (ports["Bailey"], ["Bona"]),
+               "Bona": (ports["Bona"], ["Bailey", "Campbell"]),
+               "Campbell": (ports["Campbell"], ["Bona"])}
+    s = start(tmp_path, "Bona", servers=servers, env=with_secret())
+    try:
+        cases = [("proxyherd-v1 Nobody Bona", "Nobody", "Bona",
+                  "PSK identity of a server that does not dial us"),
+                 ("proxyherd-v1 Campbell Bona", "Campbell", "Bona",
+                  "PSK identity of a server that does not dial us"),
+                 ("proxyherd-v1 Bailey Campbell", "Bailey", "Campbell", "unknown PSK identity")]
+        for identity, dialer, acceptor, why in cases:
+            mark = len(s.read_log())
+            err = s_client(s.port, identity, dialer, acceptor)
+            assert b"CONNECTION ESTABLISHED" not in err, (identity, err)
+            want = f"reason={why}"
+            assert wait_for(lambda: want in s.read_log()[mark:], 5), (identity, s.read_log()[mark:])
+            refused = [l for l in s.read_log()[mark:].splitlines() if "peer-refused" in l]
+            assert len(refused) == 1 and "peer=? addr=127.0.0.1:" in refused[0], refused
+        assert "link-up" not in s.read_log()
+        assert exchange(s.port, b"WHATSAT sneaked 1 1\n") == b"? WHATSAT sneaked 1 1\n"
+    finally:
+        assert stop(s) == 0
