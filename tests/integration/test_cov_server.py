@@ -315,3 +315,62 @@ def test_tls_identities_that_name_no_link_of_ours_are_refused(tmp_path):
         assert exchange(s.port, b"WHATSAT sneaked 1 1\n") == b"? WHATSAT sneaked 1 1\n"
     finally:
         assert stop(s) == 0
+
+
+def client_hello(identity, dialer, acceptor):
+    """The first TLS record openssl s_client sends for a link's PSK: its
+    ClientHello, caught on a socket of ours that answers nothing."""
+    from test_herd import psk_key
+    with socket.socket() as ls:
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        p = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{ls.getsockname()[1]}",
+                              "-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256",
+                              "-psk_identity", identity, "-psk", psk_key(SECRET, dialer, acceptor)],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        try:
+            ls.settimeout(10)
+            c, _ = ls.accept()
+            with c:
+                c.settimeout(10)
+                data = b""
+                while len(data) < 5 or len(data) < 5 + int.from_bytes(data[3:5], "big"):
+                    more = c.recv(4096)
+                    assert more, data
+                    data += more
+        finally:
+            p.kill()
+            p.wait()
+    return data
+
+
+def test_tls_handshake_stalled_after_a_known_identity_names_the_peer(tmp_path):
+    """A ClientHello with Bailey's identity and key is answered (the PSK is
+    right), then nothing more comes: at the handshake timeout the
+    connection is closed and the refusal names Bailey, not "?"."""
+    ports = {"Bailey": free_port(), "Bona": free_port()}
+    servers = {"Bailey": (ports["Bailey"], ["Bona"]), "Bona": (ports["Bona"], ["Bailey"])}
+    s = start(tmp_path, "Bona", servers=servers, env=with_secret())
+    try:
+        hello = client_hello("proxyherd-v1 Bailey Bona", "Bailey", "Bona")
+        assert hello[:1] == b"\x16" and b"proxyherd-v1 Bailey Bona" in hello
+        with connect(s.port) as c:
+            c.sendall(hello)
+            c.settimeout(10)
+            assert c.recv(5)[:1] == b"\x16", "no ServerHello: the PSK was refused"
+            t0 = time.time()
+            try:
+                while c.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+            took = time.time() - t0
+        assert 3.5 <= took < 9, took      # the 5 s handshake timeout, swept each second
+        want = "reason=handshake timeout before its TLS handshake was done"
+        log = s.read_log(wait_for=want)
+        line = next(l for l in log.splitlines() if want in l)
+        assert "peer-refused peer=Bailey addr=127.0.0.1:" in line, line
+        assert "link-up" not in log
+    finally:
+        assert stop(s) == 0
