@@ -12,6 +12,7 @@ import resource
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 from conftest import (Server, connect, exchange, free_port, program, recv_until_eof,
@@ -373,4 +374,47 @@ def test_tls_handshake_stalled_after_a_known_identity_names_the_peer(tmp_path):
         assert "peer-refused peer=Bailey addr=127.0.0.1:" in line, line
         assert "link-up" not in log
     finally:
+        assert stop(s) == 0
+
+
+ZERO_SUMS = b"".join(b"SUMS %d %s\n" % (b, b"0" * 512) for b in range(0, 4096, 32))
+
+
+def test_bucket_digests_again_mid_stream_do_not_restart_it(tmp_path):
+    """Bailey (our stand-in) says, twice at once, that every bucket differs
+    (all-zero "SUMS" digests).  Bona streams its table; the second round,
+    when it comes while the stream runs, does not start it over: every
+    client arrives exactly as many times as a catch-up was sent."""
+    from test_herd import FakePeer
+    ports = {"Bailey": free_port(), "Bona": free_port()}
+    servers = {"Bailey": (ports["Bailey"], ["Bona"]), "Bona": (ports["Bona"], ["Bailey"])}
+    s = start(tmp_path, "Bona", servers=servers, env=with_secret(),
+              logging={"log_lines": False})
+    peer = None
+    try:
+        n = 8000                                   # about 600 KB: several rounds of stream
+        fill(s.port, n, b"old")
+        peer = FakePeer(s.port, "Bailey", "Bona", SECRET)
+        assert "link-up peer=Bailey" in s.read_log(wait_for="link-up peer=Bailey")
+        got = []
+        reader = threading.Thread(target=lambda: got.extend(iter(
+            lambda: os.read(peer.proc.stdout.fileno(), 1 << 16), b"")), daemon=True)
+        reader.start()
+        peer.sendall(ZERO_SUMS + ZERO_SUMS)
+        assert "catch-up-sent peer=Bailey" in s.read_log(wait_for="catch-up-sent peer=Bailey")
+        time.sleep(1.0)                            # a second one, if the round came after
+        sent = s.read_log().count("catch-up-sent peer=Bailey")
+        peer.close()                               # its output ends: the reader stops
+        reader.join(10)
+        counts = {}
+        for line in b"".join(got).split(b"\n"):
+            f = line.split()
+            if len(f) == 6 and f[0] == b"AT":
+                counts[f[3]] = counts.get(f[3], 0) + 1
+        peer = None
+        assert set(counts) == {b"old%d" % i for i in range(n)}
+        assert set(counts.values()) == {sent}, (sent, sorted(set(counts.values())))
+    finally:
+        if peer:
+            peer.close()
         assert stop(s) == 0
