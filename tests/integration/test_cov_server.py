@@ -418,3 +418,62 @@ def test_bucket_digests_again_mid_stream_do_not_restart_it(tmp_path):
         if peer:
             peer.close()
         assert stop(s) == 0
+
+
+def test_updates_past_the_cap_during_a_stream_follow_as_the_whole_table(tmp_path):
+    """Bona streams its table to Bailey (our stand-in, s_client), who reads
+    nothing for a moment.  Updates coming meanwhile find the link past its
+    output cap: they are not queued, no backlog is logged (a stream is on
+    its way), and once the stream is through the whole table follows, so
+    Bailey gets every client, the new ones too."""
+    from test_herd import FakePeer
+    ports = {"Bailey": free_port(), "Bona": free_port()}
+    servers = {"Bailey": (ports["Bailey"], ["Bona"]), "Bona": (ports["Bona"], ["Bailey"])}
+    s = start(tmp_path, "Bona", servers=servers, env=with_secret(),
+              limits={"max_output_bytes": 65536}, logging={"log_lines": False})
+    peer = None
+    try:
+        # 7 MB of AT lines: more than the sockets on the way hold (the
+        # sender's buffer grows to 4 MB on loopback)
+        old, new, pad = 24000, 300, b"x" * 200
+        fill(s.port, old, b"old" + pad)
+        peer = FakePeer(s.port, "Bailey", "Bona", SECRET)
+        assert "link-up peer=Bailey" in s.read_log(wait_for="link-up peer=Bailey")
+        got, gate = [], threading.Event()
+
+        def read():
+            gate.wait()
+            got.extend(iter(lambda: os.read(peer.proc.stdout.fileno(), 1 << 16), b""))
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            peer.sendall(ZERO_SUMS)
+            time.sleep(1.0)                        # the stream starts and backs up
+            fill(s.port, new, b"new")
+            time.sleep(0.2)
+            assert "catch-up-sent" not in s.read_log(), "the stream was not held back"
+        finally:
+            gate.set()
+        assert "catch-up-sent" in s.read_log(wait_for="catch-up-sent", timeout=15), s.read_log()
+        time.sleep(0.5)
+        peer.close()
+        reader.join(10)
+        peer = None
+        clients = set()
+        for line in b"".join(got).split(b"\n"):
+            f = line.split()
+            if len(f) == 6 and f[0] == b"AT":
+                clients.add(f[3])
+        assert clients == {b"old%s%d" % (pad, i) for i in range(old)} | \
+            {b"new%d" % i for i in range(new)}
+        # one catch-up logged, when the whole table that followed the stream
+        # was through: every old client twice, each new one once
+        log = s.read_log()
+        assert log.count("catch-up-sent peer=Bailey") == 1, log
+        assert f"catch-up-sent peer=Bailey updates={2 * old + new} clients={old + new} whole=1" \
+            in log, log
+        assert "link-backlog" not in log
+    finally:
+        if peer:
+            peer.close()
+        assert stop(s) == 0
