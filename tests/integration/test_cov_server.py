@@ -225,6 +225,28 @@ def test_leftovers_that_are_no_child_file_are_left_alone(tmp_path):
         assert stop(s) == 0
 
 
+
+def test_snapshot_that_is_a_directory_is_set_aside_as_unreadable(tmp_path):
+    """NAME.snap a directory: read, it fails (EISDIR), which is no empty
+    file: logged as such, set aside whole as NAME.snap.bad-TIME, and the
+    server starts empty; its stop writes a good snapshot in its place."""
+    state_dir = tmp_path / "Bailey" / "state"
+    (state_dir / "Bailey.snap").mkdir(parents=True)
+    (state_dir / "Bailey.snap" / "inside").write_text("mine\n")
+    s = start(tmp_path)
+    try:
+        log = s.read_log(wait_for="snapshot-damaged")
+        line = next(l for l in log.splitlines() if "snapshot-damaged" in l)
+        assert f"file={state_dir}/Bailey.snap line=0 reason=Is a directory moved-to=" \
+            f"{state_dir}/Bailey.snap.bad-" in line, line
+        bad = line.split("moved-to=")[1]
+        assert open(os.path.join(bad, "inside")).read() == "mine\n"
+        assert exchange(s.port, b"IAMAT fresh %s 5\n" % LOC).startswith(b"AT Bailey ")
+    finally:
+        assert stop(s) == 0
+    snap = (state_dir / "Bailey.snap").read_bytes()
+    assert snap.startswith(b"HERDSNAP 1 Bailey\nAT Bailey ") and snap.endswith(b"\nEND 1\n"), snap
+
 # ------------------------------------------------------------------ links
 
 SECRET = "cov-secret-0123456789"
