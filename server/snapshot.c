@@ -13,7 +13,7 @@
  * port while a slow child still writes) and dies with its parent
  * (PR_SET_PDEATHSIG).  Temporary files a killed child left behind,
  * NAME.snap.tmp.PID, are removed at start and logged.
- * A snapshot that does not parse, is cut short or
+ * A snapshot that does not parse, cannot be read (a directory), is cut short or
  * belongs to another server is renamed NAME.snap.bad-<time>, logged, and the
  * server starts empty: the herd's catch-up fills it again.
  */
@@ -215,8 +215,10 @@ void snapshot_load(server *s) {
         table_offer(&s->tab, &u);
         count++;
     }
+    int read_errno = ferror(f) ? errno : 0;   /* a read that failed is no end of file */
     free(line);
     fclose(f);
+    if (!why && read_errno) why = strerror(read_errno);   /* a directory: EISDIR */
     if (!why && !ended) why = lineno ? "cut short (no END line)" : "empty file";
     if (why) {
         set_aside(s, path, why, lineno);

@@ -106,6 +106,22 @@ static void test_bad_files(void) {
         {"{\"features\":[" FEATURE("a", 200, 1) "]}", "feature 1: coordinates out of range"},
         {"{\"features\":[{\"geometry\":{\"type\":\"Point\",\"coordinates\":[1,2]},\"properties\":{}}]}",
          "feature 1: properties.name"},
+        /* each other way a feature can be wrong, each named with its number */
+        {"{\"features\":[{\"properties\":{\"name\":\"no geometry\"}}]}",
+         "feature 1: geometry is not a Point"},
+        {"{\"features\":[{\"geometry\":{\"type\":7,\"coordinates\":[1,2]},\"properties\":{\"name\":\"a\"}}]}",
+         "feature 1: geometry is not a Point"},
+        {"{\"features\":[" FEATURE("a", 1, 1) ",{\"geometry\":{\"type\":\"Point\",\"coordinates\":{\"lng\":1,\"lat\":2}}}]}",
+         "feature 2: coordinates must be [longitude, latitude]"},
+        {"{\"features\":[{\"geometry\":{\"type\":\"Point\",\"coordinates\":[\"1\",2]}}]}",
+         "feature 1: coordinates must be [longitude, latitude]"},
+        {"{\"features\":[{\"geometry\":{\"type\":\"Point\",\"coordinates\":[1,null]}}]}",
+         "feature 1: coordinates must be [longitude, latitude]"},
+        {"{\"features\":[" FEATURE("a", 1, 90.5) "]}", "feature 1: coordinates out of range"},
+        {"{\"features\":[{\"geometry\":{\"type\":\"Point\",\"coordinates\":[1,2]},\"properties\":[\"name\"]}]}",
+         "feature 1: properties.name is missing"},
+        {"{\"features\":[{\"geometry\":{\"type\":\"Point\",\"coordinates\":[1,2]},\"properties\":{\"name\":3}}]}",
+         "feature 1: properties.name is missing"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *path = write_tmp(cases[i].text);
@@ -119,6 +135,126 @@ static void test_bad_files(void) {
     char err[256];
     CHECK(places_local_load(&pl, "/nonexistent/x.geojson", err, sizeof err) < 0 &&
           strstr(err, "cannot open"), "missing file: %s", err);
+}
+
+/* A file past the 256 MiB bound is refused before a byte is read (a sparse
+ * file: no disk used), with a message naming it and the bound. */
+static void test_file_too_large(void) {
+    const char *path = write_tmp("{\"features\":[]}");
+    CHECK(path != NULL && truncate(path, (256 << 20) + 1) == 0, "sparse file");
+    places_local pl;
+    char err[256] = "", want[128];
+    snprintf(want, sizeof want, "%s: too large (at most 256 MiB)", path);
+    CHECK(places_local_load(&pl, path, err, sizeof err) < 0, "refused");
+    CHECK_STR(err, want);
+    CHECK(pl.n == 0 && pl.v == NULL, "nothing kept");
+    unlink(path);
+}
+
+/* A feature's properties become its result: a "geometry" property cannot
+ * replace the computed one, "types" and "vicinity" are there even when the
+ * file has none, and every JSON value prints the legacy way (false, an empty
+ * object, escapes of quotes, backslashes and control bytes). */
+static void test_feature_properties(void) {
+    const char *path = write_tmp(
+        "{\"features\":[{\"geometry\":{\"type\":\"Point\",\"coordinates\":[2.5,-1]},"
+        "\"properties\":{\"name\":\"a\\\\b\\\"c\\td\\u007f\",\"geometry\":\"forged\","
+        "\"open_now\":false,\"extra\":{},\"list\":[true,null]}}]}");
+    places_local pl;
+    char err[256] = "";
+    CHECK(places_local_load(&pl, path, err, sizeof err) == 0, "load: %s", err);
+    CHECK(pl.n == 1 && pl.v[0].lat == -1 && pl.v[0].lng == 2.5, "one place at -1, 2.5");
+    buf_t out = {0};
+    CHECK(places_local_render(&pl, -1, 2.5, 1, 20, &out) == 1, "found where it is");
+    buf_append_char(&out, '\0');
+    CHECK_STR(out.p,
+        "{\n   \"html_attributions\" : [],\n   \"results\" : [\n"
+        "      {\n"
+        "         \"geometry\" : {\n"
+        "            \"location\" : {\n"
+        "               \"lat\" : -1,\n"
+        "               \"lng\" : 2.5\n"
+        "            }\n"
+        "         },\n"
+        "         \"name\" : \"a\\\\b\\\"c\\u0009d\\u007f\",\n"
+        "         \"open_now\" : false,\n"
+        "         \"extra\" : {},\n"
+        "         \"list\" : [\n"
+        "            true,\n"
+        "            null\n"
+        "         ],\n"
+        "         \"types\" : [],\n"
+        "         \"vicinity\" : \"\"\n"
+        "      }\n"
+        "   ],\n   \"status\" : \"OK\"\n}");
+    buf_free(&out);
+    places_local_free(&pl);
+    unlink(path);
+}
+
+/* Values no parsed file holds but a caller may build: a number that is not
+ * finite prints as null (JSON has no inf), an object member without a name
+ * as "". */
+static void test_printer_odd_values(void) {
+    buf_t b = {0};
+    cJSON *arr = cJSON_CreateArray();
+    cJSON_AddItemToArray(arr, cJSON_CreateNumber(INFINITY));
+    cJSON_AddItemToArray(arr, cJSON_CreateNumber(NAN));
+    places_json_pretty(arr, 0, &b);
+    buf_append_char(&b, '\0');
+    CHECK_STR(b.p, "[\n   null,\n   null\n]");
+    cJSON_Delete(arr);
+    buf_clear(&b);
+    cJSON *obj = cJSON_CreateObject();
+    cJSON_AddItemToArray(obj, cJSON_CreateString("unnamed"));   /* no ->string */
+    places_json_pretty(obj, 0, &b);
+    buf_append_char(&b, '\0');
+    CHECK_STR(b.p, "{\n   \"\" : \"unnamed\"\n}");
+    cJSON_Delete(obj);
+    buf_free(&b);
+}
+
+/* The search's own bounds: at most 20 results whatever 'bound' asks, and a
+ * radius past half the Earth's circumference reaches the antipode (the
+ * chord is taken for at most a half turn). */
+static void test_search_bounds(void) {
+    buf_t text = {0};
+    buf_append_str(&text, "{\"features\":[");
+    for (int i = 0; i < 25; i++) {
+        char f[200];
+        snprintf(f, sizeof f, "%s{\"geometry\":{\"type\":\"Point\",\"coordinates\":[0,%d]},"
+                 "\"properties\":{\"name\":\"p%d\"}}", i ? "," : "", i, i);
+        buf_append_str(&text, f);
+    }
+    buf_append_str(&text, ",{\"geometry\":{\"type\":\"Point\",\"coordinates\":[180,0]},"
+                   "\"properties\":{\"name\":\"antipode\"}}]}");
+    buf_append_char(&text, '\0');
+    const char *path = write_tmp(text.p);
+    buf_free(&text);
+    places_local pl;
+    char err[256] = "";
+    CHECK(places_local_load(&pl, path, err, sizeof err) == 0, "load: %s", err);
+    CHECK(pl.n == 26, "26 places, got %zu", pl.n);
+    size_t idx[32];
+    int n = places_local_search(&pl, 0, 0, 5000, 25, idx);
+    CHECK(n == 20, "a bound of 25 gives 20, got %d", n);
+    for (int i = 0; i < n && i < 20; i++)
+        CHECK(idx[i] == (size_t)i, "position %d: got %zu", i, idx[i]);
+    /* from (0,180): the antipode place, then p24 (156 degrees away) .. p6
+     * (174); past pi * R, so within reach only with the angle capped at pi
+     * (else the chord of 30000 km is that of 90 degrees) */
+    n = places_local_search(&pl, 0, 180, 30000, 20, idx);
+    CHECK(n == 20 && idx[0] == 25 && idx[1] == 24 && idx[19] == 6,
+          "30000 km from (0,180): got %d: %zu %zu .. %zu", n, idx[0], idx[1], idx[19]);
+    places_local_free(&pl);
+    unlink(path);
+}
+
+/* Antipodes whose haversine term rounds just past 1: the distance is half
+ * the circumference, not NaN (asin of more than 1). */
+static void test_distance_rounding(void) {
+    double d = places_distance_km(8, -179, -8, 1);
+    CHECK(d == 6371.0088 * M_PI, "antipodes (8,-179) (-8,1): %.17g", d);
 }
 
 /* The shipped sample: at least 40 real places around the default spot. */
@@ -155,6 +291,11 @@ int main(void) {
     test_distance();
     test_order_and_bound();
     test_bad_files();
+    test_file_too_large();
+    test_feature_properties();
+    test_printer_odd_values();
+    test_search_bounds();
+    test_distance_rounding();
     test_sample_file();
     return check_report("places");
 }
