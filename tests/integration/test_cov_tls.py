@@ -11,13 +11,13 @@ import shutil
 import socket
 import struct
 import subprocess
-import threading
 import time
 
 import pytest
 
 from conftest import (exchange, free_port, log_mark, program, read_log, wait_for, wait_listening,
                       wait_log, write_config)
+from test_tls import RecordingProxy
 
 pytestmark = pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed")
 
@@ -330,77 +330,13 @@ def test_alerts_and_a_close_from_the_neighbour_we_dial(bona):
 
 # ----------------------------------------------------------- an open link
 
-class Meddler:
-    """A TCP proxy from a free port to Bona for one connection at a time,
-    which the test may make send a record of its own to Bona, or reset."""
-
-    def __init__(self, target):
-        self.target = target
-        self.port = free_port()
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", self.port))
-        self.lsock.listen(4)
-        self.up = None
-        self.lock = threading.Lock()     # one writer on the way up at a time
-        self.socks = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                down, _ = self.lsock.accept()
-            except OSError:
-                return
-            up = socket.create_connection(("127.0.0.1", self.target))
-            self.socks += [down, up]
-            self.up = up
-            threading.Thread(target=self._pump, args=(down, up, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, down, False), daemon=True).start()
-
-    def _pump(self, src, dst, upward):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if upward:
-                    with self.lock:
-                        dst.sendall(data)
-                else:
-                    dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def inject(self, data):
-        with self.lock:
-            self.up.sendall(data)
-
-    def reset(self):
-        self.up.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.up.close()
-
-    def close(self):
-        self.lsock.close()
-        for s in self.socks:
-            try:
-                s.close()
-            except OSError:
-                pass
-
-
 def test_a_broken_record_or_a_reset_ends_an_open_link(bona):
     """On Bailey's open link (s_client through a proxy), a record that does
     not decrypt ends the link as a bad TLS record; a reset from the wire
     ends it as a reset.  Each is logged as the link's end, and Bailey gets
     its link again afterwards."""
     bona.start()
-    proxy = Meddler(bona.port)
+    proxy = RecordingProxy(bona.port)
     clients = []
     try:
         for n, (act, why) in enumerate((("garbage", "bad TLS record"),

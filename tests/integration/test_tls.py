@@ -4,6 +4,7 @@ wrong, and no client location in clear on the wire."""
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -131,13 +132,17 @@ def test_stalled_tls_handshake_is_dropped_within_the_timeout(herd):
 
 class RecordingProxy:
     """A TCP proxy from a free port to 'target' that keeps every byte it
-    forwards, both ways (no root needed, unlike a capture on lo)."""
+    forwards, both ways (no root needed, unlike a capture on lo).  The test
+    may also write bytes of its own towards the target on the newest
+    connection (inject) or reset that connection there (reset)."""
 
     def __init__(self, target):
         self.target = target
         self.port = free_port()
         self.recorded = bytearray()
         self.lock = threading.Lock()
+        self.up = None                   # the newest connection to the target
+        self.up_lock = threading.Lock()  # one writer towards the target at a time
         self.lsock = socket.socket()
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind(("127.0.0.1", self.port))
@@ -157,10 +162,11 @@ class RecordingProxy:
                 a.close()
                 continue
             self.socks += [a, b]
-            for src, dst in ((a, b), (b, a)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            self.up = b
+            for src, dst, lock in ((a, b, self.up_lock), (b, a, threading.Lock())):
+                threading.Thread(target=self._pump, args=(src, dst, lock), daemon=True).start()
 
-    def _pump(self, src, dst):
+    def _pump(self, src, dst, lock):
         try:
             while True:
                 data = src.recv(65536)
@@ -168,7 +174,8 @@ class RecordingProxy:
                     break
                 with self.lock:
                     self.recorded += data
-                dst.sendall(data)
+                with lock:
+                    dst.sendall(data)
         except OSError:
             pass
         for s in (src, dst):
@@ -177,10 +184,21 @@ class RecordingProxy:
             except OSError:
                 pass
 
+    def inject(self, data):
+        with self.up_lock:
+            self.up.sendall(data)
+
+    def reset(self):
+        self.up.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.up.close()
+
     def close(self):
         self.lsock.close()
         for s in self.socks:
-            s.close()
+            try:
+                s.close()
+            except OSError:
+                pass
 
 
 def run_pair_through_proxy(tmp_path):
