@@ -97,6 +97,13 @@ static void stop(server *s, int kill_it) {
     s->resolver_pid = 0;
 }
 
+/* The helper is gone or no longer usable: stop it, and every question
+ * still out fails as a dial failure (else its link waits for ever). */
+static void lost(server *s) {
+    stop(s, 1);
+    peer_resolved(s, -1, NULL, 0, "the resolver process went away");
+}
+
 int resolver_ask(server *s, int link, const char *host, int port, char *err, size_t errlen) {
     if (s->resolver_fd < 0 && start(s, err, errlen) < 0) return -1;
     question q = {.link = link, .port = port};
@@ -104,7 +111,7 @@ int resolver_ask(server *s, int link, const char *host, int port, char *err, siz
     if (send(s->resolver_fd, &q, sizeof q, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)sizeof q)
         return 0;
     snprintf(err, errlen, "resolver: %s", strerror(errno));
-    stop(s, 1);
+    lost(s);
     return -1;
 }
 
@@ -120,8 +127,7 @@ void resolver_read(server *s) {
         }
         log_msg(LOG_WARN, "resolver", "pid=%ld went away (%s); started again at the next dial",
                 (long)s->resolver_pid, n < 0 ? strerror(errno) : "closed");
-        stop(s, 1);
-        peer_resolved(s, -1, NULL, 0, "the resolver process went away");
+        lost(s);
         return;
     }
 }
