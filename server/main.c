@@ -26,6 +26,8 @@ static void usage(FILE *f) {
 int main(int argc, char **argv) {
     const char *cfg_path = "config.yml", *name = NULL;
     int check = 0;
+    /* not for users: the server starts its host name helper so (resolver.c) */
+    if (argc == 3 && !strcmp(argv[1], RESOLVER_ARG)) return resolver_main(argv[2]);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {

@@ -6,7 +6,9 @@
  * dial to a neighbour named by a host name asks a helper process: forked
  * on the first such dial, it does one lookup at a time (net_resolve, the
  * same rule as everywhere) and answers over a SOCK_SEQPACKET socket pair
- * polled by the loop (poll slot SERVER_RESOLVER_SLOT).  A literal never
+ * polled by the loop (poll slot SERVER_RESOLVER_SLOT).  The helper is a
+ * fresh herd-server (exec'd with RESOLVER_ARG), not a forked copy: it
+ * holds none of the server's memory.  A literal never
  * gets here (peer.c connects to it at once).  The helper holds no socket of
  * the server, ignores the server's signals, dies with it
  * (PR_SET_PDEATHSIG), and when it goes away its questions fail as dial
@@ -14,8 +16,10 @@
  * one question out, so the socket buffer never fills.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -39,11 +43,13 @@ typedef struct {
     char err[256];
 } answer;
 
-/* The helper: answer each question until the server closes its end. */
-static void helper(int fd, pid_t parent) {
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent) _exit(1);
-    close_range(3, (unsigned)fd - 1, 0);
-    close_range((unsigned)fd + 1, ~0U, 0);
+/* The helper, in a herd-server started afresh (main.c, RESOLVER_ARG):
+ * answer each question on fd until the server closes its end. */
+int resolver_main(const char *fd_arg) {
+    char *end;
+    long v = strtol(fd_arg, &end, 10);
+    if (*end || v < 0 || v > 65535) return 2;
+    int fd = (int)v;
     prctl(PR_SET_NAME, "herd-resolver");
     int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPIPE};
     for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) signal(sigs[i], SIG_IGN);
@@ -63,6 +69,29 @@ static void helper(int fd, pid_t parent) {
     }
 }
 
+/* The forked child: die with the server, keep only fd (and stdio), and run
+ * the helper in a new image of this program.  A forked copy that went on
+ * running would keep the server's memory as it was at the fork (the whole
+ * table, the secret): each page the server changes afterwards is one more
+ * for the machine.  Only async-signal-safe calls before the exec. */
+static void exec_helper(int fd, pid_t parent) {
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent) _exit(1);
+    if (fcntl(fd, F_SETFD, 0) < 0) _exit(1);       /* kept across the exec */
+    if (fd > 3) close_range(3, (unsigned)fd - 1, 0);
+    close_range((unsigned)fd + 1, ~0U, 0);
+    char arg[16];
+    int n = 0;
+    for (int v = fd; n == 0 || v; v /= 10) arg[n++] = (char)('0' + v % 10);
+    for (int i = 0; i < n / 2; i++) {
+        char c = arg[i];
+        arg[i] = arg[n - 1 - i];
+        arg[n - 1 - i] = c;
+    }
+    arg[n] = '\0';
+    execl("/proc/self/exe", "herd-server", RESOLVER_ARG, arg, (char *)NULL);
+    _exit(127);
+}
+
 static int start(server *s, char *err, size_t errlen) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
@@ -78,7 +107,7 @@ static int start(server *s, char *err, size_t errlen) {
         close(sv[1]);
         return -1;
     }
-    if (pid == 0) helper(sv[1], parent);
+    if (pid == 0) exec_helper(sv[1], parent);
     close(sv[1]);
     s->resolver_fd = sv[0];
     s->resolver_pid = pid;

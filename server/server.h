@@ -277,6 +277,10 @@ void peer_resolved(server *s, int li, const struct sockaddr_storage *sa, socklen
 int resolver_ask(server *s, int li, const char *host, int port, char *err, size_t errlen);
 void resolver_read(server *s);
 void resolver_free(server *s);
+/* herd-server RESOLVER_ARG FD runs the helper on socket FD (main.c); it
+ * returns only on a bad FD. */
+#define RESOLVER_ARG "--resolver-helper"
+int resolver_main(const char *fd_arg);
 
 /* snapshot.c: state/NAME.snap */
 void snapshot_load(server *s);

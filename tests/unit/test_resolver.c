@@ -12,6 +12,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -54,7 +55,9 @@ static int load(config *cfg) {
     return 0;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    /* the helper runs this program again (resolver.c), as herd-server */
+    if (argc == 3 && !strcmp(argv[1], RESOLVER_ARG)) return resolver_main(argv[2]);
     alarm(20);
     signal(SIGPIPE, SIG_IGN);
     strcpy(dir, "/tmp/herdresXXXXXX");
