@@ -88,6 +88,17 @@ static void exec_helper(int fd, pid_t parent) {
         arg[n - 1 - i] = c;
     }
     arg[n] = '\0';
+    /* the program's path first: under valgrind, /proc/self/exe is
+     * valgrind's tool (which refuses to run so); then /proc/self/exe, the
+     * very file even if replaced since ("PATH (deleted)") */
+    char self[4096];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    static const char gone[] = " (deleted)";
+    const ssize_t glen = (ssize_t)sizeof gone - 1;
+    if (len > 0 && (len < glen || memcmp(self + len - glen, gone, (size_t)glen))) {
+        self[len] = '\0';
+        execl(self, "herd-server", RESOLVER_ARG, arg, (char *)NULL);
+    }
     execl("/proc/self/exe", "herd-server", RESOLVER_ARG, arg, (char *)NULL);
     _exit(127);
 }
