@@ -205,3 +205,30 @@ def test_the_resolver_helper_holds_none_of_the_servers_memory(tmp_path):
             server.wait()
     stderr = (tmp_path / "Alpha.stderr").read_text(errors="replace")
     assert "Sanitizer" not in stderr and "runtime error" not in stderr, stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/valgrind"), reason="needs valgrind")
+def test_the_resolver_helper_starts_under_valgrind(tmp_path):
+    """Under valgrind, /proc/self/exe is valgrind's tool, which will not run
+    as the helper: the program's own path comes first (else every dial
+    started a helper that died at once, and no name was ever looked up)."""
+    port = free_port()
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(config_text({"Alpha": ("127.0.0.1", port, ["Beta"]),
+                                "Beta": ("localhost", port + 1, ["Alpha"])}))
+    env = dict(os.environ, HERD_SECRET="resolver-test-secret")
+    with open(tmp_path / "Alpha.stderr", "wb") as err:
+        server = subprocess.Popen(["/usr/bin/valgrind", "--quiet", program("herd-server"),
+                                   "Alpha", "-c", str(cfg)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        # localhost looked up, then the dial refused: nobody listens there
+        refused = (f"link-dial-failed peer=Beta addr=127.0.0.1:{port + 1} "
+                   "reason=Connection refused")
+        assert wait_for(lambda: any(t in read_log(str(tmp_path), "Alpha")
+                                    for t in (refused, "went away")), timeout=60)
+        log = read_log(str(tmp_path), "Alpha")
+        assert refused in log and "went away" not in log, log
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
