@@ -356,6 +356,7 @@ static void pump_stream(server *s, peer_link *L) {
 }
 
 void peer_tick(server *s) {
+    resolver_tick(s);
     for (int li = 0; li < s->n_links; li++) {
         peer_link *L = &s->links[li];
         if (!s->secret_len) continue;
@@ -376,7 +377,7 @@ void peer_flush(server *s) {
 }
 
 int peer_poll_timeout(server *s) {
-    int64_t best = -1;
+    int64_t best = resolver_timeout(s);
     for (int li = 0; li < s->n_links; li++) {
         peer_link *L = &s->links[li];
         if (!s->secret_len) break;

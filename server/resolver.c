@@ -12,8 +12,10 @@
  * gets here (peer.c connects to it at once).  The helper holds no socket of
  * the server, ignores the server's signals, dies with it
  * (PR_SET_PDEATHSIG), and when it goes away its questions fail as dial
- * failures and the next dial starts another one.  Each link has at most
- * one question out, so the socket buffer never fills.
+ * failures and the next dial starts another one.  So does a helper that
+ * has answered nothing for RESOLVER_STUCK_MS while questions are out (a
+ * stopped or stuck process: its links would wait for ever).  Each link has
+ * at most one question out, so the socket buffer never fills.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,6 +30,10 @@
 
 #include "log.h"
 #include "server.h"
+
+/* Longer than one lookup can take with the resolver's defaults (5 s per
+ * nameserver and attempt, 2 attempts, 3 nameservers: 30 s), twice over. */
+#define RESOLVER_STUCK_MS 60000
 
 typedef struct {
     int link;
@@ -132,6 +138,7 @@ static void stop(server *s, int kill_it) {
     close(s->resolver_fd);
     s->resolver_fd = -1;
     s->pfd[SERVER_RESOLVER_SLOT].fd = -1;
+    s->resolver_out = 0;
     if (kill_it) kill(s->resolver_pid, SIGKILL);
     while (waitpid(s->resolver_pid, NULL, 0) < 0 && errno == EINTR) {}
     s->resolver_pid = 0;
@@ -148,8 +155,10 @@ int resolver_ask(server *s, int link, const char *host, int port, char *err, siz
     if (s->resolver_fd < 0 && start(s, err, errlen) < 0) return -1;
     question q = {.link = link, .port = port};
     snprintf(q.host, sizeof q.host, "%s", host);
-    if (send(s->resolver_fd, &q, sizeof q, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)sizeof q)
+    if (send(s->resolver_fd, &q, sizeof q, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)sizeof q) {
+        if (s->resolver_out++ == 0) s->resolver_busy_ms = s->now_ms;   /* it starts now */
         return 0;
+    }
     snprintf(err, errlen, "resolver: %s", strerror(errno));
     lost(s);
     return -1;
@@ -162,6 +171,8 @@ void resolver_read(server *s) {
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
         if (n == (ssize_t)sizeof a) {
             a.err[sizeof a.err - 1] = '\0';
+            if (s->resolver_out > 0) s->resolver_out--;
+            s->resolver_busy_ms = s->now_ms;    /* the next question starts now */
             peer_resolved(s, a.link, a.ok ? &a.sa : NULL, a.len, a.err);
             continue;
         }
@@ -170,6 +181,20 @@ void resolver_read(server *s) {
         lost(s);
         return;
     }
+}
+
+void resolver_tick(server *s) {
+    if (!s->resolver_out || s->now_ms - s->resolver_busy_ms < RESOLVER_STUCK_MS) return;
+    log_msg(LOG_WARN, "resolver", "pid=%ld answered nothing in %d s (stopped or stuck); "
+            "killed, started again at the next dial", (long)s->resolver_pid,
+            RESOLVER_STUCK_MS / 1000);
+    lost(s);
+}
+
+int resolver_timeout(const server *s) {
+    if (!s->resolver_out) return -1;
+    int64_t t = s->resolver_busy_ms + RESOLVER_STUCK_MS - s->now_ms;
+    return t < 0 ? 0 : (int)t;
 }
 
 void resolver_free(server *s) {

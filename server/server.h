@@ -188,6 +188,8 @@ typedef struct server {
     pid_t snapshot_pid;         /* a child writing a snapshot, or 0 */
     int resolver_fd;            /* to the host name helper (resolver.c), or -1 */
     pid_t resolver_pid;
+    int resolver_out;           /* questions it has not answered yet */
+    int64_t resolver_busy_ms;   /* when it began the lookup under way */
     http http;                  /* libcurl multi, for the google providers */
     struct google *google;      /* NULL with the local provider */
     metrics metrics;            /* counters for NAME.prom (metrics.c) */
@@ -276,6 +278,8 @@ void peer_resolved(server *s, int li, const struct sockaddr_storage *sa, socklen
  * called when SERVER_RESOLVER_SLOT is readable.  0, or -1 with err. */
 int resolver_ask(server *s, int li, const char *host, int port, char *err, size_t errlen);
 void resolver_read(server *s);
+void resolver_tick(server *s);          /* a helper silent too long is killed */
+int resolver_timeout(const server *s);  /* ms until resolver_tick acts, or -1 */
 void resolver_free(server *s);
 /* herd-server RESOLVER_ARG FD runs the helper on socket FD (main.c); it
  * returns only on a bad FD. */

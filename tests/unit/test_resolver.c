@@ -5,7 +5,8 @@
  * between the poll and the next dial, that dial's send fails and the
  * helper is stopped; the question sent before for the other link must fail
  * too, as a dial failure tried again after the back-off.  It stayed
- * "resolving" for ever: that link was never dialled again.
+ * "resolving" for ever: that link was never dialled again.  The same for
+ * a helper that is alive but answers nothing.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -55,6 +56,32 @@ static int load(config *cfg) {
     return 0;
 }
 
+/* A helper that answers nothing (stopped, or stuck in a lookup) is killed
+ * after a minute: its questions fail, the links are dialled again.  They
+ * waited for ever, and nothing was logged. */
+static void test_stopped_helper(server *s) {
+    s->now_ms += 10000;   /* both links due again */
+    peer_tick(s);
+    CHECK(s->links[0].resolving && s->links[1].resolving && s->resolver_fd >= 0,
+          "both names asked of a new helper");
+    pid_t helper = s->resolver_pid;
+    kill(helper, SIGSTOP);
+    int t = peer_poll_timeout(s);
+    CHECK(t > 0 && t <= 60000, "the loop wakes in time to give up (in %d ms)", t);
+    s->now_ms += 59000;
+    peer_tick(s);
+    CHECK(s->links[0].resolving && s->resolver_pid == helper, "a slow lookup is waited for");
+    s->now_ms += 1000;
+    peer_tick(s);
+    CHECK(!s->links[0].resolving && !s->links[1].resolving,
+          "a minute without an answer fails the questions (resolving %d %d)",
+          s->links[0].resolving, s->links[1].resolving);
+    CHECK(s->resolver_fd < 0 && kill(helper, 0) < 0, "the stopped helper is killed and reaped");
+    CHECK(s->links[0].failures == 2 && s->links[0].next_dial_ms > s->now_ms,
+          "Beta is dialled again after the back-off (failures %d)", s->links[0].failures);
+    if (s->resolver_fd >= 0) kill(helper, SIGCONT);
+}
+
 int main(int argc, char **argv) {
     /* the helper runs this program again (resolver.c), as herd-server */
     if (argc == 3 && !strcmp(argv[1], RESOLVER_ARG)) return resolver_main(argv[2]);
@@ -94,6 +121,7 @@ int main(int argc, char **argv) {
     CHECK(s.links[0].failures == 1 && s.links[0].next_dial_ms > s.now_ms,
           "Beta is dialled again after the back-off (failures %d)", s.links[0].failures);
     CHECK(peer_poll_timeout(&s) >= 0, "the loop wakes for the next dial");
+    test_stopped_helper(&s);
     s.stop = 1;
     server_free(&s);
     char cmd[128];
