@@ -13,7 +13,8 @@
  * port while a slow child still writes) and dies with its parent
  * (PR_SET_PDEATHSIG).  Temporary files a killed child left behind,
  * NAME.snap.tmp.PID, are removed at start and logged.
- * A snapshot that does not parse, cannot be read (a directory), is cut short or
+ * A snapshot that does not parse, is no regular file (a directory, a FIFO
+ * that would hold the start until a writer came), is cut short or
  * belongs to another server is renamed NAME.snap.bad-<time>, logged, and the
  * server starts empty: the herd's catch-up fills it again.
  */
@@ -175,8 +176,21 @@ void snapshot_load(server *s) {
     char path[4200];
     remove_leftovers(s);
     snap_path(s, path, sizeof path, "");
-    FILE *f = fopen(path, "r");
+    /* O_NONBLOCK: a FIFO put there would hold the start until a writer
+     * came; what is no regular file (a FIFO, a device, a directory) is
+     * set aside unread */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && !S_ISREG(st.st_mode)) {
+        close(fd);
+        set_aside(s, path, S_ISDIR(st.st_mode) ? strerror(EISDIR) : "not a regular file", 0);
+        return;
+    }
+    FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
     if (!f) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        errno = e;
         if (errno != ENOENT)
             log_msg(LOG_WARN, "snapshot-unreadable", "file=%s reason=%s", path, strerror(errno));
         else

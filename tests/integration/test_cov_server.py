@@ -499,3 +499,21 @@ def test_updates_past_the_cap_during_a_stream_follow_as_the_whole_table(tmp_path
         if peer:
             peer.close()
         assert stop(s) == 0
+
+
+def test_snapshot_that_is_a_fifo_is_set_aside_unread(tmp_path):
+    """NAME.snap a FIFO (an operator's mistake): opened for reading, it held
+    the server's start until some writer opened it, so the server never
+    listened.  It is set aside unread, and the server starts empty."""
+    state_dir = tmp_path / "Bailey" / "state"
+    state_dir.mkdir(parents=True)
+    os.mkfifo(state_dir / "Bailey.snap")
+    s = start(tmp_path)
+    try:
+        log = s.read_log(wait_for="snapshot-damaged")
+        line = next(l for l in log.splitlines() if "snapshot-damaged" in l)
+        assert f"file={state_dir}/Bailey.snap line=0 reason=not a regular file moved-to=" \
+            f"{state_dir}/Bailey.snap.bad-" in line, line
+        assert exchange(s.port, b"IAMAT fresh %s 5\n" % LOC).startswith(b"AT Bailey ")
+    finally:
+        assert stop(s) == 0
