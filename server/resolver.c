@@ -46,7 +46,7 @@ typedef struct {
     int ok;
     socklen_t len;
     struct sockaddr_storage sa;
-    char err[256];
+    char err[512];              /* as dial() has: a 253-byte name and the reason fit */
 } answer;
 
 /* The helper, in a herd-server started afresh (main.c, RESOLVER_ARG):

@@ -235,3 +235,27 @@ def test_the_resolver_helper_starts_under_valgrind(tmp_path):
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_the_reason_for_a_longest_name_is_logged_whole(tmp_path, slow_dns):
+    """A neighbour's name of 253 characters (the most a host name may have)
+    that cannot be looked up: the helper's answer cut the reason off."""
+    port = free_port()
+    name = ".".join(["a" * 63] * 4)[:253]
+    text = config_text({"Alpha": ("127.0.0.1", port, ["Beta"]),
+                        "Beta": (name, port + 1, ["Alpha"])})
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(text)
+    env = dict(os.environ, HERD_SECRET="resolver-test-secret")
+    with open(tmp_path / "Alpha.stderr", "wb") as err:
+        server = slow_dns.spawn([program("herd-server"), "Alpha", "-c", str(cfg)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        assert wait_log(str(tmp_path), "Alpha", "link-dial-failed peer=Beta", timeout=20)
+        line = next(l for l in read_log(str(tmp_path), "Alpha").splitlines()
+                    if "link-dial-failed" in l)
+        assert line.endswith(f"reason=cannot resolve '{name}': Temporary failure in name "
+                             "resolution (retrying)"), line
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=10) == 0
