@@ -34,6 +34,11 @@
 #include "log.h"
 #include "server.h"
 
+/* Far longer than any AT line the protocol's field limits allow (under 500
+ * bytes), so a longer line is damage; the loader never holds more of a
+ * line than this, whatever the file holds. */
+#define SNAP_LINE_MAX 4096
+
 static void snap_path(const server *s, char *out, size_t n, const char *suffix) {
     snprintf(out, n, "%s/%s.snap%s", s->cfg->herd.state_dir, s->me->name, suffix);
 }
@@ -197,15 +202,17 @@ void snapshot_load(server *s) {
             log_msg(LOG_INFO, "snapshot", "file=%s none: starting empty", path);
         return;
     }
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n;
+    char line[SNAP_LINE_MAX];
     long lineno = 0, count = 0;
     const char *why = NULL;
     int ended = 0;
-    while ((n = getline(&line, &cap, f)) > 0) {
+    while (fgets(line, sizeof line, f)) {
+        size_t n = strlen(line);
         lineno++;
-        if (line[n - 1] != '\n') { why = "cut short"; break; }
+        if (n == 0 || line[n - 1] != '\n') {   /* read no further: memory stays bounded */
+            why = feof(f) ? "cut short" : n + 1 == sizeof line ? "line too long" : "NUL byte";
+            break;
+        }
         line[--n] = '\0';
         if (ended) { why = "data after END"; break; }
         if (lineno == 1) {
@@ -221,7 +228,7 @@ void snapshot_load(server *s) {
             continue;
         }
         proto_at at;
-        if (proto_parse_at(line, (size_t)n, &at, &why) < 0) break;
+        if (proto_parse_at(line, n, &at, &why) < 0) break;
         table_update u = {
             .origin = at.origin, .diff = at.diff, .client = at.u.client,
             .location = at.u.location, .time = at.u.time, .t = at.u.t
@@ -230,7 +237,6 @@ void snapshot_load(server *s) {
         count++;
     }
     int read_errno = ferror(f) ? errno : 0;   /* a read that failed is no end of file */
-    free(line);
     fclose(f);
     if (!why && read_errno) why = strerror(read_errno);   /* a directory: EISDIR */
     if (!why && !ended) why = lineno ? "cut short (no END line)" : "empty file";

@@ -15,6 +15,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from conftest import (Server, connect, exchange, free_port, program, recv_until_eof,
                       wait_for, wait_listening, write_config)
 from test_trust_server import children, state
@@ -514,6 +516,41 @@ def test_snapshot_that_is_a_fifo_is_set_aside_unread(tmp_path):
         line = next(l for l in log.splitlines() if "snapshot-damaged" in l)
         assert f"file={state_dir}/Bailey.snap line=0 reason=not a regular file moved-to=" \
             f"{state_dir}/Bailey.snap.bad-" in line, line
+        assert exchange(s.port, b"IAMAT fresh %s 5\n" % LOC).startswith(b"AT Bailey ")
+    finally:
+        assert stop(s) == 0
+
+
+def peak_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
+
+
+@pytest.mark.parametrize("body,why", [
+    (b"NUL", "NUL byte"),            # 256 MiB of NUL bytes (a hole), then a newline
+    (b"x" * 5000 + b"\n", "line too long"),
+], ids=["hole", "long-line"])
+def test_snapshot_with_a_huge_line_is_set_aside_in_bounded_memory(tmp_path, body, why):
+    """A damaged snapshot whose second line never ends (a hole of NUL bytes,
+    as a crash on some file systems leaves) or is longer than any AT line:
+    the loader reads no more than one bounded line of it, sets it aside
+    with the reason, and starts empty; it did read the whole line into
+    memory (256 MiB for a 256 MiB hole)."""
+    state_dir = tmp_path / "Bailey" / "state"
+    state_dir.mkdir(parents=True)
+    with open(state_dir / "Bailey.snap", "wb") as f:
+        f.write(b"HERDSNAP 1 Bailey\n")
+        if body == b"NUL":
+            f.seek(256 << 20, os.SEEK_CUR)
+            f.write(b"\nEND 0\n")
+        else:
+            f.write(body + b"END 0\n")
+    s = start(tmp_path)
+    try:
+        log = s.read_log(wait_for="snapshot-damaged")
+        assert peak_rss_kib(s.proc.pid) < 64 << 10, f"{peak_rss_kib(s.proc.pid)} KiB at its peak"
+        line = next(l for l in log.splitlines() if "snapshot-damaged" in l)
+        assert f"file={state_dir}/Bailey.snap line=2 reason={why} moved-to=" in line, line
         assert exchange(s.port, b"IAMAT fresh %s 5\n" % LOC).startswith(b"AT Bailey ")
     finally:
         assert stop(s) == 0
