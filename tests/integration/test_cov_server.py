@@ -228,6 +228,12 @@ def test_leftovers_that_are_no_child_file_are_left_alone(tmp_path):
 
 
 
+def damaged_line(s):
+    """The server's snapshot-damaged log line, once it is written."""
+    log = s.read_log(wait_for="snapshot-damaged")
+    return next(l for l in log.splitlines() if "snapshot-damaged" in l)
+
+
 def test_snapshot_that_is_a_directory_is_set_aside_as_unreadable(tmp_path):
     """NAME.snap a directory: read, it fails (EISDIR), which is no empty
     file: logged as such, set aside whole as NAME.snap.bad-TIME, and the
@@ -237,8 +243,7 @@ def test_snapshot_that_is_a_directory_is_set_aside_as_unreadable(tmp_path):
     (state_dir / "Bailey.snap" / "inside").write_text("mine\n")
     s = start(tmp_path)
     try:
-        log = s.read_log(wait_for="snapshot-damaged")
-        line = next(l for l in log.splitlines() if "snapshot-damaged" in l)
+        line = damaged_line(s)
         assert f"file={state_dir}/Bailey.snap line=0 reason=Is a directory moved-to=" \
             f"{state_dir}/Bailey.snap.bad-" in line, line
         bad = line.split("moved-to=")[1]
@@ -512,8 +517,7 @@ def test_snapshot_that_is_a_fifo_is_set_aside_unread(tmp_path):
     os.mkfifo(state_dir / "Bailey.snap")
     s = start(tmp_path)
     try:
-        log = s.read_log(wait_for="snapshot-damaged")
-        line = next(l for l in log.splitlines() if "snapshot-damaged" in l)
+        line = damaged_line(s)
         assert f"file={state_dir}/Bailey.snap line=0 reason=not a regular file moved-to=" \
             f"{state_dir}/Bailey.snap.bad-" in line, line
         assert exchange(s.port, b"IAMAT fresh %s 5\n" % LOC).startswith(b"AT Bailey ")
@@ -547,9 +551,8 @@ def test_snapshot_with_a_huge_line_is_set_aside_in_bounded_memory(tmp_path, body
             f.write(body + b"END 0\n")
     s = start(tmp_path)
     try:
-        log = s.read_log(wait_for="snapshot-damaged")
+        line = damaged_line(s)
         assert peak_rss_kib(s.proc.pid) < 64 << 10, f"{peak_rss_kib(s.proc.pid)} KiB at its peak"
-        line = next(l for l in log.splitlines() if "snapshot-damaged" in l)
         assert f"file={state_dir}/Bailey.snap line=2 reason={why} moved-to=" in line, line
         assert exchange(s.port, b"IAMAT fresh %s 5\n" % LOC).startswith(b"AT Bailey ")
     finally:
