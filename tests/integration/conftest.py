@@ -113,6 +113,13 @@ def write_config(path, servers, places=None, limits=None, logging=None, extra=""
     return cfg
 
 
+def proc_kib(pid, field="VmRSS"):
+    """A size from /proc/PID/status in KiB (VmRSS: resident now, VmHWM: its
+    peak); 0 when the process has none (a zombie)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next((int(l.split()[1]) for l in f if l.startswith(field + ":")), 0)
+
+
 def wait_listening(port, proc, timeout=10.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -166,11 +173,7 @@ class Server:
             time.sleep(0.05)
 
     def rss_kib(self):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
+        return proc_kib(self.proc.pid)
 
     def stop(self, check=True):
         if self.proc is None:

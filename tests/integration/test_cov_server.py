@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import (Server, connect, exchange, free_port, program, recv_until_eof,
+from conftest import (Server, connect, exchange, free_port, proc_kib, program, recv_until_eof,
                       wait_for, wait_listening, write_config)
 from test_trust_server import children, state
 
@@ -525,11 +525,6 @@ def test_snapshot_that_is_a_fifo_is_set_aside_unread(tmp_path):
         assert stop(s) == 0
 
 
-def peak_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
-
-
 @pytest.mark.parametrize("body,why", [
     (b"NUL", "NUL byte"),            # 256 MiB of NUL bytes (a hole), then a newline
     (b"x" * 5000 + b"\n", "line too long"),
@@ -552,7 +547,8 @@ def test_snapshot_with_a_huge_line_is_set_aside_in_bounded_memory(tmp_path, body
     s = start(tmp_path)
     try:
         line = damaged_line(s)
-        assert peak_rss_kib(s.proc.pid) < 64 << 10, f"{peak_rss_kib(s.proc.pid)} KiB at its peak"
+        peak = proc_kib(s.proc.pid, "VmHWM")
+        assert peak < 64 << 10, f"{peak} KiB at its peak"
         assert f"file={state_dir}/Bailey.snap line=2 reason={why} moved-to=" in line, line
         assert exchange(s.port, b"IAMAT fresh %s 5\n" % LOC).startswith(b"AT Bailey ")
     finally:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import DEFAULT_LINKS, program
+from conftest import DEFAULT_LINKS, proc_kib, program
 
 ALL = tuple(DEFAULT_LINKS)
 
@@ -344,16 +344,11 @@ def sanitized(pid):
         return "libasan" in f.read()
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
-
-
 def test_slow_peer_backlog_is_bounded_and_nothing_is_lost(herd):
     herd.start().wait_links()
     herd.stop("Bailey")                     # we play Bailey towards Bona
     peer = fake_peer(herd, "Bailey", "Bona")
-    rss_before = rss_kib(herd.procs["Bona"].pid)
+    rss_before = proc_kib(herd.procs["Bona"].pid)
     n, clients = 200_000, 100              # every update newer: each one floods
     with socket.create_connection(("127.0.0.1", herd.ports["Clark"])) as s:
         s.sendall(b"".join(b"IAMAT slow%d +1.0+1.0 %d\n" % (i % clients, i + 1)
@@ -363,7 +358,7 @@ def test_slow_peer_backlog_is_bounded_and_nothing_is_lost(herd):
             pass
     last = {b"slow%d" % c: herd.stored("Clark", b"slow%d" % c) for c in range(clients)}
     herd.wait_stored(["Bona"], b"slow0", last[b"slow0"])
-    grown = rss_kib(herd.procs["Bona"].pid) - rss_before
+    grown = proc_kib(herd.procs["Bona"].pid) - rss_before
     # (under ASan freed entries sit in its quarantine, so RSS says little there)
     if not sanitized(herd.procs["Bona"].pid):
         assert grown < 8 * 1024, f"Bona grew {grown} KiB for a peer that does not read"

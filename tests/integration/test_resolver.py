@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import free_port, program, read_log, wait_for, wait_log
+from conftest import free_port, proc_kib, program, read_log, wait_for, wait_log
 from test_hosts import config_text
 from test_multihost import netns_available, sh
 
@@ -156,14 +156,6 @@ def test_a_host_name_dns_does_not_answer_never_holds_the_loop(tmp_path, slow_dns
     assert "Sanitizer" not in stderr and "runtime error" not in stderr, stderr
 
 
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def test_the_resolver_helper_holds_none_of_the_servers_memory(tmp_path):
     """The helper is a new image of herd-server, not a forked copy of the
     server: a copy kept the whole table as it was at the fork, and each
@@ -191,7 +183,7 @@ def test_the_resolver_helper_holds_none_of_the_servers_memory(tmp_path):
         # Alpha dials Beta (its name sorts first): localhost goes to the helper
         assert wait_for(lambda: resolver_children(server.pid), timeout=10)
         helper = resolver_children(server.pid)[0]
-        mine, theirs = rss_kb(helper), rss_kb(server.pid)
+        mine, theirs = proc_kib(helper), proc_kib(server.pid)
         assert mine < theirs * 0.4, f"helper {mine} kB, server {theirs} kB"
         with open(f"/proc/{helper}/cmdline", "rb") as f:
             cmdline = f.read().split(b"\0")
