@@ -123,6 +123,16 @@ static void link_up(server *s, int li, client *c, const char *direction) {
             c->addr, direction, (unsigned long long)c->id, c->ssl != NULL);
 }
 
+/* A dial that failed (addr: where it went, or NULL when it did not start):
+ * logged once per run of failures, tried again after the back-off. */
+static void dial_failed(server *s, peer_link *L, const char *addr, const char *why) {
+    if (L->failures++ == 0)
+        log_msg(LOG_WARN, "link-dial-failed", "peer=%s%s%s reason=%s (retrying)",
+                peer_name(s, L), addr ? " addr=" : "", addr ? addr : "", why);
+    L->next_dial_ms = s->now_ms + L->backoff_ms;
+    L->backoff_ms = L->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : L->backoff_ms * 2;
+}
+
 void peer_lost(server *s, client *c) {
     if (c->role == ROLE_ACCEPTED) {       /* gone during its TLS handshake */
         log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s before its TLS "
@@ -135,11 +145,7 @@ void peer_lost(server *s, client *c) {
     peer_link *L = &s->links[c->link];
     if (L->dialing == c) {
         L->dialing = NULL;
-        if (L->failures++ == 0)
-            log_msg(LOG_WARN, "link-dial-failed", "peer=%s addr=%s reason=%s (retrying)",
-                    peer_name(s, L), c->addr, c->close_reason);
-        L->next_dial_ms = s->now_ms + L->backoff_ms;
-        L->backoff_ms = L->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : L->backoff_ms * 2;
+        dial_failed(s, L, c->addr, c->close_reason);
     } else if (L->conn == c) {
         L->conn = NULL;
         L->streaming = 0;
@@ -153,23 +159,13 @@ void peer_lost(server *s, client *c) {
     c->link = -1;
 }
 
-/* A dial that did not start: logged once per run of failures, tried
- * again after the back-off. */
-static void dial_failed(server *s, peer_link *L, const char *why) {
-    if (L->failures++ == 0)
-        log_msg(LOG_WARN, "link-dial-failed", "peer=%s reason=%s (retrying)", peer_name(s, L),
-                why);
-    L->next_dial_ms = s->now_ms + L->backoff_ms;
-    L->backoff_ms = L->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : L->backoff_ms * 2;
-}
-
 /* Connect link li to an address: the dial is under way. */
 static void dial_to(server *s, int li, const struct sockaddr_storage *sa, socklen_t len) {
     peer_link *L = &s->links[li];
     char err[512], addr[NET_ADDRSTRLEN];
     int fd = net_connect_sa(sa, len, addr, sizeof addr, err, sizeof err);
     if (fd < 0) {
-        dial_failed(s, L, err);
+        dial_failed(s, L, NULL, err);
         return;
     }
     net_nodelay(fd);
@@ -191,7 +187,8 @@ static void dial(server *s, int li) {
     socklen_t len;
     char err[512];
     if (net_literal(o->host, o->port, &sa, &len) == 0) dial_to(s, li, &sa, len);
-    else if (resolver_ask(s, li, o->host, o->port, err, sizeof err) < 0) dial_failed(s, L, err);
+    else if (resolver_ask(s, li, o->host, o->port, err, sizeof err) < 0)
+        dial_failed(s, L, NULL, err);
     else L->resolving = 1;
 }
 
@@ -202,7 +199,7 @@ void peer_resolved(server *s, int li, const struct sockaddr_storage *sa, socklen
         if ((li >= 0 && i != li) || !L->resolving) continue;
         L->resolving = 0;
         if (sa) dial_to(s, i, sa, len);
-        else dial_failed(s, L, why);
+        else dial_failed(s, L, NULL, why);
     }
 }
 
