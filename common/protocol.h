@@ -85,8 +85,10 @@ int proto_time_cmp(proto_time a, proto_time b);
 /* Compare two byte strings as unsigned bytes, a shorter prefix being smaller. */
 int proto_bytes_cmp(const char *a, size_t alen, const char *b, size_t blen);
 
-/* The herd's total order on updates: time, then location bytes, then origin
- * server name.  Returns >0 when (ta, loca, origa) is newer than the other. */
+/* The herd's order on updates, but for its last step: time, then location
+ * bytes, then origin server name.  Returns >0 when (ta, loca, origa) is
+ * newer than the other.  Two updates equal here are ordered by their whole
+ * AT lines' bytes (server/table.c), so no two different lines are equal. */
 int proto_update_cmp(proto_time ta, proto_str loca, proto_str origa,
                      proto_time tb, proto_str locb, proto_str origb);
 
@@ -99,6 +101,9 @@ typedef struct {
 } proto_at;
 
 #define PROTO_MAX_ORIGIN_LEN 63
+/* The longest AT line these limits allow ("AT " origin, a 30-byte diff,
+ * client, location, time: 475 bytes), rounded up. */
+#define PROTO_AT_MAX 512
 
 /* Parse an AT line.  Returns 0, or -1 with a static reason in *why.  The
  * location is validated but at->u.lat/lng are left 0. */

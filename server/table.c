@@ -9,8 +9,9 @@
  * rebuilt, twice as large if entries alone pass half, else at the same size;
  * either way 'layout' changes, which tells the cursor to start over.
  *
- * The heap orders entries by the herd's newer order, then by client id, so
- * two servers holding the same updates agree on which is the oldest.
+ * The heap orders entries by the herd's newer order (whose last step, the
+ * whole line, tells two clients apart), so two servers holding the same
+ * updates agree on which is the oldest.
  */
 #include "table.h"
 
@@ -83,12 +84,19 @@ static table_update entry_view(const table_entry *e) {
     return v;
 }
 
-/* The herd's newer order (docs/PROTOCOL.md), then the client id bytes, so
- * two entries are never equal: <0 when u is older than e. */
+/* The herd's newer order (docs/PROTOCOL.md): time, location bytes, origin,
+ * then the whole AT line's bytes, so two different lines are never equal
+ * (the line holds the client id: two clients' entries never are either).
+ * The last step is reached only for updates equal in all the rest (a resent
+ * IAMAT, a time written two ways), so formatting u's line there is rare.
+ * <0 when u is older than e, 0 when it is the same line. */
 static int update_cmp(const table_update *u, const table_entry *e) {
     table_update v = entry_view(e);
     int c = proto_update_cmp(u->t, u->location, u->origin, v.t, v.location, v.origin);
-    return c ? c : proto_bytes_cmp(u->client.p, u->client.len, v.client.p, v.client.len);
+    if (c) return c;
+    char line[PROTO_AT_MAX];
+    size_t len = table_format_at(line, u, NULL);
+    return proto_bytes_cmp(line, len, e->line, e->line_len);
 }
 
 static int entry_older(const table_entry *a, const table_entry *b) {

@@ -241,7 +241,54 @@ static void test_digests(void) {
     table_free(&b);
 }
 
+/* Lines equal in time, location and origin but not in bytes (the same
+ * IAMAT taken twice by a restarted origin: another diff; a time written two
+ * ways) are ordered by the whole line, whichever arrives first, so two
+ * tables that took them in either order hold the same line and digests. */
+static void test_whole_line_ties(void) {
+    static const char *diffs[][2] = {
+        {"+5.000000000", "100"}, {"+7.000000000", "100"}, {"-0.250000000", "100"},
+        {"+5.000000000", "100.0"}, {"+5.000000000", "100.000000000"},
+        {"+12.000000000", "100.0000000001"},
+    };
+    enum { N = sizeof diffs / sizeof diffs[0] };
+    for (int i = 0; i < N; i++) {
+        for (int j = 0; j < N; j++) {
+            if (i == j) continue;
+            table a, b;
+            table_init(&a);
+            table_init(&b);
+            table_update ui = upd("Bailey", "kiwi", "+1.0+1.0", diffs[i][1]);
+            table_update uj = upd("Bailey", "kiwi", "+1.0+1.0", diffs[j][1]);
+            ui.diff = (proto_str){diffs[i][0], strlen(diffs[i][0])};
+            uj.diff = (proto_str){diffs[j][0], strlen(diffs[j][0])};
+            table_offer(&a, &ui);
+            int a_took = table_offer(&a, &uj) != NULL;
+            table_offer(&b, &uj);
+            int b_took = table_offer(&b, &ui) != NULL;
+            CHECK(a_took != b_took, "%d,%d: exactly one order replaces", i, j);
+            CHECK_STR(stored(&a, "kiwi"), stored(&b, "kiwi"));
+            CHECK(a.root == b.root && a.bucket_sum[table_bucket_of("kiwi", 4)] ==
+                  b.bucket_sum[table_bucket_of("kiwi", 4)], "%d,%d: digests agree", i, j);
+            table_free(&a);
+            table_free(&b);
+        }
+    }
+    /* the larger line is the one kept */
+    table t;
+    table_init(&t);
+    table_update u = upd("Bailey", "kiwi", "+1.0+1.0", "1.5");
+    table_offer(&t, &u);
+    u = upd("Bailey", "kiwi", "+1.0+1.0", "1.500");
+    CHECK(table_offer(&t, &u) != NULL, "1.500 sorts after 1.5");
+    CHECK_STR(stored(&t, "kiwi"), "AT Bailey +0.000000001 kiwi +1.0+1.0 1.500");
+    u = upd("Bailey", "kiwi", "+1.0+1.0", "1.5");
+    CHECK(table_offer(&t, &u) == NULL, "and 1.5 again changes nothing");
+    table_free(&t);
+}
+
 int main(void) {
+    test_whole_line_ties();
     test_digests();
     test_bound();
     test_ties();
