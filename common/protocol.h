@@ -79,6 +79,10 @@ int proto_parse_time(const char *s, size_t len, proto_time *t);
 int proto_parse_radius(const char *s, size_t len, double *km);
 int proto_parse_bound(const char *s, size_t len, int *bound);
 
+/* A client's time may be at most this far ahead of the receiving server's
+ * clock (one day); a later one is refused (server/commands.c). */
+#define PROTO_MAX_AHEAD_S 86400
+
 /* Compare two times exactly: <0, 0, >0. */
 int proto_time_cmp(proto_time a, proto_time b);
 

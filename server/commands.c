@@ -1,7 +1,8 @@
 /* commands.c -- one client line in, its reply out (docs/PROTOCOL.md).
  *
  *   IAMAT    -> "AT <server> <diff> <client> <location> <time>", and the
- *               update is stored when it is newer than what we hold
+ *               update is stored when it is newer than what we hold; a
+ *               time more than a day ahead of our clock is a bad field
  *   WHATSAT  -> the stored AT line, LF, the places JSON, LF, LF
  *   anything else, or a bad field -> "? " + the line as received
  *
@@ -75,6 +76,14 @@ static void do_iamat(server *s, client *c, const proto_iamat *ia) {
     update_apply(s, &u, -1);
 }
 
+/* A time further ahead of our clock than PROTO_MAX_AHEAD_S (at the line's
+ * receive time) is refused: stored, it would be newer than every real
+ * update for that long, and could pin the table at max_stored_clients. */
+static int too_far_ahead(const client *c, proto_time t) {
+    proto_time limit = {c->rx_time.tv_sec + PROTO_MAX_AHEAD_S, (int32_t)c->rx_time.tv_nsec};
+    return proto_time_cmp(t, limit) > 0;
+}
+
 static void do_whatsat(server *s, client *c, const proto_whatsat *ws,
                        const char *line, size_t len) {
     const table_entry *e = table_get(&s->tab, ws->client.p, ws->client.len);
@@ -119,7 +128,12 @@ void command_handle(server *s, client *c, const char *line, size_t len) {
         client_refuse_busy(s, c);
         return;
     }
-    switch (proto_parse(line, len, &ia, &ws, &why)) {
+    proto_kind kind = proto_parse(line, len, &ia, &ws, &why);
+    if (kind == PROTO_IAMAT && too_far_ahead(c, ia.t)) {
+        kind = PROTO_INVALID;
+        why = "time more than a day ahead of the server's clock";
+    }
+    switch (kind) {
     case PROTO_EMPTY:
         return;
     case PROTO_IAMAT:

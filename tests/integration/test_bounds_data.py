@@ -4,9 +4,11 @@ and past limits.max_stored_clients every server of a herd keeps the same
 newest clients, in memory, in its snapshot and in what it sends a neighbour
 that catches up."""
 import re
+import time
 import subprocess
 
 from conftest import DEFAULT_LINKS, Herd, exchange, free_port, program, wait_for, write_config
+
 
 ALL = tuple(DEFAULT_LINKS)
 # 8 KB of leading zeros: a valid latitude once, 8 KB in every server's table
@@ -137,3 +139,23 @@ def test_bound_out_of_range_is_refused_with_its_line(tmp_path):
         r = subprocess.run([program("herd-server"), "--check", "Alpha", "-c", cfg],
                            capture_output=True, text=True, timeout=20)
         assert r.returncode == 1 and f"{cfg}:7: limits.max_stored_clients" in r.stderr, r.stderr
+
+
+def test_far_future_times_cannot_pin_the_table(make_server):
+    """A time more than a day (86,400 s) ahead of the server's clock is a bad
+    field: refused with `? `, stored nowhere, so three such clients cannot make
+    a table of three refuse every real client after them."""
+    s = make_server(limits={"max_stored_clients": 3})
+    for i in range(3):
+        line = b"IAMAT pin%d +34.0-118.0 999999999999999999" % i
+        assert exchange(s.port, line + b"\n") == b"? " + line + b"\n"
+    now = int(time.time())
+    late = b"IAMAT late +34.0-118.0 %d.5" % (now + 86400 + 60)
+    assert exchange(s.port, late + b"\n") == b"? " + late + b"\n"
+    near = b"IAMAT near +34.0-118.0 %d.5" % (now + 86400 - 60)
+    assert exchange(s.port, near + b"\n").startswith(b"AT Bailey -")
+    real = [b"real%d" % i for i in range(2)]
+    for c in real:
+        assert exchange(s.port, b"IAMAT %s +34.0-118.0 %.9f\n" % (c, time.time())).startswith(b"AT ")
+    got = stored_set(s.port, [b"pin0", b"pin1", b"pin2", b"late", b"near"] + real)
+    assert [c for c, line in got.items() if line] == [b"near"] + real, got
