@@ -225,9 +225,71 @@ static void announce(server *s) {
     s->fw.announced++;
 }
 
+/* ------------------------------------------------------------- agreement */
+
+static const char *forwarding_name(int m) {
+    return m == FORWARD_FLOOD ? "flood" : "tree";
+}
+
+/* "AGREE version=V max_stored_clients=N forwarding=M": the first line on
+ * every link, each way. */
+static void send_agree(server *s, int li) {
+    char line[128];
+    int n = snprintf(line, sizeof line, "AGREE version=%d max_stored_clients=%zu forwarding=%s",
+                     LINK_PROTOCOL_VERSION, s->cfg->limits.max_stored_clients,
+                     forwarding_name(s->cfg->herd.forwarding));
+    send_ctl(s, li, line, (size_t)n);
+}
+
+int forward_repairs(const server *s, int li) {
+    const peer_link *L = &s->links[li];
+    return L->agree != PEER_AGREE_WAIT &&
+           !(L->mismatch & (AGREE_KEY_VERSION | AGREE_KEY_MAX_STORED));
+}
+
+/* One "key=value" of their AGREE against ours: a mismatch is logged (once
+ * per link-up: this line comes once) and remembered. */
+static void agree_key(server *s, int li, proto_str kv) {
+    peer_link *L = &s->links[li];
+    char ours[32];
+    unsigned bit;
+    const char *eq = memchr(kv.p, '=', kv.len);
+    if (!eq) return;
+    size_t klen = (size_t)(eq - kv.p), vlen = kv.len - klen - 1;
+    if (klen == 7 && memcmp(kv.p, "version", 7) == 0) {
+        bit = AGREE_KEY_VERSION;
+        snprintf(ours, sizeof ours, "%d", LINK_PROTOCOL_VERSION);
+    } else if (klen == 18 && memcmp(kv.p, "max_stored_clients", 18) == 0) {
+        bit = AGREE_KEY_MAX_STORED;
+        snprintf(ours, sizeof ours, "%zu", s->cfg->limits.max_stored_clients);
+    } else if (klen == 10 && memcmp(kv.p, "forwarding", 10) == 0) {
+        bit = AGREE_KEY_FORWARDING;
+        snprintf(ours, sizeof ours, "%s", forwarding_name(s->cfg->herd.forwarding));
+    } else {
+        return;                                 /* a newer peer may say more */
+    }
+    if (strlen(ours) == vlen && memcmp(ours, eq + 1, vlen) == 0) return;
+    L->mismatch |= bit;
+    log_msg(LOG_WARN, "config-mismatch", "peer=%s key=%.*s ours=%s theirs=%.*s (%s)",
+            s->cfg->servers[L->server].name, (int)klen, kv.p, ours,
+            (int)(vlen > 64 ? 64 : vlen), eq + 1,
+            bit == AGREE_KEY_FORWARDING ? "updates still reach every server"
+                                        : "no anti-entropy on this link until they agree");
+}
+
+static void on_agree(server *s, int li, const proto_str *f, int n) {
+    peer_link *L = &s->links[li];
+    if (L->agree != PEER_AGREE_WAIT) return;     /* once per link-up */
+    L->agree = PEER_AGREE_OK;
+    for (int i = 1; i < n; i++) agree_key(s, li, f[i]);
+}
+
 void forward_link_changed(server *s, int li) {
     peer_link *L = &s->links[li];
     if (link_ready(s, li)) {
+        L->agree = PEER_AGREE_WAIT;
+        L->mismatch = 0;
+        send_agree(s, li);                      /* the first line, each way */
         L->lsdb_due = 1;                        /* every state we know, to it */
         L->next_sum_ms = s->now_ms;             /* catch up now */
         L->sum_gen = L->prev_gen = s->tab.gen;  /* all we hold is old to it */
@@ -313,8 +375,10 @@ static int hex_u64(const char *p, uint64_t *v) {
  * they send what differs. */
 static void on_sum(server *s, int li, const proto_str *f) {
     uint64_t count, root;
+    if (!forward_repairs(s, li)) return;
     if (parse_u64(f[1], &count) < 0 || f[2].len != 16 || hex_u64(f[2].p, &root) < 0) return;
     if (count == s->tab.count && root == s->tab.root) return;
+    s->metrics.digest_mismatches++;
     for (int b = 0; b < TABLE_BUCKETS; b += SUMS_PER_LINE) {
         char line[32 + SUMS_PER_LINE * 16];
         int k = snprintf(line, sizeof line, "SUMS %d ", b);
@@ -331,6 +395,7 @@ static void on_sum(server *s, int li, const proto_str *f) {
 static void on_sums(server *s, int li, const proto_str *f) {
     peer_link *L = &s->links[li];
     uint64_t first;
+    if (!forward_repairs(s, li)) return;
     if (parse_u64(f[1], &first) < 0 || first % SUMS_PER_LINE || first >= TABLE_BUCKETS ||
         f[2].len != SUMS_PER_LINE * 16)
         return;
@@ -355,8 +420,12 @@ static void on_sums(server *s, int li, const proto_str *f) {
 /* ------------------------------------------------------------- the rest */
 
 void forward_line(server *s, int li, const char *line, size_t len) {
-    proto_str f[5];
-    int n = proto_split(line, len, f, 4);
+    proto_str f[9];
+    int n = proto_split(line, len, f, 8);
+    if (n >= 1 && n <= 8 && f[0].len == 5 && memcmp(f[0].p, "AGREE", 5) == 0) {
+        on_agree(s, li, f, n);
+        return;
+    }
     if (n == 4 && f[0].len == 4 && memcmp(f[0].p, "LINK", 4) == 0) on_link_state(s, li, f);
     else if (n == 3 && f[0].len == 3 && memcmp(f[0].p, "SUM", 3) == 0) on_sum(s, li, f);
     else if (n == 3 && f[0].len == 4 && memcmp(f[0].p, "SUMS", 4) == 0) on_sums(s, li, f);
@@ -365,12 +434,14 @@ void forward_line(server *s, int li, const char *line, size_t len) {
 
 void forward_log_stats(server *s) {
     forward_state *w = &s->fw;
+    const metrics *m = &s->metrics;
     log_msg(LOG_INFO, "forward-stats", "client_updates=%" PRIu64 " link_updates_sent=%" PRIu64
             " tree=%" PRIu64 " flood=%" PRIu64 " ctl_lines=%" PRIu64 " ctl_bytes=%" PRIu64
-            " announced=%" PRIu64 " mode=%s", s->metrics.client_updates,
-            s->metrics.link_updates_sent,
+            " announced=%" PRIu64 " repairs_sent=%" PRIu64 " stored_forwarded=%" PRIu64
+            " stored_repaired=%" PRIu64 " mode=%s", m->client_updates, m->link_updates_sent,
             w->tree_sends, w->flood_sends, w->ctl_sent, w->ctl_bytes, w->announced,
-            s->cfg->herd.forwarding == FORWARD_FLOOD ? "flood" : "tree");
+            m->link_repairs_sent, m->link_updates_stored - m->link_updates_repaired,
+            m->link_updates_repaired, forwarding_name(s->cfg->herd.forwarding));
 }
 
 void forward_tick(server *s) {
@@ -390,7 +461,7 @@ void forward_tick(server *s) {
                 send_ctl(s, li, line, format_state(s, o, line, sizeof line));
             }
         }
-        if (s->now_ms >= L->next_sum_ms) send_sum(s, li);
+        if (s->now_ms >= L->next_sum_ms && forward_repairs(s, li)) send_sum(s, li);
     }
     if (s->now_ms >= s->fw.next_stats_ms) {
         s->fw.next_stats_ms = s->now_ms + STATS_MS;

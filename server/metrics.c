@@ -89,10 +89,25 @@ static int link_is_up(const peer_link *L) {
     return L->conn && !L->conn->dead;
 }
 
+static int link_mismatch(const peer_link *L) {
+    return link_is_up(L) && L->mismatch != 0;
+}
+
+/* A gauge with one sample per configured neighbour, peer="NAME". */
+static void per_link(buf_t *b, const server *s, const char *name, const char *help,
+                     int (*value)(const peer_link *)) {
+    char label[96];
+    family(b, name, "gauge", help);
+    for (int i = 0; i < s->n_links; i++) {
+        snprintf(label, sizeof label, "peer=\"%s\"", s->cfg->servers[s->links[i].server].name);
+        sample(b, s, name, label);
+        buf_printf(b, "%d\n", value(&s->links[i]));
+    }
+}
+
 /* The whole file's text into b. */
 static void render(const server *s, buf_t *b) {
     const metrics *m = &s->metrics;
-    char label[96];
     single(b, s, "proxyherd_up", "gauge", "1 while the server runs.", 1);
     family(b, "proxyherd_start_time_seconds", "gauge",
            "When the server started, in seconds since the Unix epoch.");
@@ -108,13 +123,20 @@ static void render(const server *s, buf_t *b) {
     single(b, s, "proxyherd_link_updates_stored_total", "counter",
            "AT lines from peers stored as newer than what the table held.",
            m->link_updates_stored);
-    family(b, "proxyherd_link_up", "gauge",
-           "1 while the authenticated link to a configured neighbour is up, else 0.");
-    for (int i = 0; i < s->n_links; i++) {
-        snprintf(label, sizeof label, "peer=\"%s\"", s->cfg->servers[s->links[i].server].name);
-        sample(b, s, "proxyherd_link_up", label);
-        buf_printf(b, "%d\n", link_is_up(&s->links[i]));
-    }
+    single(b, s, "proxyherd_link_updates_repaired_total", "counter",
+           "Of those, the ones that came by anti-entropy or a catch-up stream, not forwarding.",
+           m->link_updates_repaired);
+    single(b, s, "proxyherd_link_repairs_sent_total", "counter",
+           "AT lines sent to peers by anti-entropy or a catch-up stream.", m->link_repairs_sent);
+    single(b, s, "proxyherd_link_digest_mismatches_total", "counter",
+           "SUM lines from peers whose count or digest differed from ours.",
+           m->digest_mismatches);
+    per_link(b, s, "proxyherd_link_up",
+             "1 while the authenticated link to a configured neighbour is up, else 0.",
+             link_is_up);
+    per_link(b, s, "proxyherd_link_config_mismatch",
+             "1 while the link is up and the neighbour's settings that must agree differ.",
+             link_mismatch);
     labelled(b, s, "proxyherd_requests_total", "counter",
              "Client lines by the command they parsed as; invalid: answered \"? \".",
              "command", command_label, m->requests, MX_NCOMMANDS);

@@ -28,6 +28,9 @@ typedef struct {
     uint64_t link_updates_sent;     /* AT lines queued to peers, catch-up included */
     uint64_t link_updates_received; /* AT lines read from peers */
     uint64_t link_updates_stored;   /* ... of which stored as newer */
+    uint64_t link_updates_repaired; /* ... of those, from a repair stream (SYNC) */
+    uint64_t link_repairs_sent;     /* SYNC lines sent: anti-entropy, catch-up */
+    uint64_t digest_mismatches;     /* SUMs received that differed from ours */
     uint64_t requests[MX_NCOMMANDS];
     uint64_t conns_accepted;        /* client connections accepted */
     uint64_t conns_refused;         /* turned away: max_clients, or no descriptor */

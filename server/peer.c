@@ -275,7 +275,9 @@ void peer_tls_step(server *s, client *c) {
 
 /* ------------------------------------------------------------- updates */
 
-static void on_update(server *s, client *c, const char *line, size_t len) {
+/* An AT line from a link; 'repair': it came in a SYNC line (a catch-up or
+ * anti-entropy stream), counted apart from forwarded ones. */
+static void on_update(server *s, client *c, const char *line, size_t len, int repair) {
     proto_at at;
     const char *why = "";
     peer_link *L = &s->links[c->link];
@@ -289,14 +291,18 @@ static void on_update(server *s, client *c, const char *line, size_t len) {
         .origin = at.origin, .diff = at.diff, .client = at.u.client,
         .location = at.u.location, .time = at.u.time, .t = at.u.t
     };
-    update_apply(s, &u, c->link);
+    if (update_apply(s, &u, c->link) && repair) s->metrics.link_updates_repaired++;
 }
 
 void peer_line(server *s, client *c, const char *line, size_t len) {
     /* nothing from a peer is ever answered "? " */
     if (c->role != ROLE_PEER) return;
-    if (len > 3 && memcmp(line, "AT", 2) == 0) on_update(s, c, line, len);
-    else forward_line(s, c->link, line, len);   /* LINK, SUM, SUMS */
+    peer_link *L = &s->links[c->link];
+    if (L->agree == PEER_AGREE_WAIT && !(len > 6 && memcmp(line, "AGREE ", 6) == 0))
+        L->agree = PEER_AGREE_LEGACY;           /* its first line: an earlier server */
+    if (len > 3 && memcmp(line, "AT", 2) == 0) on_update(s, c, line, len, 0);
+    else if (len > 8 && memcmp(line, "SYNC AT ", 8) == 0) on_update(s, c, line + 5, len - 5, 1);
+    else forward_line(s, c->link, line, len);   /* LINK, SUM, SUMS, AGREE */
 }
 
 static int in_stream(const peer_link *L, const table_entry *e) {
@@ -326,9 +332,12 @@ void peer_send(server *s, const table_entry *e, int li) {
     s->metrics.link_updates_sent++;
 }
 
-/* Append the next part of the table to a catching-up link. */
+/* Append the next part of the table to a catching-up link: "SYNC " and
+ * the AT line, so the peer counts what it stores from it as a repair (an
+ * earlier server, which does not know SYNC, gets the AT line alone). */
 static void pump_stream(server *s, peer_link *L) {
     buf_t *out = &L->conn->out;
+    int sync = L->agree == PEER_AGREE_OK;
     if (s->tab.layout != L->stream_layout) {   /* entries changed slots */
         L->stream_pos = 0;
         L->stream_layout = s->tab.layout;
@@ -336,10 +345,12 @@ static void pump_stream(server *s, peer_link *L) {
     while (L->stream_pos < s->tab.cap && buf_pending(out) < STREAM_CHUNK) {
         const table_entry *e = table_slot(&s->tab, L->stream_pos++);
         if (!e || !in_stream(L, e)) continue;
+        if (sync) buf_append(out, "SYNC ", 5);
         buf_append(out, e->line, e->line_len);
         buf_append_char(out, '\n');
         L->sent++;
         s->metrics.link_updates_sent++;
+        s->metrics.link_repairs_sent++;
     }
     if (L->stream_pos < s->tab.cap) return;
     if (L->resync) {
@@ -379,7 +390,7 @@ int peer_poll_timeout(server *s) {
         peer_link *L = &s->links[li];
         if (!s->secret_len) break;
         if (L->conn && L->streaming && buf_pending(&L->conn->out) < STREAM_CHUNK) return 0;
-        if (L->conn) {                        /* the next SUM (forward.c) */
+        if (L->conn && forward_repairs(s, li)) {   /* the next SUM (forward.c) */
             int64_t t = L->next_sum_ms - s->now_ms;
             if (t < 0) t = 0;
             if (best < 0 || t < best) best = t;

@@ -129,7 +129,23 @@ typedef struct {
     uint64_t differ[TABLE_BUCKETS / 64];  /* buckets whose SUMS differ, this round */
     uint64_t differed[TABLE_BUCKETS / 64];  /* ... and the round before */
     int lsdb_due;               /* send every known LINK state (link just up) */
+    /* agreement (forward.c): the settings both ends must share */
+    int agree;                  /* PEER_AGREE_*: what we know of the peer's */
+    unsigned mismatch;          /* AGREE_KEY_* bits that differ */
 } peer_link;
+
+/* What a link knows of its peer's AGREE line (docs/PROTOCOL.md, "Settings
+ * neighbours must share"). */
+enum {
+    PEER_AGREE_WAIT,            /* up, its AGREE not read yet: no SUM sent */
+    PEER_AGREE_OK,              /* read (mismatch says what differs) */
+    PEER_AGREE_LEGACY,          /* its first line was no AGREE: an earlier server */
+};
+#define AGREE_KEY_VERSION 1u
+#define AGREE_KEY_MAX_STORED 2u
+#define AGREE_KEY_FORWARDING 4u
+/* The link protocol's version in AGREE (1: the servers before AGREE). */
+#define LINK_PROTOCOL_VERSION 2
 
 /* What forward.c knows of the herd's links (docs/PROTOCOL.md, "Between
  * servers"): each server's newest LINK state, the trees computed from them. */
@@ -261,7 +277,10 @@ void peer_stream(server *s, int li, const uint64_t *mask, uint64_t gen); /* buck
 #define FORWARD_CTL_MAX (CONFIG_MAX_SERVERS * 72)
 void forward_init(server *s);
 void forward_link_changed(server *s, int li);  /* link li came up or went down */
-void forward_line(server *s, int li, const char *line, size_t len);  /* LINK, SUM, SUMS */
+void forward_line(server *s, int li, const char *line, size_t len);  /* LINK, SUM, SUMS, AGREE */
+/* Anti-entropy runs on link li: its peer's settings are known and agree
+ * (or it is an earlier server that does not say). */
+int forward_repairs(const server *s, int li);
 void forward_tick(server *s);
 void forward_log_stats(server *s);
 int peer_poll_timeout(server *s);          /* ms to the next dial, or -1 */

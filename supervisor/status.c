@@ -154,13 +154,15 @@ static int read_files(const config *cfg, long *sup, srv_status *st) {
 
 /* The LINKS column for server c: "PEER:up" or "PEER:down" for each
  * neighbour, from the proxyherd_link_up{peer="PEER"} gauges of its metrics
- * file <state_dir>/NAME.prom (rewritten every second); "PEER:?" when the
- * file is missing, older than 5 s, or does not name the peer; "-" for a
- * server that does not run. */
+ * file <state_dir>/NAME.prom (rewritten every second); "PEER:mismatch" for
+ * a link up whose ends disagree on a setting that must agree
+ * (proxyherd_link_config_mismatch); "PEER:?" when the file is missing,
+ * older than 5 s, or does not name the peer; "-" for a server that does
+ * not run. */
 static void links_column(const config *cfg, const config_server *c, int running, char *out,
                          size_t n) {
     char path[4200], line[512];
-    int up[CONFIG_MAX_SERVERS];
+    int up[CONFIG_MAX_SERVERS], mismatch[CONFIG_MAX_SERVERS] = {0};
     for (int k = 0; k < c->n_neighbors; k++) up[k] = -1;
     snprintf(path, sizeof path, "%s/%s.prom", cfg->herd.state_dir, c->name);
     struct stat sb;
@@ -168,7 +170,9 @@ static void links_column(const config *cfg, const config_server *c, int running,
                   ? fopen(path, "r") : NULL;
     while (f && fgets(line, sizeof line, f)) {
         static const char metric[] = "proxyherd_link_up{";
-        if (strncmp(line, metric, sizeof metric - 1)) continue;
+        static const char other[] = "proxyherd_link_config_mismatch{";
+        int is_up = !strncmp(line, metric, sizeof metric - 1);
+        if (!is_up && strncmp(line, other, sizeof other - 1)) continue;
         const char *peer = strstr(line, "peer=\""), *end = strchr(line, '}');
         if (!peer || !end || peer > end) continue;
         peer += 6;
@@ -177,7 +181,9 @@ static void links_column(const config *cfg, const config_server *c, int running,
         if (sscanf(end + 1, "%lf", &v) != 1) continue;
         for (int k = 0; k < c->n_neighbors; k++) {
             const char *name = cfg->servers[c->neighbors[k]].name;
-            if (strlen(name) == len && !strncmp(name, peer, len)) up[k] = v > 0;
+            if (strlen(name) != len || strncmp(name, peer, len)) continue;
+            if (is_up) up[k] = v > 0;
+            else mismatch[k] = v > 0;
         }
     }
     if (f) fclose(f);
@@ -190,7 +196,7 @@ static void links_column(const config *cfg, const config_server *c, int running,
     for (int k = 0; k < c->n_neighbors && w < n; k++)
         w += (size_t)snprintf(out + w, n - w, "%s%s:%s", k ? "," : "",
                               cfg->servers[c->neighbors[k]].name,
-                              up[k] < 0 ? "?" : up[k] ? "up" : "down");
+                              up[k] < 0 ? "?" : !up[k] ? "down" : mismatch[k] ? "mismatch" : "up");
 }
 
 static void uptime(long long ms, char *out, size_t n) {

@@ -215,6 +215,13 @@ def test_status_stopped_servers_and_their_metrics_files(sup_herd):
     assert len(alpha) == 6 and alpha[5] in ("0/1", "1/1"), r.stdout
     assert all(float(v) >= 0 for v in alpha[1:5]), r.stdout
 
+    # a link up whose ends disagree on a setting that must agree
+    with open(beta_prom, "w") as f:
+        f.write('proxyherd_link_up{peer="Alpha"} 1\n'
+                'proxyherd_link_config_mismatch{peer="Alpha"} 1\n')
+    r = h.status()
+    assert rows(r.stdout)["Beta"][6] == "Alpha:mismatch", r.stdout
+
     # a metrics file older than 5 s says nothing, even "up"
     with open(beta_prom, "w") as f:
         f.write('proxyherd_link_up{peer="Alpha"} 1\n')
