@@ -121,6 +121,33 @@ def test_start_status_stop(sherd):
     assert r.returncode == 0 and "not running" in r.stdout
 
 
+def test_the_logs_hint_can_be_pasted_from_a_folder_with_a_space(tmp_path):
+    """start_servers.sh ends with "logs: tail -f DIR/*.log": DIR is quoted,
+    so the command works as printed when the herd's folder has a space (or
+    a quote) in its name.  It printed the path's last word only."""
+    folder = tmp_path / "my herd's folder"
+    folder.mkdir()
+    h = ScriptHerd(folder)
+    try:
+        r = h.script("start_servers.sh")
+        assert r.returncode == 0, r.stderr + r.stdout
+        hint = r.stdout.rstrip("\n").split("\n")[-1]
+        assert hint.startswith("logs: tail -f "), r.stdout
+        # the printed command's arguments, as a shell reads them
+        ls = subprocess.run(["sh", "-c", "ls -d " + hint[len("logs: tail -f "):]],
+                            capture_output=True, text=True, cwd="/")
+        assert ls.returncode == 0, ls.stderr
+        logs = os.path.join(h.dir, "logs")
+        want = sorted(os.path.join(logs, f"{n}.log") for n in [*DEFAULT_LINKS, "supervisor"])
+        assert sorted(ls.stdout.splitlines()) == want, ls.stdout
+    finally:
+        pids = list(h.pids().values())
+        h.script("stop_servers.sh")
+        assert wait_gone(pids), "a process of the herd survived its stop"
+    problems = h.problems()
+    assert not problems, problems
+
+
 def test_kill_child_is_restarted_and_catches_up(sherd):
     assert sherd.script("start_servers.sh").returncode == 0
     for n in DEFAULT_LINKS:
