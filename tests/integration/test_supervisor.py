@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import (BIN_DIR, DEFAULT_LINKS, ROOT, exchange, free_port, program, read_log,
-                      supervised_problems, wait_listening, wait_log, write_config)
+                      supervised_problems, wait_for, wait_listening, wait_log, write_config)
 
 SUPERVISOR = "supervisor:\n  restart_max: 3\n  restart_window_s: 60\n" \
              "  backoff_initial_ms: 100\n  backoff_max_ms: 400\n  stop_timeout_s: 5\n"
@@ -62,7 +62,8 @@ class ScriptHerd:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for port in self.ports.values():
             assert wait_listening(port, sup)
-        time.sleep(0.2)
+        assert wait_for(lambda: set(self.pids()) >= {"supervisor", *DEFAULT_LINKS}, 10), \
+            "servers.pid does not name every server"
         return sup, [p for n, p in self.pids().items() if n != "supervisor"]
 
 
@@ -297,7 +298,11 @@ def test_server_that_exits_cleanly_is_started_again(sherd):
         deadline = time.time() + 10
         while sherd.pids().get("Campbell", old) == old and time.time() < deadline:
             time.sleep(0.05)
-        assert sherd.pids().get("Campbell", old) != old
+        new = sherd.pids().get("Campbell", old)
+        assert new != old
+        # its pid is in servers.pid from the fork on, before it listens (the
+        # old one is gone: child-exit)
+        assert wait_listening(sherd.ports["Campbell"], sup), "the new Campbell does not listen"
         assert exchange(sherd.ports["Campbell"], b"PING\n") == b"? PING\n"
         assert "child-crash server=Campbell" not in sherd.log("supervisor")
     finally:
