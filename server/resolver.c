@@ -15,7 +15,7 @@
  * failures and the next dial starts another one.  So does a helper that
  * has answered nothing for RESOLVER_STUCK_MS while questions are out (a
  * stopped or stuck process: its links would wait for ever).  A helper
- * stopped is killed (SIGKILL) and reaped without waiting (WNOHANG) from
+ * given up on is killed (SIGKILL) and reaped without waiting (WNOHANG) from
  * the loop, never with a blocking waitpid: one stuck in the kernel (or
  * held by a tracer) does not hold the loop until it goes.  Each link has
  * at most one question out, so the socket buffer never fills.
@@ -42,7 +42,7 @@
  * stuck in the kernel when it goes).  Past the bound, a helper that never
  * goes stays a zombie until the server exits: logged. */
 #define RESOLVER_KILLED_MAX 8
-#define RESOLVER_REAP_MS 100     /* how often the loop wakes to reap them */
+#define RESOLVER_REAP_MS 1000    /* how often the loop wakes to reap them */
 static pid_t killed[RESOLVER_KILLED_MAX];
 static int nkilled;
 
