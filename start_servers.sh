@@ -73,6 +73,12 @@ fi
 
 "$sup" -c "$config" --init-secret
 
+# The LOG column of --status rows: what follows the first seven columns
+# (none of which holds a space), spaces in the path included.
+log_column() {
+    sed -E 's/^([^ ]+ +){7}//'
+}
+
 errfile=$(mktemp)
 trap 'rm -f "$errfile"' EXIT
 # setsid: a new session, so the terminal's Ctrl-C does not reach the herd
@@ -87,7 +93,9 @@ while :; do
     if "$sup" -c "$config" --status >/dev/null 2>&1; then
         table=$("$sup" -c "$config" --status || true)
         echo "$table"
-        echo "logs: tail -f $(dirname "$(echo "$table" | awk 'NR == 3 { print $NF }')")/*.log"
+        # quoted, so the line can be pasted whatever the folder's name holds
+        logdir=$(dirname "$(echo "$table" | sed -n 3p | log_column)")
+        echo "logs: tail -f '$(echo "$logdir" | sed "s/'/'\\\\''/g")'/*.log"
         exit 0
     fi
     if [ $(( $(date +%s) - started )) -ge "$wait_s" ] || ! kill -0 "$spid" 2>/dev/null; then
@@ -103,7 +111,7 @@ if [ -s "$errfile" ]; then
 fi
 status=$("$sup" -c "$config" --status 2>&1 || true)
 echo "$status" >&2
-echo "$status" | awk 'NR > 2 && $6 != "yes" { print $NF }' | while read -r log; do
+echo "$status" | awk 'NR > 2 && $6 != "yes"' | log_column | while read -r log; do
     if [ -f "$log" ]; then
         echo "--- last lines of $log:" >&2
         tail -n 5 "$log" >&2

@@ -14,7 +14,10 @@
  * (PR_SET_PDEATHSIG), and when it goes away its questions fail as dial
  * failures and the next dial starts another one.  So does a helper that
  * has answered nothing for RESOLVER_STUCK_MS while questions are out (a
- * stopped or stuck process: its links would wait for ever).  Each link has
+ * stopped or stuck process: its links would wait for ever).  A helper
+ * given up on is killed (SIGKILL) and reaped without waiting (WNOHANG) from
+ * the loop, never with a blocking waitpid: one stuck in the kernel (or
+ * held by a tracer) does not hold the loop until it goes.  Each link has
  * at most one question out, so the socket buffer never fills.
  */
 #include <errno.h>
@@ -34,6 +37,14 @@
 /* Longer than one lookup can take with the resolver's defaults (5 s per
  * nameserver and attempt, 2 attempts, 3 nameservers: 30 s), twice over. */
 #define RESOLVER_STUCK_MS 60000
+
+/* Helpers killed but not reaped yet (killed ones go in a moment; one
+ * stuck in the kernel when it goes).  Past the bound, a helper that never
+ * goes stays a zombie until the server exits: logged. */
+#define RESOLVER_KILLED_MAX 8
+#define RESOLVER_REAP_MS 1000    /* how often the loop wakes to reap them */
+static pid_t killed[RESOLVER_KILLED_MAX];
+static int nkilled;
 
 typedef struct {
     int link;
@@ -132,22 +143,39 @@ static int start(server *s, char *err, size_t errlen) {
     return 0;
 }
 
-/* Close our end and reap the helper (it exits on EOF; SIGKILL if asked). */
-static void stop(server *s, int kill_it) {
+/* Reap the killed helpers that are gone; never waits. */
+static void reap_gone(void) {
+    for (int i = 0; i < nkilled;) {
+        pid_t r = waitpid(killed[i], NULL, WNOHANG);
+        if (r == 0 || (r < 0 && errno == EINTR)) {
+            i++;
+            continue;
+        }
+        killed[i] = killed[--nkilled];   /* reaped, or no child of ours (ECHILD) */
+    }
+}
+
+/* Close our end, kill the helper and reap it if it went already; else
+ * the loop reaps it (reap_gone), so a helper that does not go at once
+ * never holds the loop. */
+static void stop(server *s) {
     if (s->resolver_fd < 0) return;
     close(s->resolver_fd);
     s->resolver_fd = -1;
     s->pfd[SERVER_RESOLVER_SLOT].fd = -1;
     s->resolver_out = 0;
-    if (kill_it) kill(s->resolver_pid, SIGKILL);
-    while (waitpid(s->resolver_pid, NULL, 0) < 0 && errno == EINTR) {}
+    kill(s->resolver_pid, SIGKILL);
+    if (nkilled < RESOLVER_KILLED_MAX) killed[nkilled++] = s->resolver_pid;
+    else log_msg(LOG_WARN, "resolver", "pid=%ld killed; %d killed helpers not gone yet: "
+                 "not waited for", (long)s->resolver_pid, nkilled);
     s->resolver_pid = 0;
+    reap_gone();
 }
 
 /* The helper is gone or no longer usable: stop it, and every question
  * still out fails as a dial failure (else its link waits for ever). */
 static void lost(server *s) {
-    stop(s, 1);
+    stop(s);
     peer_resolved(s, -1, NULL, 0, "the resolver process went away");
 }
 
@@ -184,6 +212,7 @@ void resolver_read(server *s) {
 }
 
 void resolver_tick(server *s) {
+    reap_gone();
     if (!s->resolver_out || s->now_ms - s->resolver_busy_ms < RESOLVER_STUCK_MS) return;
     log_msg(LOG_WARN, "resolver", "pid=%ld answered nothing in %d s (stopped or stuck); "
             "killed, started again at the next dial", (long)s->resolver_pid,
@@ -192,11 +221,20 @@ void resolver_tick(server *s) {
 }
 
 int resolver_timeout(const server *s) {
-    if (!s->resolver_out) return -1;
+    int gone_t = nkilled ? RESOLVER_REAP_MS : -1;
+    if (!s->resolver_out) return gone_t;
     int64_t t = s->resolver_busy_ms + RESOLVER_STUCK_MS - s->now_ms;
-    return t < 0 ? 0 : (int)t;
+    if (t < 0) t = 0;
+    return gone_t >= 0 && gone_t < t ? gone_t : (int)t;
 }
 
+/* At the stop: kill the helper, and give the killed ones a moment to go
+ * (an exit leaves no zombie behind); whatever still lives then dies with
+ * the server (PR_SET_PDEATHSIG) and is reaped by whoever inherits it. */
 void resolver_free(server *s) {
-    stop(s, 1);
+    stop(s);
+    for (int i = 0; nkilled && i < 50; i++) {
+        usleep(10 * 1000);
+        reap_gone();
+    }
 }

@@ -644,9 +644,13 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
     if (fit_fd_limit(s, &fds, err, errlen) < 0) return -1;
     addrcap_init(&s->per_addr, (unsigned)cfg->limits.max_clients_per_address,
                  (size_t)s->max_clients);
-    snapshot_load(s);
+    /* the port first: a second start of a running server (by hand) fails
+     * here, before it touches the state folder (its snapshot load removes
+     * NAME.snap.tmp.* files, the running server's own); connections wait
+     * in the backlog until the table is loaded and the loop runs */
     s->lfd = net_listen(s->me->host, s->me->port, 4096, err, errlen);
     if (s->lfd < 0) return -1;
+    snapshot_load(s);
     s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     s->cold_fd = epoll_create1(EPOLL_CLOEXEC);
     if (s->cold_fd < 0) {

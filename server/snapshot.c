@@ -8,7 +8,10 @@
  * folder fsync'ed, so a crash leaves the old or the new snapshot, never half
  * of one.  The periodic snapshot is written by a forked child, as Redis
  * does, so the loop never waits on the disk; the one at a graceful stop is
- * written in process.  The child closes every descriptor but stdio first
+ * written in process, after the child under way (if any) ended; one that
+ * has not ended in SNAPSHOT_STOP_WAIT_MS (stopped, or stuck in the kernel)
+ * is killed and logged, and the stop writes the snapshot anyway.  The
+ * child closes every descriptor but stdio first
  * (the listener above all: a restarted server must be able to bind its
  * port while a slow child still writes) and dies with its parent
  * (PR_SET_PDEATHSIG).  Temporary files a killed child left behind,
@@ -88,12 +91,19 @@ static int write_file(const server *s) {
     return 0;
 }
 
-/* Wait for a snapshot child; 'block' waits, else only reaps a finished one. */
-static void reap_child(server *s, int block) {
+/* How long a graceful stop waits for a snapshot child still writing: well
+ * under the supervisor's stop timeout (supervisor.stop_timeout_s, 10 s by
+ * default), whose SIGKILL would cost the final snapshot.  Then the child
+ * is killed and given SNAPSHOT_KILL_WAIT_MS to go. */
+#define SNAPSHOT_STOP_WAIT_MS 3000
+#define SNAPSHOT_KILL_WAIT_MS 1000
+
+/* Reap the snapshot child if it ended; never waits. */
+static void reap_child(server *s) {
     if (!s->snapshot_pid) return;
-    int st;
-    pid_t r = waitpid(s->snapshot_pid, &st, block ? 0 : WNOHANG);
-    if (r == 0) return;
+    int st = 0;
+    pid_t r = waitpid(s->snapshot_pid, &st, WNOHANG);
+    if (r == 0 || (r < 0 && errno == EINTR)) return;
     if (r < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
         log_msg(LOG_ERROR, "snapshot-failed", "child=%ld status=%d", (long)s->snapshot_pid, st);
         s->table_dirty = 1;   /* try again next time */
@@ -101,8 +111,41 @@ static void reap_child(server *s, int block) {
     s->snapshot_pid = 0;
 }
 
+/* Reap the snapshot child within ms; 0 once there is none, -1 if it lives. */
+static int reap_child_within(server *s, int ms) {
+    int64_t until = log_now_ms() + ms;
+    for (;;) {
+        reap_child(s);
+        if (!s->snapshot_pid) return 0;
+        if (log_now_ms() >= until) return -1;
+        usleep(10 * 1000);
+    }
+}
+
+/* Before the snapshot of a stop: let the child under way end, else its
+ * rename could land after ours with an older table.  One that does not
+ * end in time is killed (its temporary file removed); one that does not
+ * even die is left behind (PR_SET_PDEATHSIG takes it with us). */
+static void stop_child(server *s) {
+    pid_t pid = s->snapshot_pid;
+    if (!pid || reap_child_within(s, SNAPSHOT_STOP_WAIT_MS) == 0) return;
+    log_msg(LOG_WARN, "snapshot-child-killed", "child=%ld did not end in %d ms (stopped or "
+            "stuck): SIGKILL; the stop writes the snapshot itself", (long)pid,
+            SNAPSHOT_STOP_WAIT_MS);
+    kill(pid, SIGKILL);
+    if (reap_child_within(s, SNAPSHOT_KILL_WAIT_MS) < 0) {
+        log_msg(LOG_WARN, "snapshot-child-killed", "child=%ld still there after %d ms: "
+                "left behind", (long)pid, SNAPSHOT_KILL_WAIT_MS);
+        s->snapshot_pid = 0;
+    }
+    char path[4200], tmp[4300];
+    snap_path(s, path, sizeof path, "");
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)pid);
+    unlink(tmp);
+}
+
 int snapshot_write(server *s) {
-    reap_child(s, 1);
+    stop_child(s);
     int64_t t0 = log_now_ms();
     if (write_file(s) < 0) {
         log_msg(LOG_ERROR, "snapshot-failed", "dir=%s reason=%s", s->cfg->herd.state_dir,
@@ -127,7 +170,7 @@ static void snapshot_child(const server *s, pid_t parent) {
 
 void snapshot_tick(server *s) {
     table_tick(&s->tab, s->now_ms);   /* the table's once-a-second summary */
-    reap_child(s, 0);
+    reap_child(s);
     if (!s->table_dirty || s->snapshot_pid || s->now_ms < s->next_snapshot_ms) return;
     s->next_snapshot_ms = s->now_ms + (int64_t)s->cfg->herd.snapshot_interval_s * 1000;
     log_flush();              /* the child must not inherit unwritten lines */

@@ -7,6 +7,7 @@ status fails the test.
 """
 import json
 import os
+import random
 import re
 import resource
 import signal
@@ -70,17 +71,44 @@ VALGRIND = ["valgrind", "--quiet", "--error-exitcode=99", "--leak-check=full",
     if os.environ.get("HERD_VALGRIND") else []
 
 
+def _port_range():
+    """Where free_port() looks: from 10000 up to the kernel's ephemeral range
+    (net.ipv4.ip_local_port_range), else above it.  A port of that range may
+    be any outgoing connection's source port the moment a server lets go of
+    it (between a stop and a restart), so none is handed out; nor the few
+    just below it (tests use port + 1 too)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    for lo, hi in ((10000, low - 10), (high + 1, 65500)):
+        if hi - lo >= 1000:
+            return lo, hi
+    return 10000, 65500    # no room outside it: anywhere
+
+
+# seeded with the pid: parallel runs (and pytest-xdist workers) draw
+# different ports
+_PORTS = random.Random(os.getpid() * 1000003 + time.time_ns())
+_RANGE = _port_range()
+
+
 def free_port():
-    """A TCP port nobody listens on right now, never a default herd port and
-    never one this test run handed out before (the kernel may offer the same
-    free port twice in a row, and a herd needs five different ones)."""
+    """A TCP port nobody is bound to right now, outside the kernel's
+    ephemeral range, never a default herd port and never one this test run
+    handed out before (a herd needs five different ones)."""
     while True:
+        port = _PORTS.randint(*_RANGE)
+        if port in (10099, 10044, 10022, 10211, 10194) or port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in (10099, 10044, 10022, 10211, 10194) and port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 def program(name):

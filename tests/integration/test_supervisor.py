@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import (BIN_DIR, DEFAULT_LINKS, ROOT, exchange, free_port, program, read_log,
-                      supervised_problems, wait_listening, wait_log, write_config)
+                      supervised_problems, wait_for, wait_listening, wait_log, write_config)
 
 SUPERVISOR = "supervisor:\n  restart_max: 3\n  restart_window_s: 60\n" \
              "  backoff_initial_ms: 100\n  backoff_max_ms: 400\n  stop_timeout_s: 5\n"
@@ -62,7 +62,8 @@ class ScriptHerd:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for port in self.ports.values():
             assert wait_listening(port, sup)
-        time.sleep(0.2)
+        assert wait_for(lambda: set(self.pids()) >= {"supervisor", *DEFAULT_LINKS}, 10), \
+            "servers.pid does not name every server"
         return sup, [p for n, p in self.pids().items() if n != "supervisor"]
 
 
@@ -119,6 +120,33 @@ def test_start_status_stop(sherd):
     assert wait_gone(pids.values())
     r = sherd.script("stop_servers.sh")
     assert r.returncode == 0 and "not running" in r.stdout
+
+
+def test_the_logs_hint_can_be_pasted_from_a_folder_with_a_space(tmp_path):
+    """start_servers.sh ends with "logs: tail -f DIR/*.log": DIR is quoted,
+    so the command works as printed when the herd's folder has a space (or
+    a quote) in its name.  It printed the path's last word only."""
+    folder = tmp_path / "my herd's folder"
+    folder.mkdir()
+    h = ScriptHerd(folder)
+    try:
+        r = h.script("start_servers.sh")
+        assert r.returncode == 0, r.stderr + r.stdout
+        hint = r.stdout.rstrip("\n").split("\n")[-1]
+        assert hint.startswith("logs: tail -f "), r.stdout
+        # the printed command's arguments, as a shell reads them
+        ls = subprocess.run(["sh", "-c", "ls -d " + hint[len("logs: tail -f "):]],
+                            capture_output=True, text=True, cwd="/")
+        assert ls.returncode == 0, ls.stderr
+        logs = os.path.join(h.dir, "logs")
+        want = sorted(os.path.join(logs, f"{n}.log") for n in [*DEFAULT_LINKS, "supervisor"])
+        assert sorted(ls.stdout.splitlines()) == want, ls.stdout
+    finally:
+        pids = list(h.pids().values())
+        h.script("stop_servers.sh")
+        assert wait_gone(pids), "a process of the herd survived its stop"
+    problems = h.problems()
+    assert not problems, problems
 
 
 def test_kill_child_is_restarted_and_catches_up(sherd):
@@ -270,7 +298,11 @@ def test_server_that_exits_cleanly_is_started_again(sherd):
         deadline = time.time() + 10
         while sherd.pids().get("Campbell", old) == old and time.time() < deadline:
             time.sleep(0.05)
-        assert sherd.pids().get("Campbell", old) != old
+        new = sherd.pids().get("Campbell", old)
+        assert new != old
+        # its pid is in servers.pid from the fork on, before it listens (the
+        # old one is gone: child-exit)
+        assert wait_listening(sherd.ports["Campbell"], sup), "the new Campbell does not listen"
         assert exchange(sherd.ports["Campbell"], b"PING\n") == b"? PING\n"
         assert "child-crash server=Campbell" not in sherd.log("supervisor")
     finally:

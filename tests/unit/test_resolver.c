@@ -6,12 +6,17 @@
  * helper is stopped; the question sent before for the other link must fail
  * too, as a dial failure tried again after the back-off.  It stayed
  * "resolving" for ever: that link was never dialled again.  The same for
- * a helper that is alive but answers nothing.
+ * a helper that is alive but answers nothing.  And a helper killed that
+ * cannot be reaped at once (held by a tracer here, as one stuck in the
+ * kernel is) does not hold the loop: it waited in waitpid until it went.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/wait.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -20,6 +25,8 @@
 #include "clock.h"
 #include "log.h"
 #include "server.h"
+
+#define RESOLVER_TEST_STUCK_MS 60000   /* resolver.c's RESOLVER_STUCK_MS */
 
 static char dir[64];
 
@@ -56,6 +63,18 @@ static int load(config *cfg) {
     return 0;
 }
 
+/* Turn the loop (peer_tick, on the real clock) until helper is reaped,
+ * for up to 5 s; true when it was. */
+static int reaped(server *s, pid_t helper) {
+    int64_t until = mono_ms() + 5000;
+    while (kill(helper, 0) == 0 && mono_ms() < until) {
+        usleep(10 * 1000);
+        s->now_ms = mono_ms();
+        peer_tick(s);
+    }
+    return kill(helper, 0) < 0;
+}
+
 /* A helper that answers nothing (stopped, or stuck in a lookup) is killed
  * after a minute: its questions fail, the links are dialled again.  They
  * waited for ever, and nothing was logged. */
@@ -76,10 +95,59 @@ static void test_stopped_helper(server *s) {
     CHECK(!s->links[0].resolving && !s->links[1].resolving,
           "a minute without an answer fails the questions (resolving %d %d)",
           s->links[0].resolving, s->links[1].resolving);
-    CHECK(s->resolver_fd < 0 && kill(helper, 0) < 0, "the stopped helper is killed and reaped");
+    CHECK(s->resolver_fd < 0 && reaped(s, helper), "the stopped helper is killed and reaped");
     CHECK(s->links[0].failures == 2 && s->links[0].next_dial_ms > s->now_ms,
           "Beta is dialled again after the back-off (failures %d)", s->links[0].failures);
     if (s->resolver_fd >= 0) kill(helper, SIGCONT);
+}
+
+/* Another process traces the helper (PTRACE_SEIZE) and never waits for
+ * it: once killed, the helper's end is the tracer's to collect first, so
+ * the server cannot reap it (as with one stuck in the kernel).  Giving up
+ * on it must not wait for that; it is reaped from the loop once the
+ * tracer goes.  Returns the tracer's pid after it attached, or -1. */
+static pid_t trace(pid_t helper) {
+    int p[2];
+    if (pipe(p) < 0) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* gone with the test, whatever happens */
+        char ok = ptrace(PTRACE_SEIZE, helper, 0, 0) == 0;
+        if (write(p[1], &ok, 1) < 0) _exit(1);
+        for (;;) pause();
+    }
+    close(p[1]);
+    char ok = 0;
+    if (pid < 0 || read(p[0], &ok, 1) != 1 || !ok) {
+        if (pid > 0) kill(pid, SIGKILL), waitpid(pid, NULL, 0);
+        pid = -1;
+    }
+    close(p[0]);
+    return pid;
+}
+
+static void test_helper_not_reaped_at_once(server *s) {
+    s->now_ms = mono_ms();
+    s->links[0].next_dial_ms = s->now_ms;   /* Beta due again */
+    peer_tick(s);
+    CHECK(s->links[0].resolving && s->resolver_fd >= 0, "a new helper is asked");
+    pid_t helper = s->resolver_pid;
+    pid_t tracer = trace(helper);
+    CHECK(tracer > 0, "a tracer holds the helper");
+    if (tracer < 0) return;
+    kill(helper, SIGSTOP);
+    s->now_ms += RESOLVER_TEST_STUCK_MS;
+    int64_t t0 = mono_ms();
+    peer_tick(s);         /* gives up on it: kills it */
+    int64_t took = mono_ms() - t0;
+    CHECK(took < 500, "giving up on a helper not reaped at once took %lld ms",
+          (long long)took);
+    CHECK(!s->links[0].resolving && s->resolver_fd < 0, "its questions failed");
+    int t = peer_poll_timeout(s);
+    CHECK(t >= 0 && t <= 1000, "the loop wakes to reap it (in %d ms)", t);
+    kill(tracer, SIGKILL);
+    waitpid(tracer, NULL, 0);
+    CHECK(reaped(s, helper), "reaped from the loop once it could be");
 }
 
 int main(int argc, char **argv) {
@@ -122,6 +190,7 @@ int main(int argc, char **argv) {
           "Beta is dialled again after the back-off (failures %d)", s.links[0].failures);
     CHECK(peer_poll_timeout(&s) >= 0, "the loop wakes for the next dial");
     test_stopped_helper(&s);
+    test_helper_not_reaped_at_once(&s);
     s.stop = 1;
     server_free(&s);
     char cmd[128];
