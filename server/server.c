@@ -99,7 +99,7 @@ static void client_uncount(server *s, client *c) {
     if (c->probation) probation_remove(s, c);
     else s->nclients--;
     c->probation = 0;
-    if (c->addr_counted) addrcap_release(&s->per_addr, c->ip);
+    if (c->addr_counted) addrcap_release(&s->per_addr, &c->addr_key);
     c->addr_counted = 0;
 }
 
@@ -471,11 +471,17 @@ static void shed_connection(server *s) {
     log_msg(LOG_WARN, "conn-refused", "from=%s reason=out of file descriptors", addr);
 }
 
-/* May a connection from ip be a client?  NULL if so (its address is then
- * counted), else the "? " line it gets. */
-static const char *admit_client(server *s, uint32_t ip) {
+/* May connection fd be a client?  NULL if so (with a per-address cap, its
+ * address is then counted, under *key), else the "? " line it gets. */
+static const char *admit_client(server *s, int fd, addrcap_key *key) {
     if (s->nclients >= (size_t)s->max_clients) return BUSY;
-    if (addrcap_take(&s->per_addr, ip) < 0) return BUSY_ADDR;
+    if (!s->per_addr.cap) return NULL;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0 ||
+        addrcap_key_of((struct sockaddr *)&ss, key) < 0)
+        return BUSY_ADDR;                  /* gone already: nothing to count */
+    if (addrcap_take(&s->per_addr, key) < 0) return BUSY_ADDR;
     return NULL;
 }
 
@@ -500,15 +506,15 @@ static int probation_make_room(server *s) {
 static void accept_clients(server *s) {
     for (int k = 0; k < ACCEPTS_PER_TURN; k++) {
         char addr[NET_ADDRSTRLEN];
-        uint32_t ip;
-        int fd = net_accept(s->lfd, addr, sizeof addr, &ip);
+        addrcap_key key;
+        int fd = net_accept(s->lfd, addr, sizeof addr, NULL);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE) shed_connection(s);
             else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED)
                 log_msg(LOG_WARN, "accept", "%s", strerror(errno));
             return;
         }
-        const char *busy = admit_client(s, ip);
+        const char *busy = admit_client(s, fd, &key);
         if (busy && probation_make_room(s) < 0) {
             refuse_fd(fd, busy, strlen(busy));
             s->metrics.conns_refused++;
@@ -522,7 +528,6 @@ static void accept_clients(server *s) {
         }
         net_nodelay(fd);
         client *c = client_add(s, fd, addr);
-        c->ip = ip;
         s->metrics.conns_accepted++;
         if (busy) {                        /* a neighbour's TLS handshake, or out */
             s->nclients--;
@@ -532,6 +537,7 @@ static void accept_clients(server *s) {
             c->handshake_until_ms = s->now_ms + PROBATION_MS;
         } else {
             c->addr_counted = s->per_addr.cap != 0;
+            c->addr_key = key;
         }
         log_msg(LOG_INFO, "conn-open", "id=%llu from=%s%s", (unsigned long long)c->id, addr,
                 busy ? " probation=1" : "");

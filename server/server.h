@@ -101,7 +101,7 @@ typedef struct client {
     unsigned sniffed : 1;       /* first byte looked at: TLS or a client */
     unsigned tls_more : 1;      /* OpenSSL may hold bytes the socket no longer
                                  * shows: read next round without waiting */
-    uint32_t ip;                /* address key of an accepted one (net_accept) */
+    addrcap_key addr_key;       /* its address, as per_addr counts it (addr_counted) */
     const char *busy_line;      /* on probation: the "? " line if it is refused */
     size_t cold_slot;           /* index in server.cold while cold */
     const char *close_reason;
