@@ -3,63 +3,93 @@
  * Open addressing with linear probing over a power-of-two array at most
  * half full (twice as many slots as clients), so a probe is short; a free
  * slot is one whose count is 0.  Removal shifts the following entries of
- * the run back (no tombstones), so the table never degrades.  The hash is
- * keyed with a random seed: addresses are not the client's to choose, but
- * a run of neighbouring ones should not make one long chain either.
+ * the run back (no tombstones), so the table never degrades.  Slots come
+ * from SipHash under a random key: whoever picks addresses (anyone with a
+ * /48 picks among 65,536 /64s) cannot aim them at one chain.  Keys are
+ * compared whole, so two addresses never share a count by a collision.
  */
 #include "addrcap.h"
 
+#include <netinet/in.h>
 #include <stdlib.h>
-#include <sys/random.h>
+#include <string.h>
 
+#include "siphash.h"
 #include "xalloc.h"
 
-static size_t slot_of(const addrcap *a, uint32_t ip) {
-    uint64_t h = ((uint64_t)ip ^ a->seed) * 0x9E3779B97F4A7C15ull;
-    return (size_t)(h >> 32) & a->mask;
+int addrcap_key_of(const struct sockaddr *sa, addrcap_key *k) {
+    const unsigned char *b;
+    if (sa->sa_family == AF_INET) {
+        b = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
+    } else if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        b = a6->s6_addr;
+        if (!IN6_IS_ADDR_V4MAPPED(a6)) {
+            k->hi = 0;
+            for (int i = 0; i < 8; i++) k->hi = k->hi << 8 | b[i];   /* the /64 */
+            k->lo = 0;
+            return 0;
+        }
+        b += 12;                           /* ::ffff:a.b.c.d is a.b.c.d */
+    } else {
+        return -1;
+    }
+    k->hi = 0;
+    k->lo = (uint64_t)1 << 32 | (uint64_t)b[0] << 24 | (uint64_t)b[1] << 16 |
+            (uint64_t)b[2] << 8 | b[3];
+    return 0;
+}
+
+static size_t slot_of(const addrcap *a, const addrcap_key *k) {
+    uint64_t w[2] = {k->hi, k->lo};
+    return (size_t)siphash24(w, sizeof w, a->k0, a->k1) & a->mask;
+}
+
+static int same(const addrcap_key *x, const addrcap_key *y) {
+    return x->hi == y->hi && x->lo == y->lo;
 }
 
 void addrcap_init(addrcap *a, unsigned cap, size_t max_clients) {
-    a->ip = NULL;
-    a->count = NULL;
-    a->mask = 0;
+    memset(a, 0, sizeof *a);
     a->cap = cap;
     if (!cap) return;
     size_t n = 16;
     while (n < 2 * max_clients) n *= 2;
-    a->ip = xcalloc(n, sizeof *a->ip);
+    a->key = xcalloc(n, sizeof *a->key);
     a->count = xcalloc(n, sizeof *a->count);
     a->mask = n - 1;
-    if (getrandom(&a->seed, sizeof a->seed, 0) != (ssize_t)sizeof a->seed)
-        a->seed = (uint64_t)(uintptr_t)a;
+    uint64_t key[2];
+    siphash_random_key(key);
+    a->k0 = key[0];
+    a->k1 = key[1];
 }
 
-/* The slot holding ip, or the free slot where it would go. */
-static size_t find(const addrcap *a, uint32_t ip) {
-    size_t i = slot_of(a, ip);
-    while (a->count[i] && a->ip[i] != ip) i = (i + 1) & a->mask;
+/* The slot holding k, or the free slot where it would go. */
+static size_t find(const addrcap *a, const addrcap_key *k) {
+    size_t i = slot_of(a, k);
+    while (a->count[i] && !same(&a->key[i], k)) i = (i + 1) & a->mask;
     return i;
 }
 
-int addrcap_take(addrcap *a, uint32_t ip) {
+int addrcap_take(addrcap *a, const addrcap_key *k) {
     if (!a->cap) return 0;
-    size_t i = find(a, ip);
+    size_t i = find(a, k);
     if (a->count[i] >= a->cap) return -1;
-    a->ip[i] = ip;
+    a->key[i] = *k;
     a->count[i]++;
     return 0;
 }
 
-void addrcap_release(addrcap *a, uint32_t ip) {
+void addrcap_release(addrcap *a, const addrcap_key *k) {
     if (!a->cap) return;
-    size_t i = find(a, ip);
+    size_t i = find(a, k);
     if (!a->count[i] || --a->count[i]) return;
     /* i is free now: move back each later entry of the run that may */
     for (size_t j = (i + 1) & a->mask; a->count[j]; j = (j + 1) & a->mask) {
-        size_t home = slot_of(a, a->ip[j]);
+        size_t home = slot_of(a, &a->key[j]);
         /* j's entry may fill i unless its home lies in (i, j] */
         if (((j - home) & a->mask) >= ((j - i) & a->mask)) {
-            a->ip[i] = a->ip[j];
+            a->key[i] = a->key[j];
             a->count[i] = a->count[j];
             a->count[j] = 0;
             i = j;
@@ -68,8 +98,8 @@ void addrcap_release(addrcap *a, uint32_t ip) {
 }
 
 void addrcap_free(addrcap *a) {
-    free(a->ip);
+    free(a->key);
     free(a->count);
-    a->ip = NULL;
+    a->key = NULL;
     a->count = NULL;
 }

@@ -106,11 +106,17 @@ static void tune_link_socket(int fd) {
     setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
 }
 
+/* An incoming handshake leaves its link's own place (done, or gone). */
+static void drop_place(server *s, client *c) {
+    if (c->link >= 0 && s->links[c->link].accepting == c) s->links[c->link].accepting = NULL;
+}
+
 static void link_up(server *s, int li, client *c, const char *direction) {
     peer_link *L = &s->links[li];
     tune_link_socket(c->fd);
     if (L->conn && L->conn != c) client_kill(s, L->conn, "replaced by a new link");
     if (L->dialing == c) L->dialing = NULL;
+    drop_place(s, c);
     client_set_role(s, c, ROLE_PEER);
     c->link = li;
     c->quiet = 0;
@@ -138,6 +144,7 @@ void peer_lost(server *s, client *c) {
         log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s before its TLS "
                 "handshake was done", c->link >= 0 ? peer_name(s, &s->links[c->link]) : "?",
                 c->addr, c->close_reason);
+        drop_place(s, c);
         c->link = -1;
         return;
     }
@@ -230,6 +237,7 @@ static void refuse(server *s, client *c, const char *why) {
     log_msg(LOG_WARN, "peer-refused", "peer=%s addr=%s reason=%s",
             c->link >= 0 ? peer_name(s, &s->links[c->link]) : "?", c->addr, why);
     if (c->role == ROLE_ACCEPTED) {               /* logged once is enough */
+        drop_place(s, c);
         c->link = -1;
         c->role = ROLE_CLIENT;   /* no link any more; still counted as a client */
     }
@@ -246,9 +254,10 @@ void peer_plain_hello(server *s, client *c) {
 }
 
 /* Accepting side: c's first byte was 0x16.  With links and a secret, it is
- * a neighbour's TLS handshake: c keeps its place among the clients (so
- * handshakes in progress are bounded by max_clients) until the handshake
- * names the link; it has the handshake timeout to get there. */
+ * a neighbour's TLS handshake: c keeps its place among the clients (or on
+ * probation) until its ClientHello names the link (hold_link_place); it has
+ * the handshake timeout to get there (on probation, what is left of
+ * PROBATION_MS). */
 int peer_tls_accept(server *s, client *c) {
     if (!s->tls_ctx || tls_start(s, c, 0) < 0) return -1;
     c->role = ROLE_ACCEPTED;   /* not client_set_role: it stays counted */
@@ -258,16 +267,31 @@ int peer_tls_accept(server *s, client *c) {
     return 0;
 }
 
+/* Accepting side: c's ClientHello named link li and proved its key (OpenSSL
+ * checks the PSK binder in the same step that looks the identity up, so a
+ * handshake still going on after it has the herd secret).  It leaves the
+ * clients' places, or the probation, for the link's own place, which no
+ * client can take (docs/PROTOCOL.md, "Limits"); a newer handshake of the
+ * same link takes the place over (the neighbour dialed again). */
+static void hold_link_place(server *s, client *c) {
+    peer_link *L = &s->links[c->link];
+    if (L->accepting == c) return;
+    if (L->accepting) client_kill(s, L->accepting, "replaced by a newer handshake");
+    L->accepting = c;
+    client_set_role(s, c, ROLE_ACCEPTED);   /* gives back its client or probation place */
+}
+
 /* Either side: the next step of the TLS handshake; when done, the link is
  * up (the PSK identity told the acceptor which one). */
 void peer_tls_step(server *s, client *c) {
     const char *why = "TLS handshake failed";
     int r = tls_handshake(s, c, &why);
-    if (r == 0) return;
-    if (r < 0 || c->link < 0) {
+    if (r < 0 || (r == 1 && c->link < 0)) {
         refuse(s, c, why);
         return;
     }
+    if (c->role == ROLE_ACCEPTED && c->link >= 0) hold_link_place(s, c);
+    if (r == 0) return;
     c->last_ms = s->now_ms;
     c->tls_more = 1;           /* the first records may have come with the handshake */
     link_up(s, c->link, c, c->role == ROLE_DIALING ? "out" : "in");

@@ -81,12 +81,14 @@ static size_t pollset_add(server *s, int fd, short events, client *c) {
 
 /* ------------------------------------------------------------- clients */
 
-void client_kill(server *s, client *c, const char *reason) {
-    if (c->dead) return;
-    c->dead = 1;
-    c->close_reason = reason;
-    s->ndead++;
-    if (c->role != ROLE_CLIENT) peer_lost(s, c);   /* the link is down now */
+/* c leaves the probation places (server.probation keeps arrival order). */
+static void probation_remove(server *s, client *c) {
+    size_t i = 0;
+    while (i < s->nprobation && s->probation[i] != c) i++;
+    if (i == s->nprobation) return;
+    memmove(&s->probation[i], &s->probation[i + 1],
+            (s->nprobation - i - 1) * sizeof *s->probation);
+    s->nprobation--;
 }
 
 /* A client leaves (or becomes part of a link): give back its place in
@@ -94,11 +96,20 @@ void client_kill(server *s, client *c, const char *reason) {
 static void client_uncount(server *s, client *c) {
     if (!c->counted) return;
     c->counted = 0;
-    if (c->probation) s->nprobation--;
+    if (c->probation) probation_remove(s, c);
     else s->nclients--;
     c->probation = 0;
-    if (c->addr_counted) addrcap_release(&s->per_addr, c->ip);
+    if (c->addr_counted) addrcap_release(&s->per_addr, &c->addr_key);
     c->addr_counted = 0;
+}
+
+void client_kill(server *s, client *c, const char *reason) {
+    if (c->dead) return;
+    c->dead = 1;
+    c->close_reason = reason;
+    s->ndead++;
+    if (c->role != ROLE_CLIENT) peer_lost(s, c);   /* the link is down now */
+    client_uncount(s, c);                  /* its places are free from now on */
 }
 
 static void client_free(server *s, client *c) {
@@ -372,6 +383,9 @@ static void client_read(server *s, client *c) {
     /* stopped for fairness, not for want of bytes: OpenSSL may hold more
      * than the socket shows (had it said EAGAIN, it holds none we can use) */
     if (turn == turns && tls_pending(c)) c->tls_more = 1;
+    /* on probation, a first byte that starts no TLS record: no neighbour */
+    if (c->probation && c->sniffed && c->role == ROLE_CLIENT && !c->dead)
+        client_refuse_busy(s, c);
     if (!c->dead) queue_write(s, c);
 }
 
@@ -380,13 +394,23 @@ static void client_read(server *s, client *c) {
  * Who counts against what: max_clients counts plain clients only; links
  * and dials never do.  A connection is accepted as a client and only its
  * first byte can say it may be a neighbour (0x16: TLS); it counts as the
- * client it came in as until its handshake names a link.  So when the
- * client table is full -- or its address holds max_clients_per_address
- * connections -- up to one connection per configured link is still taken
- * "on probation": it must finish a neighbour's TLS handshake within
- * PROBATION_MS, else it gets the "? too many connections" line it would
- * have had at once, and is closed.  Past that, a connection is refused at
- * accept: the "? " line, then close.  Every refused connection gets its line.
+ * client it came in as until its TLS ClientHello names a link and proves
+ * the link's key (the PSK binder): it then holds that link's own place
+ * (peer.c, peer_link.accepting), which nothing else can take, and gives
+ * its client's place back.
+ *
+ * So when the client table is full -- or its address holds
+ * max_clients_per_address connections -- a connection is still taken "on
+ * probation", up to one per configured link, until its first bytes tell:
+ * a neighbour's ClientHello moves it to its link's place; anything else
+ * (a byte that starts no TLS record, a line, EOF) gets at once the
+ * "? too many connections" line it would have had at accept, and a failed
+ * handshake is closed.  Silence gets the line after PROBATION_MS.  When
+ * the probation places are full, the oldest is looked at once more and,
+ * still unknown, refused for the newcomer: a client opening connection
+ * after connection cannot keep them, since a neighbour's ClientHello comes
+ * right behind its connect (and is looked for at the accept already).
+ * Every refused connection gets its line (a TLS handshake begun: a close).
  */
 
 static const char BUSY[] = "? too many connections, try again later\n";
@@ -447,32 +471,51 @@ static void shed_connection(server *s) {
     log_msg(LOG_WARN, "conn-refused", "from=%s reason=out of file descriptors", addr);
 }
 
-/* May a connection from ip be a client?  NULL if so (its address is then
- * counted), else the "? " line it gets. */
-static const char *admit_client(server *s, uint32_t ip) {
+/* May connection fd be a client?  NULL if so (with a per-address cap, its
+ * address is then counted, under *key), else the "? " line it gets. */
+static const char *admit_client(server *s, int fd, addrcap_key *key) {
     if (s->nclients >= (size_t)s->max_clients) return BUSY;
-    if (addrcap_take(&s->per_addr, ip) < 0) return BUSY_ADDR;
+    if (!s->per_addr.cap) return NULL;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0 ||
+        addrcap_key_of((struct sockaddr *)&ss, key) < 0)
+        return BUSY_ADDR;                  /* gone already: nothing to count */
+    if (addrcap_take(&s->per_addr, key) < 0) return BUSY_ADDR;
     return NULL;
 }
 
-/* Probation is for neighbours: only with links, and one place per link. */
-static int probation_room(const server *s) {
-    return s->secret_len && s->nprobation < (size_t)s->n_links;
+/* A probation connection's first bytes may have come: go on with it. */
+static void probation_look(server *s, client *c) {
+    if (c->tls_hs) peer_tls_step(s, c);
+    else client_read(s, c);
+}
+
+/* Probation is for neighbours: only with links, one place per link.  When
+ * all are taken, the oldest is looked at again and, still unknown, refused
+ * to make room.  Returns 0 when there is room, -1 without links. */
+static int probation_make_room(server *s) {
+    if (!s->tls_ctx) return -1;
+    if (s->nprobation < (size_t)s->n_links) return 0;
+    client *oldest = s->probation[0];
+    probation_look(s, oldest);
+    if (oldest->probation) client_refuse_busy(s, oldest);
+    return 0;
 }
 
 static void accept_clients(server *s) {
     for (int k = 0; k < ACCEPTS_PER_TURN; k++) {
         char addr[NET_ADDRSTRLEN];
-        uint32_t ip;
-        int fd = net_accept(s->lfd, addr, sizeof addr, &ip);
+        addrcap_key key;
+        int fd = net_accept(s->lfd, addr, sizeof addr, NULL);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE) shed_connection(s);
             else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED)
                 log_msg(LOG_WARN, "accept", "%s", strerror(errno));
             return;
         }
-        const char *busy = admit_client(s, ip);
-        if (busy && !probation_room(s)) {
+        const char *busy = admit_client(s, fd, &key);
+        if (busy && probation_make_room(s) < 0) {
             refuse_fd(fd, busy, strlen(busy));
             s->metrics.conns_refused++;
             if (busy == BUSY)
@@ -485,19 +528,20 @@ static void accept_clients(server *s) {
         }
         net_nodelay(fd);
         client *c = client_add(s, fd, addr);
-        c->ip = ip;
         s->metrics.conns_accepted++;
         if (busy) {                        /* a neighbour's TLS handshake, or out */
             s->nclients--;
-            s->nprobation++;
+            s->probation[s->nprobation++] = c;
             c->probation = 1;
             c->busy_line = busy;
             c->handshake_until_ms = s->now_ms + PROBATION_MS;
         } else {
             c->addr_counted = s->per_addr.cap != 0;
+            c->addr_key = key;
         }
         log_msg(LOG_INFO, "conn-open", "id=%llu from=%s%s", (unsigned long long)c->id, addr,
                 busy ? " probation=1" : "");
+        if (busy) probation_look(s, c);    /* its ClientHello may be here already */
     }
 }
 

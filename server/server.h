@@ -67,17 +67,20 @@ typedef struct client {
      *                 nothing queued to write, may be cold.
      *  queued         server.c queue_write / write_queued: in server.wq.
      *  counted        client_add (every new connection); cleared once by
-     *                 client_uncount (role change to a link, or close), never
+     *                 client_uncount (role change to a link, a handshake
+     *                 that proved its link's key, or client_kill), never
      *                 set again for this connection.
-     *  probation      accept_clients past a full table (implies counted in
-     *                 nprobation; ROLE_CLIENT, or ROLE_ACCEPTED once its TLS
-     *                 handshake began); cleared by client_uncount.
+     *  probation      accept_clients past a full table (implies counted, and
+     *                 in server.probation; ROLE_CLIENT, or ROLE_ACCEPTED once
+     *                 its TLS handshake began); cleared by client_uncount.
      *  addr_counted   accept_clients when per-address caps are on; cleared
      *                 by client_uncount.
      * A link (ROLE_DIALING, ROLE_PEER) is never counted, probation,
      * addr_counted, waiting or cold.  ROLE_ACCEPTED keeps counted, probation
      * and addr_counted from the client it came in as (peer_tls_accept) until
-     * link_up's client_set_role or its close; it is never waiting or cold. */
+     * its PSK identity names a link and the key is proven (peer.c
+     * hold_link_place: it then holds that link's own place, peer_link.
+     * accepting) or it is killed; it is never waiting or cold. */
     unsigned eof : 1;           /* the client half-closed */
     unsigned close_after_flush : 1;
     unsigned draining : 1;      /* a last reply is due; discarding input */
@@ -88,7 +91,7 @@ typedef struct client {
     unsigned waiting : 1;       /* a WHATSAT waits upstream: hold the rest */
     unsigned cold : 1;          /* idle: parked in the cold set, not polled */
     unsigned queued : 1;        /* in server.wq: replies to write this round */
-    unsigned counted : 1;       /* counted in nclients or nprobation (a plain
+    unsigned counted : 1;       /* counted in nclients or on probation (a plain
                                  * client since its accept; never again once
                                  * it was part of a link, whatever its role) */
     unsigned probation : 1;     /* taken past a full table: must start TLS */
@@ -98,7 +101,7 @@ typedef struct client {
     unsigned sniffed : 1;       /* first byte looked at: TLS or a client */
     unsigned tls_more : 1;      /* OpenSSL may hold bytes the socket no longer
                                  * shows: read next round without waiting */
-    uint32_t ip;                /* address key of an accepted one (net_accept) */
+    addrcap_key addr_key;       /* its address, as per_addr counts it (addr_counted) */
     const char *busy_line;      /* on probation: the "? " line if it is refused */
     size_t cold_slot;           /* index in server.cold while cold */
     const char *close_reason;
@@ -111,6 +114,9 @@ typedef struct {
     int server;                 /* index in config.servers */
     int dialer;                 /* we open this link (our name is smaller) */
     client *conn;               /* the authenticated connection, or NULL */
+    client *accepting;          /* an incoming handshake that proved this
+                                 * link's key, not done yet: the link's own
+                                 * place, never a client's (or NULL) */
     client *dialing;            /* our connection being set up, or NULL */
     int resolving;              /* its host name is being looked up (resolver.c) */
     int64_t next_dial_ms;
@@ -176,7 +182,8 @@ typedef struct server {
     client **conn;              /* parallel to pfd; NULL for the first four */
     size_t npfd, cap;
     size_t nclients;            /* clients against max_clients: active and cold */
-    size_t nprobation;          /* connections on probation (see accept_clients) */
+    client *probation[CONFIG_MAX_SERVERS];  /* on probation, oldest first: */
+    size_t nprobation;          /* at most n_links (see accept_clients) */
     int max_clients;            /* limits.max_clients, lowered to fit the fd limit */
     addrcap per_addr;           /* clients per address */
     int hb_fd;                  /* heartbeat pipe to the supervisor, or -1 */

@@ -17,56 +17,22 @@
 
 #include <inttypes.h>
 #include <string.h>
-#include <sys/random.h>
-#include <time.h>
 
 #include "log.h"
+#include "siphash.h"
 #include "xalloc.h"
-
-/* ------------------------------------------------------------ SipHash-2-4 */
-
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                         \
-    do {                                                                 \
-        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);        \
-        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                           \
-        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                           \
-        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);        \
-    } while (0)
-
-static uint64_t siphash(const void *data, size_t len, uint64_t k0, uint64_t k1) {
-    const unsigned char *p = data;
-    uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
-    uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
-    uint64_t b = (uint64_t)len << 56;
-    size_t i, full = len & ~(size_t)7;
-    for (i = 0; i < full; i += 8) {
-        uint64_t m;
-        memcpy(&m, p + i, 8);   /* little-endian hosts only, as Debian amd64/arm64 */
-        v3 ^= m;
-        SIPROUND; SIPROUND;
-        v0 ^= m;
-    }
-    for (size_t j = 0; i + j < len; j++) b |= (uint64_t)p[i + j] << (8 * j);
-    v3 ^= b;
-    SIPROUND; SIPROUND;
-    v0 ^= b;
-    v2 ^= 0xff;
-    SIPROUND; SIPROUND; SIPROUND; SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
-}
 
 /* Fixed keys for the digests: every server must compute the same hashes. */
 #define DIGEST_K0 0x70726f7879686572ULL   /* "proxyher" */
 #define DIGEST_K1 0x6420646967657374ULL   /* "d digest" */
 
 unsigned table_bucket_of(const char *client, size_t len) {
-    return (unsigned)(siphash(client, len, DIGEST_K1, DIGEST_K0) % TABLE_BUCKETS);
+    return (unsigned)(siphash24(client, len, DIGEST_K1, DIGEST_K0) % TABLE_BUCKETS);
 }
 
 /* An entry joins or leaves the digests (XOR: the same call does both). */
 static void digest_flip(table *t, const table_entry *e) {
-    uint64_t sum = siphash(e->line, e->line_len, DIGEST_K0, DIGEST_K1);
+    uint64_t sum = siphash24(e->line, e->line_len, DIGEST_K0, DIGEST_K1);
     t->bucket_sum[e->bucket] ^= sum;
     t->root ^= sum;
 }
@@ -177,12 +143,7 @@ void table_init(table *t) {
     t->slots = xcalloc(t->cap, sizeof *t->slots);
     t->max = TABLE_DEFAULT_MAX;
     uint64_t key[2];
-    if (getrandom(key, sizeof key, GRND_NONBLOCK) != (ssize_t)sizeof key) {
-        struct timespec ts;   /* early boot without entropy: still varies */
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        key[0] = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ULL;
-        key[1] = (uint64_t)ts.tv_sec ^ (uint64_t)(uintptr_t)t;
-    }
+    siphash_random_key(key);
     t->k0 = key[0];
     t->k1 = key[1];
 }
@@ -225,7 +186,7 @@ static size_t find_slot(const table *t, uint64_t h, const char *client, size_t l
 }
 
 table_entry *table_get(const table *t, const char *client, size_t len) {
-    uint64_t h = siphash(client, len, t->k0, t->k1);
+    uint64_t h = siphash24(client, len, t->k0, t->k1);
     table_entry *e = t->slots[find_slot(t, h, client, len)];
     return live(e) ? e : NULL;
 }
@@ -327,7 +288,7 @@ static table_entry *replace(table *t, size_t i, const table_update *u) {
 }
 
 table_entry *table_offer(table *t, const table_update *u) {
-    uint64_t h = siphash(u->client.p, u->client.len, t->k0, t->k1);
+    uint64_t h = siphash24(u->client.p, u->client.len, t->k0, t->k1);
     size_t i = find_slot(t, h, u->client.p, u->client.len);
     table_entry *old = t->slots[i];
     if (live(old))
