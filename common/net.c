@@ -113,17 +113,7 @@ int net_listen(const char *host, int port, int backlog, char *err, size_t errlen
     return fd;
 }
 
-/* The 32-bit key of an address for per-address counts (net.h). */
-static uint32_t addr_key(const struct sockaddr_storage *ss) {
-    if (ss->ss_family == AF_INET)
-        return ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr);
-    const unsigned char *b = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
-    uint32_t h = 2166136261u;                  /* FNV-1a */
-    for (int i = 0; i < 16; i++) h = (h ^ b[i]) * 16777619u;
-    return h;
-}
-
-int net_accept(int lfd, char *addr, size_t addrlen, uint32_t *ip) {
+int net_accept(int lfd, char *addr, size_t addrlen, struct sockaddr_storage *peer) {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     int fd;
@@ -132,7 +122,7 @@ int net_accept(int lfd, char *addr, size_t addrlen, uint32_t *ip) {
     } while (fd < 0 && errno == EINTR);
     if (fd < 0) return -1;
     net_format_sa((struct sockaddr *)&ss, addr, addrlen);
-    if (ip) *ip = addr_key(&ss);
+    if (peer) *peer = ss;
     return fd;
 }
 

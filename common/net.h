@@ -52,11 +52,10 @@ int net_is_local(const char *host, char *err, size_t errlen);
 int net_listen(const char *host, int port, int backlog, char *err, size_t errlen);
 
 /* Accept one connection; 'addr' (NET_ADDRSTRLEN) gets "ip:port" or
- * "[ip]:port", and *ip (unless NULL) a 32-bit key for the address: an IPv4
- * address in host order, or an IPv6 one folded by a hash (two may share a
- * key).  Returns the fd, or -1 with errno set (EAGAIN when there is nothing
- * to accept).  Retries on EINTR. */
-int net_accept(int lfd, char *addr, size_t addrlen, uint32_t *ip);
+ * "[ip]:port", and *peer (unless NULL) the peer's address.  Returns the
+ * fd, or -1 with errno set (EAGAIN when there is nothing to accept).
+ * Retries on EINTR. */
+int net_accept(int lfd, char *addr, size_t addrlen, struct sockaddr_storage *peer);
 
 /* Resolve host (net_resolve: a name may wait for DNS) and start a
  * non-blocking connect to host:port.  Returns the fd (connection in

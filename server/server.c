@@ -471,17 +471,16 @@ static void shed_connection(server *s) {
     log_msg(LOG_WARN, "conn-refused", "from=%s reason=out of file descriptors", addr);
 }
 
-/* May connection fd be a client?  NULL if so (with a per-address cap, its
- * address is then counted, under *key), else the "? " line it gets. */
-static const char *admit_client(server *s, int fd, addrcap_key *key) {
+/* May a connection from 'peer' be a client?  NULL if so (with a
+ * per-address cap, its address is then counted, under *key), else the "? "
+ * line it gets. */
+static const char *admit_client(server *s, const struct sockaddr_storage *peer,
+                                addrcap_key *key) {
     if (s->nclients >= (size_t)s->max_clients) return BUSY;
     if (!s->per_addr.cap) return NULL;
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0 ||
-        addrcap_key_of((struct sockaddr *)&ss, key) < 0)
-        return BUSY_ADDR;                  /* gone already: nothing to count */
-    if (addrcap_take(&s->per_addr, key) < 0) return BUSY_ADDR;
+    if (addrcap_key_of((const struct sockaddr *)peer, key) < 0 ||
+        addrcap_take(&s->per_addr, key) < 0)
+        return BUSY_ADDR;
     return NULL;
 }
 
@@ -507,14 +506,15 @@ static void accept_clients(server *s) {
     for (int k = 0; k < ACCEPTS_PER_TURN; k++) {
         char addr[NET_ADDRSTRLEN];
         addrcap_key key;
-        int fd = net_accept(s->lfd, addr, sizeof addr, NULL);
+        struct sockaddr_storage peer;
+        int fd = net_accept(s->lfd, addr, sizeof addr, &peer);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE) shed_connection(s);
             else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED)
                 log_msg(LOG_WARN, "accept", "%s", strerror(errno));
             return;
         }
-        const char *busy = admit_client(s, fd, &key);
+        const char *busy = admit_client(s, &peer, &key);
         if (busy && probation_make_room(s) < 0) {
             refuse_fd(fd, busy, strlen(busy));
             s->metrics.conns_refused++;
