@@ -179,6 +179,10 @@ def test_catch_up_sends_little_when_little_differs(tmp_path, report):
                        f"{n}'s link-down")
             line = [l for l in h.log(n).splitlines() if "link-down peer=Bona" in l][-1]
             sent[n] = int(re.search(r"sent=(\d+)", line).group(1))
+        # what Bona missed came by catch-up, and is counted as repaired
+        # (its forward-stats line at the stop), not as forwarded
+        stats = [l for l in h.log("Bona").splitlines() if "forward-stats" in l][-1]
+        assert int(re.search(r"stored_repaired=(\d+)", stats).group(1)) >= 5, stats
     finally:
         h.stop()
     report(f"Bona back after 5 updates it missed, of 3005 clients: its neighbours sent it "

@@ -315,6 +315,37 @@ MUTATIONS = [
          breaks="an AT line from a peer with an invalid location is stored (WHATSAT then uses 0,0)",
          tests=["unit/test_at_lines"]),
 
+    # ---------------------------------------------------------- forward.c (issue 24)
+    dict(id="whole-line-tie-ignored", file="server/table.c",
+         original="    return proto_bytes_cmp(line, len, e->line, e->line_len);\n",
+         mutant="    (void)len;\n    return proto_bytes_cmp(u->client.p, u->client.len, "
+                "e->line + e->client_off, e->client_len);\n",
+         breaks="two lines equal in time, location and origin but not in bytes compare equal: "
+                "servers keep different lines for one update and resend them for ever",
+         tests=["unit/test_table"]),
+    dict(id="far-future-time-accepted", file="server/commands.c",
+         original="return proto_time_cmp(t, limit) > 0;",
+         mutant="return proto_time_cmp(t, limit) > 0 && 0;",
+         breaks="a time far ahead of the server's clock is stored and pins the table",
+         tests=["tests/integration/test_bounds_data.py::test_far_future_times_cannot_pin_the_table"]),
+    dict(id="mismatch-still-repairs", file="server/forward.c",
+         original="           !(L->mismatch & (AGREE_KEY_VERSION | AGREE_KEY_MAX_STORED));",
+         mutant="           !(L->mismatch & AGREE_KEY_VERSION);",
+         breaks="neighbours with different max_stored_clients repair each other for ever",
+         tests=["tests/integration/test_agreement.py::"
+                "test_neighbours_that_disagree_on_max_stored_clients_fall_quiet"]),
+    dict(id="mismatch-not-logged", file="server/forward.c",
+         original="    if (strlen(ours) == vlen && memcmp(ours, eq + 1, vlen) == 0) return;",
+         mutant="    if (1) return;",
+         breaks="a setting that differs between neighbours is neither logged nor acted on",
+         tests=["tests/integration/test_agreement.py"]),
+    dict(id="repairs-not-counted", file="server/peer.c",
+         original="on_update(s, c, line + 5, len - 5, 1);",
+         mutant="on_update(s, c, line + 5, len - 5, 0);",
+         breaks="updates stored from anti-entropy are counted as forwarded, so a forwarding "
+                "fault hides behind repair",
+         tests=["tests/integration/test_trees.py::test_catch_up_sends_little_when_little_differs"]),
+
     # ------------------------------------------------------------ config.c
     dict(id="one-way-link-accepted", file="common/config.c",
          original="            if (!back)\n",
