@@ -19,6 +19,7 @@
 
 #include "buf.h"
 #include "clock.h"
+#include "folder.h"
 
 #define LOG_FLUSH_BYTES (64 * 1024)
 #define LOG_RETRY_MS 1000      /* after a failed open or rotation */
@@ -60,19 +61,6 @@ void log_set_rotation(size_t max_file_bytes, int keep_files) {
     L.keep = keep_files > 0 ? keep_files : 0;
 }
 
-/* mkdir -p for the folder of the log; errors show up at open(). */
-static void make_dirs(const char *dir) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s", dir);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        mkdir(tmp, 0750);
-        *p = '/';
-    }
-    mkdir(tmp, 0750);
-}
-
 /* ------------------------------------------------------------- the file */
 
 /* Open 'path' for appending, creating it (and its folder) 0640 and
@@ -81,7 +69,7 @@ static void make_dirs(const char *dir) {
 static int open_file(size_t *size) {
     int fd = open(L.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, LOG_FILE_MODE);
     if (fd < 0 && errno == ENOENT) {
-        make_dirs(L.dir);
+        folder_make(L.dir, 0750);
         fd = open(L.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, LOG_FILE_MODE);
     }
     if (fd < 0) return -1;

@@ -38,6 +38,7 @@
 
 #include "clock.h"
 #include "config.h"
+#include "folder.h"
 #include "log.h"
 #include "secret.h"
 #include "signals.h"
@@ -433,7 +434,10 @@ int supervisor_run(const config *cfg, const char *server_path) {
     int local[CONFIG_MAX_SERVERS];
     if (herd_local_servers(cfg, local, 0) == 0) return 1;   /* it said why */
     S.lock_fd = herd_lock_take(cfg, err, sizeof err);
+    /* nothing is written in a folder another user may write in (folder.h) */
     if (S.lock_fd < 0 ||
+        folder_check(cfg->herd.state_dir, "herd.state_dir", 0700, err, sizeof err) < 0 ||
+        folder_check(cfg->logging.dir, "logging.dir", 0750, err, sizeof err) < 0 ||
         secret_load(cfg->herd.secret_file, secret, sizeof secret, err, sizeof err) < 0 ||
         log_open(cfg->logging.dir, "supervisor", cfg->logging.flush_ms, err, sizeof err) < 0 ||
         setup(err, sizeof err) < 0) {
