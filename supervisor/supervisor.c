@@ -77,12 +77,15 @@ static struct {
 
 /* --------------------------------------------------------------- files */
 
-/* Write 'text' to path (created with 'mode') through a temporary file and
- * rename(). */
+/* Write 'text' to path (created with 'mode') through a new temporary file
+ * and rename().  A stale temporary file or a link planted at its name is
+ * removed first (unlink() never follows a link) and O_EXCL makes a new
+ * one, so nothing is written through a link. */
 static int write_atomic(const char *path, const char *text, mode_t mode) {
     char tmp[PATH_MAX + 64];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    unlink(tmp);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
     FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
     if (!f) {
         if (fd >= 0) close(fd);
@@ -231,13 +234,19 @@ static void heartbeat_check(int64_t now) {
 
 /* ------------------------------------------------------------ children */
 
-/* In the child: stderr to <logging.dir>/NAME.stderr (appended, mode 0640);
- * the inherited stderr stays when that file cannot be opened. */
+/* In the child: stderr to <logging.dir>/NAME.stderr (appended, mode 0640,
+ * never through a link); the inherited stderr stays, and says why, when
+ * that file cannot be opened. */
 static void child_stderr(const char *name) {
     char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/%s.stderr", S.cfg->logging.dir, name);
-    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0640);
-    if (fd < 0) return;
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0640);
+    if (fd < 0) {
+        fprintf(stderr, "herd-supervisor: cannot open %s: %s; %s's stderr stays here\n", path,
+                errno == ELOOP ? "a symbolic link, never written through" : strerror(errno),
+                name);
+        return;
+    }
     if (fd != STDERR_FILENO) {
         dup2(fd, STDERR_FILENO);
         close(fd);
