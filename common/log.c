@@ -19,6 +19,7 @@
 
 #include "buf.h"
 #include "clock.h"
+#include "folder.h"
 
 #define LOG_FLUSH_BYTES (64 * 1024)
 #define LOG_RETRY_MS 1000      /* after a failed open or rotation */
@@ -60,38 +61,37 @@ void log_set_rotation(size_t max_file_bytes, int keep_files) {
     L.keep = keep_files > 0 ? keep_files : 0;
 }
 
-/* mkdir -p for the folder of the log; errors show up at open(). */
-static void make_dirs(const char *dir) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s", dir);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        mkdir(tmp, 0750);
-        *p = '/';
-    }
-    mkdir(tmp, 0750);
-}
-
 /* ------------------------------------------------------------- the file */
 
+/* Why open_file() failed, for the log line: a link and another's file get
+ * words of their own. */
+static const char *open_reason(int err) {
+    if (err == ELOOP) return "a symbolic link, which the log is never written through: remove it";
+    if (err == EPERM) return "another user's file: remove it";
+    return strerror(err);
+}
+
 /* Open 'path' for appending, creating it (and its folder) 0640 and
- * tightening an existing file that others may read.  Returns the fd or -1
+ * tightening an existing file that others may read.  Never through a link
+ * (ELOOP), and never into another user's file (EPERM: a hard link, or a
+ * file left while the folder was open to others).  Returns the fd or -1
  * with errno set; *size gets the file's length. */
 static int open_file(size_t *size) {
-    int fd = open(L.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, LOG_FILE_MODE);
+    const int flags = O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC;
+    int fd = open(L.path, flags, LOG_FILE_MODE);
     if (fd < 0 && errno == ENOENT) {
-        make_dirs(L.dir);
-        fd = open(L.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, LOG_FILE_MODE);
+        folder_make(L.dir, 0750);
+        fd = open(L.path, flags, LOG_FILE_MODE);
     }
     if (fd < 0) return -1;
     struct stat st;
-    *size = 0;
-    if (fstat(fd, &st) == 0) {
-        *size = (size_t)st.st_size;
-        if (st.st_mode & 07777 & ~LOG_FILE_MODE)
-            fchmod(fd, st.st_mode & LOG_FILE_MODE);   /* fails on another's file: fine */
+    if (fstat(fd, &st) < 0 || st.st_uid != geteuid()) {
+        close(fd);
+        errno = EPERM;
+        return -1;
     }
+    *size = (size_t)st.st_size;
+    if (st.st_mode & 07777 & ~LOG_FILE_MODE) fchmod(fd, st.st_mode & LOG_FILE_MODE);
     return fd;
 }
 
@@ -155,7 +155,7 @@ static void note_outcome(const char *what, int rc, int err) {
     if (rc < 0 && err != L.fail_errno) {
         L.fail_errno = err;
         log_msg(LOG_ERROR, "log-rotate-failed", "path=%s step=%s reason=%s; trying again every %d ms",
-                L.path, what, strerror(err), LOG_RETRY_MS);
+                L.path, what, open_reason(err), LOG_RETRY_MS);
     } else if (rc == 0 && L.fail_errno) {
         L.fail_errno = 0;
         log_msg(LOG_INFO, "log-recovered", "path=%s", L.path);
@@ -221,7 +221,7 @@ int log_open(const char *dir, const char *name, int flush_ms, char *err,
     snprintf(L.dir, sizeof L.dir, "%s", dir);
     L.flush_ms = flush_ms > 0 ? flush_ms : 200;
     if (open_log() < 0) {
-        snprintf(err, errlen, "cannot open %s: %s", L.path, strerror(errno));
+        snprintf(err, errlen, "cannot open %s: %s", L.path, open_reason(errno));
         return -1;
     }
     L.opened = 1;
@@ -235,7 +235,7 @@ int log_reopen(void) {
         int e = errno;
         L.fail_errno = e;
         log_msg(LOG_ERROR, "log-reopen", "cannot open %s: %s; %s, trying again every %d ms",
-                L.path, strerror(e), L.fd >= 0 ? "writing to the old file" : "dropping lines",
+                L.path, open_reason(e), L.fd >= 0 ? "writing to the old file" : "dropping lines",
                 LOG_RETRY_MS);
         return -1;
     }

@@ -2,14 +2,15 @@
  * text exposition format (docs/PROTOCOL.md, "Metrics").
  *
  * The file follows node_exporter's textfile-collector convention: written
- * whole to NAME.prom.tmp (a name the collector ignores), then renamed over
- * NAME.prom, once a second.  The samples carry exactly the labels
- * docs/PROTOCOL.md fixes (proxyherd_clients has none, proxyherd_link_up has
- * peer="NAME"), which suits one server per host.  Several servers sharing a
- * state folder would give the collector the same series twice, which it
- * refuses: herd.metrics_server_label adds server="NAME" to every sample for
- * them.  The HELP texts name no server, for the same reason (families
- * merged from several files must agree).
+ * whole to a new NAME.prom.tmp (a name the collector ignores; never through
+ * a link: see replace_file), then renamed over NAME.prom, once a second.
+ * The samples carry exactly the labels docs/PROTOCOL.md fixes
+ * (proxyherd_clients has none, proxyherd_link_up has peer="NAME"), which
+ * suits one server per host.  Several servers sharing a state folder would
+ * give the collector the same series twice, which it refuses:
+ * herd.metrics_server_label adds server="NAME" to every sample for them.
+ * The HELP texts name no server, for the same reason (families merged from
+ * several files must agree).
  *
  * Mode 0644: the file holds counts and peer names, never a client or a
  * location; the state folder's own mode decides who may read it.  No fsync:
@@ -165,9 +166,13 @@ static void prom_path(const server *s, char *out, size_t n, const char *suffix) 
     snprintf(out, n, "%s/%s.prom%s", s->cfg->herd.state_dir, s->me->name, suffix);
 }
 
-/* Write b to path.tmp and rename it over path.  Returns 0, or -1 with errno. */
+/* Write b to a new file tmp and rename it over path.  Whatever is at tmp
+ * (a stale file, a planted link) is removed first: unlink() never follows a
+ * link, and O_EXCL creates a new file or fails, so nothing is ever written
+ * through one.  Returns 0, or -1 with errno. */
 static int replace_file(const char *path, const char *tmp, const buf_t *b) {
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    unlink(tmp);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0) return -1;
     const char *p = buf_data(b);
     size_t left = buf_pending(b);

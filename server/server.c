@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "folder.h"
 #include "google.h"
 #include "log.h"
 #include "net.h"
@@ -674,7 +675,10 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
     s->lfd = s->sig_r = s->sig_w = s->spare_fd = s->cold_fd = s->hb_fd = s->resolver_fd = -1;
     table_init(&s->tab);
     log_set_rotation(cfg->logging.max_file_bytes, cfg->logging.keep_files);
-    if (log_open(cfg->logging.dir, s->me->name, cfg->logging.flush_ms, err, errlen) < 0)
+    /* nothing is written in a folder another user may write in (folder.h) */
+    if (folder_check(cfg->herd.state_dir, "herd.state_dir", 0700, err, errlen) < 0 ||
+        folder_check(cfg->logging.dir, "logging.dir", 0750, err, errlen) < 0 ||
+        log_open(cfg->logging.dir, s->me->name, cfg->logging.flush_ms, err, errlen) < 0)
         return -1;
     if (cfg->places.provider == PLACES_LOCAL &&
         places_local_load(&s->places, cfg->places.local_file, err, errlen) < 0)

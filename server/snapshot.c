@@ -17,9 +17,14 @@
  * (PR_SET_PDEATHSIG).  Temporary files a killed child left behind,
  * NAME.snap.tmp.PID, are removed at start and logged.
  * A snapshot that does not parse, is no regular file (a directory, a FIFO
- * that would hold the start until a writer came), is cut short or
- * belongs to another server is renamed NAME.snap.bad-<time>, logged, and the
- * server starts empty: the herd's catch-up fills it again.
+ * that would hold the start until a writer came), is another user's file,
+ * is cut short or belongs to another server is renamed
+ * NAME.snap.bad-<time>, logged, and the server starts empty: the herd's
+ * catch-up fills it again.  A symbolic link there is never followed: it is
+ * logged and the server starts empty too.  The temporary file is created
+ * anew (O_EXCL after an unlink) and renamed over NAME.snap (rename() moves
+ * or replaces a link, never its target), so nothing is written through a
+ * link.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -62,7 +67,7 @@ static int write_file(const server *s) {
     /* every client's location: the owner's alone from the first byte (no
      * window for another user to open it), never through a planted link */
     unlink(tmp);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
     if (!f) {
         if (fd >= 0) close(fd);
@@ -225,13 +230,17 @@ void snapshot_load(server *s) {
     remove_leftovers(s);
     snap_path(s, path, sizeof path, "");
     /* O_NONBLOCK: a FIFO put there would hold the start until a writer
-     * came; what is no regular file (a FIFO, a device, a directory) is
-     * set aside unread */
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+     * came; what is no regular file of this user's (a FIFO, a device, a
+     * directory, another user's file) is set aside unread.  A link is
+     * never followed (ELOOP): it is logged, and the next snapshot's rename
+     * replaces the link itself. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
     struct stat st;
-    if (fd >= 0 && fstat(fd, &st) == 0 && !S_ISREG(st.st_mode)) {
+    if (fd >= 0 && fstat(fd, &st) == 0 && (!S_ISREG(st.st_mode) || st.st_uid != geteuid())) {
         close(fd);
-        set_aside(s, path, S_ISDIR(st.st_mode) ? strerror(EISDIR) : "not a regular file", 0);
+        set_aside(s, path, S_ISDIR(st.st_mode) ? strerror(EISDIR)
+                  : !S_ISREG(st.st_mode) ? "not a regular file"
+                  : "another user's file", 0);
         return;
     }
     FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
@@ -240,7 +249,8 @@ void snapshot_load(server *s) {
         if (fd >= 0) close(fd);
         errno = e;
         if (errno != ENOENT)
-            log_msg(LOG_WARN, "snapshot-unreadable", "file=%s reason=%s", path, strerror(errno));
+            log_msg(LOG_WARN, "snapshot-unreadable", "file=%s reason=%s%s", path, strerror(errno),
+                    errno == ELOOP ? " (a symbolic link, never followed): starting empty" : "");
         else
             log_msg(LOG_INFO, "snapshot", "file=%s none: starting empty", path);
         return;

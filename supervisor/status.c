@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "folder.h"
 #include "net.h"
 #include "secret.h"
 #include "supervisor.h"
@@ -424,9 +425,13 @@ int supervisor_init_secret(const config *cfg) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
-    if (slash && slash != dir) {
+    if (slash && slash != dir) {   /* made 0700, or refused when others may write in it */
         *slash = '\0';
         mkdir(dir, 0700);
+        if (folder_check(dir, "the folder of herd.secret_file", 0, err, sizeof err) < 0) {
+            fprintf(stderr, "herd-supervisor: %s\n", err);
+            return -1;
+        }
     }
     int made = write_secret(path, n == SECRET_EMPTY);
     if (made < 0) return -1;

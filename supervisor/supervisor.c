@@ -38,6 +38,7 @@
 
 #include "clock.h"
 #include "config.h"
+#include "folder.h"
 #include "log.h"
 #include "secret.h"
 #include "signals.h"
@@ -76,12 +77,15 @@ static struct {
 
 /* --------------------------------------------------------------- files */
 
-/* Write 'text' to path (created with 'mode') through a temporary file and
- * rename(). */
+/* Write 'text' to path (created with 'mode') through a new temporary file
+ * and rename().  A stale temporary file or a link planted at its name is
+ * removed first (unlink() never follows a link) and O_EXCL makes a new
+ * one, so nothing is written through a link. */
 static int write_atomic(const char *path, const char *text, mode_t mode) {
     char tmp[PATH_MAX + 64];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    unlink(tmp);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
     FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
     if (!f) {
         if (fd >= 0) close(fd);
@@ -230,13 +234,19 @@ static void heartbeat_check(int64_t now) {
 
 /* ------------------------------------------------------------ children */
 
-/* In the child: stderr to <logging.dir>/NAME.stderr (appended, mode 0640);
- * the inherited stderr stays when that file cannot be opened. */
+/* In the child: stderr to <logging.dir>/NAME.stderr (appended, mode 0640,
+ * never through a link); the inherited stderr stays, and says why, when
+ * that file cannot be opened. */
 static void child_stderr(const char *name) {
     char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/%s.stderr", S.cfg->logging.dir, name);
-    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0640);
-    if (fd < 0) return;
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0640);
+    if (fd < 0) {
+        fprintf(stderr, "herd-supervisor: cannot open %s: %s; %s's stderr stays here\n", path,
+                errno == ELOOP ? "a symbolic link, never written through" : strerror(errno),
+                name);
+        return;
+    }
     if (fd != STDERR_FILENO) {
         dup2(fd, STDERR_FILENO);
         close(fd);
@@ -433,7 +443,10 @@ int supervisor_run(const config *cfg, const char *server_path) {
     int local[CONFIG_MAX_SERVERS];
     if (herd_local_servers(cfg, local, 0) == 0) return 1;   /* it said why */
     S.lock_fd = herd_lock_take(cfg, err, sizeof err);
+    /* nothing is written in a folder another user may write in (folder.h) */
     if (S.lock_fd < 0 ||
+        folder_check(cfg->herd.state_dir, "herd.state_dir", 0700, err, sizeof err) < 0 ||
+        folder_check(cfg->logging.dir, "logging.dir", 0750, err, sizeof err) < 0 ||
         secret_load(cfg->herd.secret_file, secret, sizeof secret, err, sizeof err) < 0 ||
         log_open(cfg->logging.dir, "supervisor", cfg->logging.flush_ms, err, sizeof err) < 0 ||
         setup(err, sizeof err) < 0) {

@@ -1,8 +1,9 @@
 /* test_log.c -- the log's edges (common/log.h): a rotation that cannot
  * rename, keep_files 0, a log that cannot be opened again (a folder in its
  * place, no descriptor left), a full disk, a broken pipe, a write that a
- * signal interrupts, lines that do not fit the stack buffer, and the
- * "log-dropped" line that counts what was lost.
+ * signal interrupts, lines that do not fit the stack buffer, the
+ * "log-dropped" line that counts what was lost, and links and other users'
+ * files the log must never write into.
  *
  * log.c keeps its state in one static struct, and several cases lower a
  * process limit (RLIMIT_NOFILE, RLIMIT_FSIZE) or change a signal's handling,
@@ -488,6 +489,56 @@ static void case_reopen_folder(void) {
     CHECK_FILE(at("h.log"), want);
 }
 
+/* The log is never written through a link, nor into another user's file
+ * (root only: a file given to uid 65534): log_open() refuses, saying why;
+ * a link put in place of the open log makes the reopen fail and the old
+ * file keep the lines; a rotation never writes through a link at a
+ * rotated name (rename() moves the link). */
+static void case_links(void) {
+    const char *precious = "precious\n";
+    int fd = open(at("target"), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    CHECK(fd >= 0 && write(fd, precious, 9) == 9, "target: %s", strerror(errno));
+    close(fd);
+    CHECK(symlink(at("target"), at("l.log")) == 0, "symlink: %s", strerror(errno));
+    char err[512] = "", want[1024];
+    log_set_rotation(300, 1);
+    CHECK(log_open(dir, "l", 1000, err, sizeof err) == -1, "log_open through a link succeeded");
+    snprintf(want, sizeof want, "cannot open %s: a symbolic link, which the log is never "
+             "written through: remove it", at("l.log"));
+    CHECK_STR(err, want);
+    if (geteuid() == 0) {
+        fd = open(at("o.log"), O_WRONLY | O_CREAT, 0640);
+        CHECK(fd >= 0 && fchown(fd, 65534, 65534) == 0, "chown: %s", strerror(errno));
+        close(fd);
+        CHECK(log_open(dir, "o", 1000, err, sizeof err) == -1, "log_open of another's file");
+        snprintf(want, sizeof want, "cannot open %s: another user's file: remove it",
+                 at("o.log"));
+        CHECK_STR(err, want);
+    }
+    open_log_or_fail("r", 300, 1);
+    fill(0);
+    log_flush();
+    CHECK(rename(at("r.log"), at("moved")) == 0 && symlink(at("target"), at("r.log")) == 0,
+          "%s", strerror(errno));
+    CHECK(symlink(at("target"), at("r.log.1")) == 0, "symlink: %s", strerror(errno));
+    CHECK(log_reopen() == -1, "log_reopen through a link succeeded");
+    log_flush();
+    snprintf(want, sizeof want, "%sERROR log-reopen cannot open %s: a symbolic link, which "
+             "the log is never written through: remove it; writing to the old file, trying "
+             "again every 1000 ms\n", fills(0, 0), at("r.log"));
+    CHECK_FILE(at("moved"), want);
+    CHECK(unlink(at("r.log")) == 0, "unlink: %s", strerror(errno));
+    wait_retry();
+    for (int i = 1; i <= 3; i++) fill(i);     /* a new r.log, then a rotation */
+    log_flush();
+    size_t n;
+    char *kept = slurp(at("target"), &n);
+    CHECK(kept && strcmp(kept, precious) == 0, "the link's target was written: %s", kept);
+    free(kept);
+    struct stat st;
+    CHECK(lstat(at("r.log.1"), &st) == 0 && S_ISREG(st.st_mode), "r.log.1 is no file");
+}
+
 static volatile sig_atomic_t xfsz_seen;
 
 /* SIGXFSZ arrives inside the log's write(): a flush from here must return
@@ -672,6 +723,7 @@ static const struct {
     {"rotation-open", case_rotation_open_fails},
     {"no-descriptor", case_no_descriptor},
     {"reopen-folder", case_reopen_folder},
+    {"links", case_links},
     {"full-disk", case_full_disk},
     {"fifo", case_fifo_reader_gone},
     {"eintr-file", case_interrupted_file_write},
