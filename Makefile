@@ -12,6 +12,10 @@
 #   make fuzz       run each libFuzzer harness for FUZZ_SECONDS (default 60),
 #                   or FUZZ_RUNS executions each when that is set
 #   make test-chaos kill servers under load for CHAOS_SECONDS (default 60)
+#   make test-nemesis  seeded random schedules (kills, pauses, links cut, stalled
+#                   or torn, odd IAMATs), then the herd's promise checked:
+#                   SEEDS=N runs N random ones, SEED=S replays one (default:
+#                   the fixed seeds make integration runs)
 #   make test-valgrind  the protocol and log tests with the server under valgrind
 #   make test-mutation  apply each curated mutation (tests/mutation/) to a scratch
 #                   copy and check that a test fails for it (MUTATIONS=id,id...)
@@ -65,7 +69,8 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
 PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor $(BIN)/herd-benchmark
 
-.PHONY: all deps check-deps test unit integration asan-test fuzz fuzz-build test-chaos test-valgrind \
+.PHONY: all deps check-deps test unit integration asan-test fuzz fuzz-build test-chaos test-nemesis \
+        test-valgrind \
         test-mutation run stop status \
         benchmark report report-data install clean coverage
 
@@ -144,6 +149,14 @@ FUZZ_OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,und
 CHAOS_SECONDS ?= 60
 test-chaos: all
 	CHAOS_SECONDS=$(CHAOS_SECONDS) HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration/test_chaos.py
+
+# The nemesis (tests/integration/test_nemesis.py): a failing schedule prints
+# its seed; SEED=S (or NEMESIS_SEED=S in the environment) replays it.
+SEEDS ?=
+SEED ?=
+test-nemesis: all
+	$(if $(SEEDS),NEMESIS_SEEDS=$(SEEDS)) $(if $(SEED),NEMESIS_SEED=$(SEED)) \
+	  HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration/test_nemesis.py
 
 test-valgrind: all
 	HERD_VALGRIND=1 HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration/test_protocol.py \
