@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import connect, recv_until_eof, wait_for
-from test_bounds_conn import BUSY, BUSY_ADDR, Pair, hold_clients
+from test_bounds_conn import BUSY, BUSY_ADDR, hold_clients, pair  # noqa: F401 (a fixture)
 
 HOG_EVERY_S = 0.05
 LINK_BOUND_S = 5.0      # the first dial comes at once; a refused one backs off to 3.2 s
@@ -53,18 +53,6 @@ class Hog(threading.Thread):
                 got.append(b"<still open>")
             s.close()
         return got
-
-
-@pytest.fixture
-def pair(tmp_path):
-    made = []
-
-    def make(limits):
-        made.append(Pair(tmp_path, limits))
-        return made[-1]
-    yield make
-    for p in made:
-        p.stop()
 
 
 CASES = {

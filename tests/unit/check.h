@@ -8,6 +8,7 @@
 #ifndef HERD_CHECK_H
 #define HERD_CHECK_H
 
+#include <ftw.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -31,6 +32,19 @@ static int check_passed, check_failed;
         CHECK(g_ && w_ && strcmp(g_, w_) == 0, "got '%s', want '%s'",     \
               g_ ? g_ : "(null)", w_ ? w_ : "(null)");                    \
     } while (0)
+
+static inline int check_remove_one(const char *path, const struct stat *st, int flag,
+                                   struct FTW *ftw) {
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* rm -r dir (a test's scratch folder), links not followed. */
+static inline void check_rmtree(const char *dir) {
+    nftw(dir, check_remove_one, 16, FTW_DEPTH | FTW_PHYS);
+}
 
 static inline int check_report(const char *name) {
     printf("%s: %d passed, %d failed\n", name, check_passed, check_failed);

@@ -86,19 +86,12 @@ static void test_another_users(void) {
     }
 }
 
-static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 int main(void) {
     snprintf(root, sizeof root, "/tmp/herdfolderXXXXXX");
     if (!mkdtemp(root)) return 2;
     test_modes();
     test_missing_and_in_the_way();
     test_another_users();
-    nftw(root, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+    check_rmtree(root);
     return check_report("folder");
 }

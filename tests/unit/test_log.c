@@ -746,13 +746,6 @@ static void run_child(size_t i) {
     exit(check_failed ? 1 : 0);
 }
 
-static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 int main(void) {
     snprintf(root, sizeof root, "/tmp/herdlogXXXXXX");
     if (!mkdtemp(root)) return 2;
@@ -768,6 +761,6 @@ int main(void) {
                   WEXITSTATUS(st) == 0,
               "case %s: status %d", cases[i].name, st);
     }
-    nftw(root, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+    check_rmtree(root);
     return check_report("log");
 }
