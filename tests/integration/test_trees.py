@@ -349,7 +349,8 @@ def test_anti_entropy_under_load_on_a_large_table(tmp_path, report):
     # SYNC lines per update: 0.008 to 0.34 over seven runs on two shared
     # cores (where counted, none stored anything: they resend updates still
     # in flight); sending every bucket that differs once (no two-round rule)
-    # measured 0.71 to 1.35, which the total above let pass in four of six
+    # measured 0.71 to 1.41, which the total above let pass in four of six
+    # (test_forwarding.py tests that rule line by line, without load)
     assert repairs <= 0.6, st
 
 
