@@ -367,8 +367,8 @@ class FakeNeighbours:
 
 def test_updates_are_flooded_while_link_states_change(tmp_path, report):
     """A server floods for 2 s after it learns any link state change, and
-    uses its trees again once they hold still (docs/PROTOCOL.md, "Safety
-    first"): the other servers may not know the change yet, so their trees
+    uses its trees again once they hold still (docs/PROTOCOL.md, "Forwarding
+    along trees"): the other servers may not know the change yet, so their trees
     and ours may differ."""
     f = FakeNeighbours(tmp_path)
     try:
