@@ -516,4 +516,41 @@ MUTATIONS = [
          mutant="if (read_files(cfg, &sup, st) < 0 || (live && live != sup)) {",
          breaks="--status believes a stale servers.pid whose supervisor is gone",
          tests=["tests/integration/test_mutation_gaps.py::test_status_with_a_stale_pid_file"]),
+    # ------------------------------------------- forward.c: trees and repair
+    dict(id="tree-dead-link-live", file="server/forward.c",
+         original="return (s->fw.up[a] >> b & 1) && (s->fw.up[b] >> a & 1);",
+         mutant="return (s->fw.up[a] >> b & 1) || (s->fw.up[b] >> a & 1);",
+         breaks="a link one end still claims (a stopped server's last state) counts as live: "
+                "trees route through the stopped server and miss the servers behind it",
+         tests=["tests/integration/test_forwarding.py::"
+                "test_a_stopped_middle_server_leaves_trees_that_reach_everyone"]),
+    dict(id="tree-live-one-end", file="server/forward.c",
+         original="return (s->fw.up[a] >> b & 1) && (s->fw.up[b] >> a & 1);",
+         mutant="return (s->fw.up[a] >> b & 1);",
+         breaks="a link counts as live when the parent's end says so, though the child's "
+                "says it is down: the child is left out of the tree",
+         tests=["tests/integration/test_forwarding.py::"
+                "test_a_link_only_one_end_says_is_up_is_not_in_the_trees"]),
+    dict(id="tree-no-flux-window", file="server/forward.c",
+         original="if (s->cfg->herd.forwarding == FORWARD_FLOOD || s->now_ms < s->fw.flux_until_ms)",
+         mutant="if (s->cfg->herd.forwarding == FORWARD_FLOOD)",
+         breaks="trees are used at once after a link state changed, while other servers "
+                "may still use their old trees: updates can miss servers until repaired",
+         tests=["tests/integration/test_forwarding.py::"
+                "test_updates_are_flooded_while_link_states_change"]),
+    dict(id="tree-wrong-children", file="server/forward.c",
+         original="if (par[s->links[li].server] == me) *kids |= UINT64_C(1) << li;",
+         mutant="if (par[s->links[li].server] != me) *kids |= UINT64_C(1) << li;",
+         breaks="updates go to the neighbours that are not our children in the tree: "
+                "only anti-entropy spreads them",
+         tests=["tests/integration/test_forwarding.py::"
+                "test_settled_herd_forwards_every_update_without_repair"]),
+    dict(id="repair-every-differing-bucket", file="server/forward.c",
+         original="both[i] = L->differ[i] & L->differed[i];",
+         mutant="both[i] = L->differ[i];",
+         breaks="under load anti-entropy resends every bucket an update in flight makes "
+                "differ once (about one SYNC line per update instead of a few percent)",
+         tests=["tests/integration/test_forwarding.py::"
+                "test_a_bucket_that_differs_in_one_round_only_is_not_repaired",
+                "tests/integration/test_trees.py::test_anti_entropy_under_load_on_a_large_table"]),
 ]
