@@ -640,7 +640,8 @@ class Schedule:
             deadline = time.time() + 2 * SNAPSHOT_S + 0.5
             while node.snap_mtime() <= since and time.time() < deadline:
                 time.sleep(0.02)
-        node.kill()
+        node.kill()                # a paused one too: SIGKILL needs no SIGCONT
+        self.resume_at.pop(name, None)
         self.collect_pending(node, timeout=0.2)
         self.note(f"kill -9 {name} ({'after' if after_snapshot else 'before'} a snapshot)")
         self.demote_lost(name)
