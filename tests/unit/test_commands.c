@@ -8,6 +8,7 @@
  * that had wrapped around.
  */
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -111,6 +112,7 @@ int main(void) {
     static client c;
     c.role = ROLE_CLIENT;
     c.id = 7;
+    clock_gettime(CLOCK_REALTIME, &c.rx_time);   /* the line was read now */
     test_iamat_after_partial_write(&s, &c);
     test_whatsat_after_partial_write(&s, &c);
     buf_free(&c.out);
