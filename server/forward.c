@@ -241,10 +241,11 @@ static void send_agree(server *s, int li) {
     send_ctl(s, li, line, (size_t)n);
 }
 
+/* No wait for the peer's AGREE: ours is the first line it reads, so a
+ * peer that disagrees ignores our SUM, and its SUM, behind its AGREE,
+ * finds the mismatch already known here. */
 int forward_repairs(const server *s, int li) {
-    const peer_link *L = &s->links[li];
-    return L->agree != PEER_AGREE_WAIT &&
-           !(L->mismatch & (AGREE_KEY_VERSION | AGREE_KEY_MAX_STORED));
+    return !(s->links[li].mismatch & (AGREE_KEY_VERSION | AGREE_KEY_MAX_STORED));
 }
 
 /* One "key=value" of their AGREE against ours: a mismatch is logged (once

@@ -321,9 +321,6 @@ static void on_update(server *s, client *c, const char *line, size_t len, int re
 void peer_line(server *s, client *c, const char *line, size_t len) {
     /* nothing from a peer is ever answered "? " */
     if (c->role != ROLE_PEER) return;
-    peer_link *L = &s->links[c->link];
-    if (L->agree == PEER_AGREE_WAIT && !(len > 6 && memcmp(line, "AGREE ", 6) == 0))
-        L->agree = PEER_AGREE_LEGACY;           /* its first line: an earlier server */
     if (len > 3 && memcmp(line, "AT", 2) == 0) on_update(s, c, line, len, 0);
     else if (len > 8 && memcmp(line, "SYNC AT ", 8) == 0) on_update(s, c, line + 5, len - 5, 1);
     else forward_line(s, c->link, line, len);   /* LINK, SUM, SUMS, AGREE */
@@ -414,7 +411,7 @@ int peer_poll_timeout(server *s) {
         peer_link *L = &s->links[li];
         if (!s->secret_len) break;
         if (L->conn && L->streaming && buf_pending(&L->conn->out) < STREAM_CHUNK) return 0;
-        if (L->conn && forward_repairs(s, li)) {   /* the next SUM (forward.c) */
+        if (L->conn && forward_repairs(s, li)) {  /* the next SUM (forward.c) */
             int64_t t = L->next_sum_ms - s->now_ms;
             if (t < 0) t = 0;
             if (best < 0 || t < best) best = t;

@@ -143,9 +143,8 @@ typedef struct {
 /* What a link knows of its peer's AGREE line (docs/PROTOCOL.md, "Settings
  * neighbours must share"). */
 enum {
-    PEER_AGREE_WAIT,            /* up, its AGREE not read yet: no SUM sent */
+    PEER_AGREE_WAIT,            /* up, no AGREE read (yet, or ever: an earlier server) */
     PEER_AGREE_OK,              /* read (mismatch says what differs) */
-    PEER_AGREE_LEGACY,          /* its first line was no AGREE: an earlier server */
 };
 #define AGREE_KEY_VERSION 1u
 #define AGREE_KEY_MAX_STORED 2u
@@ -285,8 +284,8 @@ void peer_stream(server *s, int li, const uint64_t *mask, uint64_t gen); /* buck
 void forward_init(server *s);
 void forward_link_changed(server *s, int li);  /* link li came up or went down */
 void forward_line(server *s, int li, const char *line, size_t len);  /* LINK, SUM, SUMS, AGREE */
-/* Anti-entropy runs on link li: its peer's settings are known and agree
- * (or it is an earlier server that does not say). */
+/* Anti-entropy runs on link li: its peer's settings, if it said them,
+ * agree with ours on what anti-entropy needs. */
 int forward_repairs(const server *s, int li);
 void forward_tick(server *s);
 void forward_log_stats(server *s);

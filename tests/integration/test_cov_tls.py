@@ -129,11 +129,16 @@ def read_until(proc, want, timeout=10):
     return got
 
 
+# what a server sends first on a link (docs/PROTOCOL.md, "Between servers")
+FIRST_LINES = b"AGREE version=2 max_stored_clients=1000000 forwarding=tree\nLINK Bona "
+
+
 def linked_client(port, identity="proxyherd-v1 Bailey Bona", key=None):
-    """An s_client that gets Bailey's link: Bona speaks first (LINK Bona ...)."""
+    """An s_client that gets Bailey's link: Bona speaks first (its AGREE,
+    then LINK Bona ...)."""
     c = s_client(port, identity, key or psk_key("Bailey", "Bona"))
     try:
-        assert read_until(c, b"LINK Bona ").startswith(b"LINK Bona ")
+        assert read_until(c, b"LINK Bona ").startswith(FIRST_LINES)
     except AssertionError:
         end(c)
         raise
@@ -252,7 +257,7 @@ def test_dialing_a_neighbour_that_asks_for_another_key_share(bona):
         assert bona.wait_log(f"link-up peer=Zed addr=127.0.0.1:{bona.zed_port} dir=out"), bona.log()
         at = bona.serves(b"over-hrr")
         got = read_until(zed, at)
-        assert got.startswith(b"LINK Bona "), got
+        assert got.startswith(FIRST_LINES), got
     finally:
         end(zed)
 

@@ -301,7 +301,10 @@ def test_equal_time_larger_location_wins(server):
     assert stored_line(server.port, b"tie") == bigger
 
 
-def test_same_update_again_keeps_first_line(server):
+def test_same_update_again_keeps_the_larger_line(server):
+    """The same IAMAT twice makes two lines (another diff); equal in time,
+    location and origin, the larger line's bytes win (docs/PROTOCOL.md,
+    IAMAT), on every server alike, whichever came first."""
     first = iamat(server.port, b"dup", b"+1.0+1.0", b"50")
-    iamat(server.port, b"dup", b"+1.0+1.0", b"50")
-    assert stored_line(server.port, b"dup") == first
+    second = iamat(server.port, b"dup", b"+1.0+1.0", b"50")
+    assert stored_line(server.port, b"dup") == max(first, second)

@@ -329,8 +329,8 @@ MUTATIONS = [
          breaks="a time far ahead of the server's clock is stored and pins the table",
          tests=["tests/integration/test_bounds_data.py::test_far_future_times_cannot_pin_the_table"]),
     dict(id="mismatch-still-repairs", file="server/forward.c",
-         original="           !(L->mismatch & (AGREE_KEY_VERSION | AGREE_KEY_MAX_STORED));",
-         mutant="           !(L->mismatch & AGREE_KEY_VERSION);",
+         original="return !(s->links[li].mismatch & (AGREE_KEY_VERSION | AGREE_KEY_MAX_STORED));",
+         mutant="return !(s->links[li].mismatch & AGREE_KEY_VERSION);",
          breaks="neighbours with different max_stored_clients repair each other for ever",
          tests=["tests/integration/test_agreement.py::"
                 "test_neighbours_that_disagree_on_max_stored_clients_fall_quiet"]),
