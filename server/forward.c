@@ -248,10 +248,21 @@ int forward_repairs(const server *s, int li) {
     return !(s->links[li].mismatch & (AGREE_KEY_VERSION | AGREE_KEY_MAX_STORED));
 }
 
-/* One "key=value" of their AGREE against ours: a mismatch is logged (once
- * per link-up: this line comes once) and remembered. */
-static void agree_key(server *s, int li, proto_str kv) {
+/* A setting that differs on link li: remembered, and logged once per
+ * link-up (an AGREE comes once). */
+static void mismatch(server *s, int li, unsigned bit, proto_str key, const char *ours,
+                     proto_str theirs) {
     peer_link *L = &s->links[li];
+    L->mismatch |= bit;
+    log_msg(LOG_WARN, "config-mismatch", "peer=%s key=%.*s ours=%s theirs=%.*s (%s)",
+            s->cfg->servers[L->server].name, (int)key.len, key.p, ours,
+            (int)(theirs.len > 64 ? 64 : theirs.len), theirs.p,
+            bit == AGREE_KEY_FORWARDING ? "updates still reach every server"
+                                        : "no anti-entropy on this link until they agree");
+}
+
+/* One "key=value" of their AGREE against ours. */
+static void agree_key(server *s, int li, proto_str kv) {
     char ours[32];
     unsigned bit;
     const char *eq = memchr(kv.p, '=', kv.len);
@@ -270,19 +281,32 @@ static void agree_key(server *s, int li, proto_str kv) {
         return;                                 /* a newer peer may say more */
     }
     if (strlen(ours) == vlen && memcmp(ours, eq + 1, vlen) == 0) return;
-    L->mismatch |= bit;
-    log_msg(LOG_WARN, "config-mismatch", "peer=%s key=%.*s ours=%s theirs=%.*s (%s)",
-            s->cfg->servers[L->server].name, (int)klen, kv.p, ours,
-            (int)(vlen > 64 ? 64 : vlen), eq + 1,
-            bit == AGREE_KEY_FORWARDING ? "updates still reach every server"
-                                        : "no anti-entropy on this link until they agree");
+    proto_str key = {kv.p, klen}, theirs = {eq + 1, vlen};
+    mismatch(s, li, bit, key, ours, theirs);
 }
 
-static void on_agree(server *s, int li, const proto_str *f, int n) {
+int forward_first_line(server *s, int li, const char *line, size_t len) {
     peer_link *L = &s->links[li];
-    if (L->agree != PEER_AGREE_WAIT) return;     /* once per link-up */
+    int agree = len >= 5 && memcmp(line, "AGREE", 5) == 0 &&
+                (len == 5 || proto_is_space((unsigned char)line[5]));
+    if (L->agree != PEER_AGREE_WAIT) return agree;   /* once per link-up */
+    if (!agree) {            /* an earlier server: its order lacks the whole line */
+        static const char k[] = "version", none[] = "1 (no AGREE)";
+        char ours[16];
+        snprintf(ours, sizeof ours, "%d", LINK_PROTOCOL_VERSION);
+        L->agree = PEER_AGREE_NONE;
+        mismatch(s, li, AGREE_KEY_VERSION, (proto_str){k, sizeof k - 1}, ours,
+                 (proto_str){none, sizeof none - 1});
+        return 0;
+    }
     L->agree = PEER_AGREE_OK;
-    for (int i = 1; i < n; i++) agree_key(s, li, f[i]);
+    for (size_t i = 5; i < len;) {               /* every key=value, however many */
+        while (i < len && proto_is_space((unsigned char)line[i])) i++;
+        size_t start = i;
+        while (i < len && !proto_is_space((unsigned char)line[i])) i++;
+        if (i > start) agree_key(s, li, (proto_str){line + start, i - start});
+    }
+    return 1;
 }
 
 void forward_link_changed(server *s, int li) {
@@ -421,12 +445,8 @@ static void on_sums(server *s, int li, const proto_str *f) {
 /* ------------------------------------------------------------- the rest */
 
 void forward_line(server *s, int li, const char *line, size_t len) {
-    proto_str f[9];
-    int n = proto_split(line, len, f, 8);
-    if (n >= 1 && n <= 8 && f[0].len == 5 && memcmp(f[0].p, "AGREE", 5) == 0) {
-        on_agree(s, li, f, n);
-        return;
-    }
+    proto_str f[5];
+    int n = proto_split(line, len, f, 4);
     if (n == 4 && f[0].len == 4 && memcmp(f[0].p, "LINK", 4) == 0) on_link_state(s, li, f);
     else if (n == 3 && f[0].len == 3 && memcmp(f[0].p, "SUM", 3) == 0) on_sum(s, li, f);
     else if (n == 3 && f[0].len == 4 && memcmp(f[0].p, "SUMS", 4) == 0) on_sums(s, li, f);

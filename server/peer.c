@@ -117,6 +117,8 @@ static void link_up(server *s, int li, client *c, const char *direction) {
     if (L->conn && L->conn != c) client_kill(s, L->conn, "replaced by a new link");
     if (L->dialing == c) L->dialing = NULL;
     drop_place(s, c);
+    if (L->accepting)                  /* a handshake that did not finish first */
+        client_kill(s, L->accepting, "the link came up on another connection");
     client_set_role(s, c, ROLE_PEER);
     c->link = li;
     c->quiet = 0;
@@ -267,16 +269,18 @@ int peer_tls_accept(server *s, client *c) {
     return 0;
 }
 
-/* Accepting side: c's ClientHello named link li and proved its key (OpenSSL
- * checks the PSK binder in the same step that looks the identity up, so a
- * handshake still going on after it has the herd secret).  It leaves the
- * clients' places, or the probation, for the link's own place, which no
- * client can take (docs/PROTOCOL.md, "Limits"); a newer handshake of the
- * same link takes the place over (the neighbour dialed again). */
+/* Accepting side: c's ClientHello named link li with a PSK binder that
+ * verifies (OpenSSL checks it in the same step that looks the identity up).
+ * It leaves the clients' places, or the probation, for the link's own
+ * place, which no client can take (docs/PROTOCOL.md, "Limits").  A binder
+ * proves that someone once had the key, not that this connection has it:
+ * a ClientHello seen on the wire can be sent again.  So a newer handshake
+ * of the link never displaces the one holding the place: it goes on where
+ * it is, and the first to finish becomes the link (link_up ends the
+ * others); only the neighbour itself can finish one. */
 static void hold_link_place(server *s, client *c) {
     peer_link *L = &s->links[c->link];
-    if (L->accepting == c) return;
-    if (L->accepting) client_kill(s, L->accepting, "replaced by a newer handshake");
+    if (L->accepting) return;
     L->accepting = c;
     client_set_role(s, c, ROLE_ACCEPTED);   /* gives back its client or probation place */
 }
@@ -321,9 +325,10 @@ static void on_update(server *s, client *c, const char *line, size_t len, int re
 void peer_line(server *s, client *c, const char *line, size_t len) {
     /* nothing from a peer is ever answered "? " */
     if (c->role != ROLE_PEER) return;
+    if (forward_first_line(s, c->link, line, len)) return;
     if (len > 3 && memcmp(line, "AT", 2) == 0) on_update(s, c, line, len, 0);
     else if (len > 8 && memcmp(line, "SYNC AT ", 8) == 0) on_update(s, c, line + 5, len - 5, 1);
-    else forward_line(s, c->link, line, len);   /* LINK, SUM, SUMS, AGREE */
+    else forward_line(s, c->link, line, len);   /* LINK, SUM, SUMS */
 }
 
 static int in_stream(const peer_link *L, const table_entry *e) {

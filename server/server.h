@@ -143,8 +143,9 @@ typedef struct {
 /* What a link knows of its peer's AGREE line (docs/PROTOCOL.md, "Settings
  * neighbours must share"). */
 enum {
-    PEER_AGREE_WAIT,            /* up, no AGREE read (yet, or ever: an earlier server) */
-    PEER_AGREE_OK,              /* read (mismatch says what differs) */
+    PEER_AGREE_WAIT,            /* up, its first line not read yet */
+    PEER_AGREE_OK,              /* its AGREE read (mismatch says what differs) */
+    PEER_AGREE_NONE,            /* its first line was no AGREE: an earlier server */
 };
 #define AGREE_KEY_VERSION 1u
 #define AGREE_KEY_MAX_STORED 2u
@@ -283,7 +284,11 @@ void peer_stream(server *s, int li, const uint64_t *mask, uint64_t gen); /* buck
 #define FORWARD_CTL_MAX (CONFIG_MAX_SERVERS * 72)
 void forward_init(server *s);
 void forward_link_changed(server *s, int li);  /* link li came up or went down */
-void forward_line(server *s, int li, const char *line, size_t len);  /* LINK, SUM, SUMS, AGREE */
+void forward_line(server *s, int li, const char *line, size_t len);  /* LINK, SUM, SUMS */
+/* Every line from link li passes here first: 1 when it is an AGREE (read
+ * here, nothing more to do), else 0.  A peer whose first line is no AGREE
+ * is of an earlier version: a version mismatch. */
+int forward_first_line(server *s, int li, const char *line, size_t len);
 /* Anti-entropy runs on link li: its peer's settings, if it said them,
  * agree with ours on what anti-entropy needs. */
 int forward_repairs(const server *s, int li);

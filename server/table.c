@@ -65,9 +65,12 @@ static int update_cmp(const table_update *u, const table_entry *e) {
     return proto_bytes_cmp(line, len, e->line, e->line_len);
 }
 
+/* The same order between two stored entries (whose lines are whole). */
 static int entry_older(const table_entry *a, const table_entry *b) {
-    table_update v = entry_view(a);
-    return update_cmp(&v, b) < 0;
+    table_update va = entry_view(a), vb = entry_view(b);
+    int c = proto_update_cmp(va.t, va.location, va.origin, vb.t, vb.location, vb.origin);
+    if (!c) c = proto_bytes_cmp(a->line, a->line_len, b->line, b->line_len);
+    return c < 0;
 }
 
 /* --------------------------------------------------------------- the heap */

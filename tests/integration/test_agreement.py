@@ -144,3 +144,53 @@ def test_a_forwarding_mismatch_is_logged_and_updates_still_reach_both(tmp_path):
             assert pair.stored(dst, client) == pair.stored(src, client)
     finally:
         pair.stop()
+
+
+def lines_for(peer, seconds):
+    """Every line the link carries for 'seconds'."""
+    data, end = b"", time.time() + seconds
+    while time.time() < end:
+        peer.settimeout(max(end - time.time(), 0.01))
+        try:
+            data += peer.recv(65536)
+        except TimeoutError:
+            break
+    return data.split(b"\n")
+
+
+def test_a_peer_whose_first_line_is_no_agree_is_an_earlier_version(herd):
+    """A server of an earlier version sends no AGREE, and orders a resent
+    IAMAT differently (without the whole line): repairing each other would
+    resend it for ever.  Bona logs a version mismatch and answers its SUM
+    with nothing."""
+    from test_herd import fake_peer
+    herd.start("Bona")
+    peer = fake_peer(herd, "Bailey", "Bona")
+    try:
+        peer.sendall(b"LINK Bailey 5 Bona\nSUM 7 0123456789abcdef\n")
+        assert herd.wait_log("Bona", "config-mismatch peer=Bailey key=version ours=2 "
+                                     "theirs=1 (no AGREE) (no anti-entropy")
+        peer.sendall(b"SUM 8 0123456789abcdef\n")
+        got = lines_for(peer, 1.5)
+        assert not [l for l in got if l.startswith(b"SUMS ")], got
+    finally:
+        peer.close()
+
+
+def test_an_agree_of_many_keys_is_read_whole(herd):
+    """Keys a server does not know are skipped, however many come before the
+    ones it knows: a later version's longer AGREE is still compared."""
+    from test_herd import fake_peer
+    herd.start("Bona")
+    peer = fake_peer(herd, "Bailey", "Bona")
+    try:
+        extra = b" ".join(b"k%d=1" % i for i in range(40))
+        peer.sendall(b"AGREE " + extra + b" version=3 max_stored_clients=5 forwarding=tree\n"
+                     b"SUM 7 0123456789abcdef\n")
+        assert herd.wait_log("Bona", "config-mismatch peer=Bailey key=version ours=2 theirs=3")
+        assert herd.wait_log("Bona", "config-mismatch peer=Bailey key=max_stored_clients "
+                                     "ours=1000000 theirs=5")
+        got = lines_for(peer, 1.5)
+        assert not [l for l in got if l.startswith(b"SUMS ")], got
+    finally:
+        peer.close()

@@ -406,7 +406,17 @@ def test_tls_handshake_stalled_after_a_known_identity_names_the_peer(tmp_path):
         assert stop(s) == 0
 
 
+# what a stand-in neighbour says first (docs/PROTOCOL.md, "Settings neighbours
+# must share"), then all-zero bucket digests: every bucket differs
+AGREE = b"AGREE version=2 max_stored_clients=1000000 forwarding=tree\n"
 ZERO_SUMS = b"".join(b"SUMS %d %s\n" % (b, b"0" * 512) for b in range(0, 4096, 32))
+
+
+def at_fields(line):
+    """The fields of an AT line on a link, a SYNC line's too; else []."""
+    f = line.split()
+    f = f[1:] if f[:1] == [b"SYNC"] else f
+    return f if len(f) == 6 and f[0] == b"AT" else []
 
 
 def test_bucket_digests_again_mid_stream_do_not_restart_it(tmp_path):
@@ -429,7 +439,7 @@ def test_bucket_digests_again_mid_stream_do_not_restart_it(tmp_path):
         reader = threading.Thread(target=lambda: got.extend(iter(
             lambda: os.read(peer.proc.stdout.fileno(), 1 << 16), b"")), daemon=True)
         reader.start()
-        peer.sendall(ZERO_SUMS + ZERO_SUMS)
+        peer.sendall(AGREE + ZERO_SUMS + ZERO_SUMS)
         assert "catch-up-sent peer=Bailey" in s.read_log(wait_for="catch-up-sent peer=Bailey")
         time.sleep(1.0)                            # a second one, if the round came after
         sent = s.read_log().count("catch-up-sent peer=Bailey")
@@ -437,8 +447,8 @@ def test_bucket_digests_again_mid_stream_do_not_restart_it(tmp_path):
         reader.join(10)
         counts = {}
         for line in b"".join(got).split(b"\n"):
-            f = line.split()
-            if len(f) == 6 and f[0] == b"AT":
+            f = at_fields(line)
+            if f:
                 counts[f[3]] = counts.get(f[3], 0) + 1
         peer = None
         assert set(counts) == {b"old%d" % i for i in range(n)}
@@ -476,7 +486,7 @@ def test_updates_past_the_cap_during_a_stream_follow_as_the_whole_table(tmp_path
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         try:
-            peer.sendall(ZERO_SUMS)
+            peer.sendall(AGREE + ZERO_SUMS)
             time.sleep(1.0)                        # the stream starts and backs up
             fill(s.port, new, b"new")
             time.sleep(0.2)
@@ -490,8 +500,8 @@ def test_updates_past_the_cap_during_a_stream_follow_as_the_whole_table(tmp_path
         peer = None
         clients = set()
         for line in b"".join(got).split(b"\n"):
-            f = line.split()
-            if len(f) == 6 and f[0] == b"AT":
+            f = at_fields(line)
+            if f:
                 clients.add(f[3])
         assert clients == {b"old%s%d" % (pad, i) for i in range(old)} | \
             {b"new%d" % i for i in range(new)}

@@ -112,3 +112,104 @@ def test_a_client_cannot_use_the_neighbours_places(pair):
                     assert took < 1.0, f"{first!r} was held {took:.2f} s"
     for c in idle:
         c.close()
+
+
+def captured_client_hello(secret):
+    """Bailey's first TLS flight towards Bona, as someone on the path would
+    record it (its PSK binder verifies every time it is sent again)."""
+    import subprocess
+    from test_herd import psk_key
+    with socket.socket() as ls:
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        cl = subprocess.Popen(["openssl", "s_client", "-connect", "127.0.0.1:%d" % ls.getsockname()[1],
+                               "-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256",
+                               "-psk_identity", "proxyherd-v1 Bailey Bona",
+                               "-psk", psk_key(secret, "Bailey", "Bona")],
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+        c, _ = ls.accept()
+        data = b""
+        while len(data) < 5 or len(data) < 5 + int.from_bytes(data[3:5], "big"):
+            data += c.recv(65536)
+        cl.kill()
+        cl.wait()
+        c.close()
+    return data
+
+
+class SlowPath:
+    """A proxy to 'target' that holds each of the client's flights after its
+    first for 'delay' seconds: a neighbour far away."""
+
+    def __init__(self, target, delay):
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(4)
+        self.port = self.ls.getsockname()[1]
+        self.target, self.delay, self.socks = target, delay, []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        try:
+            c, _ = self.ls.accept()
+        except OSError:
+            return
+        u = socket.create_connection(("127.0.0.1", self.target))
+        self.socks += [c, u]
+        threading.Thread(target=self._pump, args=(c, u, self.delay), daemon=True).start()
+        threading.Thread(target=self._pump, args=(u, c, 0), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst, delay):
+        first = True
+        try:
+            while True:
+                d = src.recv(65536)
+                if not d:
+                    break
+                if not first:
+                    time.sleep(delay)
+                first = False
+                dst.sendall(d)
+        except OSError:
+            pass
+
+    def close(self):
+        for s in [self.ls] + self.socks:
+            s.close()
+
+
+def test_a_replayed_client_hello_does_not_push_the_neighbours_handshake_out(herd):
+    """A ClientHello recorded on the wire and sent again passes the binder
+    check, but only the neighbour can finish the handshake: the replay must
+    not take the link's place from the neighbour's own handshake in flight
+    (it did: "replaced by a newer handshake", and no link came up)."""
+    from test_herd import FakePeer
+    herd.start("Bona")
+    hello = captured_client_hello(herd.secret)
+    path = SlowPath(herd.ports["Bona"], 0.3)
+    got = {}
+
+    def neighbour():
+        try:
+            got["peer"] = FakePeer(path.port, "Bailey", "Bona", herd.secret)
+        except AssertionError as e:
+            got["error"] = str(e)
+    t = threading.Thread(target=neighbour)
+    t.start()
+    time.sleep(0.1)                       # its ClientHello is in, the rest on its way
+    replay = socket.create_connection(("127.0.0.1", herd.ports["Bona"]))
+    replay.sendall(hello)
+    t.join(15)
+    try:
+        assert "peer" in got, got
+        assert herd.wait_log("Bona", "link-up peer=Bailey"), herd.log("Bona")
+        got["peer"].settimeout(3)
+        assert got["peer"].recv(65536).startswith(b"AGREE "), "no link bytes"
+        assert "replaced by a newer handshake" not in herd.log("Bona")
+    finally:
+        replay.close()
+        if "peer" in got:
+            got["peer"].close()
+        path.close()

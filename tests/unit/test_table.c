@@ -43,6 +43,7 @@ static int consistent(const table *t) {
                                  entry_field(p, p->origin_off, p->origin_len), e->t,
                                  entry_field(e, e->location_off, e->location_len),
                                  entry_field(e, e->origin_off, e->origin_len));
+        if (!c) c = proto_bytes_cmp(p->line, p->line_len, e->line, e->line_len);
         if (c > 0) return 0;
     }
     return 1;
@@ -287,7 +288,49 @@ static void test_whole_line_ties(void) {
     table_free(&t);
 }
 
+/* Clients whose updates tie in time, location and origin are ordered by
+ * their whole lines at the bound too: any arrival order keeps the same
+ * newest ones (the heap compared a line without its diff and time, which
+ * made every such pair "older" both ways). */
+static void test_ties_at_the_bound(void) {
+    enum { N = 12, MAX = 4 };
+    char ids[N][8], diffs[N][16];
+    table_update ups[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "t%02d", (i * 7) % N);
+        snprintf(diffs[i], sizeof diffs[i], "+%d.000000000", (i * 5) % N);
+        ups[i] = upd("Bailey", ids[i], "+1.0+1.0", "100");
+        ups[i].diff = (proto_str){diffs[i], strlen(diffs[i])};
+    }
+    table a, b;
+    table_init(&a);
+    table_init(&b);
+    table_set_max(&a, MAX);
+    table_set_max(&b, MAX);
+    for (int i = 0; i < N; i++) table_offer(&a, &ups[i]);
+    for (int i = N; i-- > 0;) table_offer(&b, &ups[i]);
+    CHECK(consistent(&a) && consistent(&b), "heaps ordered");
+    CHECK(a.count == MAX && b.count == MAX && a.root == b.root, "the same %d kept", MAX);
+    int kept = 0;              /* the newest MAX: the largest lines, by their diffs */
+    for (int i = 0; i < N; i++) {
+        table_entry *e = table_get(&a, ids[i], strlen(ids[i]));
+        int larger = 0;
+        for (int j = 0; j < N; j++) {
+            char li[64], lj[64];
+            size_t ni = table_format_at(li, &ups[i], NULL), nj = table_format_at(lj, &ups[j], NULL);
+            larger += proto_bytes_cmp(lj, nj, li, ni) > 0;
+        }
+        CHECK((e != NULL) == (larger < MAX), "%s kept %d, %d lines larger", ids[i], e != NULL,
+              larger);
+        kept += e != NULL;
+    }
+    CHECK(kept == MAX, "kept %d", kept);
+    table_free(&a);
+    table_free(&b);
+}
+
 int main(void) {
+    test_ties_at_the_bound();
     test_whole_line_ties();
     test_digests();
     test_bound();
