@@ -2,7 +2,7 @@
 #
 #   make            build every program into bin/
 #   make deps       install the missing Debian packages (nothing when all are there)
-#   make test       build, run the whole suite, then again under ASan+UBSan,
+#   make test       shellcheck the scripts, build, run the whole suite, then again under ASan+UBSan,
 #                   then the fuzzers and the mutations
 #   make run        build and start the herd on the default config
 #   make stop       stop the herd
@@ -41,7 +41,7 @@ LIBS    = $(PKG_LIBS) -lm
 # neighbour with openssl s_client).
 DEB_PACKAGES := gcc make libc6-dev pkg-config libcurl4-openssl-dev libyaml-dev \
                 libcjson-dev libssl-dev openssl python3 python3-pytest netcat-openbsd \
-                clang libclang-rt-14-dev valgrind iproute2 tcpdump gcovr \
+                clang libclang-rt-14-dev valgrind iproute2 tcpdump gcovr shellcheck \
                 pandoc weasyprint gnuplot-nox graphviz fonts-dejavu-core poppler-utils
 
 # Where objects go: build/ for the normal build, build/asan/ for the
@@ -200,6 +200,7 @@ fuzz: fuzz-build
 	done
 
 test: deps
+	shellcheck start_servers.sh stop_servers.sh
 	$(MAKE) --no-print-directory unit integration
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(MAKE) --no-print-directory asan-test

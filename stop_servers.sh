@@ -70,7 +70,7 @@ fi
 sup=$(live_supervisor)
 # Two configs in one folder share servers.lock: its second line names the
 # config the supervisor runs, and another config's herd is not ours to stop.
-theirs=$([ -f "$lock" ] && sed -n 2p "$lock" 2>/dev/null || true)   # a FIFO would hang sed
+theirs=$(if [ -f "$lock" ]; then sed -n 2p "$lock" 2>/dev/null || true; fi)   # a FIFO would hang sed
 mine=$(readlink -f "$config" 2>/dev/null || echo "$config")
 if [ -n "$sup" ] && [ -n "$theirs" ] && [ "$theirs" != "$mine" ]; then
     echo "stop_servers.sh: $lock is held by the herd of another config, $theirs" \
@@ -95,6 +95,7 @@ fi
 # PID:STARTTIME of the supervisor and of each server it runs.
 procs="$sup:$(stat_field "$sup" 20)"
 if [ -f "$pidfile" ]; then
+    # shellcheck disable=SC2013  # pids: one word each, as awk printed them
     for p in $(awk '$1 != "supervisor" && $2 ~ /^[0-9]+$/ { print $2 }' "$pidfile"); do
         if [ "$(stat_field "$p" 2)" = "$sup" ] && runs "$p" herd-server; then
             procs="$procs $p:$(stat_field "$p" 20)"
