@@ -463,6 +463,8 @@ int supervisor_run(const config *cfg, const char *server_path) {
         start_child(&S.kids[i]);
     }
     write_files();
+    S.dirty = 0;   /* written: a second write a round later could replace a file
+                    * someone else wrote meanwhile, which the exit then removes */
     struct pollfd pfd[1 + CONFIG_MAX_SERVERS];
     int who[CONFIG_MAX_SERVERS];
     pfd[0] = (struct pollfd){.fd = S.sig_r, .events = POLLIN};
