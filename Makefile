@@ -2,8 +2,9 @@
 #
 #   make            build every program into bin/
 #   make deps       install the missing Debian packages (nothing when all are there)
-#   make test       shellcheck the scripts, build, run the whole suite, then again under ASan+UBSan,
-#                   then the fuzzers and the mutations
+#   make test       the whole gate (about 10 minutes): shellcheck the scripts, build, run the whole
+#                   suite, then again under ASan+UBSan, then the fuzzers and the mutations
+#   make check      the edit-test loop (about 3 minutes): unit and integration tests, normal build
 #   make run        build and start the herd on the default config
 #   make stop       stop the herd
 #   make status     this host's servers: pid, uptime, restarts, listening, links,
@@ -38,17 +39,21 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LIBS    = $(PKG_LIBS) -lm
 
 # Debian packages the build and the tests need (openssl: the tests play a
-# neighbour with openssl s_client).
+# neighbour with openssl s_client; pytest-xdist runs the integration tests
+# in parallel).  The report's own packages are installed by make report.
 DEB_PACKAGES := gcc make libc6-dev pkg-config libcurl4-openssl-dev libyaml-dev \
-                libcjson-dev libssl-dev openssl python3 python3-pytest netcat-openbsd \
-                clang libclang-rt-14-dev valgrind iproute2 tcpdump gcovr shellcheck \
-                pandoc weasyprint gnuplot-nox graphviz fonts-dejavu-core poppler-utils
+                libcjson-dev libssl-dev openssl python3 python3-pytest python3-pytest-xdist \
+                netcat-openbsd clang libclang-rt-14-dev valgrind iproute2 tcpdump gcovr shellcheck
+REPORT_PACKAGES := pandoc weasyprint gnuplot-nox graphviz fonts-dejavu-core poppler-utils
 
 # Where objects go: build/ for the normal build, build/asan/ for the
 # sanitizer build (its programs land in build/asan/bin/).
 B       ?= build
 BIN     ?= bin
 PYTEST  := /usr/bin/python3 -m pytest
+# Integration tests at once (pytest-xdist workers): each takes its own free
+# ports and temporary folder, and most of a test's time is spent waiting.
+JOBS    ?= 4
 
 COMMON_SRC := common/buf.c common/clock.c common/config.c common/folder.c common/handshake.c common/log.c \
               common/net.c common/protocol.c common/secret.c common/siphash.c common/signals.c
@@ -69,7 +74,7 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
 PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor $(BIN)/herd-benchmark
 
-.PHONY: all deps check-deps test unit integration asan-test fuzz fuzz-build test-chaos test-nemesis \
+.PHONY: all deps check-deps test check unit integration asan-test fuzz fuzz-build test-chaos test-nemesis \
         test-valgrind \
         test-mutation run stop status \
         benchmark report report-data install clean coverage
@@ -129,7 +134,10 @@ unit: all
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
 integration: all
-	HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -rs tests/integration
+	HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -rs -n $(JOBS) tests/integration
+
+check: deps
+	@$(MAKE) --no-print-directory unit integration
 
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all
 
@@ -165,8 +173,9 @@ test-valgrind: all
 # Each mutation in tests/mutation/mutations.py must make one of its tests
 # fail; a survivor or a text that no longer matches the code fails the run.
 MUTATIONS ?=
+MUTATION_JOBS ?= 3
 test-mutation: check-deps
-	/usr/bin/python3 tests/mutation/run.py $(if $(MUTATIONS),--only $(MUTATIONS))
+	/usr/bin/python3 tests/mutation/run.py --jobs $(MUTATION_JOBS) $(if $(MUTATIONS),--only $(MUTATIONS))
 
 # Coverage: a separate -O0 --coverage build in build/cov/ (fresh counters
 # each time), the unit and integration tests against it, then gcovr over
@@ -189,15 +198,18 @@ fuzz-build:
 	@$(MAKE) --no-print-directory CC=clang B=build/fuzz BIN=build/fuzz/bin OPT="$(FUZZ_OPT)" \
 	  SAN="-fsanitize=address,undefined" $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 
+FUZZ_JOBS ?= 2
 fuzz: fuzz-build
-	@set -e; for t in $(FUZZ_TARGETS); do \
-	  mkdir -p build/fuzz/corpus-$$t; \
-	  echo "== fuzz_$$t for $(if $(FUZZ_RUNS),$(FUZZ_RUNS) runs,$(FUZZ_SECONDS) s) (log: build/fuzz/$$t.log)"; \
-	  build/fuzz/fuzz_$$t $(FUZZ_LIMIT) -print_final_stats=1 \
-	    -artifact_prefix=build/fuzz/$$t- build/fuzz/corpus-$$t tests/fuzz/corpus/$$t \
-	    2>build/fuzz/$$t.log || { tail -40 build/fuzz/$$t.log; exit 1; }; \
-	  grep -E "stat::number_of_executed_units|stat::peak_rss_mb|Done [0-9]+ runs" build/fuzz/$$t.log; \
-	done
+	@$(MAKE) --no-print-directory -j$(FUZZ_JOBS) $(FUZZ_TARGETS:%=fuzz-run-%)
+
+fuzz-run-%:
+	@mkdir -p build/fuzz/corpus-$*
+	@echo "== fuzz_$* for $(if $(FUZZ_RUNS),$(FUZZ_RUNS) runs,$(FUZZ_SECONDS) s) (log: build/fuzz/$*.log)"
+	@build/fuzz/fuzz_$* $(FUZZ_LIMIT) -print_final_stats=1 \
+	  -artifact_prefix=build/fuzz/$*- build/fuzz/corpus-$* tests/fuzz/corpus/$* \
+	  2>build/fuzz/$*.log || { tail -40 build/fuzz/$*.log; exit 1; }
+	@grep -E "stat::number_of_executed_units|stat::peak_rss_mb|Done [0-9]+ runs" build/fuzz/$*.log | \
+	  sed 's/^/fuzz_$*: /'
 
 test: deps
 	shellcheck start_servers.sh stop_servers.sh
@@ -234,6 +246,7 @@ benchmark: all
 # which make report-data measures (the sweep against redis-server, the
 # propagation run, then the chaos, multi-host and abuse tests' figures).
 report: deps
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(REPORT_PACKAGES)"
 	@/usr/bin/python3 docs/report/build.py
 
 report-data: all

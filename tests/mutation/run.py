@@ -13,6 +13,8 @@ The mutations are in mutations.py beside this file.  The run:
      with a timeout, records "caught" (a test failed or timed out) or
      "survived", restores the file, and goes on.  A mutation that does not
      compile is reported as "caught by the build", never silently.
+     --jobs N workers (default 3) do this at once, each in its own copy of
+     the built tree, taking the next mutation when one is done.
 
 It prints one line per mutation and a summary, and exits 1 when a
 mutation survived (other than one marked pending) or a text is stale.
@@ -24,6 +26,7 @@ whatever happens.
   tests/mutation/run.py --check      only check that every text still matches
   tests/mutation/run.py --only ID[,ID...]
                                      only these (baseline limited to their tests)
+  tests/mutation/run.py --jobs N     N mutations at once (default 3)
 
 Standard library only; run with /usr/bin/python3.
 """
@@ -35,6 +38,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -144,7 +148,7 @@ def split_tests(tests):
     return units, pys
 
 
-def run_tests(tests, scratch, timeout, tag):
+def run_tests(tests, scratch, timeout, tag, workers=1):
     """Returns (ok, what, output): ok False means a test failed (or timed
     out); 'what' names the first failure."""
     units, pys = split_tests(tests)
@@ -167,6 +171,8 @@ def run_tests(tests, scratch, timeout, tag):
         os.makedirs(os.path.dirname(base), exist_ok=True)
         cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-rfE", "-p", "no:cacheprovider",
                f"--basetemp={base}", *pys]
+        if workers > 1:
+            cmd[3:3] = ["-n", str(workers)]
         rc, out = run_group(cmd, scratch, env, left, scratch)
         shutil.rmtree(base, ignore_errors=True)
         if rc is None:
@@ -243,6 +249,44 @@ def bump_mtime(path):
     os.utime(path, ns=(t, t))
 
 
+def try_mutation(m, scratch):
+    """Apply m in the tree 'scratch', build, run its tests, restore.
+    Returns (verdict, what)."""
+    path = os.path.join(scratch, m["file"])
+    original = open(path, encoding="utf-8").read()
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(original.replace(m["original"], m["mutant"], 1))
+        bump_mtime(path)
+        brc, bout = build(scratch, m["tests"])
+        if brc != 0:
+            err = [l for l in bout.splitlines() if "error" in l]
+            verdict, what = "caught-by-build", (err[0] if err else "make failed")
+        else:
+            ok, what, _ = run_tests(m["tests"], scratch, m.get("timeout", DEFAULT_TIMEOUT), m["id"])
+            verdict = "survived" if ok else "caught"
+    finally:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(original)
+        bump_mtime(path)
+    if verdict == "survived" and m.get("pending"):
+        verdict = "pending"
+    return verdict, what
+
+
+def report(i, n, m, verdict, what, seconds):
+    label = {"caught": "caught", "caught-by-build": "CAUGHT ONLY BY THE BUILD",
+             "survived": "SURVIVED"}.get(verdict)
+    if verdict == "pending":
+        label = f"survived (pending: {m['pending']})"
+    if verdict == "survived":
+        what = f"no test failed; it breaks: {m['breaks']}"
+    elif m.get("pending") and verdict == "caught":
+        label += f" (its 'pending: {m['pending']}' flag can go)"
+    print(f"[{i:2d}/{n}] {m['id']:34s} {m['file']:24s} {label:10s} "
+          f"{seconds:5.1f}s  {what}", flush=True)
+
+
 # ------------------------------------------------------------------ main
 
 def main():
@@ -251,6 +295,8 @@ def main():
     ap.add_argument("--check", action="store_true",
                     help="only check that every original text occurs exactly once")
     ap.add_argument("--only", default="", help="comma-separated ids to run")
+    ap.add_argument("--jobs", type=int, default=3, metavar="N",
+                    help="mutations tried at once, each in its own copy (default 3)")
     ap.add_argument("--no-baseline", action="store_true",
                     help="skip running the tests on the unmutated build first")
     args = ap.parse_args()
@@ -311,7 +357,7 @@ def main():
                     if t not in union:
                         union.append(t)
             t0 = time.time()
-            ok, what, out = run_tests(union, scratch, 1200, "baseline")
+            ok, what, out = run_tests(union, scratch, 1200, "baseline", workers=args.jobs)
             if not ok:
                 print(out[-4000:])
                 print(f"the tests fail WITHOUT any mutation ({what}); fix that first",
@@ -320,41 +366,41 @@ def main():
             print(f"  baseline: the {len(union)} selected tests pass unmutated "
                   f"({time.time() - t0:.0f} s)", flush=True)
 
+        copies = [scratch]
+        for k in range(1, min(args.jobs, len(runnable))):
+            copy = f"{scratch}.{k}"
+            subprocess.run(["cp", "-a", scratch, copy], check=True)
+            copies.append(copy)
         n = len(runnable)
-        for i, m in enumerate(runnable, 1):
-            t0 = time.time()
-            path = os.path.join(scratch, m["file"])
-            original = open(path, encoding="utf-8").read()
-            try:
-                with open(path, "w", encoding="utf-8") as f:
-                    f.write(original.replace(m["original"], m["mutant"], 1))
-                bump_mtime(path)
-                brc, bout = build(scratch, m["tests"])
-                if brc != 0:
-                    err = [l for l in bout.splitlines() if "error" in l]
-                    verdict, what = "caught-by-build", (err[0] if err else "make failed")
-                else:
-                    ok, what, _ = run_tests(m["tests"], scratch, m.get("timeout", DEFAULT_TIMEOUT),
-                                         m["id"])
-                    verdict = "survived" if ok else "caught"
-            finally:
-                with open(path, "w", encoding="utf-8") as f:
-                    f.write(original)
-                bump_mtime(path)
-            if verdict == "survived" and m.get("pending"):
-                verdict = "pending"
-            results.append((m, verdict, what))
-            label = {"caught": "caught", "caught-by-build": "CAUGHT ONLY BY THE BUILD",
-                     "survived": "SURVIVED"}.get(verdict)
-            if verdict == "pending":
-                label = f"survived (pending: {m['pending']})"
-            if verdict == "survived":
-                what = f"no test failed; it breaks: {m['breaks']}"
-            elif m.get("pending") and verdict == "caught":
-                label += f" (its 'pending: {m['pending']}' flag can go)"
-            print(f"[{i:2d}/{n}] {m['id']:34s} {m['file']:24s} {label:10s} "
-                  f"{time.time() - t0:5.1f}s  {what}", flush=True)
-        # the restored tree must build again for the next user of this run
+        queue = list(enumerate(runnable, 1))
+        lock = threading.Lock()
+        failures = []
+
+        def worker(tree):
+            while not stopping["sig"]:
+                with lock:
+                    if not queue:
+                        return
+                    i, m = queue.pop(0)
+                t0 = time.time()
+                try:
+                    verdict, what = try_mutation(m, tree)
+                except Exception as e:      # a setup error: stop every worker
+                    failures.append(e)
+                    stopping["sig"] = stopping["sig"] or -1
+                    return
+                with lock:
+                    results.append((m, verdict, what))
+                    report(i, n, m, verdict, what, time.time() - t0)
+
+        threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in copies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+        if failures:
+            raise failures[0]
     except KeyboardInterrupt:
         print(f"\ninterrupted{' by signal %d' % stopping['sig'] if stopping['sig'] else ''}; "
               "cleaning up", file=sys.stderr)
@@ -363,8 +409,9 @@ def main():
         print(f"setup error: {e}", file=sys.stderr)
         return 2
     finally:
-        kill_leftovers(scratch)
-        shutil.rmtree(scratch, ignore_errors=True)
+        for tree in [scratch] + [f"{scratch}.{k}" for k in range(1, args.jobs)]:
+            kill_leftovers(tree)
+            shutil.rmtree(tree, ignore_errors=True)
 
     caught = sum(1 for _, v, _ in results if v == "caught")
     by_build = sum(1 for _, v, _ in results if v == "caught-by-build")
