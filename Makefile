@@ -38,9 +38,11 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LIBS    = $(PKG_LIBS) -lm
 
 # Debian packages the build and the tests need (openssl: the tests play a
-# neighbour with openssl s_client).
+# neighbour with openssl s_client; prometheus: its promtool lints the metrics
+# files; python3-pytest-xdist: pytest -n N).
 DEB_PACKAGES := gcc make libc6-dev pkg-config libcurl4-openssl-dev libyaml-dev \
-                libcjson-dev libssl-dev openssl python3 python3-pytest netcat-openbsd \
+                libcjson-dev libssl-dev openssl python3 python3-pytest \
+                python3-pytest-xdist prometheus netcat-openbsd \
                 clang libclang-rt-14-dev valgrind iproute2 tcpdump gcovr shellcheck \
                 pandoc weasyprint gnuplot-nox graphviz fonts-dejavu-core poppler-utils
 
