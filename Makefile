@@ -58,8 +58,8 @@ SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c ser
               server/peer.c server/forward.c server/snapshot.c server/http.c server/google.c \
               server/addrcap.c server/metrics.c server/tls.c server/resolver.c
 BENCH_SRC  := benchmark/benchmark.c
-SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c supervisor/lock.c \
-              supervisor/local.c
+SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c supervisor/rates.c \
+              supervisor/init_secret.c supervisor/lock.c supervisor/local.c
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 
 COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o)
