@@ -5,8 +5,8 @@
  * Nothing a file says is taken on trust: servers.pid and supervisor.state
  * may be stale, so a pid counts only when lock.c finds it a live child of
  * the live supervisor, and a server is up only when it runs (not stopped),
- * holds the listening socket on its port itself (/proc/net/tcp) and
- * accepts a connection.  Its links come from its metrics file, trusted
+ * holds the listening socket on its port itself (/proc/net/tcp; taken as
+ * so when its descriptors may not be read) and accepts a connection.  Its links come from its metrics file, trusted
  * for 5 s.  --rates, printed after the table, is rates.c.
  */
 #include <arpa/inet.h>
