@@ -40,10 +40,12 @@ LIBS    = $(PKG_LIBS) -lm
 
 # Debian packages the build and the tests need (openssl: the tests play a
 # neighbour with openssl s_client; pytest-xdist runs the integration tests
-# in parallel).  The report's own packages are installed by make report.
+# in parallel; prometheus: its promtool lints the metrics files).  The
+# report's own packages are installed by make report.
 DEB_PACKAGES := gcc make libc6-dev pkg-config libcurl4-openssl-dev libyaml-dev \
                 libcjson-dev libssl-dev openssl python3 python3-pytest python3-pytest-xdist \
-                netcat-openbsd clang libclang-rt-14-dev valgrind iproute2 tcpdump gcovr shellcheck
+                prometheus netcat-openbsd clang libclang-rt-14-dev valgrind iproute2 tcpdump \
+                gcovr shellcheck
 REPORT_PACKAGES := pandoc weasyprint gnuplot-nox graphviz fonts-dejavu-core poppler-utils
 
 # Where objects go: build/ for the normal build, build/asan/ for the
@@ -61,8 +63,8 @@ SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c ser
               server/peer.c server/forward.c server/snapshot.c server/http.c server/google.c \
               server/addrcap.c server/metrics.c server/tls.c server/resolver.c
 BENCH_SRC  := benchmark/benchmark.c
-SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c supervisor/lock.c \
-              supervisor/local.c
+SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c supervisor/rates.c \
+              supervisor/init_secret.c supervisor/lock.c supervisor/local.c
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 
 COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o)

@@ -30,6 +30,7 @@
 #include "buf.h"
 #include "config.h"
 #include "net.h"
+#include "protocol.h"
 #include "xalloc.h"
 
 #define MAX_TARGETS 64
@@ -60,7 +61,7 @@ typedef struct {
     int64_t sent_ns, due_ns;    /* due: open loop's intended time */
     char client[64];            /* the id of the request out */
     char last_iamat[64];        /* an id this connection made known */
-    char expect[256];           /* " client location time" of an IAMAT */
+    char location[32], time[40];  /* of the IAMAT out: its reply must echo them */
 } conn;
 
 static struct {
@@ -175,11 +176,11 @@ static void send_request(conn *c, int64_t due) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         double dlat = (double)(k % 1000) * 1e-5, dlng = (double)(k / 1000 % 1000) * 1e-5;
-        n = snprintf(c->expect, sizeof c->expect, " %s %+.6f%+.6f %lld.%09ld", c->client,
-                     34.068930 + dlat, -118.445127 - dlng, (long long)ts.tv_sec, ts.tv_nsec);
-        n = snprintf(line, sizeof line, "IAMAT%s\n", c->expect);
-        if (B.newest) snprintf(B.newest[k], sizeof B.newest[k], "%lld.%09ld",
-                               (long long)ts.tv_sec, ts.tv_nsec);
+        snprintf(c->location, sizeof c->location, "%+.6f%+.6f", 34.068930 + dlat,
+                 -118.445127 - dlng);
+        snprintf(c->time, sizeof c->time, "%lld.%09ld", (long long)ts.tv_sec, ts.tv_nsec);
+        n = snprintf(line, sizeof line, "IAMAT %s %s %s\n", c->client, c->location, c->time);
+        if (B.newest) snprintf(B.newest[k], sizeof B.newest[k], "%s", c->time);
     }
     c->busy = 1;
     c->sent_ns = now_ns();
@@ -187,19 +188,18 @@ static void send_request(conn *c, int64_t due) {
     send_all(c, data, B.reference ? B.reference_len : (size_t)n);
 }
 
-/* Is 'line' an AT line of the right shape?  Fills the echoed part. */
-static int at_shape(const char *line, size_t len, const char **rest) {
-    if (len < 4 || memcmp(line, "AT ", 3)) return 0;
-    const char *p = memchr(line + 3, ' ', len - 3);       /* after the server */
-    if (!p) return 0;
-    p++;
-    if (*p != '+' && *p != '-') return 0;
-    const char *dot = memchr(p, '.', (size_t)(line + len - p));
-    if (!dot || line + len - dot < 11 || dot[10] != ' ') return 0;
-    for (int i = 1; i <= 9; i++)
-        if (dot[i] < '0' || dot[i] > '9') return 0;
-    *rest = dot + 10;
-    return 1;
+/* Parse the AT line a reply begins with, line[0..len) without its LF, by
+ * the parser the servers use (common/protocol.c), so that one parser
+ * defines the AT line.  Returns 0, or -1 when it is not a valid one. */
+static int parse_at(const char *line, size_t len, proto_at *at) {
+    const char *why;
+    return proto_parse_at(line, len, at, &why);
+}
+
+/* True when field f holds exactly the bytes of s. */
+static int field_is(proto_str f, const char *s) {
+    size_t n = strlen(s);
+    return f.len == n && !memcmp(f.p, s, n);
 }
 
 /* The first "\n\n" in [p, lim), where a WHATSAT answer ends; NULL if none. */
@@ -257,16 +257,16 @@ static int check_reply(conn *c, size_t *used, err_kind *err) {
         *err = E_QUESTION;
         return 1;
     }
-    const char *rest;
-    if (!at_shape(d, l1, &rest)) {
+    proto_at at;
+    if (parse_at(d, l1, &at) < 0) {
         *used = l1 + 1;
         *err = E_BAD_AT;
         return 1;
     }
     if (c->kind == REQ_IAMAT) {
         *used = l1 + 1;
-        size_t el = strlen(c->expect);
-        if ((size_t)(nl - rest) != el || memcmp(rest, c->expect, el)) {
+        if (!field_is(at.u.client, c->client) || !field_is(at.u.location, c->location) ||
+            !field_is(at.u.time, c->time)) {
             *err = E_WRONG_CLIENT;
             return 1;
         }
@@ -276,8 +276,7 @@ static int check_reply(conn *c, size_t *used, err_kind *err) {
     const char *end = blank_line(nl + 1, d + n);
     if (!end) return -1;
     *used = (size_t)(end - d) + 2;
-    size_t cl = strlen(c->client);
-    if (memcmp(rest + 1, c->client, cl) || rest[0] != ' ' || rest[1 + cl] != ' ') {
+    if (!field_is(at.u.client, c->client)) {
         *err = E_WRONG_CLIENT;
         return 1;
     }
@@ -605,9 +604,9 @@ static long count_current(conn *c) {
             const char *end = NULL;
             for (const char *p = nl; p + 1 < d + n; p++)
                 if (p[0] == '\n' && p[1] == '\n') { end = p; break; }
+            proto_at at;
             if (end) {
-                size_t tl = strlen(B.newest[k]);
-                if ((size_t)(nl - d) > tl && !memcmp(nl - tl, B.newest[k], tl) && nl[-tl - 1] == ' ')
+                if (parse_at(d, (size_t)(nl - d), &at) == 0 && field_is(at.u.time, B.newest[k]))
                     good++;
                 used = (size_t)(end - d) + 2;
             }

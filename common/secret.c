@@ -1,4 +1,4 @@
-/* secret.c -- read and check the herd's secret; see secret.h. */
+/* secret.c -- read and check the herd's secret, or create its file; see secret.h. */
 #include "secret.h"
 
 #include <errno.h>
@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -79,4 +80,40 @@ int secret_load(const char *path, char *out, size_t cap, char *err, size_t errle
         return SECRET_EMPTY;
     }
     return (int)len;
+}
+
+int secret_create(const char *path, int replace, char *err, size_t errlen) {
+    unsigned char r[32];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+        snprintf(err, errlen, "no randomness for the secret: %s", strerror(errno));
+        return -1;
+    }
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    const char *target = replace ? tmp : path;
+    int fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        if (errno == EEXIST && !replace) {
+            /* another start made it, or path is a link to no file */
+            char secret[256];
+            if (secret_load(path, secret, sizeof secret, err, errlen) > 0) return 1;
+            snprintf(err, errlen, "%s exists but holds no secret (a symbolic link to a "
+                     "missing file?): create the file it names", path);
+            return -1;
+        }
+        snprintf(err, errlen, "cannot create %s: %s", target, strerror(errno));
+        return -1;
+    }
+    char hex[66];
+    for (size_t i = 0; i < sizeof r; i++) snprintf(hex + 2 * i, 3, "%02x", r[i]);
+    hex[64] = '\n';
+    int ok = write(fd, hex, 65) == 65 && fsync(fd) == 0;
+    close(fd);
+    if (ok && replace) ok = rename(tmp, path) == 0;
+    if (!ok) {
+        snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+        unlink(target);
+        return -1;
+    }
+    return 0;
 }

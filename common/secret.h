@@ -1,4 +1,6 @@
-/* secret.h -- the herd's shared secret, which links prove they know.
+/* secret.h -- the herd's shared secret, which links prove they know: its
+ * file read and checked (both programs), or created (herd-supervisor
+ * --init-secret).
  *
  * It comes from HERD_SECRET when that is set, else from the file named by
  * herd.secret_file.  The file must be a regular file, belong to the user
@@ -20,5 +22,13 @@
  * the file cannot be read or is open to other users, or SECRET_EMPTY; the
  * two errors with a message in err that says how to fix it. */
 int secret_load(const char *path, char *out, size_t cap, char *err, size_t errlen);
+
+/* Write a new secret, 64 random hex digits and a newline, to path with
+ * mode 0600.  Without 'replace' the file must not exist (O_EXCL: never
+ * written through a link); with it, the secret goes to a temporary file
+ * renamed over path.  Returns 0; 1 when, without 'replace', another
+ * process made a file holding a secret first (it is kept); or -1 with a
+ * message in err (a link to no file at path is one). */
+int secret_create(const char *path, int replace, char *err, size_t errlen);
 
 #endif

@@ -1,30 +1,28 @@
-/* status.c -- herd-supervisor --status and --init-secret: the read-only and
- * one-time helpers the shell scripts and `make status` use.  The status
- * covers this machine's servers (local.c) and their links, read from each
- * server's metrics file.  --rates reads each server's metrics file twice,
- * about a second apart (the servers rewrite it every second), and shows the
- * differences per second, timed by the files' own modification times.
- * --init-secret
- * creates the secret file when it is missing, replaces it when it is empty,
- * and refuses one that other users may read (common/secret.h). */
+/* status.c -- herd-supervisor --status, the table the shell scripts and
+ * `make status` read: for each of this machine's servers (local.c) its
+ * pid, uptime, restarts, whether it serves, and its links.
+ *
+ * Nothing a file says is taken on trust: servers.pid and supervisor.state
+ * may be stale, so a pid counts only when lock.c finds it a live child of
+ * the live supervisor, and a server is up only when it runs (not stopped),
+ * holds the listening socket on its port itself (/proc/net/tcp; taken as
+ * so when its descriptors may not be read) and accepts a connection.  Its links come from its metrics file, trusted
+ * for 5 s.  --rates, printed after the table, is rates.c.
+ */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
-#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "folder.h"
+#include "clock.h"
 #include "net.h"
-#include "secret.h"
 #include "supervisor.h"
 
 typedef struct {
@@ -34,6 +32,8 @@ typedef struct {
     char state[16];
 } srv_status;
 
+/* The wall clock in milliseconds, for dates only: a file's age, an uptime
+ * from the start time supervisor.state holds.  Deadlines use mono_ms. */
 static int64_t wall_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -266,7 +266,7 @@ static void print_table(const config *cfg, const int *local, const srv_status *s
 int supervisor_status(const config *cfg, int wait_s) {
     srv_status st[CONFIG_MAX_SERVERS];
     long sup = 0;
-    int64_t deadline = wall_ms() + (int64_t)wait_s * 1000;
+    int64_t deadline = mono_ms() + (int64_t)wait_s * 1000;
     int up, local[CONFIG_MAX_SERVERS];
     int here = herd_local_servers(cfg, local, 0);
     if (here == 0) return 3;   /* it said why */
@@ -280,163 +280,9 @@ int supervisor_status(const config *cfg, int wait_s) {
         up = 0;
         for (int i = 0; i < cfg->n_servers; i++)
             up += local[i] && serving(sup, st[i].pid, &cfg->servers[i]);
-        if (up == here || wall_ms() >= deadline) break;
+        if (up == here || mono_ms() >= deadline) break;
         usleep(100 * 1000);
     }
     print_table(cfg, local, st, sup, up, here);
     return up == here ? 0 : 1;
-}
-
-/* ------------------------------------------------------------- rates */
-
-/* The figures --rates shows, summed over each family's labels. */
-typedef struct {
-    int ok;                     /* the file was read */
-    struct timespec mtime;
-    double updates, sent, requests, clients, links_up, links;
-} prom_reading;
-
-/* Read <state_dir>/NAME.prom into r; r->ok stays 0 when it cannot be read.
- * Each sample line is "name{labels} value" (metrics.c writes it). */
-static void read_prom(const config *cfg, const char *name, prom_reading *r) {
-    char path[4200], line[1024];
-    memset(r, 0, sizeof *r);
-    snprintf(path, sizeof path, "%s/%s.prom", cfg->herd.state_dir, name);
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    struct stat sb;
-    if (fstat(fileno(f), &sb) == 0) r->mtime = sb.st_mtim;
-    while (fgets(line, sizeof line, f)) {
-        if (line[0] == '#') continue;
-        char *sp = strrchr(line, ' ');
-        if (!sp) continue;
-        double v = strtod(sp + 1, NULL);
-        size_t n = strcspn(line, "{ ");
-        static const struct { const char *name; size_t off; } want[] = {
-            {"proxyherd_client_updates_total", offsetof(prom_reading, updates)},
-            {"proxyherd_link_updates_sent_total", offsetof(prom_reading, sent)},
-            {"proxyherd_requests_total", offsetof(prom_reading, requests)},
-            {"proxyherd_clients", offsetof(prom_reading, clients)},
-            {"proxyherd_link_up", offsetof(prom_reading, links_up)},
-        };
-        for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
-            if (strlen(want[i].name) == n && !strncmp(line, want[i].name, n))
-                *(double *)((char *)r + want[i].off) += v;
-        if (n == strlen("proxyherd_link_up") && !strncmp(line, "proxyherd_link_up", n))
-            r->links++;
-    }
-    r->ok = !ferror(f);
-    fclose(f);
-}
-
-static double ts_seconds(struct timespec t) {
-    return (double)t.tv_sec + t.tv_nsec / 1e9;
-}
-
-void supervisor_rates(const config *cfg) {
-    static prom_reading a[CONFIG_MAX_SERVERS], b[CONFIG_MAX_SERVERS];
-    int local[CONFIG_MAX_SERVERS];
-    herd_local_servers(cfg, local, 1);    /* this machine's servers only */
-    for (int i = 0; i < cfg->n_servers; i++)
-        if (local[i]) read_prom(cfg, cfg->servers[i].name, &a[i]);
-    /* wait until every file was rewritten a second later, for at most 3 s */
-    int64_t deadline = wall_ms() + 3000;
-    for (;;) {
-        usleep(100 * 1000);
-        int pending = 0;
-        for (int i = 0; i < cfg->n_servers; i++) {
-            if (!local[i]) continue;
-            read_prom(cfg, cfg->servers[i].name, &b[i]);
-            if (a[i].ok && b[i].ok && ts_seconds(b[i].mtime) - ts_seconds(a[i].mtime) < 0.9)
-                pending++;
-        }
-        if (!pending || wall_ms() >= deadline) break;
-    }
-    printf("\nrates from %s/NAME.prom, over about a second:\n", cfg->herd.state_dir);
-    printf("%-12s %9s %10s %12s %11s %9s\n", "NAME", "CLIENTS", "UPDATES/S", "LINK-SENT/S",
-           "REQUESTS/S", "LINKS-UP");
-    for (int i = 0; i < cfg->n_servers; i++) {
-        if (!local[i]) continue;
-        const prom_reading *x = &a[i], *y = &b[i];
-        double dt = ts_seconds(y->mtime) - ts_seconds(x->mtime);
-        if (!x->ok || !y->ok || dt <= 0) {
-            printf("%-12s %9s %10s %12s %11s %9s  (%s)\n", cfg->servers[i].name, "-", "-", "-",
-                   "-", "-", y->ok ? "metrics file not rewritten" : "no metrics file");
-            continue;
-        }
-        char links[32];
-        snprintf(links, sizeof links, "%.0f/%.0f", y->links_up, y->links);
-        printf("%-12s %9.0f %10.1f %12.1f %11.1f %9s\n", cfg->servers[i].name, y->clients,
-               (y->updates - x->updates) / dt, (y->sent - x->sent) / dt,
-               (y->requests - x->requests) / dt, links);
-    }
-}
-
-/* Write 64 random hex digits to path, mode 0600: a new file, or (replace)
- * through a temporary file renamed over the old one.  Returns 0, 1 when
- * another start made the file first, or -1 with a message on stderr. */
-static int write_secret(const char *path, int replace) {
-    unsigned char r[32];
-    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
-        fprintf(stderr, "herd-supervisor: no randomness for the secret: %s\n", strerror(errno));
-        return -1;
-    }
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    const char *target = replace ? tmp : path;
-    int fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        if (errno == EEXIST && !replace) {
-            /* another start made it, or path is a link to no file */
-            char secret[256], err[4400];
-            if (secret_load(path, secret, sizeof secret, err, sizeof err) > 0) return 1;
-            fprintf(stderr, "herd-supervisor: %s exists but holds no secret (a symbolic "
-                    "link to a missing file?): create the file it names\n", path);
-            return -1;
-        }
-        fprintf(stderr, "herd-supervisor: cannot create %s: %s\n", target, strerror(errno));
-        return -1;
-    }
-    char hex[66];
-    for (size_t i = 0; i < sizeof r; i++) snprintf(hex + 2 * i, 3, "%02x", r[i]);
-    hex[64] = '\n';
-    int ok = write(fd, hex, 65) == 65 && fsync(fd) == 0;
-    close(fd);
-    if (ok && replace) ok = rename(tmp, path) == 0;
-    if (!ok) {
-        fprintf(stderr, "herd-supervisor: cannot write %s: %s\n", path, strerror(errno));
-        unlink(target);
-        return -1;
-    }
-    return 0;
-}
-
-int supervisor_init_secret(const config *cfg) {
-    const char *env = getenv("HERD_SECRET");
-    if (env && *env) return 0;
-    const char *path = cfg->herd.secret_file;
-    char secret[256], err[4400];
-    int n = secret_load(path, secret, sizeof secret, err, sizeof err);
-    if (n > 0) return 0;
-    if (n == -1) {
-        fprintf(stderr, "herd-supervisor: %s\n", err);
-        return -1;
-    }
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash && slash != dir) {   /* made 0700, or refused when others may write in it */
-        *slash = '\0';
-        mkdir(dir, 0700);
-        if (folder_check(dir, "the folder of herd.secret_file", 0, err, sizeof err) < 0) {
-            fprintf(stderr, "herd-supervisor: %s\n", err);
-            return -1;
-        }
-    }
-    int made = write_secret(path, n == SECRET_EMPTY);
-    if (made < 0) return -1;
-    if (made == 1) return 0;
-    printf("%s the herd secret %s (mode 0600)%s\n", n == SECRET_EMPTY ? "replaced" : "created",
-           path, n == SECRET_EMPTY ? ", which was empty; copy it to every host of the herd" : "");
-    return 0;
 }

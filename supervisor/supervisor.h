@@ -8,20 +8,24 @@
  * exit status (1 at once when none of the servers is here). */
 int supervisor_run(const config *cfg, const char *server_path);
 
-/* Print each local server's pid, uptime, restarts, whether it listens and
- * its links.  With wait_s > 0, first wait up to that long for every local
- * server to listen.  Returns 0 when all listen, 1 when some do not, 3 when
- * no herd runs here (or none of its servers is here). */
+/* status.c: print the table of this machine's servers: each one's pid,
+ * uptime, restarts, whether it listens and its links.  With wait_s > 0,
+ * first wait up to that long for every local server to listen.  Returns 0
+ * when all listen, 1 when some do not, 3 when no herd runs here (or none
+ * of its servers is here). */
 int supervisor_status(const config *cfg, int wait_s);
 
-/* Print each server's rates (updates, link messages, requests per second)
- * from two readings of its metrics file <state_dir>/NAME.prom about a
- * second apart.  Takes one to three seconds. */
+/* rates.c: print each local server's rates (client updates, link
+ * messages, requests per second), stored clients and links up, from two
+ * readings of its metrics file <state_dir>/NAME.prom about a second
+ * apart; a row of "-" says why when a file is missing or was not
+ * rewritten.  Takes one to three seconds. */
 void supervisor_rates(const config *cfg);
 
-/* Create the herd's secret file (mode 0600) unless HERD_SECRET is set or the
- * file holds a secret; an empty file is replaced, one open to other users
- * refused.  Returns 0 or -1 with a message on stderr. */
+/* init_secret.c: create the herd's secret file (mode 0600) unless
+ * HERD_SECRET is set or the file holds a secret; an empty file is
+ * replaced, one open to other users refused.  Returns 0 or -1 with a
+ * message on stderr. */
 int supervisor_init_secret(const config *cfg);
 
 /* local.c: set local[i] (CONFIG_MAX_SERVERS entries) for each server whose

@@ -5,6 +5,7 @@ their counters compared with what the test sent.
 """
 import os
 import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -352,3 +353,49 @@ def test_server_label_on_request(herd):
         time.sleep(0.1)
     assert 'proxyherd_link_up{peer="Bona",server="Bailey"} 1\n' in text
     assert 'proxyherd_clients{server="Bailey"} 0\n' in text
+
+
+def lint_ready(texts, server_label):
+    """True when each file (parsed as parse_prom does) has a sample in
+    every family: a stored client for each server, an invalid request, and
+    every link up."""
+    for n, text in texts.items():
+        m = parse_prom(text, n if server_label else None)
+        if (value(m, "proxyherd_clients") != len(ALL)
+                or value(m, "proxyherd_requests_total", command="invalid") != 1
+                or any(value(m, "proxyherd_link_up", peer=p) != 1 for p in DEFAULT_LINKS[n])):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("server_label", [False, True])
+def test_files_pass_promtool(herd, server_label):
+    """Every server's file, with links up, stored clients, requests of each
+    kind and (herd.metrics_server_label) the server label, passes
+    `promtool check metrics` (Prometheus' own linter: HELP and TYPE,
+    counter and unit names) without a single remark, besides parse_prom."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing (Debian package prometheus: make deps)"
+    if server_label:
+        with open(herd.config, "a") as f:       # herd: is the config's last section
+            f.write("  metrics_server_label: true\n")
+    herd.start().wait_links()
+    for i, n in enumerate(ALL):
+        iamat(herd.ports[n], b"lint-%d" % i, b"%.9f" % time.time())
+        reply = herd.send(n, b"WHATSAT lint-%d 10 2\nno such command\n" % i)
+        assert reply.startswith(b"AT ") and reply.endswith(b"\n? no such command\n"), reply
+    deadline = time.time() + 15
+    while True:                 # the files are rewritten once a second
+        texts = {}
+        for n in ALL:
+            with open(prom_path(herd.dir, n)) as f:
+                texts[n] = f.read()
+        if lint_ready(texts, server_label):
+            break
+        assert time.time() < deadline, f"metrics never settled: {texts}"
+        time.sleep(0.1)
+    for n, text in texts.items():
+        r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), \
+            f"{n}: promtool exited {r.returncode}:\n{r.stdout}{r.stderr}\n{text}"

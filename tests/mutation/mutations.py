@@ -506,7 +506,7 @@ MUTATIONS = [
          mutant="return 0;",
          breaks="--status exits 0 while a server is not listening (start_servers.sh reports success)",
          tests=["tests/integration/test_supervisor.py::test_start_failure_explains_itself"]),
-    dict(id="secret-world-readable", file="supervisor/status.c",
+    dict(id="secret-world-readable", file="common/secret.c",
          original="O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);",
          mutant="O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);",
          breaks="--init-secret creates the herd secret readable by every user",
