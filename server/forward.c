@@ -41,6 +41,8 @@
  * (the holder's next SUM after one full period treats it as old); d hops
  * away, d times that, while the links between them stay up.
  */
+#include "forward.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +50,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "peer.h"
 #include "server.h"
 
 #define FLUX_MS 2000          /* flood this long after a link state changed */

@@ -18,6 +18,8 @@
  * updates and instead streams the table again when it has drained: the
  * backlog is bounded and never more than one line per client.
  */
+#include "peer.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,8 +29,10 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "forward.h"
 #include "log.h"
 #include "net.h"
+#include "resolver.h"
 #include "secret.h"
 #include "server.h"
 #include "tls.h"

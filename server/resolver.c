@@ -20,6 +20,8 @@
  * held by a tracer) does not hold the loop until it goes.  Each link has
  * at most one question out, so the socket buffer never fills.
  */
+#include "resolver.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -32,6 +34,8 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "net.h"
+#include "peer.h"
 #include "server.h"
 
 /* Longer than one lookup can take with the resolver's defaults (5 s per

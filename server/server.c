@@ -41,11 +41,16 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "commands.h"
 #include "folder.h"
+#include "forward.h"
 #include "google.h"
 #include "log.h"
 #include "net.h"
+#include "peer.h"
+#include "resolver.h"
 #include "signals.h"
+#include "snapshot.h"
 #include "tls.h"
 #include "xalloc.h"
 
@@ -260,7 +265,9 @@ static int check_output_cap(server *s, client *c) {
     return -1;
 }
 
-void client_close_after_reply(server *s, client *c, const char *reason) {
+/* Read no more commands from c; once what is queued is written, shut down
+ * our side, discard input for a moment, then close (reason logged). */
+static void client_close_after_reply(server *s, client *c, const char *reason) {
     c->draining = 1;
     c->drain_until_ms = s->now_ms + DRAIN_MS;
     c->close_reason = reason;   /* client_kill() sets it again, to the same */

@@ -1,8 +1,11 @@
-/* server.h -- one member of the herd: its state and the pieces of its loop.
+/* server.h -- one member of the herd: the server struct and its loop.
  *
  * server.c owns the poll() loop, the listening socket, client connections,
- * their buffers and limits.  commands.c turns one client line into its
- * reply.  Everything runs on one thread; nothing here blocks.
+ * their buffers and limits.  The other modules have their own headers, each
+ * with its contract: commands.h (a client's line), peer.h (links),
+ * forward.h (updates and the herd's links), resolver.h (host names),
+ * snapshot.h (the table on disk).  Everything runs on one thread; nothing
+ * here blocks.
  */
 #ifndef HERD_SERVER_H
 #define HERD_SERVER_H
@@ -15,9 +18,11 @@
 #include "addrcap.h"
 #include "buf.h"
 #include "config.h"
+#include "forward.h"
 #include "http.h"
 #include "metrics.h"
 #include "net.h"
+#include "peer.h"
 #include "places.h"
 #include "table.h"
 
@@ -109,68 +114,6 @@ typedef struct client {
     const char *tls_why;        /* why the PSK lookup found nothing */
 } client;
 
-/* One link to a neighbour (peer.c). */
-typedef struct {
-    int server;                 /* index in config.servers */
-    int dialer;                 /* we open this link (our name is smaller) */
-    client *conn;               /* the authenticated connection, or NULL */
-    client *accepting;          /* an incoming handshake that proved this
-                                 * link's key, not done yet: the link's own
-                                 * place, never a client's (or NULL) */
-    client *dialing;            /* our connection being set up, or NULL */
-    int resolving;              /* its host name is being looked up (resolver.c) */
-    int64_t next_dial_ms;
-    int backoff_ms;
-    int failures;               /* dial failures since the last link-up */
-    int streaming;              /* sending part of the table (stream_mask) */
-    size_t stream_pos;
-    uint64_t stream_layout;     /* the table's layout when the stream began */
-    uint64_t stream_mask[TABLE_BUCKETS / 64];  /* buckets the stream sends */
-    uint64_t stream_gen;        /* only entries stored by then (gen); or all */
-    int resync;                 /* stream again once the current one ends */
-    uint64_t sent, received;    /* updates, for the log */
-    /* anti-entropy (forward.c) */
-    int64_t next_sum_ms;        /* when to send our next SUM */
-    uint64_t sum_gen, prev_gen; /* table.gen at our last two SUMs */
-    uint64_t differ[TABLE_BUCKETS / 64];  /* buckets whose SUMS differ, this round */
-    uint64_t differed[TABLE_BUCKETS / 64];  /* ... and the round before */
-    int lsdb_due;               /* send every known LINK state (link just up) */
-    /* agreement (forward.c): the settings both ends must share */
-    int agree;                  /* PEER_AGREE_*: what we know of the peer's */
-    unsigned mismatch;          /* AGREE_KEY_* bits that differ */
-} peer_link;
-
-/* What a link knows of its peer's AGREE line (docs/PROTOCOL.md, "Settings
- * neighbours must share"). */
-enum {
-    PEER_AGREE_WAIT,            /* up, its first line not read yet */
-    PEER_AGREE_OK,              /* its AGREE read (mismatch says what differs) */
-    PEER_AGREE_NONE,            /* its first line was no AGREE: an earlier server */
-};
-#define AGREE_KEY_VERSION 1u
-#define AGREE_KEY_MAX_STORED 2u
-#define AGREE_KEY_FORWARDING 4u
-/* The link protocol's version in AGREE (1: the servers before AGREE). */
-#define LINK_PROTOCOL_VERSION 2
-
-/* What forward.c knows of the herd's links (docs/PROTOCOL.md, "Between
- * servers"): each server's newest LINK state, the trees computed from them. */
-typedef struct {
-    uint64_t seq[CONFIG_MAX_SERVERS];   /* newest LINK seq per server; 0: none */
-    uint64_t up[CONFIG_MAX_SERVERS];    /* bit j: it says its link to j is up */
-    int8_t parent[CONFIG_MAX_SERVERS][CONFIG_MAX_SERVERS];  /* per origin; -1 none */
-    uint64_t tree_ok;                   /* bit o: parent[o] is computed */
-    int64_t flux_until_ms;              /* flood until then: states in flux */
-    int announce;                       /* our own state changed: send it */
-    int64_t next_stats_ms;
-    uint64_t logged_sent;               /* link_updates_sent at the last log */
-    /* counters (the forward-stats log line; the updates themselves are
-     * counted in server.metrics) */
-    uint64_t tree_sends, flood_sends;   /* updates forwarded each way */
-    uint64_t ctl_sent, ctl_bytes;       /* LINK, SUM, SUMS lines sent */
-    uint64_t announced;                 /* our own states sent */
-} forward_state;
-
 typedef struct server {
     const config *cfg;
     const config_server *me;
@@ -230,28 +173,11 @@ int server_run(server *s);
 
 void server_free(server *s);
 
-/* forward.c: the one path of an update, from a client (from_link -1) or
- * from link from_link: store it when newer than what the table holds, mark
- * the table for the next snapshot, log it, forward it.  Returns the stored
- * entry, or NULL when it was not newer. */
-table_entry *update_apply(server *s, const table_update *u, int from_link);
-
-/* commands.c: handle one line (without LF or CRLF) from c, a ROLE_CLIENT
- * connection, appending the reply to c->out. */
-void command_handle(server *s, client *c, const char *line, size_t len);
-
-/* commands.c: the answer to a bad line, "? " + the line + LF, on c->out. */
-void command_reply_invalid(server *s, client *c, const char *line, size_t len);
-
 /* server.c: mark c to be closed after this round, with a reason to log. */
 void client_kill(server *s, client *c, const char *reason);
 
 /* server.c: a new connection in the poll set (role ROLE_CLIENT). */
 client *client_add(server *s, int fd, const char *addr);
-
-/* server.c: read no more commands from c; once what is queued is written,
- * shut down our side, discard input for a moment, then close (reason logged). */
-void client_close_after_reply(server *s, client *c, const char *reason);
 
 /* server.c: change c's role; a client that becomes part of a link stops
  * counting against max_clients and its address's cap. */
@@ -266,59 +192,5 @@ void client_resume(server *s, client *c);
 
 /* server.c: write what c has pending, now. */
 void client_write(server *s, client *c);
-
-/* peer.c: links to the neighbours. */
-int peer_init(server *s, char *err, size_t errlen);
-void peer_tick(server *s);                 /* dial, time out, stream */
-void peer_flush(server *s);                /* write what each link has pending */
-void peer_line(server *s, client *c, const char *line, size_t len);
-void peer_plain_hello(server *s, client *c); /* an old plain-text handshake */
-void peer_lost(server *s, client *c);      /* c is going away */
-void peer_connected(server *s, client *c); /* a dial finished (POLLOUT) */
-void peer_send(server *s, const table_entry *e, int li);  /* one AT line on link li */
-void peer_stream(server *s, int li, const uint64_t *mask, uint64_t gen); /* buckets */
-
-/* forward.c: trees of live links, link states, anti-entropy. */
-/* The longest control line (LINK, SUM, SUMS) forward.c sends: a link takes
- * lines this long whatever limits.max_line_bytes, which bounds clients'. */
-#define FORWARD_CTL_MAX (CONFIG_MAX_SERVERS * 72)
-void forward_init(server *s);
-void forward_link_changed(server *s, int li);  /* link li came up or went down */
-void forward_line(server *s, int li, const char *line, size_t len);  /* LINK, SUM, SUMS */
-/* Every line from link li passes here first: 1 when it is an AGREE (read
- * here, nothing more to do), else 0.  A peer whose first line is no AGREE
- * is of an earlier version: a version mismatch. */
-int forward_first_line(server *s, int li, const char *line, size_t len);
-/* Anti-entropy runs on link li: its peer's settings, if it said them,
- * agree with ours on what anti-entropy needs. */
-int forward_repairs(const server *s, int li);
-void forward_tick(server *s);
-void forward_log_stats(server *s);
-int peer_poll_timeout(server *s);          /* ms to the next dial, or -1 */
-int peer_tls_accept(server *s, client *c); /* first byte 0x16: TLS, 0; or -1 */
-void peer_tls_step(server *s, client *c);  /* go on with c's TLS handshake */
-int peer_find_link(const server *s, const char *name, size_t len); /* or -1 */
-/* The answer for link li's host name: its address, or NULL and why not;
- * li -1: every question out failed (the helper went away). */
-void peer_resolved(server *s, int li, const struct sockaddr_storage *sa, socklen_t len,
-                   const char *why);
-
-/* resolver.c: look host:port up for link li in the helper process (started
- * when needed); the answer comes to peer_resolved() from resolver_read(),
- * called when SERVER_RESOLVER_SLOT is readable.  0, or -1 with err. */
-int resolver_ask(server *s, int li, const char *host, int port, char *err, size_t errlen);
-void resolver_read(server *s);
-void resolver_tick(server *s);          /* a helper silent too long is killed */
-int resolver_timeout(const server *s);  /* ms until resolver_tick acts, or -1 */
-void resolver_free(server *s);
-/* herd-server RESOLVER_ARG FD runs the helper on socket FD (main.c); it
- * returns only on a bad FD. */
-#define RESOLVER_ARG "--resolver-helper"
-int resolver_main(const char *fd_arg);
-
-/* snapshot.c: state/NAME.snap */
-void snapshot_load(server *s);
-void snapshot_tick(server *s);             /* periodic, in a child process */
-int snapshot_write(server *s);             /* now, in this process */
 
 #endif

@@ -26,6 +26,8 @@
  * or replaces a link, never its target), so nothing is written through a
  * link.
  */
+#include "snapshot.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -40,6 +42,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "protocol.h"
 #include "server.h"
 
 /* Far longer than any AT line the protocol's field limits allow (under 500

@@ -24,6 +24,8 @@
 #include "check.h"
 #include "clock.h"
 #include "log.h"
+#include "peer.h"
+#include "resolver.h"
 #include "server.h"
 
 #define RESOLVER_TEST_STUCK_MS 60000   /* resolver.c's RESOLVER_STUCK_MS */

@@ -1,0 +1,41 @@
+/* resolver.h -- neighbours' host names looked up off the loop (resolver.c).
+ *
+ * Owns: the helper process that does the lookups (a fresh herd-server run
+ * with RESOLVER_ARG), its socket (poll slot SERVER_RESOLVER_SLOT) and the
+ * helpers killed but not reaped yet.
+ *
+ * Promises: the loop never waits on DNS; every question asked gets an
+ * answer through peer_resolved() -- the address, or a failure when the
+ * helper goes away or answers nothing for too long; a helper given up on
+ * is killed and reaped without a blocking wait.
+ *
+ * Callers: peer.c (resolver_ask, for a dial to a host name), server.c (the
+ * readable slot, the timer, the stop), main.c (resolver_main).
+ */
+#ifndef HERD_RESOLVER_H
+#define HERD_RESOLVER_H
+
+#include <stddef.h>
+
+struct server;
+
+/* Look host:port up for link li in the helper (started when needed); the
+ * answer comes to peer_resolved() from resolver_read().  0, or -1 with err. */
+int resolver_ask(struct server *s, int li, const char *host, int port, char *err,
+                 size_t errlen);
+
+/* SERVER_RESOLVER_SLOT is readable: hand each answer to peer_resolved(). */
+void resolver_read(struct server *s);
+
+void resolver_tick(struct server *s);          /* a helper silent too long is killed */
+int resolver_timeout(const struct server *s);  /* ms until resolver_tick acts, or -1 */
+
+/* At the stop: kill the helper, reap what goes within a moment. */
+void resolver_free(struct server *s);
+
+/* herd-server RESOLVER_ARG FD runs the helper on socket FD (main.c); it
+ * returns only on a bad FD. */
+#define RESOLVER_ARG "--resolver-helper"
+int resolver_main(const char *fd_arg);
+
+#endif

@@ -1,0 +1,27 @@
+/* snapshot.h -- the client table on disk, state/NAME.snap (snapshot.c).
+ *
+ * Owns: the snapshot file and its temporary files, and the forked child
+ * that writes the periodic snapshot.
+ *
+ * Promises: a crash leaves the old snapshot or the new one, never a part
+ * of one; the loop never waits on the disk (the periodic snapshot is
+ * written by a child); a snapshot that cannot be trusted is set aside and
+ * the server starts empty; nothing is written through a symbolic link.
+ *
+ * Callers: server.c (the load at start, the timer), main.c (the write at
+ * a graceful stop).
+ */
+#ifndef HERD_SNAPSHOT_H
+#define HERD_SNAPSHOT_H
+
+struct server;
+
+/* At start, into the empty table. */
+void snapshot_load(struct server *s);
+
+void snapshot_tick(struct server *s);             /* periodic, in a child process */
+
+/* Now, in this process (a graceful stop): 0, or -1 (logged). */
+int snapshot_write(struct server *s);
+
+#endif
