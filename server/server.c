@@ -681,6 +681,8 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
     s->me = &cfg->servers[me];
     s->lfd = s->sig_r = s->sig_w = s->spare_fd = s->cold_fd = s->hb_fd = s->resolver_fd = -1;
     table_init(&s->tab);
+    /* before anything is stored: the bound applies to the snapshot loaded too */
+    table_set_max(&s->tab, cfg->limits.max_stored_clients);
     log_set_rotation(cfg->logging.max_file_bytes, cfg->logging.keep_files);
     /* nothing is written in a folder another user may write in (folder.h) */
     if (folder_check(cfg->herd.state_dir, "herd.state_dir", 0700, err, errlen) < 0 ||

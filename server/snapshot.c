@@ -227,8 +227,6 @@ static void remove_leftovers(server *s) {
 }
 
 void snapshot_load(server *s) {
-    /* the first use of the table: its bound applies to what is loaded */
-    table_set_max(&s->tab, s->cfg->limits.max_stored_clients);
     char path[4200];
     remove_leftovers(s);
     snap_path(s, path, sizeof path, "");

@@ -16,7 +16,8 @@
 
 struct server;
 
-/* At start, into the empty table. */
+/* At start, into the empty table (server_init set its bound: a smaller bound
+ * than the snapshot was written with keeps its newest clients). */
 void snapshot_load(struct server *s);
 
 void snapshot_tick(struct server *s);             /* periodic, in a child process */
