@@ -468,6 +468,19 @@ void forward_log_stats(server *s) {
             m->link_updates_repaired, forwarding_name(s->cfg->herd.forwarding));
 }
 
+int64_t forward_next_due(const server *s) {
+    if (!s->secret_len) return -1;
+    if (s->fw.announce) return s->now_ms;
+    int64_t due = s->fw.next_stats_ms;
+    for (int li = 0; li < s->n_links; li++) {
+        const peer_link *L = &s->links[li];
+        if (!link_ready(s, li)) continue;
+        if (L->lsdb_due) return s->now_ms;
+        if (forward_repairs(s, li) && L->next_sum_ms < due) due = L->next_sum_ms;
+    }
+    return due;
+}
+
 void forward_tick(server *s) {
     if (!s->secret_len) return;
     if (s->fw.announce) {

@@ -81,7 +81,12 @@ int forward_first_line(struct server *s, int li, const char *line, size_t len);
  * agree with ours on what anti-entropy needs. */
 int forward_repairs(const struct server *s, int li);
 
+/* The forward timer (server.c runs it when due): our own LINK state when
+ * it changed, every known state to a link just up, each link's SUM when
+ * its period is over, the forward-stats line every 10 s.
+ * forward_next_due: when, on the loop's clock (server.now_ms), or -1. */
 void forward_tick(struct server *s);
+int64_t forward_next_due(const struct server *s);
 void forward_log_stats(struct server *s);
 
 #endif

@@ -198,8 +198,15 @@ static int replace_file(const char *path, const char *tmp, const buf_t *b) {
     return 0;
 }
 
+#define METRICS_MS 1000
+
+int64_t metrics_next_due(const server *s) {
+    return s->metrics.next_write_ms;
+}
+
 void metrics_tick(server *s) {
     char path[4200], tmp[4300];
+    s->metrics.next_write_ms = s->now_ms + METRICS_MS;
     prom_path(s, path, sizeof path, "");
     prom_path(s, tmp, sizeof tmp, ".tmp");
     buf_t b = {0};

@@ -393,18 +393,24 @@ static void pump_stream(server *s, peer_link *L) {
             L->stream_gen == UINT64_MAX);
 }
 
+/* A link whose catch-up stream has room for its next part. */
+static int stream_ready(const peer_link *L) {
+    return L->conn && !L->conn->dead && L->streaming &&
+           buf_pending(&L->conn->out) < STREAM_CHUNK;
+}
+
+/* A link we dial, with no dial or lookup under way: dialled at next_dial_ms. */
+static int dial_waits(const peer_link *L) {
+    return L->dialer && !L->conn && !L->dialing && !L->resolving;
+}
+
 void peer_tick(server *s) {
-    resolver_tick(s);
     for (int li = 0; li < s->n_links; li++) {
         peer_link *L = &s->links[li];
         if (!s->secret_len) continue;
-        if (L->dialer && !L->conn && !L->dialing && !L->resolving && s->now_ms >= L->next_dial_ms)
-            dial(s, li);
-        if (L->conn && !L->conn->dead && L->streaming &&
-            buf_pending(&L->conn->out) < STREAM_CHUNK)
-            pump_stream(s, L);
+        if (dial_waits(L) && s->now_ms >= L->next_dial_ms) dial(s, li);
+        if (stream_ready(L)) pump_stream(s, L);
     }
-    forward_tick(s);
 }
 
 void peer_flush(server *s) {
@@ -414,22 +420,13 @@ void peer_flush(server *s) {
     }
 }
 
-int peer_poll_timeout(server *s) {
-    int64_t best = resolver_timeout(s);
+int64_t peer_next_due(const server *s) {
+    int64_t due = -1;
+    if (!s->secret_len) return -1;
     for (int li = 0; li < s->n_links; li++) {
-        peer_link *L = &s->links[li];
-        if (!s->secret_len) break;
-        if (L->conn && L->streaming && buf_pending(&L->conn->out) < STREAM_CHUNK) return 0;
-        if (L->conn && forward_repairs(s, li)) {  /* the next SUM (forward.c) */
-            int64_t t = L->next_sum_ms - s->now_ms;
-            if (t < 0) t = 0;
-            if (best < 0 || t < best) best = t;
-        }
-        if (L->dialer && !L->conn && !L->dialing && !L->resolving) {
-            int64_t t = L->next_dial_ms - s->now_ms;
-            if (t < 0) t = 0;
-            if (best < 0 || t < best) best = t;
-        }
+        const peer_link *L = &s->links[li];
+        if (stream_ready(L)) return s->now_ms;
+        if (dial_waits(L) && (due < 0 || L->next_dial_ms < due)) due = L->next_dial_ms;
     }
-    return (int)best;
+    return due;
 }

@@ -97,9 +97,11 @@ int peer_find_link(const struct server *s, const char *name, size_t len);
 void peer_resolved(struct server *s, int li, const struct sockaddr_storage *sa, socklen_t len,
                    const char *why);
 
-/* Each loop round: dials due, catch-up streams with room, then the
- * resolver's and forward.c's ticks. */
+/* The peer timer (server.c runs it when due): the dials that are due, and
+ * the next part of each catch-up stream with room in its link's output.
+ * peer_next_due: when, on the loop's clock (server.now_ms; now while a
+ * stream has room), or -1 when nothing waits. */
 void peer_tick(struct server *s);
-int peer_poll_timeout(struct server *s);          /* ms to the next dial, or -1 */
+int64_t peer_next_due(const struct server *s);
 
 #endif

@@ -16,6 +16,7 @@
 #define HERD_RESOLVER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct server;
 
@@ -27,8 +28,12 @@ int resolver_ask(struct server *s, int li, const char *host, int port, char *err
 /* SERVER_RESOLVER_SLOT is readable: hand each answer to peer_resolved(). */
 void resolver_read(struct server *s);
 
-void resolver_tick(struct server *s);          /* a helper silent too long is killed */
-int resolver_timeout(const struct server *s);  /* ms until resolver_tick acts, or -1 */
+/* The resolver's timer (server.c runs it when due): killed helpers are
+ * reaped (looked at once a second while there are any), and a helper that
+ * answered nothing for too long is given up on.  resolver_next_due: when,
+ * on the loop's clock (server.now_ms), or -1 when there is nothing to do. */
+void resolver_tick(struct server *s);
+int64_t resolver_next_due(const struct server *s);
 
 /* At the stop: kill the helper, reap what goes within a moment. */
 void resolver_free(struct server *s);

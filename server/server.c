@@ -559,11 +559,13 @@ static int can_go_cold(const server *s, const client *c) {
            s->now_ms - c->last_ms >= COLD_MS;
 }
 
-/* Once a second: idle clients, finished drains and stuck handshakes are
- * closed, and quiet clients move to the cold set.  Links are never
- * idle-closed.  Runs between poll rounds, so freeing here is safe. */
+/* The sweep timer, once a second: idle clients, finished drains and stuck
+ * handshakes are closed, and quiet clients move to the cold set.  Links
+ * are never idle-closed.  Runs between poll rounds, so freeing here is
+ * safe. */
 static void sweep_clients(server *s) {
     int64_t idle_ms = (int64_t)s->cfg->limits.idle_timeout_s * 1000;
+    s->next_sweep_ms = s->now_ms + SWEEP_MS;
     for (size_t i = s->ncold; i-- > 0;) {
         client *c = s->cold[i];
         if (idle_ms && s->now_ms - c->last_ms >= idle_ms) {
@@ -666,9 +668,10 @@ static void heartbeat_open(server *s) {
     unsetenv("HERD_HEARTBEAT_FD");
 }
 
-/* One byte to the supervisor at most once a second, from the loop: while
- * the loop turns, the beats come.  Never blocks; a full pipe holds beats
- * enough, and with no supervisor left the byte goes nowhere (EPIPE). */
+/* One byte to the supervisor at most once a second, from the loop's
+ * timers: while the loop turns, the beats come.  Never blocks; a full pipe
+ * holds beats enough, and with no supervisor left the byte goes nowhere
+ * (EPIPE). */
 static void heartbeat(server *s) {
     if (s->hb_fd < 0 || s->now_ms < s->next_beat_ms) return;
     s->next_beat_ms = s->now_ms + BEAT_MS;
@@ -677,6 +680,7 @@ static void heartbeat(server *s) {
 
 int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) {
     memset(s, 0, sizeof *s);
+    s->now_ms = mono_ms();      /* the loop's clock: timers set from here on count on it */
     s->cfg = cfg;
     s->me = &cfg->servers[me];
     s->lfd = s->sig_r = s->sig_w = s->spare_fd = s->cold_fd = s->hb_fd = s->resolver_fd = -1;
@@ -728,18 +732,76 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
     return 0;
 }
 
-/* Poll timeout: the next sweep, heartbeat, log flush or dial, whichever is
- * first (without the beat, an idle loop beats up to two seconds apart). */
-static int poll_timeout(server *s) {
-    int64_t t = s->next_sweep_ms - s->now_ms;
-    if (s->hb_fd >= 0 && s->next_beat_ms - s->now_ms < t) t = s->next_beat_ms - s->now_ms;
-    int lf = log_next_flush_ms(log_now_ms());
-    if (lf >= 0 && lf < t) t = lf;
-    int pt = peer_poll_timeout(s);
-    if (pt >= 0 && pt < t) t = pt;
-    int ht = s->google ? http_timeout(&s->http, s->now_ms) : -1;
-    if (ht >= 0 && ht < t) t = ht;
-    return t < 0 ? 0 : (int)t;
+/* ---------------------------------------------------------------- timers
+ *
+ * Every timed job of the loop in one table, as Redis's ae keeps its time
+ * events: each entry says when it is next due, on the loop's clock
+ * (s->now_ms; -1: nothing to do), and its run() does what is due then.
+ * server_run polls until the first is due, then runs, in table order,
+ * each that is due -- asked again just before, since an earlier one may
+ * have changed it (a sweep that closes a link makes forward's LINK state
+ * due).  Then the links are flushed, replies written, the dead reaped.
+ */
+
+static int64_t sweep_due(const server *s) { return s->next_sweep_ms; }
+
+static int64_t table_due(const server *s) { return table_next_tick(&s->tab); }
+static void table_run(server *s) { table_tick(&s->tab, s->now_ms); }
+
+static int64_t heartbeat_due(const server *s) {
+    return s->hb_fd >= 0 ? s->next_beat_ms : -1;
+}
+
+/* The log counts on the wall clock (common/log.c); converted here. */
+static int64_t log_due(const server *s) {
+    int t = log_next_flush_ms(log_now_ms());
+    return t < 0 ? -1 : s->now_ms + t;
+}
+static void log_run(server *s) { (void)s; log_tick(log_now_ms()); }
+
+static int64_t http_due(const server *s) {
+    int t = s->google ? http_timeout(&s->http, s->now_ms) : -1;
+    return t < 0 ? -1 : s->now_ms + t;
+}
+
+typedef struct {
+    const char *name;
+    int64_t (*next_due)(const server *s);
+    void (*run)(server *s);         /* NULL: acted on elsewhere (see http) */
+} loop_timer;
+
+static const loop_timer timers[] = {
+    {"sweep", sweep_due, sweep_clients},        /* idle, drains, handshakes, cold */
+    {"table", table_due, table_run},            /* the table-full summary */
+    {"snapshot", snapshot_next_due, snapshot_tick},
+    {"metrics", metrics_next_due, metrics_tick},
+    {"resolver", resolver_next_due, resolver_tick},
+    {"peer", peer_next_due, peer_tick},         /* dials, catch-up streams */
+    {"forward", forward_next_due, forward_tick},  /* LINK states, SUMs, stats */
+    {"heartbeat", heartbeat_due, heartbeat},
+    {"log", log_due, log_run},
+    /* libcurl's timer: http_poll_done() acts on it with its sockets, right
+     * after poll(), as libcurl wants (server/http.c) */
+    {"http", http_due, NULL},
+};
+
+int server_timer_wait(const server *s) {
+    int64_t first = -1;
+    for (size_t i = 0; i < sizeof timers / sizeof *timers; i++) {
+        int64_t due = timers[i].next_due(s);
+        if (due >= 0 && (first < 0 || due < first)) first = due;
+    }
+    if (first < 0) return -1;
+    int64_t t = first - s->now_ms;
+    return t < 0 ? 0 : t > INT_MAX ? INT_MAX : (int)t;
+}
+
+void server_timers_run(server *s) {
+    for (size_t i = 0; i < sizeof timers / sizeof *timers; i++) {
+        if (!timers[i].run) continue;
+        int64_t due = timers[i].next_due(s);
+        if (due >= 0 && due <= s->now_ms) timers[i].run(s);
+    }
 }
 
 int server_run(server *s) {
@@ -767,7 +829,7 @@ int server_run(server *s) {
             }
             nh = http_fill_poll(&s->http, s->pfd + s->npfd);
         }
-        int n = poll(s->pfd, s->npfd + nh, tls_ready ? 0 : poll_timeout(s));
+        int n = poll(s->pfd, s->npfd + nh, tls_ready ? 0 : server_timer_wait(s));
         if (n < 0 && errno != EINTR) {
             log_msg(LOG_ERROR, "poll", "%s", strerror(errno));
             break;
@@ -796,20 +858,12 @@ int server_run(server *s) {
                 if (!c->dead && (re & POLLOUT)) client_write(s, c);
             }
         }
-        if (s->now_ms >= s->next_sweep_ms) {
-            sweep_clients(s);
-            snapshot_tick(s);
-            metrics_tick(s);
-            s->next_sweep_ms = s->now_ms + SWEEP_MS;
-        }
-        peer_tick(s);
+        server_timers_run(s);
         peer_flush(s);
         write_queued(s);
         reap_clients(s);
         /* after the reap, so closed connections free their slots first */
         if (n > 0 && (s->pfd[0].revents & POLLIN)) accept_clients(s);
-        log_tick(log_now_ms());
-        heartbeat(s);
     }
     return 0;
 }

@@ -152,6 +152,7 @@ typedef struct server {
     int table_dirty;            /* changed since the last snapshot */
     int64_t next_snapshot_ms;
     pid_t snapshot_pid;         /* a child writing a snapshot, or 0 */
+    int64_t snapshot_reap_ms;   /* when to look for its end again */
     int resolver_fd;            /* to the host name helper (resolver.c), or -1 */
     pid_t resolver_pid;
     int resolver_out;           /* questions it has not answered yet */
@@ -170,6 +171,11 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen);
 
 /* Run the loop until SIGTERM or SIGINT.  Returns the exit status. */
 int server_run(server *s);
+
+/* The loop's timers (server.c): ms until the first is due (0: one is due
+ * now), or -1 when none is; and run each that is due at s->now_ms. */
+int server_timer_wait(const server *s);
+void server_timers_run(server *s);
 
 void server_free(server *s);
 

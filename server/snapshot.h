@@ -14,13 +14,20 @@
 #ifndef HERD_SNAPSHOT_H
 #define HERD_SNAPSHOT_H
 
+#include <stdint.h>
+
 struct server;
 
 /* At start, into the empty table (server_init set its bound: a smaller bound
  * than the snapshot was written with keeps its newest clients). */
 void snapshot_load(struct server *s);
 
-void snapshot_tick(struct server *s);             /* periodic, in a child process */
+/* The snapshot timer (server.c runs it when due): a child that ended is
+ * reaped (looked for once a second while it writes), and a changed table is
+ * written by a new child, at most every herd.snapshot_interval_s.
+ * snapshot_next_due: when, on the loop's clock (server.now_ms), or -1. */
+void snapshot_tick(struct server *s);
+int64_t snapshot_next_due(const struct server *s);
 
 /* Now, in this process (a graceful stop): 0, or -1 (logged). */
 int snapshot_write(struct server *s);

@@ -65,14 +65,15 @@ static int load(config *cfg) {
     return 0;
 }
 
-/* Turn the loop (peer_tick, on the real clock) until helper is reaped,
- * for up to 5 s; true when it was. */
+/* Turn the loop's timers until helper is reaped, for up to 5 s; true when
+ * it was.  The loop's clock goes on from where the test put it, at the
+ * real pace: like the real one, it never goes back. */
 static int reaped(server *s, pid_t helper) {
-    int64_t until = mono_ms() + 5000;
-    while (kill(helper, 0) == 0 && mono_ms() < until) {
+    int64_t start = mono_ms(), from = s->now_ms;
+    while (kill(helper, 0) == 0 && mono_ms() < start + 5000) {
         usleep(10 * 1000);
-        s->now_ms = mono_ms();
-        peer_tick(s);
+        s->now_ms = from + (mono_ms() - start);
+        server_timers_run(s);
     }
     return kill(helper, 0) < 0;
 }
@@ -82,18 +83,18 @@ static int reaped(server *s, pid_t helper) {
  * waited for ever, and nothing was logged. */
 static void test_stopped_helper(server *s) {
     s->now_ms += 10000;   /* both links due again */
-    peer_tick(s);
+    server_timers_run(s);
     CHECK(s->links[0].resolving && s->links[1].resolving && s->resolver_fd >= 0,
           "both names asked of a new helper");
     pid_t helper = s->resolver_pid;
     kill(helper, SIGSTOP);
-    int t = peer_poll_timeout(s);
-    CHECK(t > 0 && t <= 60000, "the loop wakes in time to give up (in %d ms)", t);
+    int64_t t = resolver_next_due(s) - s->now_ms;
+    CHECK(t > 0 && t <= 60000, "the loop wakes in time to give up (in %lld ms)", (long long)t);
     s->now_ms += 59000;
-    peer_tick(s);
+    server_timers_run(s);
     CHECK(s->links[0].resolving && s->resolver_pid == helper, "a slow lookup is waited for");
     s->now_ms += 1000;
-    peer_tick(s);
+    server_timers_run(s);
     CHECK(!s->links[0].resolving && !s->links[1].resolving,
           "a minute without an answer fails the questions (resolving %d %d)",
           s->links[0].resolving, s->links[1].resolving);
@@ -131,7 +132,7 @@ static pid_t trace(pid_t helper) {
 static void test_helper_not_reaped_at_once(server *s) {
     s->now_ms = mono_ms();
     s->links[0].next_dial_ms = s->now_ms;   /* Beta due again */
-    peer_tick(s);
+    server_timers_run(s);
     CHECK(s->links[0].resolving && s->resolver_fd >= 0, "a new helper is asked");
     pid_t helper = s->resolver_pid;
     pid_t tracer = trace(helper);
@@ -140,13 +141,13 @@ static void test_helper_not_reaped_at_once(server *s) {
     kill(helper, SIGSTOP);
     s->now_ms += RESOLVER_TEST_STUCK_MS;
     int64_t t0 = mono_ms();
-    peer_tick(s);         /* gives up on it: kills it */
+    server_timers_run(s);         /* gives up on it: kills it */
     int64_t took = mono_ms() - t0;
     CHECK(took < 500, "giving up on a helper not reaped at once took %lld ms",
           (long long)took);
     CHECK(!s->links[0].resolving && s->resolver_fd < 0, "its questions failed");
-    int t = peer_poll_timeout(s);
-    CHECK(t >= 0 && t <= 1000, "the loop wakes to reap it (in %d ms)", t);
+    int64_t t = resolver_next_due(s) - s->now_ms;
+    CHECK(t >= 0 && t <= 1000, "the loop wakes to reap it (in %lld ms)", (long long)t);
     kill(tracer, SIGKILL);
     waitpid(tracer, NULL, 0);
     CHECK(reaped(s, helper), "reaped from the loop once it could be");
@@ -172,7 +173,7 @@ int main(int argc, char **argv) {
     /* the first dial asks the helper (started now); the second waits */
     s.now_ms = mono_ms();
     s.links[1].next_dial_ms = s.now_ms + 60000;
-    peer_tick(&s);
+    server_timers_run(&s);
     CHECK(s.links[0].resolving && s.resolver_fd >= 0, "Beta's name is being looked up");
     /* the helper dies; the loop has not polled since */
     kill(s.resolver_pid, SIGKILL);
@@ -183,14 +184,14 @@ int main(int argc, char **argv) {
     }
     CHECK(p.revents & POLLHUP, "the helper is gone");
     s.links[1].next_dial_ms = s.now_ms;
-    peer_tick(&s);          /* Gamma's question cannot be sent */
+    server_timers_run(&s);          /* Gamma's question cannot be sent */
     CHECK(s.resolver_fd < 0, "the helper was stopped");
     CHECK(!s.links[1].resolving && s.links[1].failures == 1, "Gamma's dial failed");
     CHECK(!s.links[0].resolving, "Beta's question failed with it (resolving %d)",
           s.links[0].resolving);
     CHECK(s.links[0].failures == 1 && s.links[0].next_dial_ms > s.now_ms,
           "Beta is dialled again after the back-off (failures %d)", s.links[0].failures);
-    CHECK(peer_poll_timeout(&s) >= 0, "the loop wakes for the next dial");
+    CHECK(peer_next_due(&s) >= 0, "the loop wakes for the next dial");
     test_stopped_helper(&s);
     test_helper_not_reaped_at_once(&s);
     s.stop = 1;
