@@ -69,7 +69,7 @@ static int server_index(const server *s, const char *name, size_t len) {
 
 static int link_ready(const server *s, int li) {
     const client *c = s->links[li].conn;
-    return c && !c->dead;
+    return c && c->state != CONN_DEAD;
 }
 
 /* Our links that are up, as a mask of server indexes. */

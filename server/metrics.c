@@ -87,7 +87,7 @@ static void labelled(buf_t *b, const server *s, const char *name, const char *ty
 }
 
 static int link_is_up(const peer_link *L) {
-    return L->conn && !L->conn->dead;
+    return L->conn && L->conn->state != CONN_DEAD;
 }
 
 static int link_mismatch(const peer_link *L) {

@@ -95,7 +95,7 @@ static void start_stream(server *s, peer_link *L) {
 
 void peer_stream(server *s, int li, const uint64_t *mask, uint64_t gen) {
     peer_link *L = &s->links[li];
-    if (L->conn && !L->conn->dead && !L->streaming) start_stream_of(s, L, mask, gen);
+    if (L->conn && L->conn->state != CONN_DEAD && !L->streaming) start_stream_of(s, L, mask, gen);
 }
 
 /* A neighbour that vanishes without a reset shows as link-down within about
@@ -342,7 +342,7 @@ static int in_stream(const peer_link *L, const table_entry *e) {
 void peer_send(server *s, const table_entry *e, int li) {
     size_t cap = s->cfg->limits.max_output_bytes;
     peer_link *L = &s->links[li];
-    if (!L->conn || L->conn->dead) return;
+    if (!L->conn || L->conn->state == CONN_DEAD) return;
     if (L->streaming && L->stream_gen == UINT64_MAX && s->tab.layout == L->stream_layout &&
         table_index(&s->tab, e) >= L->stream_pos)
         return;   /* a whole-table stream will reach this slot later, with the newest entry */
@@ -395,7 +395,7 @@ static void pump_stream(server *s, peer_link *L) {
 
 /* A link whose catch-up stream has room for its next part. */
 static int stream_ready(const peer_link *L) {
-    return L->conn && !L->conn->dead && L->streaming &&
+    return L->conn && L->conn->state != CONN_DEAD && L->streaming &&
            buf_pending(&L->conn->out) < STREAM_CHUNK;
 }
 
@@ -416,7 +416,7 @@ void peer_tick(server *s) {
 void peer_flush(server *s) {
     for (int li = 0; li < s->n_links; li++) {
         client *c = s->links[li].conn;
-        if (c && !c->dead && buf_pending(&c->out)) client_write(s, c);
+        if (c && c->state != CONN_DEAD && buf_pending(&c->out)) client_write(s, c);
     }
 }
 

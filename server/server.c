@@ -110,8 +110,8 @@ static void client_uncount(server *s, client *c) {
 }
 
 void client_kill(server *s, client *c, const char *reason) {
-    if (c->dead) return;
-    c->dead = 1;
+    if (c->state == CONN_DEAD) return;
+    c->state = CONN_DEAD;
     c->close_reason = reason;
     s->ndead++;
     if (c->role != ROLE_CLIENT) peer_lost(s, c);   /* the link is down now */
@@ -147,7 +147,7 @@ static void reap_clients(server *s) {
     s->ndead = 0;
     for (size_t i = s->npfd; i-- > SERVER_FIRST_CLIENT;) {
         client *c = s->conn[i];
-        if (!c->dead) continue;
+        if (c->state != CONN_DEAD) continue;
         client_free(s, c);
         pollset_remove(s, i);
     }
@@ -204,7 +204,19 @@ static ssize_t conn_send(client *c, const void *p, size_t n) {
     return c->ssl ? tls_send(c, p, n) : send(c->fd, p, n, MSG_NOSIGNAL);
 }
 
-/* Write what is pending; close when asked to after the flush. */
+/* Lines are read from c (the states that read: open, or reading to throw
+ * away); and its input is thrown away unread. */
+static int conn_reads(const client *c) {
+    return c->state == CONN_OPEN || c->state == CONN_DRAINING || c->state == CONN_SHUT;
+}
+
+static int conn_discards(const client *c) {
+    return c->state == CONN_DRAINING || c->state == CONN_SHUT;
+}
+
+/* Write what is pending; then, all out, the step its state waits for: a
+ * closing connection goes (a probation one with its line), a draining one
+ * shuts our side down. */
 void client_write(server *s, client *c) {
     while (buf_pending(&c->out)) {
         ssize_t n = conn_send(c, buf_data(&c->out), buf_pending(&c->out));
@@ -219,19 +231,19 @@ void client_write(server *s, client *c) {
         return;
     }
     buf_shrink_if_empty(&c->out, OUT_KEEP);
-    if (c->close_after_flush && c->probation && !c->dead) {
+    if (c->state == CONN_CLOSING && c->probation) {
         client_refuse_busy(s, c);          /* it half-closed without a line */
-    } else if (c->close_after_flush && !c->waiting) {
-        client_kill(s, c, c->draining ? c->close_reason : "client closed");
-    } else if (c->draining && !c->shut) {
+    } else if (c->state == CONN_CLOSING && !c->waiting) {
+        client_kill(s, c, c->close_reason);
+    } else if (c->state == CONN_DRAINING) {
         shutdown(c->fd, SHUT_WR);   /* the reply is out: tell the client */
-        c->shut = 1;
+        c->state = CONN_SHUT;
     }
 }
 
 /* Write c's replies at the end of this round (see the top of the file). */
 static void queue_write(server *s, client *c) {
-    if (c->queued || c->dead) return;
+    if (c->queued || c->state == CONN_DEAD) return;
     if (s->nwq == s->wqcap) {
         s->wqcap = s->wqcap ? s->wqcap * 2 : 64;
         s->wq = xrealloc(s->wq, s->wqcap * sizeof *s->wq);
@@ -244,7 +256,7 @@ static void write_queued(server *s) {
     for (size_t i = 0; i < s->nwq; i++) {
         client *c = s->wq[i];
         c->queued = 0;
-        if (!c->dead) client_write(s, c);
+        if (c->state != CONN_DEAD) client_write(s, c);
     }
     s->nwq = 0;
 }
@@ -256,7 +268,7 @@ static int check_output_cap(server *s, client *c) {
     if (buf_pending(&c->out) <= s->cfg->limits.max_output_bytes) return 0;
     peer_flush(s);                         /* floods before acks, as always */
     client_write(s, c);
-    if (c->dead) return -1;
+    if (c->state == CONN_DEAD) return -1;
     if (buf_pending(&c->out) <= s->cfg->limits.max_output_bytes) return 0;
     log_msg(LOG_WARN, "output-cap", "id=%llu unsent=%zu cap=%zu",
             (unsigned long long)c->id, buf_pending(&c->out),
@@ -266,9 +278,10 @@ static int check_output_cap(server *s, client *c) {
 }
 
 /* Read no more commands from c; once what is queued is written, shut down
- * our side, discard input for a moment, then close (reason logged). */
+ * our side, discard input for a moment, then close (reason logged).  One
+ * that half-closed already stays closing: it goes once the reply is out. */
 static void client_close_after_reply(server *s, client *c, const char *reason) {
-    c->draining = 1;
+    if (c->state == CONN_OPEN) c->state = CONN_DRAINING;
     c->drain_until_ms = s->now_ms + DRAIN_MS;
     c->close_reason = reason;   /* client_kill() sets it again, to the same */
     buf_free(&c->in);
@@ -293,8 +306,6 @@ static void drop_torn_line(server *s, client *c, size_t len) {
     c->scanned = 0;
 }
 
-/* Serve every complete line in c->in; on EOF, a plain client's last
- * unterminated one.  The limit is on the line without its LF or CRLF. */
 typedef void (*line_fn)(server *, client *, const char *, size_t);
 
 /* The handler of c's lines, by its role: client commands (commands.c), or a
@@ -303,12 +314,15 @@ static line_fn line_handler(const client *c) {
     return c->role == ROLE_CLIENT ? command_handle : peer_line;
 }
 
-static void process_input(server *s, client *c) {
+/* Serve every complete line in c->in; at_eof (the other side half-closed),
+ * a plain client's last unterminated one.  The limit is on the line
+ * without its LF or CRLF.  Only an open or closing connection serves. */
+static void process_input(server *s, client *c, int at_eof) {
     /* a peer's AT line is a client's line plus an origin and a diff; its
      * LINK and SUMS lines may be longer than a small max_line_bytes */
     size_t max = s->cfg->limits.max_line_bytes;
     if (c->role != ROLE_CLIENT) max = (max < FORWARD_CTL_MAX ? FORWARD_CTL_MAX : max) + 256;
-    while (!c->dead && !c->draining && !c->waiting) {
+    while ((c->state == CONN_OPEN || c->state == CONN_CLOSING) && !c->waiting) {
         char *start = c->in.p + c->in.off;
         size_t avail = buf_pending(&c->in);
         char *nl = avail > c->scanned ? memchr(start + c->scanned, '\n', avail - c->scanned) : NULL;
@@ -322,7 +336,7 @@ static void process_input(server *s, client *c) {
                 line_too_long(s, c);
                 break;
             }
-            if (!c->eof || avail == 0) break;
+            if (!at_eof || avail == 0) break;
             if (c->role != ROLE_CLIENT) { drop_torn_line(s, c, avail); break; }
             len = avail;                      /* half-closed: serve the rest */
         }
@@ -342,9 +356,21 @@ static void process_input(server *s, client *c) {
 }
 
 void client_resume(server *s, client *c) {
-    if (c->dead) return;
-    process_input(s, c);
-    if (!c->dead) client_write(s, c);
+    if (c->state == CONN_DEAD) return;
+    process_input(s, c, c->state == CONN_CLOSING);
+    if (c->state != CONN_DEAD) client_write(s, c);
+}
+
+/* The other side half-closed (a read of 0): nothing more is read.  What is
+ * left of an open connection's input is served, a plain client's last
+ * unterminated line too, and it closes once every reply due is out
+ * (client_write), as "client closed" unless a drain named it already. */
+static void client_at_eof(server *s, client *c) {
+    if (c->state == CONN_OPEN) {
+        process_input(s, c, 1);
+        if (c->state == CONN_OPEN) c->close_reason = "client closed";
+    }
+    if (c->state != CONN_DEAD) c->state = CONN_CLOSING;
 }
 
 /* A new connection's first byte: 0x16 (a TLS handshake record, which no
@@ -363,20 +389,18 @@ static void client_read(server *s, client *c) {
     /* a TLS read returns one record (16 KiB at most): more turns, same bytes */
     int turns = c->ssl ? READS_PER_TURN * (READ_CHUNK / 16384) : READS_PER_TURN, turn;
     c->tls_more = 0;
-    for (turn = 0; turn < turns && !c->dead && !c->eof; turn++) {
-        if (c->draining) buf_clear(&c->in);   /* read only to throw away */
+    for (turn = 0; turn < turns && conn_reads(c); turn++) {
+        if (conn_discards(c)) buf_clear(&c->in);   /* read only to throw away */
         buf_reserve(&c->in, READ_CHUNK);
         ssize_t n = conn_recv(c, c->in.p + c->in.len, c->in.cap - c->in.len);
         if (n > 0) {
             c->in.len += (size_t)n;
             c->last_ms = s->now_ms;
             clock_gettime(CLOCK_REALTIME, &c->rx_time);   /* IAMAT diffs count from here */
-            if (!c->draining) process_input(s, c);
+            if (c->state == CONN_OPEN) process_input(s, c, 0);
             if (!c->ssl && (size_t)n < READ_CHUNK) break;   /* drained the socket */
         } else if (n == 0) {
-            c->eof = 1;
-            if (!c->draining) process_input(s, c);
-            c->close_after_flush = 1;             /* once every reply due is out */
+            client_at_eof(s, c);
         } else if (errno == EINTR) {
             continue;
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -387,14 +411,14 @@ static void client_read(server *s, client *c) {
             return;
         }
     }
-    if (c->draining) buf_clear(&c->in);
+    if (conn_discards(c)) buf_clear(&c->in);
     /* stopped for fairness, not for want of bytes: OpenSSL may hold more
      * than the socket shows (had it said EAGAIN, it holds none we can use) */
     if (turn == turns && tls_pending(c)) c->tls_more = 1;
     /* on probation, a first byte that starts no TLS record: no neighbour */
-    if (c->probation && c->sniffed && c->role == ROLE_CLIENT && !c->dead)
+    if (c->probation && c->sniffed && c->role == ROLE_CLIENT && c->state != CONN_DEAD)
         client_refuse_busy(s, c);
-    if (!c->dead) queue_write(s, c);
+    if (c->state != CONN_DEAD) queue_write(s, c);
 }
 
 /* ------------------------------------------------------- admission
@@ -554,9 +578,8 @@ static void accept_clients(server *s) {
 }
 
 static int can_go_cold(const server *s, const client *c) {
-    return c->role == ROLE_CLIENT && !c->probation && !c->dead && !c->eof && !c->waiting &&
-           !c->draining && !c->close_after_flush && !buf_pending(&c->out) && !buf_pending(&c->in) &&
-           s->now_ms - c->last_ms >= COLD_MS;
+    return c->role == ROLE_CLIENT && c->state == CONN_OPEN && !c->probation && !c->waiting &&
+           !buf_pending(&c->out) && !buf_pending(&c->in) && s->now_ms - c->last_ms >= COLD_MS;
 }
 
 /* The sweep timer, once a second: idle clients, finished drains and stuck
@@ -570,7 +593,7 @@ static void sweep_clients(server *s) {
         client *c = s->cold[i];
         if (idle_ms && s->now_ms - c->last_ms >= idle_ms) {
             cold_remove(s, c);
-            c->dead = 1;
+            c->state = CONN_DEAD;
             c->close_reason = "idle timeout";
             client_free(s, c);
         }
@@ -581,7 +604,7 @@ static void sweep_clients(server *s) {
             make_cold(s, i);
             continue;
         }
-        if (c->draining && s->now_ms >= c->drain_until_ms)
+        if (c->drain_until_ms && s->now_ms >= c->drain_until_ms)
             client_kill(s, c, c->close_reason);
         else if (c->probation && s->now_ms >= c->handshake_until_ms)
             client_refuse_busy(s, c);
@@ -814,9 +837,11 @@ int server_run(server *s) {
             short ev = 0;
             if (c->connecting) ev = POLLOUT;
             else if (c->tls_hs) ev = c->tls_want_write ? POLLOUT : POLLIN;
-            else if (!c->eof && !c->waiting) ev |= POLLIN;
+            /* a dead one too: what it has to read ends the wait, so it is
+             * reaped this round */
+            else if (c->state != CONN_CLOSING && !c->waiting) ev |= POLLIN;
             if (buf_pending(&c->out) || c->tls_want_write) ev |= POLLOUT;
-            if (c->tls_more && !c->eof) tls_ready = 1;
+            if (c->tls_more && c->state != CONN_CLOSING) tls_ready = 1;
             s->pfd[i].events = ev;
         }
         /* libcurl's sockets ride at the end of the poll set */
@@ -843,9 +868,9 @@ int server_run(server *s) {
             for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd; i++) {
                 short re = s->pfd[i].revents;
                 client *c = s->conn[i];
-                if (c->ssl && !c->eof && (c->tls_more || (c->tls_want_write && re)))
+                if (c->ssl && c->state != CONN_CLOSING && (c->tls_more || (c->tls_want_write && re)))
                     re |= POLLIN;      /* read without waiting, or retry the read */
-                if (!re || c->dead) continue;
+                if (!re || c->state == CONN_DEAD) continue;
                 if (c->connecting) {
                     peer_connected(s, c);
                     continue;
@@ -855,7 +880,7 @@ int server_run(server *s) {
                     continue;
                 }
                 if (re & (POLLIN | POLLHUP | POLLERR)) client_read(s, c);
-                if (!c->dead && (re & POLLOUT)) client_write(s, c);
+                if (c->state != CONN_DEAD && (re & POLLOUT)) client_write(s, c);
             }
         }
         server_timers_run(s);
@@ -872,7 +897,7 @@ void server_free(server *s) {
     while (s->ncold) {
         client *c = s->cold[0];
         cold_remove(s, c);
-        c->dead = 1;
+        c->state = CONN_DEAD;
         c->close_reason = "server stopping";
         client_free(s, c);
     }

@@ -37,9 +37,35 @@ typedef enum {
     ROLE_PEER,          /* an authenticated link */
 } client_role;
 
+/* Where a connection is in its life; server.c alone moves it, one function
+ * per step:
+ *   CONN_OPEN      lines are read and handled.
+ *   CONN_DRAINING  a last reply is due (client_close_after_reply: a line
+ *                  too long): no more lines are handled, input is read and
+ *                  thrown away; once the reply is out (client_write) our
+ *                  side is shut down -> CONN_SHUT.
+ *   CONN_SHUT      our side shut down for writing; input still thrown away.
+ *   CONN_CLOSING   the other side half-closed (client_at_eof, from any of
+ *                  the above): nothing more is read; what is left of its
+ *                  input is served (held lines after a wait), and it closes
+ *                  once every reply due is out and no WHATSAT waits
+ *                  (client_write).
+ *   CONN_DEAD      client_kill, from any state: freed after the poll round;
+ *                  never left.
+ * A drain has a deadline besides (drain_until_ms): closed then, even if
+ * the other side half-closed meanwhile. */
+typedef enum {
+    CONN_OPEN,
+    CONN_DRAINING,
+    CONN_SHUT,
+    CONN_CLOSING,
+    CONN_DEAD,
+} conn_state;
+
 typedef struct client {
     int fd;
     client_role role;
+    conn_state state;
     int link;                   /* index in server.links, or -1 */
     int64_t handshake_until_ms; /* a handshake not done by then is dropped */
     size_t slot;                /* index in the poll set */
@@ -48,28 +74,20 @@ typedef struct client {
     buf_t in, out;
     size_t scanned;             /* bytes of 'in' already searched for LF */
     int64_t last_ms;            /* last read or write progress */
-    int64_t drain_until_ms;     /* while draining: when to give up */
+    int64_t drain_until_ms;     /* set with CONN_DRAINING: closed by then; 0: none */
     int64_t partial_since_ms;   /* an unfinished line began then; 0: none */
     struct timespec rx_time;    /* wall clock of the last read with data */
-    /* Flags.  Who sets and clears each, and which may go together:
-     *  eof            server.c client_read, on a read of 0; never cleared.
-     *                 The last unterminated line is served (clients only).
-     *  close_after_flush  client_read at eof: close once 'out' is written.
-     *  draining       client_close_after_reply: a last reply is due; input is
-     *                 read and thrown away until drain_until_ms.  Implies no
-     *                 more lines are handled; goes with shut once written.
-     *  shut           client_write, after a draining client's output is out.
-     *  dead           client_kill; freed after the poll round.  Every other
-     *                 flag is moot from then on; never cleared.
+    /* Flags (beside 'state').  Who sets and clears each, and which may go
+     * together; once the state is CONN_DEAD every flag is moot:
      *  connecting     peer.c dial (ROLE_DIALING only), cleared by
      *                 peer_connected.  Polls for POLLOUT instead of POLLIN.
      *  quiet          peer.c dial: no conn-open/close lines; cleared at
      *                 link-up.  Links and dials only.
      *  waiting        google.c, ROLE_CLIENT only: a WHATSAT waits upstream;
      *                 further lines are held in 'in' until it clears.
-     *  cold           server.c make_cold / cold_remove.  Only a ROLE_CLIENT
-     *                 that is not probation, dead, eof or waiting, with
-     *                 nothing queued to write, may be cold.
+     *  cold           server.c make_cold / cold_remove.  Only a CONN_OPEN
+     *                 ROLE_CLIENT that is not probation or waiting, with
+     *                 nothing queued to write or read, may be cold.
      *  queued         server.c queue_write / write_queued: in server.wq.
      *  counted        client_add (every new connection); cleared once by
      *                 client_uncount (role change to a link, a handshake
@@ -86,11 +104,6 @@ typedef struct client {
      * its PSK identity names a link and the key is proven (peer.c
      * hold_link_place: it then holds that link's own place, peer_link.
      * accepting) or it is killed; it is never waiting or cold. */
-    unsigned eof : 1;           /* the client half-closed */
-    unsigned close_after_flush : 1;
-    unsigned draining : 1;      /* a last reply is due; discarding input */
-    unsigned shut : 1;          /* our side is shut down for writing */
-    unsigned dead : 1;          /* free after this poll round */
     unsigned connecting : 1;    /* a dial in progress: wait for POLLOUT */
     unsigned quiet : 1;         /* no conn-open/close lines (dials) */
     unsigned waiting : 1;       /* a WHATSAT waits upstream: hold the rest */
