@@ -6,17 +6,22 @@
  *
  * Every link is TLS 1.3 (server/tls.c), keyed by the herd secret: the
  * dialer's PSK identity names the link and the PSK proves the secret both
- * ways, so no line precedes the updates.  The acceptor tells a TLS dialer
- * from a client by its first byte (0x16, see server.c).  A handshake not
- * done within HANDSHAKE_MS is dropped.
+ * ways; no plain-text handshake precedes it.  The acceptor tells a TLS
+ * dialer from a client by its first byte (0x16, see server.c); a
+ * ClientHello that proves a link's key moves from the client's place (or
+ * probation) to the link's own (hold_link_place).  A handshake not done
+ * within HANDSHAKE_MS is dropped.
  *
- * Once up, both sides catch up by anti-entropy (forward.c: only the buckets
- * whose digests differ are sent), then every newer update as one "AT ..."
- * line, on the links forward.c picks.  Updates pending for a link collect
- * in its output buffer and leave in one write per loop round.  A link whose
+ * Once up, each side's first line is its AGREE (forward.c: the settings
+ * both ends must share), then both catch up by anti-entropy (forward.c:
+ * only the buckets whose digests differ are streamed, as "SYNC AT ..."
+ * lines), and every newer update goes as one "AT ..." line on the links
+ * forward.c picks.  Updates pending for a link collect in its output
+ * buffer and leave in one write per loop round (peer_flush).  A link whose
  * unsent output passes limits.max_output_bytes stops queueing single
- * updates and instead streams the table again when it has drained: the
- * backlog is bounded and never more than one line per client.
+ * updates and streams the whole table instead, a part per round while its
+ * output has room (the peer timer): the backlog is bounded and never more
+ * than one line per client.
  */
 #include "peer.h"
 

@@ -1,9 +1,12 @@
 /* server.c -- the poll() loop, the listener and client connections.
  *
- * One loop round: poll, handle signals, accept, read and answer each ready
- * client, write what is pending, close idle or finished clients once a
- * second, then free the clients marked dead.  A client is never freed while
- * the poll set is being walked; client_kill() only marks it.
+ * One loop round: poll until the first timer is due (see "timers"); handle
+ * signals, warm the cold clients that spoke, read and answer each ready
+ * connection; run the timers that are due (the once-a-second sweep closes
+ * idle or finished clients); flush the links, write the replies, free the
+ * connections marked dead, and accept new ones.  A connection is never
+ * freed while the poll set is being walked; client_kill() only marks it.
+ * Its life is one state (conn_state, server.h), moved here alone.
  *
  * Idle clients: a client silent for a second, with nothing pending, leaves
  * the poll set for the cold set, an epoll set whose one descriptor sits in

@@ -48,7 +48,7 @@ MUTATIONS = [
          tests=["tests/integration/test_protocol.py::test_invalid_line_crlf_is_stripped"]),
     dict(id="half-close-last-line-dropped", file="server/server.c",
          original="if (!at_eof || avail == 0) break;",
-         mutant="if (1) break;",
+         mutant="if (!at_eof || avail == 0 || 1) break;",
          breaks="a last line without LF before the client's half-close is never answered",
          tests=["tests/integration/test_protocol.py::test_half_close_serves_last_unterminated_line"]),
     dict(id="max-clients-off-by-one", file="server/server.c",
