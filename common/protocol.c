@@ -1,7 +1,12 @@
 /* protocol.c -- parsing and comparing the client protocol's fields.
  *
- * Every rule of docs/PROTOCOL.md that concerns a single line lives here, so
- * a unit test can check it without a socket.  Nothing here allocates.
+ * The grammar of docs/PROTOCOL.md's lines lives here -- IAMAT, WHATSAT and
+ * a link's AT line, each field's limits, the order of two updates, the
+ * diff -- so a unit test can check it without a socket.  The rules that
+ * need a connection or the server's state stay with them: the line length
+ * and CRLF (server.c), a time too far ahead of the receive time and an
+ * unknown client (commands.c), a link's control lines (forward.c).
+ * Nothing here allocates.
  */
 #include "protocol.h"
 

@@ -11,12 +11,16 @@
  * handler by role); a link's lines go to peer_line() in peer.c, and an
  * update, from a client or a link, is applied by update_apply() in forward.c.
  */
+#include "commands.h"
+
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
+#include "forward.h"
 #include "google.h"
 #include "log.h"
+#include "peer.h"
 #include "protocol.h"
 #include "server.h"
 
@@ -45,7 +49,8 @@ static void log_reply(server *s, client *c, size_t start) {
     log_client_data(c, "send", d + start, len, NULL);
 }
 
-void command_reply_invalid(server *s, client *c, const char *line, size_t len) {
+/* The answer to a bad line, "? " + the line + LF, on c->out. */
+static void command_reply_invalid(server *s, client *c, const char *line, size_t len) {
     size_t start = buf_pending(&c->out);
     buf_reserve(&c->out, len + 3);
     buf_append(&c->out, "? ", 2);

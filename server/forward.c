@@ -41,6 +41,8 @@
  * (the holder's next SUM after one full period treats it as old); d hops
  * away, d times that, while the links between them stay up.
  */
+#include "forward.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +50,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "peer.h"
 #include "server.h"
 
 #define FLUX_MS 2000          /* flood this long after a link state changed */
@@ -66,7 +69,7 @@ static int server_index(const server *s, const char *name, size_t len) {
 
 static int link_ready(const server *s, int li) {
     const client *c = s->links[li].conn;
-    return c && !c->dead;
+    return c && c->state != CONN_DEAD;
 }
 
 /* Our links that are up, as a mask of server indexes. */
@@ -463,6 +466,19 @@ void forward_log_stats(server *s) {
             w->tree_sends, w->flood_sends, w->ctl_sent, w->ctl_bytes, w->announced,
             m->link_repairs_sent, m->link_updates_stored - m->link_updates_repaired,
             m->link_updates_repaired, forwarding_name(s->cfg->herd.forwarding));
+}
+
+int64_t forward_next_due(const server *s) {
+    if (!s->secret_len) return -1;
+    if (s->fw.announce) return s->now_ms;
+    int64_t due = s->fw.next_stats_ms;
+    for (int li = 0; li < s->n_links; li++) {
+        const peer_link *L = &s->links[li];
+        if (!link_ready(s, li)) continue;
+        if (L->lsdb_due) return s->now_ms;
+        if (forward_repairs(s, li) && L->next_sum_ms < due) due = L->next_sum_ms;
+    }
+    return due;
 }
 
 void forward_tick(server *s) {

@@ -4,8 +4,11 @@
 
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "net.h"
+#include "resolver.h"
 #include "server.h"
+#include "snapshot.h"
 
 static void usage(FILE *f) {
     fputs("Usage: herd-server NAME [-c FILE]\n"

@@ -87,7 +87,7 @@ static void labelled(buf_t *b, const server *s, const char *name, const char *ty
 }
 
 static int link_is_up(const peer_link *L) {
-    return L->conn && !L->conn->dead;
+    return L->conn && L->conn->state != CONN_DEAD;
 }
 
 static int link_mismatch(const peer_link *L) {
@@ -198,8 +198,15 @@ static int replace_file(const char *path, const char *tmp, const buf_t *b) {
     return 0;
 }
 
+#define METRICS_MS 1000
+
+int64_t metrics_next_due(const server *s) {
+    return s->metrics.next_write_ms;
+}
+
 void metrics_tick(server *s) {
     char path[4200], tmp[4300];
+    s->metrics.next_write_ms = s->now_ms + METRICS_MS;
     prom_path(s, path, sizeof path, "");
     prom_path(s, tmp, sizeof tmp, ".tmp");
     buf_t b = {0};

@@ -2,7 +2,7 @@
  * "Metrics").
  *
  * The counters live in the server struct; the code where an event happens
- * bumps one field, in one line.  Once a second the loop's sweep writes
+ * bumps one field, in one line.  Once a second the loop's timer writes
  * them, with the gauges read from the server (stored clients, links up,
  * connections), in the Prometheus text format to NAME.prom.tmp and renames
  * that over NAME.prom: a reader sees the old file or the new one, never a
@@ -38,14 +38,17 @@ typedef struct {
     uint64_t upstream_cache_hits;   /* WHATSATs answered from the cache */
     double start_time_s;            /* wall clock at start, seconds */
     int failing;                    /* the last write failed (logged once) */
+    int64_t next_write_ms;          /* the next NAME.prom, on the loop's clock */
 } metrics;
 
 /* At start: note the time and write the first file. */
 void metrics_start(struct server *s);
 
-/* Once a second, from the loop's sweep: rewrite NAME.prom.  Never fails the
- * server: a write error is logged once, and tried again next second. */
+/* The metrics timer, once a second (server.c runs it when
+ * metrics_next_due says): rewrite NAME.prom.  Never fails the server: a
+ * write error is logged once, and tried again next second. */
 void metrics_tick(struct server *s);
+int64_t metrics_next_due(const struct server *s);
 
 /* At a graceful stop: remove NAME.prom, so no stale figures outlive the
  * server (a crashed server's file stays, and its age shows it). */

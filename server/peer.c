@@ -6,18 +6,25 @@
  *
  * Every link is TLS 1.3 (server/tls.c), keyed by the herd secret: the
  * dialer's PSK identity names the link and the PSK proves the secret both
- * ways, so no line precedes the updates.  The acceptor tells a TLS dialer
- * from a client by its first byte (0x16, see server.c).  A handshake not
- * done within HANDSHAKE_MS is dropped.
+ * ways; no plain-text handshake precedes it.  The acceptor tells a TLS
+ * dialer from a client by its first byte (0x16, see server.c); a
+ * ClientHello that proves a link's key moves from the client's place (or
+ * probation) to the link's own (hold_link_place).  A handshake not done
+ * within HANDSHAKE_MS is dropped.
  *
- * Once up, both sides catch up by anti-entropy (forward.c: only the buckets
- * whose digests differ are sent), then every newer update as one "AT ..."
- * line, on the links forward.c picks.  Updates pending for a link collect
- * in its output buffer and leave in one write per loop round.  A link whose
+ * Once up, each side's first line is its AGREE (forward.c: the settings
+ * both ends must share), then both catch up by anti-entropy (forward.c:
+ * only the buckets whose digests differ are streamed, as "SYNC AT ..."
+ * lines), and every newer update goes as one "AT ..." line on the links
+ * forward.c picks.  Updates pending for a link collect in its output
+ * buffer and leave in one write per loop round (peer_flush).  A link whose
  * unsent output passes limits.max_output_bytes stops queueing single
- * updates and instead streams the table again when it has drained: the
- * backlog is bounded and never more than one line per client.
+ * updates and streams the whole table instead, a part per round while its
+ * output has room (the peer timer): the backlog is bounded and never more
+ * than one line per client.
  */
+#include "peer.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,8 +34,10 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "forward.h"
 #include "log.h"
 #include "net.h"
+#include "resolver.h"
 #include "secret.h"
 #include "server.h"
 #include "tls.h"
@@ -91,7 +100,7 @@ static void start_stream(server *s, peer_link *L) {
 
 void peer_stream(server *s, int li, const uint64_t *mask, uint64_t gen) {
     peer_link *L = &s->links[li];
-    if (L->conn && !L->conn->dead && !L->streaming) start_stream_of(s, L, mask, gen);
+    if (L->conn && L->conn->state != CONN_DEAD && !L->streaming) start_stream_of(s, L, mask, gen);
 }
 
 /* A neighbour that vanishes without a reset shows as link-down within about
@@ -338,7 +347,7 @@ static int in_stream(const peer_link *L, const table_entry *e) {
 void peer_send(server *s, const table_entry *e, int li) {
     size_t cap = s->cfg->limits.max_output_bytes;
     peer_link *L = &s->links[li];
-    if (!L->conn || L->conn->dead) return;
+    if (!L->conn || L->conn->state == CONN_DEAD) return;
     if (L->streaming && L->stream_gen == UINT64_MAX && s->tab.layout == L->stream_layout &&
         table_index(&s->tab, e) >= L->stream_pos)
         return;   /* a whole-table stream will reach this slot later, with the newest entry */
@@ -389,43 +398,40 @@ static void pump_stream(server *s, peer_link *L) {
             L->stream_gen == UINT64_MAX);
 }
 
+/* A link whose catch-up stream has room for its next part. */
+static int stream_ready(const peer_link *L) {
+    return L->conn && L->conn->state != CONN_DEAD && L->streaming &&
+           buf_pending(&L->conn->out) < STREAM_CHUNK;
+}
+
+/* A link we dial, with no dial or lookup under way: dialled at next_dial_ms. */
+static int dial_waits(const peer_link *L) {
+    return L->dialer && !L->conn && !L->dialing && !L->resolving;
+}
+
 void peer_tick(server *s) {
-    resolver_tick(s);
     for (int li = 0; li < s->n_links; li++) {
         peer_link *L = &s->links[li];
         if (!s->secret_len) continue;
-        if (L->dialer && !L->conn && !L->dialing && !L->resolving && s->now_ms >= L->next_dial_ms)
-            dial(s, li);
-        if (L->conn && !L->conn->dead && L->streaming &&
-            buf_pending(&L->conn->out) < STREAM_CHUNK)
-            pump_stream(s, L);
+        if (dial_waits(L) && s->now_ms >= L->next_dial_ms) dial(s, li);
+        if (stream_ready(L)) pump_stream(s, L);
     }
-    forward_tick(s);
 }
 
 void peer_flush(server *s) {
     for (int li = 0; li < s->n_links; li++) {
         client *c = s->links[li].conn;
-        if (c && !c->dead && buf_pending(&c->out)) client_write(s, c);
+        if (c && c->state != CONN_DEAD && buf_pending(&c->out)) client_write(s, c);
     }
 }
 
-int peer_poll_timeout(server *s) {
-    int64_t best = resolver_timeout(s);
+int64_t peer_next_due(const server *s) {
+    int64_t due = -1;
+    if (!s->secret_len) return -1;
     for (int li = 0; li < s->n_links; li++) {
-        peer_link *L = &s->links[li];
-        if (!s->secret_len) break;
-        if (L->conn && L->streaming && buf_pending(&L->conn->out) < STREAM_CHUNK) return 0;
-        if (L->conn && forward_repairs(s, li)) {  /* the next SUM (forward.c) */
-            int64_t t = L->next_sum_ms - s->now_ms;
-            if (t < 0) t = 0;
-            if (best < 0 || t < best) best = t;
-        }
-        if (L->dialer && !L->conn && !L->dialing && !L->resolving) {
-            int64_t t = L->next_dial_ms - s->now_ms;
-            if (t < 0) t = 0;
-            if (best < 0 || t < best) best = t;
-        }
+        const peer_link *L = &s->links[li];
+        if (stream_ready(L)) return s->now_ms;
+        if (dial_waits(L) && (due < 0 || L->next_dial_ms < due)) due = L->next_dial_ms;
     }
-    return (int)best;
+    return due;
 }

@@ -20,6 +20,8 @@
  * held by a tracer) does not hold the loop until it goes.  Each link has
  * at most one question out, so the socket buffer never fills.
  */
+#include "resolver.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -32,6 +34,8 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "net.h"
+#include "peer.h"
 #include "server.h"
 
 /* Longer than one lookup can take with the resolver's defaults (5 s per
@@ -45,6 +49,7 @@
 #define RESOLVER_REAP_MS 1000    /* how often the loop wakes to reap them */
 static pid_t killed[RESOLVER_KILLED_MAX];
 static int nkilled;
+static int64_t reap_due_ms;      /* the timer's next look at them */
 
 typedef struct {
     int link;
@@ -213,6 +218,7 @@ void resolver_read(server *s) {
 
 void resolver_tick(server *s) {
     reap_gone();
+    reap_due_ms = s->now_ms + RESOLVER_REAP_MS;
     if (!s->resolver_out || s->now_ms - s->resolver_busy_ms < RESOLVER_STUCK_MS) return;
     log_msg(LOG_WARN, "resolver", "pid=%ld answered nothing in %d s (stopped or stuck); "
             "killed, started again at the next dial", (long)s->resolver_pid,
@@ -220,12 +226,11 @@ void resolver_tick(server *s) {
     lost(s);
 }
 
-int resolver_timeout(const server *s) {
-    int gone_t = nkilled ? RESOLVER_REAP_MS : -1;
-    if (!s->resolver_out) return gone_t;
-    int64_t t = s->resolver_busy_ms + RESOLVER_STUCK_MS - s->now_ms;
-    if (t < 0) t = 0;
-    return gone_t >= 0 && gone_t < t ? gone_t : (int)t;
+int64_t resolver_next_due(const server *s) {
+    int64_t due = nkilled ? reap_due_ms : -1;
+    int64_t stuck = s->resolver_busy_ms + RESOLVER_STUCK_MS;
+    if (s->resolver_out && (due < 0 || stuck < due)) due = stuck;
+    return due;
 }
 
 /* At the stop: kill the helper, and give the killed ones a moment to go

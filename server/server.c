@@ -1,9 +1,12 @@
 /* server.c -- the poll() loop, the listener and client connections.
  *
- * One loop round: poll, handle signals, accept, read and answer each ready
- * client, write what is pending, close idle or finished clients once a
- * second, then free the clients marked dead.  A client is never freed while
- * the poll set is being walked; client_kill() only marks it.
+ * One loop round: poll until the first timer is due (see "timers"); handle
+ * signals, warm the cold clients that spoke, read and answer each ready
+ * connection; run the timers that are due (the once-a-second sweep closes
+ * idle or finished clients); flush the links, write the replies, free the
+ * connections marked dead, and accept new ones.  A connection is never
+ * freed while the poll set is being walked; client_kill() only marks it.
+ * Its life is one state (conn_state, server.h), moved here alone.
  *
  * Idle clients: a client silent for a second, with nothing pending, leaves
  * the poll set for the cold set, an epoll set whose one descriptor sits in
@@ -41,11 +44,16 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "commands.h"
 #include "folder.h"
+#include "forward.h"
 #include "google.h"
 #include "log.h"
 #include "net.h"
+#include "peer.h"
+#include "resolver.h"
 #include "signals.h"
+#include "snapshot.h"
 #include "tls.h"
 #include "xalloc.h"
 
@@ -105,8 +113,8 @@ static void client_uncount(server *s, client *c) {
 }
 
 void client_kill(server *s, client *c, const char *reason) {
-    if (c->dead) return;
-    c->dead = 1;
+    if (c->state == CONN_DEAD) return;
+    c->state = CONN_DEAD;
     c->close_reason = reason;
     s->ndead++;
     if (c->role != ROLE_CLIENT) peer_lost(s, c);   /* the link is down now */
@@ -142,7 +150,7 @@ static void reap_clients(server *s) {
     s->ndead = 0;
     for (size_t i = s->npfd; i-- > SERVER_FIRST_CLIENT;) {
         client *c = s->conn[i];
-        if (!c->dead) continue;
+        if (c->state != CONN_DEAD) continue;
         client_free(s, c);
         pollset_remove(s, i);
     }
@@ -199,7 +207,19 @@ static ssize_t conn_send(client *c, const void *p, size_t n) {
     return c->ssl ? tls_send(c, p, n) : send(c->fd, p, n, MSG_NOSIGNAL);
 }
 
-/* Write what is pending; close when asked to after the flush. */
+/* Lines are read from c (the states that read: open, or reading to throw
+ * away); and its input is thrown away unread. */
+static int conn_reads(const client *c) {
+    return c->state == CONN_OPEN || c->state == CONN_DRAINING || c->state == CONN_SHUT;
+}
+
+static int conn_discards(const client *c) {
+    return c->state == CONN_DRAINING || c->state == CONN_SHUT;
+}
+
+/* Write what is pending; then, all out, the step its state waits for: a
+ * closing connection goes (a probation one with its line), a draining one
+ * shuts our side down. */
 void client_write(server *s, client *c) {
     while (buf_pending(&c->out)) {
         ssize_t n = conn_send(c, buf_data(&c->out), buf_pending(&c->out));
@@ -214,19 +234,19 @@ void client_write(server *s, client *c) {
         return;
     }
     buf_shrink_if_empty(&c->out, OUT_KEEP);
-    if (c->close_after_flush && c->probation && !c->dead) {
+    if (c->state == CONN_CLOSING && c->probation) {
         client_refuse_busy(s, c);          /* it half-closed without a line */
-    } else if (c->close_after_flush && !c->waiting) {
-        client_kill(s, c, c->draining ? c->close_reason : "client closed");
-    } else if (c->draining && !c->shut) {
+    } else if (c->state == CONN_CLOSING && !c->waiting) {
+        client_kill(s, c, c->close_reason);
+    } else if (c->state == CONN_DRAINING) {
         shutdown(c->fd, SHUT_WR);   /* the reply is out: tell the client */
-        c->shut = 1;
+        c->state = CONN_SHUT;
     }
 }
 
 /* Write c's replies at the end of this round (see the top of the file). */
 static void queue_write(server *s, client *c) {
-    if (c->queued || c->dead) return;
+    if (c->queued || c->state == CONN_DEAD) return;
     if (s->nwq == s->wqcap) {
         s->wqcap = s->wqcap ? s->wqcap * 2 : 64;
         s->wq = xrealloc(s->wq, s->wqcap * sizeof *s->wq);
@@ -239,7 +259,7 @@ static void write_queued(server *s) {
     for (size_t i = 0; i < s->nwq; i++) {
         client *c = s->wq[i];
         c->queued = 0;
-        if (!c->dead) client_write(s, c);
+        if (c->state != CONN_DEAD) client_write(s, c);
     }
     s->nwq = 0;
 }
@@ -251,7 +271,7 @@ static int check_output_cap(server *s, client *c) {
     if (buf_pending(&c->out) <= s->cfg->limits.max_output_bytes) return 0;
     peer_flush(s);                         /* floods before acks, as always */
     client_write(s, c);
-    if (c->dead) return -1;
+    if (c->state == CONN_DEAD) return -1;
     if (buf_pending(&c->out) <= s->cfg->limits.max_output_bytes) return 0;
     log_msg(LOG_WARN, "output-cap", "id=%llu unsent=%zu cap=%zu",
             (unsigned long long)c->id, buf_pending(&c->out),
@@ -260,8 +280,11 @@ static int check_output_cap(server *s, client *c) {
     return -1;
 }
 
-void client_close_after_reply(server *s, client *c, const char *reason) {
-    c->draining = 1;
+/* Read no more commands from c; once what is queued is written, shut down
+ * our side, discard input for a moment, then close (reason logged).  One
+ * that half-closed already stays closing: it goes once the reply is out. */
+static void client_close_after_reply(server *s, client *c, const char *reason) {
+    if (c->state == CONN_OPEN) c->state = CONN_DRAINING;
     c->drain_until_ms = s->now_ms + DRAIN_MS;
     c->close_reason = reason;   /* client_kill() sets it again, to the same */
     buf_free(&c->in);
@@ -286,8 +309,6 @@ static void drop_torn_line(server *s, client *c, size_t len) {
     c->scanned = 0;
 }
 
-/* Serve every complete line in c->in; on EOF, a plain client's last
- * unterminated one.  The limit is on the line without its LF or CRLF. */
 typedef void (*line_fn)(server *, client *, const char *, size_t);
 
 /* The handler of c's lines, by its role: client commands (commands.c), or a
@@ -296,12 +317,15 @@ static line_fn line_handler(const client *c) {
     return c->role == ROLE_CLIENT ? command_handle : peer_line;
 }
 
-static void process_input(server *s, client *c) {
+/* Serve every complete line in c->in; at_eof (the other side half-closed),
+ * a plain client's last unterminated one.  The limit is on the line
+ * without its LF or CRLF.  Only an open or closing connection serves. */
+static void process_input(server *s, client *c, int at_eof) {
     /* a peer's AT line is a client's line plus an origin and a diff; its
      * LINK and SUMS lines may be longer than a small max_line_bytes */
     size_t max = s->cfg->limits.max_line_bytes;
     if (c->role != ROLE_CLIENT) max = (max < FORWARD_CTL_MAX ? FORWARD_CTL_MAX : max) + 256;
-    while (!c->dead && !c->draining && !c->waiting) {
+    while ((c->state == CONN_OPEN || c->state == CONN_CLOSING) && !c->waiting) {
         char *start = c->in.p + c->in.off;
         size_t avail = buf_pending(&c->in);
         char *nl = avail > c->scanned ? memchr(start + c->scanned, '\n', avail - c->scanned) : NULL;
@@ -315,7 +339,7 @@ static void process_input(server *s, client *c) {
                 line_too_long(s, c);
                 break;
             }
-            if (!c->eof || avail == 0) break;
+            if (!at_eof || avail == 0) break;
             if (c->role != ROLE_CLIENT) { drop_torn_line(s, c, avail); break; }
             len = avail;                      /* half-closed: serve the rest */
         }
@@ -335,9 +359,21 @@ static void process_input(server *s, client *c) {
 }
 
 void client_resume(server *s, client *c) {
-    if (c->dead) return;
-    process_input(s, c);
-    if (!c->dead) client_write(s, c);
+    if (c->state == CONN_DEAD) return;
+    process_input(s, c, c->state == CONN_CLOSING);
+    if (c->state != CONN_DEAD) client_write(s, c);
+}
+
+/* The other side half-closed (a read of 0): nothing more is read.  What is
+ * left of an open connection's input is served, a plain client's last
+ * unterminated line too, and it closes once every reply due is out
+ * (client_write), as "client closed" unless a drain named it already. */
+static void client_at_eof(server *s, client *c) {
+    if (c->state == CONN_OPEN) {
+        process_input(s, c, 1);
+        if (c->state == CONN_OPEN) c->close_reason = "client closed";
+    }
+    if (c->state != CONN_DEAD) c->state = CONN_CLOSING;
 }
 
 /* A new connection's first byte: 0x16 (a TLS handshake record, which no
@@ -356,20 +392,18 @@ static void client_read(server *s, client *c) {
     /* a TLS read returns one record (16 KiB at most): more turns, same bytes */
     int turns = c->ssl ? READS_PER_TURN * (READ_CHUNK / 16384) : READS_PER_TURN, turn;
     c->tls_more = 0;
-    for (turn = 0; turn < turns && !c->dead && !c->eof; turn++) {
-        if (c->draining) buf_clear(&c->in);   /* read only to throw away */
+    for (turn = 0; turn < turns && conn_reads(c); turn++) {
+        if (conn_discards(c)) buf_clear(&c->in);   /* read only to throw away */
         buf_reserve(&c->in, READ_CHUNK);
         ssize_t n = conn_recv(c, c->in.p + c->in.len, c->in.cap - c->in.len);
         if (n > 0) {
             c->in.len += (size_t)n;
             c->last_ms = s->now_ms;
             clock_gettime(CLOCK_REALTIME, &c->rx_time);   /* IAMAT diffs count from here */
-            if (!c->draining) process_input(s, c);
+            if (c->state == CONN_OPEN) process_input(s, c, 0);
             if (!c->ssl && (size_t)n < READ_CHUNK) break;   /* drained the socket */
         } else if (n == 0) {
-            c->eof = 1;
-            if (!c->draining) process_input(s, c);
-            c->close_after_flush = 1;             /* once every reply due is out */
+            client_at_eof(s, c);
         } else if (errno == EINTR) {
             continue;
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -380,14 +414,14 @@ static void client_read(server *s, client *c) {
             return;
         }
     }
-    if (c->draining) buf_clear(&c->in);
+    if (conn_discards(c)) buf_clear(&c->in);
     /* stopped for fairness, not for want of bytes: OpenSSL may hold more
      * than the socket shows (had it said EAGAIN, it holds none we can use) */
     if (turn == turns && tls_pending(c)) c->tls_more = 1;
     /* on probation, a first byte that starts no TLS record: no neighbour */
-    if (c->probation && c->sniffed && c->role == ROLE_CLIENT && !c->dead)
+    if (c->probation && c->sniffed && c->role == ROLE_CLIENT && c->state != CONN_DEAD)
         client_refuse_busy(s, c);
-    if (!c->dead) queue_write(s, c);
+    if (c->state != CONN_DEAD) queue_write(s, c);
 }
 
 /* ------------------------------------------------------- admission
@@ -547,21 +581,22 @@ static void accept_clients(server *s) {
 }
 
 static int can_go_cold(const server *s, const client *c) {
-    return c->role == ROLE_CLIENT && !c->probation && !c->dead && !c->eof && !c->waiting &&
-           !c->draining && !c->close_after_flush && !buf_pending(&c->out) && !buf_pending(&c->in) &&
-           s->now_ms - c->last_ms >= COLD_MS;
+    return c->role == ROLE_CLIENT && c->state == CONN_OPEN && !c->probation && !c->waiting &&
+           !buf_pending(&c->out) && !buf_pending(&c->in) && s->now_ms - c->last_ms >= COLD_MS;
 }
 
-/* Once a second: idle clients, finished drains and stuck handshakes are
- * closed, and quiet clients move to the cold set.  Links are never
- * idle-closed.  Runs between poll rounds, so freeing here is safe. */
+/* The sweep timer, once a second: idle clients, finished drains and stuck
+ * handshakes are closed, and quiet clients move to the cold set.  Links
+ * are never idle-closed.  Runs between poll rounds, so freeing here is
+ * safe. */
 static void sweep_clients(server *s) {
     int64_t idle_ms = (int64_t)s->cfg->limits.idle_timeout_s * 1000;
+    s->next_sweep_ms = s->now_ms + SWEEP_MS;
     for (size_t i = s->ncold; i-- > 0;) {
         client *c = s->cold[i];
         if (idle_ms && s->now_ms - c->last_ms >= idle_ms) {
             cold_remove(s, c);
-            c->dead = 1;
+            c->state = CONN_DEAD;
             c->close_reason = "idle timeout";
             client_free(s, c);
         }
@@ -572,7 +607,7 @@ static void sweep_clients(server *s) {
             make_cold(s, i);
             continue;
         }
-        if (c->draining && s->now_ms >= c->drain_until_ms)
+        if (c->drain_until_ms && s->now_ms >= c->drain_until_ms)
             client_kill(s, c, c->close_reason);
         else if (c->probation && s->now_ms >= c->handshake_until_ms)
             client_refuse_busy(s, c);
@@ -659,9 +694,10 @@ static void heartbeat_open(server *s) {
     unsetenv("HERD_HEARTBEAT_FD");
 }
 
-/* One byte to the supervisor at most once a second, from the loop: while
- * the loop turns, the beats come.  Never blocks; a full pipe holds beats
- * enough, and with no supervisor left the byte goes nowhere (EPIPE). */
+/* One byte to the supervisor at most once a second, from the loop's
+ * timers: while the loop turns, the beats come.  Never blocks; a full pipe
+ * holds beats enough, and with no supervisor left the byte goes nowhere
+ * (EPIPE). */
 static void heartbeat(server *s) {
     if (s->hb_fd < 0 || s->now_ms < s->next_beat_ms) return;
     s->next_beat_ms = s->now_ms + BEAT_MS;
@@ -670,10 +706,13 @@ static void heartbeat(server *s) {
 
 int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) {
     memset(s, 0, sizeof *s);
+    s->now_ms = mono_ms();      /* the loop's clock: timers set from here on count on it */
     s->cfg = cfg;
     s->me = &cfg->servers[me];
     s->lfd = s->sig_r = s->sig_w = s->spare_fd = s->cold_fd = s->hb_fd = s->resolver_fd = -1;
     table_init(&s->tab);
+    /* before anything is stored: the bound applies to the snapshot loaded too */
+    table_set_max(&s->tab, cfg->limits.max_stored_clients);
     log_set_rotation(cfg->logging.max_file_bytes, cfg->logging.keep_files);
     /* nothing is written in a folder another user may write in (folder.h) */
     if (folder_check(cfg->herd.state_dir, "herd.state_dir", 0700, err, errlen) < 0 ||
@@ -719,18 +758,76 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
     return 0;
 }
 
-/* Poll timeout: the next sweep, heartbeat, log flush or dial, whichever is
- * first (without the beat, an idle loop beats up to two seconds apart). */
-static int poll_timeout(server *s) {
-    int64_t t = s->next_sweep_ms - s->now_ms;
-    if (s->hb_fd >= 0 && s->next_beat_ms - s->now_ms < t) t = s->next_beat_ms - s->now_ms;
-    int lf = log_next_flush_ms(log_now_ms());
-    if (lf >= 0 && lf < t) t = lf;
-    int pt = peer_poll_timeout(s);
-    if (pt >= 0 && pt < t) t = pt;
-    int ht = s->google ? http_timeout(&s->http, s->now_ms) : -1;
-    if (ht >= 0 && ht < t) t = ht;
-    return t < 0 ? 0 : (int)t;
+/* ---------------------------------------------------------------- timers
+ *
+ * Every timed job of the loop in one table, as Redis's ae keeps its time
+ * events: each entry says when it is next due, on the loop's clock
+ * (s->now_ms; -1: nothing to do), and its run() does what is due then.
+ * server_run polls until the first is due, then runs, in table order,
+ * each that is due -- asked again just before, since an earlier one may
+ * have changed it (a sweep that closes a link makes forward's LINK state
+ * due).  Then the links are flushed, replies written, the dead reaped.
+ */
+
+static int64_t sweep_due(const server *s) { return s->next_sweep_ms; }
+
+static int64_t table_due(const server *s) { return table_next_tick(&s->tab); }
+static void table_run(server *s) { table_tick(&s->tab, s->now_ms); }
+
+static int64_t heartbeat_due(const server *s) {
+    return s->hb_fd >= 0 ? s->next_beat_ms : -1;
+}
+
+/* The log counts on the wall clock (common/log.c); converted here. */
+static int64_t log_due(const server *s) {
+    int t = log_next_flush_ms(log_now_ms());
+    return t < 0 ? -1 : s->now_ms + t;
+}
+static void log_run(server *s) { (void)s; log_tick(log_now_ms()); }
+
+static int64_t http_due(const server *s) {
+    int t = s->google ? http_timeout(&s->http, s->now_ms) : -1;
+    return t < 0 ? -1 : s->now_ms + t;
+}
+
+typedef struct {
+    const char *name;
+    int64_t (*next_due)(const server *s);
+    void (*run)(server *s);         /* NULL: acted on elsewhere (see http) */
+} loop_timer;
+
+static const loop_timer timers[] = {
+    {"sweep", sweep_due, sweep_clients},        /* idle, drains, handshakes, cold */
+    {"table", table_due, table_run},            /* the table-full summary */
+    {"snapshot", snapshot_next_due, snapshot_tick},
+    {"metrics", metrics_next_due, metrics_tick},
+    {"resolver", resolver_next_due, resolver_tick},
+    {"peer", peer_next_due, peer_tick},         /* dials, catch-up streams */
+    {"forward", forward_next_due, forward_tick},  /* LINK states, SUMs, stats */
+    {"heartbeat", heartbeat_due, heartbeat},
+    {"log", log_due, log_run},
+    /* libcurl's timer: http_poll_done() acts on it with its sockets, right
+     * after poll(), as libcurl wants (server/http.c) */
+    {"http", http_due, NULL},
+};
+
+int server_timer_wait(const server *s) {
+    int64_t first = -1;
+    for (size_t i = 0; i < sizeof timers / sizeof *timers; i++) {
+        int64_t due = timers[i].next_due(s);
+        if (due >= 0 && (first < 0 || due < first)) first = due;
+    }
+    if (first < 0) return -1;
+    int64_t t = first - s->now_ms;
+    return t < 0 ? 0 : t > INT_MAX ? INT_MAX : (int)t;
+}
+
+void server_timers_run(server *s) {
+    for (size_t i = 0; i < sizeof timers / sizeof *timers; i++) {
+        if (!timers[i].run) continue;
+        int64_t due = timers[i].next_due(s);
+        if (due >= 0 && due <= s->now_ms) timers[i].run(s);
+    }
 }
 
 int server_run(server *s) {
@@ -743,9 +840,11 @@ int server_run(server *s) {
             short ev = 0;
             if (c->connecting) ev = POLLOUT;
             else if (c->tls_hs) ev = c->tls_want_write ? POLLOUT : POLLIN;
-            else if (!c->eof && !c->waiting) ev |= POLLIN;
+            /* a dead one too: what it has to read ends the wait, so it is
+             * reaped this round */
+            else if (c->state != CONN_CLOSING && !c->waiting) ev |= POLLIN;
             if (buf_pending(&c->out) || c->tls_want_write) ev |= POLLOUT;
-            if (c->tls_more && !c->eof) tls_ready = 1;
+            if (c->tls_more && c->state != CONN_CLOSING) tls_ready = 1;
             s->pfd[i].events = ev;
         }
         /* libcurl's sockets ride at the end of the poll set */
@@ -758,7 +857,7 @@ int server_run(server *s) {
             }
             nh = http_fill_poll(&s->http, s->pfd + s->npfd);
         }
-        int n = poll(s->pfd, s->npfd + nh, tls_ready ? 0 : poll_timeout(s));
+        int n = poll(s->pfd, s->npfd + nh, tls_ready ? 0 : server_timer_wait(s));
         if (n < 0 && errno != EINTR) {
             log_msg(LOG_ERROR, "poll", "%s", strerror(errno));
             break;
@@ -772,9 +871,9 @@ int server_run(server *s) {
             for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd; i++) {
                 short re = s->pfd[i].revents;
                 client *c = s->conn[i];
-                if (c->ssl && !c->eof && (c->tls_more || (c->tls_want_write && re)))
+                if (c->ssl && c->state != CONN_CLOSING && (c->tls_more || (c->tls_want_write && re)))
                     re |= POLLIN;      /* read without waiting, or retry the read */
-                if (!re || c->dead) continue;
+                if (!re || c->state == CONN_DEAD) continue;
                 if (c->connecting) {
                     peer_connected(s, c);
                     continue;
@@ -784,23 +883,15 @@ int server_run(server *s) {
                     continue;
                 }
                 if (re & (POLLIN | POLLHUP | POLLERR)) client_read(s, c);
-                if (!c->dead && (re & POLLOUT)) client_write(s, c);
+                if (c->state != CONN_DEAD && (re & POLLOUT)) client_write(s, c);
             }
         }
-        if (s->now_ms >= s->next_sweep_ms) {
-            sweep_clients(s);
-            snapshot_tick(s);
-            metrics_tick(s);
-            s->next_sweep_ms = s->now_ms + SWEEP_MS;
-        }
-        peer_tick(s);
+        server_timers_run(s);
         peer_flush(s);
         write_queued(s);
         reap_clients(s);
         /* after the reap, so closed connections free their slots first */
         if (n > 0 && (s->pfd[0].revents & POLLIN)) accept_clients(s);
-        log_tick(log_now_ms());
-        heartbeat(s);
     }
     return 0;
 }
@@ -809,7 +900,7 @@ void server_free(server *s) {
     while (s->ncold) {
         client *c = s->cold[0];
         cold_remove(s, c);
-        c->dead = 1;
+        c->state = CONN_DEAD;
         c->close_reason = "server stopping";
         client_free(s, c);
     }

@@ -1,8 +1,11 @@
-/* server.h -- one member of the herd: its state and the pieces of its loop.
+/* server.h -- one member of the herd: the server struct and its loop.
  *
  * server.c owns the poll() loop, the listening socket, client connections,
- * their buffers and limits.  commands.c turns one client line into its
- * reply.  Everything runs on one thread; nothing here blocks.
+ * their buffers and limits.  The other modules have their own headers, each
+ * with its contract: commands.h (a client's line), peer.h (links),
+ * forward.h (updates and the herd's links), resolver.h (host names),
+ * snapshot.h (the table on disk).  Everything runs on one thread; nothing
+ * here blocks.
  */
 #ifndef HERD_SERVER_H
 #define HERD_SERVER_H
@@ -15,9 +18,11 @@
 #include "addrcap.h"
 #include "buf.h"
 #include "config.h"
+#include "forward.h"
 #include "http.h"
 #include "metrics.h"
 #include "net.h"
+#include "peer.h"
 #include "places.h"
 #include "table.h"
 
@@ -32,9 +37,35 @@ typedef enum {
     ROLE_PEER,          /* an authenticated link */
 } client_role;
 
+/* Where a connection is in its life; server.c alone moves it, one function
+ * per step:
+ *   CONN_OPEN      lines are read and handled.
+ *   CONN_DRAINING  a last reply is due (client_close_after_reply: a line
+ *                  too long): no more lines are handled, input is read and
+ *                  thrown away; once the reply is out (client_write) our
+ *                  side is shut down -> CONN_SHUT.
+ *   CONN_SHUT      our side shut down for writing; input still thrown away.
+ *   CONN_CLOSING   the other side half-closed (client_at_eof, from any of
+ *                  the above): nothing more is read; what is left of its
+ *                  input is served (held lines after a wait), and it closes
+ *                  once every reply due is out and no WHATSAT waits
+ *                  (client_write).
+ *   CONN_DEAD      client_kill, from any state: freed after the poll round;
+ *                  never left.
+ * A drain has a deadline besides (drain_until_ms): closed then, even if
+ * the other side half-closed meanwhile. */
+typedef enum {
+    CONN_OPEN,
+    CONN_DRAINING,
+    CONN_SHUT,
+    CONN_CLOSING,
+    CONN_DEAD,
+} conn_state;
+
 typedef struct client {
     int fd;
     client_role role;
+    conn_state state;
     int link;                   /* index in server.links, or -1 */
     int64_t handshake_until_ms; /* a handshake not done by then is dropped */
     size_t slot;                /* index in the poll set */
@@ -43,28 +74,20 @@ typedef struct client {
     buf_t in, out;
     size_t scanned;             /* bytes of 'in' already searched for LF */
     int64_t last_ms;            /* last read or write progress */
-    int64_t drain_until_ms;     /* while draining: when to give up */
+    int64_t drain_until_ms;     /* set with CONN_DRAINING: closed by then; 0: none */
     int64_t partial_since_ms;   /* an unfinished line began then; 0: none */
     struct timespec rx_time;    /* wall clock of the last read with data */
-    /* Flags.  Who sets and clears each, and which may go together:
-     *  eof            server.c client_read, on a read of 0; never cleared.
-     *                 The last unterminated line is served (clients only).
-     *  close_after_flush  client_read at eof: close once 'out' is written.
-     *  draining       client_close_after_reply: a last reply is due; input is
-     *                 read and thrown away until drain_until_ms.  Implies no
-     *                 more lines are handled; goes with shut once written.
-     *  shut           client_write, after a draining client's output is out.
-     *  dead           client_kill; freed after the poll round.  Every other
-     *                 flag is moot from then on; never cleared.
+    /* Flags (beside 'state').  Who sets and clears each, and which may go
+     * together; once the state is CONN_DEAD every flag is moot:
      *  connecting     peer.c dial (ROLE_DIALING only), cleared by
      *                 peer_connected.  Polls for POLLOUT instead of POLLIN.
      *  quiet          peer.c dial: no conn-open/close lines; cleared at
      *                 link-up.  Links and dials only.
      *  waiting        google.c, ROLE_CLIENT only: a WHATSAT waits upstream;
      *                 further lines are held in 'in' until it clears.
-     *  cold           server.c make_cold / cold_remove.  Only a ROLE_CLIENT
-     *                 that is not probation, dead, eof or waiting, with
-     *                 nothing queued to write, may be cold.
+     *  cold           server.c make_cold / cold_remove.  Only a CONN_OPEN
+     *                 ROLE_CLIENT that is not probation or waiting, with
+     *                 nothing queued to write or read, may be cold.
      *  queued         server.c queue_write / write_queued: in server.wq.
      *  counted        client_add (every new connection); cleared once by
      *                 client_uncount (role change to a link, a handshake
@@ -81,11 +104,6 @@ typedef struct client {
      * its PSK identity names a link and the key is proven (peer.c
      * hold_link_place: it then holds that link's own place, peer_link.
      * accepting) or it is killed; it is never waiting or cold. */
-    unsigned eof : 1;           /* the client half-closed */
-    unsigned close_after_flush : 1;
-    unsigned draining : 1;      /* a last reply is due; discarding input */
-    unsigned shut : 1;          /* our side is shut down for writing */
-    unsigned dead : 1;          /* free after this poll round */
     unsigned connecting : 1;    /* a dial in progress: wait for POLLOUT */
     unsigned quiet : 1;         /* no conn-open/close lines (dials) */
     unsigned waiting : 1;       /* a WHATSAT waits upstream: hold the rest */
@@ -108,68 +126,6 @@ typedef struct client {
     struct ssl_st *ssl;         /* a TLS link or handshake; NULL: plain TCP */
     const char *tls_why;        /* why the PSK lookup found nothing */
 } client;
-
-/* One link to a neighbour (peer.c). */
-typedef struct {
-    int server;                 /* index in config.servers */
-    int dialer;                 /* we open this link (our name is smaller) */
-    client *conn;               /* the authenticated connection, or NULL */
-    client *accepting;          /* an incoming handshake that proved this
-                                 * link's key, not done yet: the link's own
-                                 * place, never a client's (or NULL) */
-    client *dialing;            /* our connection being set up, or NULL */
-    int resolving;              /* its host name is being looked up (resolver.c) */
-    int64_t next_dial_ms;
-    int backoff_ms;
-    int failures;               /* dial failures since the last link-up */
-    int streaming;              /* sending part of the table (stream_mask) */
-    size_t stream_pos;
-    uint64_t stream_layout;     /* the table's layout when the stream began */
-    uint64_t stream_mask[TABLE_BUCKETS / 64];  /* buckets the stream sends */
-    uint64_t stream_gen;        /* only entries stored by then (gen); or all */
-    int resync;                 /* stream again once the current one ends */
-    uint64_t sent, received;    /* updates, for the log */
-    /* anti-entropy (forward.c) */
-    int64_t next_sum_ms;        /* when to send our next SUM */
-    uint64_t sum_gen, prev_gen; /* table.gen at our last two SUMs */
-    uint64_t differ[TABLE_BUCKETS / 64];  /* buckets whose SUMS differ, this round */
-    uint64_t differed[TABLE_BUCKETS / 64];  /* ... and the round before */
-    int lsdb_due;               /* send every known LINK state (link just up) */
-    /* agreement (forward.c): the settings both ends must share */
-    int agree;                  /* PEER_AGREE_*: what we know of the peer's */
-    unsigned mismatch;          /* AGREE_KEY_* bits that differ */
-} peer_link;
-
-/* What a link knows of its peer's AGREE line (docs/PROTOCOL.md, "Settings
- * neighbours must share"). */
-enum {
-    PEER_AGREE_WAIT,            /* up, its first line not read yet */
-    PEER_AGREE_OK,              /* its AGREE read (mismatch says what differs) */
-    PEER_AGREE_NONE,            /* its first line was no AGREE: an earlier server */
-};
-#define AGREE_KEY_VERSION 1u
-#define AGREE_KEY_MAX_STORED 2u
-#define AGREE_KEY_FORWARDING 4u
-/* The link protocol's version in AGREE (1: the servers before AGREE). */
-#define LINK_PROTOCOL_VERSION 2
-
-/* What forward.c knows of the herd's links (docs/PROTOCOL.md, "Between
- * servers"): each server's newest LINK state, the trees computed from them. */
-typedef struct {
-    uint64_t seq[CONFIG_MAX_SERVERS];   /* newest LINK seq per server; 0: none */
-    uint64_t up[CONFIG_MAX_SERVERS];    /* bit j: it says its link to j is up */
-    int8_t parent[CONFIG_MAX_SERVERS][CONFIG_MAX_SERVERS];  /* per origin; -1 none */
-    uint64_t tree_ok;                   /* bit o: parent[o] is computed */
-    int64_t flux_until_ms;              /* flood until then: states in flux */
-    int announce;                       /* our own state changed: send it */
-    int64_t next_stats_ms;
-    uint64_t logged_sent;               /* link_updates_sent at the last log */
-    /* counters (the forward-stats log line; the updates themselves are
-     * counted in server.metrics) */
-    uint64_t tree_sends, flood_sends;   /* updates forwarded each way */
-    uint64_t ctl_sent, ctl_bytes;       /* LINK, SUM, SUMS lines sent */
-    uint64_t announced;                 /* our own states sent */
-} forward_state;
 
 typedef struct server {
     const config *cfg;
@@ -209,6 +165,7 @@ typedef struct server {
     int table_dirty;            /* changed since the last snapshot */
     int64_t next_snapshot_ms;
     pid_t snapshot_pid;         /* a child writing a snapshot, or 0 */
+    int64_t snapshot_reap_ms;   /* when to look for its end again */
     int resolver_fd;            /* to the host name helper (resolver.c), or -1 */
     pid_t resolver_pid;
     int resolver_out;           /* questions it has not answered yet */
@@ -228,30 +185,18 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen);
 /* Run the loop until SIGTERM or SIGINT.  Returns the exit status. */
 int server_run(server *s);
 
+/* The loop's timers (server.c): ms until the first is due (0: one is due
+ * now), or -1 when none is; and run each that is due at s->now_ms. */
+int server_timer_wait(const server *s);
+void server_timers_run(server *s);
+
 void server_free(server *s);
-
-/* forward.c: the one path of an update, from a client (from_link -1) or
- * from link from_link: store it when newer than what the table holds, mark
- * the table for the next snapshot, log it, forward it.  Returns the stored
- * entry, or NULL when it was not newer. */
-table_entry *update_apply(server *s, const table_update *u, int from_link);
-
-/* commands.c: handle one line (without LF or CRLF) from c, a ROLE_CLIENT
- * connection, appending the reply to c->out. */
-void command_handle(server *s, client *c, const char *line, size_t len);
-
-/* commands.c: the answer to a bad line, "? " + the line + LF, on c->out. */
-void command_reply_invalid(server *s, client *c, const char *line, size_t len);
 
 /* server.c: mark c to be closed after this round, with a reason to log. */
 void client_kill(server *s, client *c, const char *reason);
 
 /* server.c: a new connection in the poll set (role ROLE_CLIENT). */
 client *client_add(server *s, int fd, const char *addr);
-
-/* server.c: read no more commands from c; once what is queued is written,
- * shut down our side, discard input for a moment, then close (reason logged). */
-void client_close_after_reply(server *s, client *c, const char *reason);
 
 /* server.c: change c's role; a client that becomes part of a link stops
  * counting against max_clients and its address's cap. */
@@ -266,59 +211,5 @@ void client_resume(server *s, client *c);
 
 /* server.c: write what c has pending, now. */
 void client_write(server *s, client *c);
-
-/* peer.c: links to the neighbours. */
-int peer_init(server *s, char *err, size_t errlen);
-void peer_tick(server *s);                 /* dial, time out, stream */
-void peer_flush(server *s);                /* write what each link has pending */
-void peer_line(server *s, client *c, const char *line, size_t len);
-void peer_plain_hello(server *s, client *c); /* an old plain-text handshake */
-void peer_lost(server *s, client *c);      /* c is going away */
-void peer_connected(server *s, client *c); /* a dial finished (POLLOUT) */
-void peer_send(server *s, const table_entry *e, int li);  /* one AT line on link li */
-void peer_stream(server *s, int li, const uint64_t *mask, uint64_t gen); /* buckets */
-
-/* forward.c: trees of live links, link states, anti-entropy. */
-/* The longest control line (LINK, SUM, SUMS) forward.c sends: a link takes
- * lines this long whatever limits.max_line_bytes, which bounds clients'. */
-#define FORWARD_CTL_MAX (CONFIG_MAX_SERVERS * 72)
-void forward_init(server *s);
-void forward_link_changed(server *s, int li);  /* link li came up or went down */
-void forward_line(server *s, int li, const char *line, size_t len);  /* LINK, SUM, SUMS */
-/* Every line from link li passes here first: 1 when it is an AGREE (read
- * here, nothing more to do), else 0.  A peer whose first line is no AGREE
- * is of an earlier version: a version mismatch. */
-int forward_first_line(server *s, int li, const char *line, size_t len);
-/* Anti-entropy runs on link li: its peer's settings, if it said them,
- * agree with ours on what anti-entropy needs. */
-int forward_repairs(const server *s, int li);
-void forward_tick(server *s);
-void forward_log_stats(server *s);
-int peer_poll_timeout(server *s);          /* ms to the next dial, or -1 */
-int peer_tls_accept(server *s, client *c); /* first byte 0x16: TLS, 0; or -1 */
-void peer_tls_step(server *s, client *c);  /* go on with c's TLS handshake */
-int peer_find_link(const server *s, const char *name, size_t len); /* or -1 */
-/* The answer for link li's host name: its address, or NULL and why not;
- * li -1: every question out failed (the helper went away). */
-void peer_resolved(server *s, int li, const struct sockaddr_storage *sa, socklen_t len,
-                   const char *why);
-
-/* resolver.c: look host:port up for link li in the helper process (started
- * when needed); the answer comes to peer_resolved() from resolver_read(),
- * called when SERVER_RESOLVER_SLOT is readable.  0, or -1 with err. */
-int resolver_ask(server *s, int li, const char *host, int port, char *err, size_t errlen);
-void resolver_read(server *s);
-void resolver_tick(server *s);          /* a helper silent too long is killed */
-int resolver_timeout(const server *s);  /* ms until resolver_tick acts, or -1 */
-void resolver_free(server *s);
-/* herd-server RESOLVER_ARG FD runs the helper on socket FD (main.c); it
- * returns only on a bad FD. */
-#define RESOLVER_ARG "--resolver-helper"
-int resolver_main(const char *fd_arg);
-
-/* snapshot.c: state/NAME.snap */
-void snapshot_load(server *s);
-void snapshot_tick(server *s);             /* periodic, in a child process */
-int snapshot_write(server *s);             /* now, in this process */
 
 #endif

@@ -26,6 +26,8 @@
  * or replaces a link, never its target), so nothing is written through a
  * link.
  */
+#include "snapshot.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -40,6 +42,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "protocol.h"
 #include "server.h"
 
 /* Far longer than any AT line the protocol's field limits allow (under 500
@@ -173,9 +176,17 @@ static void snapshot_child(const server *s, pid_t parent) {
     _exit(write_file(s) < 0 ? 1 : 0);
 }
 
+/* How often the timer looks for the end of a child still writing. */
+#define SNAPSHOT_REAP_MS 1000
+
+int64_t snapshot_next_due(const server *s) {
+    if (s->snapshot_pid) return s->snapshot_reap_ms;
+    return s->table_dirty ? s->next_snapshot_ms : -1;
+}
+
 void snapshot_tick(server *s) {
-    table_tick(&s->tab, s->now_ms);   /* the table's once-a-second summary */
     reap_child(s);
+    s->snapshot_reap_ms = s->now_ms + SNAPSHOT_REAP_MS;
     if (!s->table_dirty || s->snapshot_pid || s->now_ms < s->next_snapshot_ms) return;
     s->next_snapshot_ms = s->now_ms + (int64_t)s->cfg->herd.snapshot_interval_s * 1000;
     log_flush();              /* the child must not inherit unwritten lines */
@@ -224,8 +235,6 @@ static void remove_leftovers(server *s) {
 }
 
 void snapshot_load(server *s) {
-    /* the first use of the table: its bound applies to what is loaded */
-    table_set_max(&s->tab, s->cfg->limits.max_stored_clients);
     char path[4200];
     remove_leftovers(s);
     snap_path(s, path, sizeof path, "");

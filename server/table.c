@@ -335,9 +335,14 @@ void table_each(const table *t, int (*fn)(const table_entry *, void *), void *ar
         if (live(t->slots[i]) && fn(t->slots[i], arg)) return;
 }
 
+int64_t table_next_tick(const table *t) {
+    if (t->evicted == t->evicted_logged && t->refused == t->refused_logged) return -1;
+    return t->next_log_ms;
+}
+
 void table_tick(table *t, int64_t now_ms) {
-    if (t->evicted == t->evicted_logged && t->refused == t->refused_logged) return;
-    if (now_ms < t->next_log_ms) return;
+    int64_t due = table_next_tick(t);
+    if (due < 0 || now_ms < due) return;
     log_msg(LOG_WARN, "table-full", "evicted=%" PRIu64 " refused=%" PRIu64
             " evicted_total=%" PRIu64 " refused_total=%" PRIu64
             " clients=%zu max_stored_clients=%zu",

@@ -125,8 +125,11 @@ unsigned table_bucket_of(const char *client, size_t len);
 void table_each(const table *t, int (*fn)(const table_entry *, void *), void *arg);
 
 /* Log how many clients were evicted or refused at the bound since the last
- * such line, at most once a second; call it now and then. */
+ * such line, at most once a second: the server's loop calls it when
+ * table_next_tick says (a time on the clock now_ms is on), -1 while there
+ * is nothing to log. */
 void table_tick(table *t, int64_t now_ms);
+int64_t table_next_tick(const table *t);
 
 /* The stored location in degrees (parsed on demand: only WHATSAT needs it). */
 void table_entry_latlng(const table_entry *e, double *lat, double *lng);

@@ -20,6 +20,7 @@
 
 #include "handshake.h"
 #include "log.h"
+#include "peer.h"
 
 static const char *name_of(const server *s, int li) {
     return s->cfg->servers[s->links[li].server].name;

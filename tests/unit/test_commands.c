@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "commands.h"
 #include "log.h"
 #include "server.h"
 

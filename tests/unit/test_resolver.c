@@ -24,6 +24,8 @@
 #include "check.h"
 #include "clock.h"
 #include "log.h"
+#include "peer.h"
+#include "resolver.h"
 #include "server.h"
 
 #define RESOLVER_TEST_STUCK_MS 60000   /* resolver.c's RESOLVER_STUCK_MS */
@@ -63,14 +65,17 @@ static int load(config *cfg) {
     return 0;
 }
 
-/* Turn the loop (peer_tick, on the real clock) until helper is reaped,
- * for up to 5 s; true when it was. */
+/* Turn the resolver's timer, when it is due as the loop would, until
+ * helper is reaped, for up to 5 s; true when it was.  The clock goes on
+ * from where the test put it, at the real pace (like the loop's, it never
+ * goes back); the links' dials wait, as the checks after expect. */
 static int reaped(server *s, pid_t helper) {
-    int64_t until = mono_ms() + 5000;
-    while (kill(helper, 0) == 0 && mono_ms() < until) {
+    int64_t start = mono_ms(), from = s->now_ms;
+    while (kill(helper, 0) == 0 && mono_ms() < start + 5000) {
         usleep(10 * 1000);
-        s->now_ms = mono_ms();
-        peer_tick(s);
+        s->now_ms = from + (mono_ms() - start);
+        int64_t due = resolver_next_due(s);
+        if (due >= 0 && due <= s->now_ms) resolver_tick(s);
     }
     return kill(helper, 0) < 0;
 }
@@ -80,23 +85,24 @@ static int reaped(server *s, pid_t helper) {
  * waited for ever, and nothing was logged. */
 static void test_stopped_helper(server *s) {
     s->now_ms += 10000;   /* both links due again */
-    peer_tick(s);
+    server_timers_run(s);
     CHECK(s->links[0].resolving && s->links[1].resolving && s->resolver_fd >= 0,
           "both names asked of a new helper");
     pid_t helper = s->resolver_pid;
     kill(helper, SIGSTOP);
-    int t = peer_poll_timeout(s);
-    CHECK(t > 0 && t <= 60000, "the loop wakes in time to give up (in %d ms)", t);
+    int64_t t = resolver_next_due(s) - s->now_ms;
+    CHECK(t > 0 && t <= 60000, "the loop wakes in time to give up (in %lld ms)", (long long)t);
     s->now_ms += 59000;
-    peer_tick(s);
+    server_timers_run(s);
     CHECK(s->links[0].resolving && s->resolver_pid == helper, "a slow lookup is waited for");
     s->now_ms += 1000;
-    peer_tick(s);
+    server_timers_run(s);
     CHECK(!s->links[0].resolving && !s->links[1].resolving,
           "a minute without an answer fails the questions (resolving %d %d)",
           s->links[0].resolving, s->links[1].resolving);
+    int64_t gave_up = s->now_ms;
     CHECK(s->resolver_fd < 0 && reaped(s, helper), "the stopped helper is killed and reaped");
-    CHECK(s->links[0].failures == 2 && s->links[0].next_dial_ms > s->now_ms,
+    CHECK(s->links[0].failures == 2 && s->links[0].next_dial_ms > gave_up,
           "Beta is dialled again after the back-off (failures %d)", s->links[0].failures);
     if (s->resolver_fd >= 0) kill(helper, SIGCONT);
 }
@@ -129,7 +135,7 @@ static pid_t trace(pid_t helper) {
 static void test_helper_not_reaped_at_once(server *s) {
     s->now_ms = mono_ms();
     s->links[0].next_dial_ms = s->now_ms;   /* Beta due again */
-    peer_tick(s);
+    server_timers_run(s);
     CHECK(s->links[0].resolving && s->resolver_fd >= 0, "a new helper is asked");
     pid_t helper = s->resolver_pid;
     pid_t tracer = trace(helper);
@@ -138,13 +144,13 @@ static void test_helper_not_reaped_at_once(server *s) {
     kill(helper, SIGSTOP);
     s->now_ms += RESOLVER_TEST_STUCK_MS;
     int64_t t0 = mono_ms();
-    peer_tick(s);         /* gives up on it: kills it */
+    server_timers_run(s);         /* gives up on it: kills it */
     int64_t took = mono_ms() - t0;
     CHECK(took < 500, "giving up on a helper not reaped at once took %lld ms",
           (long long)took);
     CHECK(!s->links[0].resolving && s->resolver_fd < 0, "its questions failed");
-    int t = peer_poll_timeout(s);
-    CHECK(t >= 0 && t <= 1000, "the loop wakes to reap it (in %d ms)", t);
+    int64_t t = resolver_next_due(s) - s->now_ms;
+    CHECK(t >= 0 && t <= 1000, "the loop wakes to reap it (in %lld ms)", (long long)t);
     kill(tracer, SIGKILL);
     waitpid(tracer, NULL, 0);
     CHECK(reaped(s, helper), "reaped from the loop once it could be");
@@ -170,7 +176,7 @@ int main(int argc, char **argv) {
     /* the first dial asks the helper (started now); the second waits */
     s.now_ms = mono_ms();
     s.links[1].next_dial_ms = s.now_ms + 60000;
-    peer_tick(&s);
+    server_timers_run(&s);
     CHECK(s.links[0].resolving && s.resolver_fd >= 0, "Beta's name is being looked up");
     /* the helper dies; the loop has not polled since */
     kill(s.resolver_pid, SIGKILL);
@@ -181,14 +187,14 @@ int main(int argc, char **argv) {
     }
     CHECK(p.revents & POLLHUP, "the helper is gone");
     s.links[1].next_dial_ms = s.now_ms;
-    peer_tick(&s);          /* Gamma's question cannot be sent */
+    server_timers_run(&s);          /* Gamma's question cannot be sent */
     CHECK(s.resolver_fd < 0, "the helper was stopped");
     CHECK(!s.links[1].resolving && s.links[1].failures == 1, "Gamma's dial failed");
     CHECK(!s.links[0].resolving, "Beta's question failed with it (resolving %d)",
           s.links[0].resolving);
     CHECK(s.links[0].failures == 1 && s.links[0].next_dial_ms > s.now_ms,
           "Beta is dialled again after the back-off (failures %d)", s.links[0].failures);
-    CHECK(peer_poll_timeout(&s) >= 0, "the loop wakes for the next dial");
+    CHECK(peer_next_due(&s) >= 0, "the loop wakes for the next dial");
     test_stopped_helper(&s);
     test_helper_not_reaped_at_once(&s);
     s.stop = 1;
