@@ -17,6 +17,8 @@
 #                   or torn, odd IAMATs), then the herd's promise checked:
 #                   SEEDS=N runs N random ones, SEED=S replays one (default:
 #                   the fixed seeds make integration runs)
+#   make test-soak  the integration suite, normal and ASan+UBSan builds, SOAK_RUNS times
+#                   (default 5) while stress-ng loads every core: stops at the first failure
 #   make test-valgrind  the protocol and log tests with the server under valgrind
 #   make test-mutation  apply each curated mutation (tests/mutation/) to a scratch
 #                   copy and check that a test fails for it (MUTATIONS=id,id...)
@@ -77,7 +79,7 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor $(BIN)/herd-benchmark
 
 .PHONY: all deps check-deps test check unit integration asan-test fuzz fuzz-build test-chaos test-nemesis \
-        test-valgrind \
+        test-valgrind test-soak \
         test-mutation run stop status \
         benchmark report report-data install clean coverage
 
@@ -168,6 +170,13 @@ test-nemesis: all
 	$(if $(SEEDS),NEMESIS_SEEDS=$(SEEDS)) $(if $(SEED),NEMESIS_SEED=$(SEED)) \
 	  HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration/test_nemesis.py
 
+SOAK_RUNS ?= 5
+test-soak: all
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES=stress-ng
+	@$(MAKE) --no-print-directory B=build/asan BIN=build/asan/bin \
+	  OPT="-O1 -g -fno-omit-frame-pointer $(SANITIZE)" SAN="$(SANITIZE)" all
+	SOAK_RUNS=$(SOAK_RUNS) JOBS=$(JOBS) tests/soak.sh
+
 test-valgrind: all
 	HERD_VALGRIND=1 HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration/test_protocol.py \
 	  tests/integration/test_logs.py
@@ -177,7 +186,8 @@ test-valgrind: all
 MUTATIONS ?=
 MUTATION_JOBS ?= 3
 test-mutation: check-deps
-	/usr/bin/python3 tests/mutation/run.py --jobs $(MUTATION_JOBS) $(if $(MUTATIONS),--only $(MUTATIONS))
+	/usr/bin/python3 tests/mutation/run.py --jobs $(MUTATION_JOBS) $(if $(MUTATIONS),--only $(MUTATIONS)) \
+	  $(if $(filter no,$(MUTATION_BASELINE)),--no-baseline)
 
 # Coverage: a separate -O0 --coverage build in build/cov/ (fresh counters
 # each time), the unit and integration tests against it, then gcovr over
@@ -214,12 +224,13 @@ fuzz-run-%:
 	  sed 's/^/fuzz_$*: /'
 
 test: deps
-	shellcheck start_servers.sh stop_servers.sh
+	shellcheck start_servers.sh stop_servers.sh tests/soak.sh
 	$(MAKE) --no-print-directory unit integration
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(MAKE) --no-print-directory asan-test
 	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=30
-	$(MAKE) --no-print-directory test-mutation
+	@# the mutations' tests just passed unmutated, in the integration run above
+	$(MAKE) --no-print-directory test-mutation MUTATION_BASELINE=no
 	@echo "make test: all passed (normal and ASan+UBSan builds, fuzzing, mutations)"
 
 run: deps
