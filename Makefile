@@ -78,7 +78,7 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
 PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor $(BIN)/herd-benchmark
 
-.PHONY: all deps check-deps test check unit integration asan-test fuzz fuzz-build test-chaos test-nemesis \
+.PHONY: all deps check-deps test check check-normal unit integration asan-build asan-test fuzz fuzz-build test-chaos test-nemesis \
         test-valgrind test-soak \
         test-mutation run stop status \
         benchmark report report-data install clean coverage
@@ -141,13 +141,20 @@ integration: all
 	HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -rs -n $(JOBS) tests/integration
 
 check: deps
-	@$(MAKE) --no-print-directory unit integration
+	@$(MAKE) --no-print-directory check-normal
+
+check-normal: unit integration
 
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all
 
+ASAN_MAKE = $(MAKE) --no-print-directory B=build/asan BIN=build/asan/bin \
+	  OPT="-O1 -g -fno-omit-frame-pointer $(SANITIZE)" SAN="$(SANITIZE)"
+
+asan-build:
+	@$(ASAN_MAKE) all
+
 asan-test:
-	$(MAKE) --no-print-directory B=build/asan BIN=build/asan/bin \
-	  OPT="-O1 -g -fno-omit-frame-pointer $(SANITIZE)" SAN="$(SANITIZE)" unit integration
+	$(ASAN_MAKE) unit integration
 
 # libFuzzer harnesses (clang, ASan+UBSan), each with its seed corpus in
 # tests/fuzz/corpus/; what they find lands in build/fuzz/ as crash-* files.
@@ -171,10 +178,8 @@ test-nemesis: all
 	  HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration/test_nemesis.py
 
 SOAK_RUNS ?= 5
-test-soak: all
+test-soak: all asan-build
 	@$(MAKE) --no-print-directory deps DEB_PACKAGES=stress-ng
-	@$(MAKE) --no-print-directory B=build/asan BIN=build/asan/bin \
-	  OPT="-O1 -g -fno-omit-frame-pointer $(SANITIZE)" SAN="$(SANITIZE)" all
 	SOAK_RUNS=$(SOAK_RUNS) JOBS=$(JOBS) tests/soak.sh
 
 test-valgrind: all
@@ -223,9 +228,13 @@ fuzz-run-%:
 	@grep -E "stat::number_of_executed_units|stat::peak_rss_mb|Done [0-9]+ runs" build/fuzz/$*.log | \
 	  sed 's/^/fuzz_$*: /'
 
+# make test: while the normal build's tests run (mostly waiting on sockets),
+# the sanitizer and fuzzer builds compile beside them; -O shows each part's
+# output whole when it ends.
 test: deps
 	shellcheck start_servers.sh stop_servers.sh tests/soak.sh
-	$(MAKE) --no-print-directory unit integration
+	@$(MAKE) --no-print-directory all
+	$(MAKE) --no-print-directory -j3 -O check-normal asan-build fuzz-build
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(MAKE) --no-print-directory asan-test
 	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=30
