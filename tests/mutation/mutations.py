@@ -29,58 +29,61 @@ MUTATIONS = [
          original="if (c->role == ROLE_PEER) return 0;   /* bounded by peer.c instead */",
          mutant="if (1) return 0;",
          breaks="a client that never reads is never cut off at limits.max_output_bytes",
-         tests=["tests/integration/test_limits.py::test_client_that_never_reads_is_cut_off"]),
+         tests=["tests/integration/test_limits_abuse.py::test_client_that_never_reads_is_cut_off"]),
     dict(id="line-limit-off-by-one", file="server/server.c",
          original="if (l > max) { line_too_long(s, c); break; }",
          mutant="if (l >= max) { line_too_long(s, c); break; }",
          breaks="a line of exactly max_line_bytes is refused as too long",
-         tests=["tests/integration/test_limits.py::test_line_at_the_limit_is_served"]),
+         tests=["tests/integration/test_limits_abuse.py::test_line_at_the_limit_is_served"]),
     dict(id="too-long-keeps-reading", file="server/server.c",
          original="    c->draining = 1;\n",
          mutant="    c->draining = 0;\n",
          breaks="after '? line too long' the connection is not closed and later lines are served",
-         tests=["tests/integration/test_limits.py::test_line_over_the_limit_gets_error_and_close",
-                "tests/integration/test_limits.py::test_megabyte_line_without_lf"]),
+         tests=["tests/integration/test_limits_abuse.py::"
+                "test_line_over_the_limit_gets_error_and_close",
+                "tests/integration/test_limits_abuse.py::test_megabyte_line_without_lf"]),
     dict(id="crlf-not-stripped", file="server/server.c",
          original="size_t l = (nl && len && start[len - 1] == '\\r') ? len - 1 : len;",
          mutant="size_t l = len;",
          breaks="a CRLF line keeps its CR, which is echoed back in '? ' replies",
-         tests=["tests/integration/test_protocol.py::test_invalid_line_crlf_is_stripped"]),
+         tests=["tests/integration/test_client_protocol.py::test_invalid_line_crlf_is_stripped"]),
     dict(id="half-close-last-line-dropped", file="server/server.c",
          original="if (!c->eof || avail == 0) break;",
          mutant="if (1) break;",
          breaks="a last line without LF before the client's half-close is never answered",
-         tests=["tests/integration/test_protocol.py::test_half_close_serves_last_unterminated_line"]),
+         tests=["tests/integration/test_client_protocol.py::"
+                "test_half_close_serves_last_unterminated_line"]),
     dict(id="max-clients-off-by-one", file="server/server.c",
          original="if (s->nclients >= (size_t)s->max_clients) return BUSY;",
          mutant="if (s->nclients > (size_t)s->max_clients) return BUSY;",
          breaks="limits.max_clients lets one client more in",
-         tests=["tests/integration/test_limits.py::test_max_clients"]),
+         tests=["tests/integration/test_limits_abuse.py::test_max_clients"]),
     dict(id="idle-timeout-ignored", file="server/server.c",
          original="else if (c->role == ROLE_CLIENT && idle_ms && s->now_ms - c->last_ms >= idle_ms)",
          mutant="else if (c->role == ROLE_CLIENT && 0 && s->now_ms - c->last_ms >= idle_ms)",
          breaks="a silent client is never closed after limits.idle_timeout_s",
-         tests=["tests/integration/test_limits.py::test_idle_timeout"]),
+         tests=["tests/integration/test_limits_abuse.py::test_idle_timeout"]),
     dict(id="slowloris-line-not-timed", file="server/server.c",
          original="else if (c->role == ROLE_CLIENT && idle_ms && c->partial_since_ms && !c->waiting &&",
          mutant="else if (0 &&",
          breaks="a line trickling in a byte at a time keeps its connection for ever",
-         tests=["tests/integration/test_limits.py::test_slowloris_line_must_end_within_the_idle_timeout"]),
+         tests=["tests/integration/test_limits_abuse.py::"
+                "test_slowloris_line_must_end_within_the_idle_timeout"]),
     dict(id="idle-clients-never-parked", file="server/server.c",
          original="make_cold(s, i);",
          mutant="if (0) make_cold(s, i);",
          breaks="idle clients never leave the poll set for the cold set",
-         tests=["tests/integration/test_limits.py::test_quiet_clients_are_parked_and_woken"]),
+         tests=["tests/integration/test_limits_abuse.py::test_quiet_clients_are_parked_and_woken"]),
     dict(id="parked-clients-never-timed-out", file="server/server.c",
          original="if (idle_ms && s->now_ms - c->last_ms >= idle_ms) {",
          mutant="if (0) {",
          breaks="a client parked in the cold set is never closed by the idle timeout",
-         tests=["tests/integration/test_limits.py::test_parked_clients_are_timed_out"]),
+         tests=["tests/integration/test_limits_abuse.py::test_parked_clients_are_timed_out"]),
     dict(id="graceful-stop-exits-3", file="server/server.c",
          original="        heartbeat(s);\n    }\n    return 0;\n}",
          mutant="        heartbeat(s);\n    }\n    return 3;\n}",
          breaks="every server exits with status 3 after a graceful SIGTERM",
-         tests=["tests/integration/test_protocol.py::test_iamat_reply_is_exact"]),
+         tests=["tests/integration/test_client_protocol.py::test_iamat_reply_is_exact"]),
     dict(id="sighup-ignored-by-server", file="server/server.c",
          original="                log_reopen();",
          mutant="                (void)0;",
@@ -94,7 +97,8 @@ MUTATIONS = [
                 "peer_send(s, e, li);",
          breaks="an IAMAT's update never leaves the server that received it (only "
                 "anti-entropy, a second or two later, would spread it)",
-         tests=["tests/integration/test_trees.py::test_an_update_reaches_every_server_before_anti_entropy_could"]),
+         tests=["tests/integration/test_forwarding_trees.py::"
+                "test_an_update_reaches_every_server_before_anti_entropy_could"]),
     dict(id="recv-not-logged", file="server/commands.c",
          original="    if (s->cfg->logging.log_lines)\n        log_client_data(c, \"recv\"",
          mutant="    if (0)\n        log_client_data(c, \"recv\"",
@@ -104,7 +108,8 @@ MUTATIONS = [
          original="ws->bound, &c->out);",
          mutant="20, &c->out);",
          breaks="WHATSAT returns up to 20 places whatever bound the client asked for",
-         tests=["tests/integration/test_protocol.py::test_whatsat_nearest_first_within_radius"]),
+         tests=["tests/integration/test_client_protocol.py::"
+                "test_whatsat_nearest_first_within_radius"]),
     dict(id="whatsat-log-count-wrong", file="server/commands.c",
          original="json_len, n, n ? \"OK\" : \"ZERO_RESULTS\");",
          mutant="json_len, n + 1, n ? \"OK\" : \"ZERO_RESULTS\");",
@@ -128,22 +133,25 @@ MUTATIONS = [
          original="    _exit(write_file(s) < 0 ? 1 : 0);",
          mutant="    _exit(s ? 0 : 1);",
          breaks="the periodic snapshot is never written: a kill -9 loses every update",
-         tests=["tests/integration/test_herd.py::test_periodic_snapshot_is_written_while_running"]),
+         tests=["tests/integration/test_snapshots.py::"
+                "test_periodic_snapshot_is_written_while_running"]),
     dict(id="snapshot-end-count-unchecked", file="server/snapshot.c",
          original="if (strtol(line + 4, NULL, 10) != count)",
          mutant="if (0)",
          breaks="a snapshot that lost whole lines before its END is loaded as if complete",
-         tests=["tests/integration/test_herd.py::test_snapshot_that_does_not_add_up_is_not_loaded"]),
+         tests=["tests/integration/test_snapshots.py::"
+                "test_snapshot_that_does_not_add_up_is_not_loaded"]),
     dict(id="snapshot-without-entries", file="server/snapshot.c",
          original="    table_each(&s->tab, write_entry, f);",
          mutant="    if (0) table_each(&s->tab, write_entry, f);",
          breaks="snapshots hold no client lines: a restart forgets everything",
-         tests=["tests/integration/test_herd.py::test_snapshot_survives_restart_of_the_whole_herd"]),
+         tests=["tests/integration/test_snapshots.py::"
+                "test_snapshot_survives_restart_of_the_whole_herd"]),
     dict(id="other-servers-snapshot-loaded", file="server/snapshot.c",
          original="if (strcmp(line, want) != 0) { why = \"another server's snapshot\"; break; }",
          mutant="if (0) { why = \"another server's snapshot\"; break; }",
          breaks="a server loads a snapshot written by another server",
-         tests=["tests/integration/test_herd.py::test_damaged_snapshot_is_set_aside"]),
+         tests=["tests/integration/test_snapshots.py::test_damaged_snapshot_is_set_aside"]),
 
     # -------------------------------------------------------------- peer.c
     dict(id="no-catch-up-on-link-up", file="server/forward.c",
@@ -151,8 +159,9 @@ MUTATIONS = [
          mutant="    (void)any;",
          breaks="a server that comes back never receives what it missed (no catch-up, "
                 "no anti-entropy repair)",
-         tests=["tests/integration/test_herd.py::test_flood_routes_around_a_stopped_server",
-                "tests/integration/test_trees.py::test_catch_up_sends_little_when_little_differs"]),
+         tests=["tests/integration/test_forwarding.py::test_flood_routes_around_a_stopped_server",
+                "tests/integration/test_forwarding.py::"
+                "test_catch_up_sends_little_when_little_differs"]),
     dict(id="update-not-forwarded", file="server/forward.c",
          original="    forward(s, e, from_link);\n    return e;",
          mutant="    if (from_link < 0) forward(s, e, from_link);\n    return e;",
@@ -160,13 +169,16 @@ MUTATIONS = [
                 "anti-entropy repairs them",
          # (the message count alone can come out right: the repairs of the
          # servers two hops away made up the missing relays exactly, once)
-         tests=["tests/integration/test_trees.py::test_an_update_reaches_every_server_before_anti_entropy_could",
-                "tests/integration/test_trees.py::test_trees_follow_a_death_and_a_return"]),
+         tests=["tests/integration/test_forwarding_trees.py::"
+                "test_an_update_reaches_every_server_before_anti_entropy_could",
+                "tests/integration/test_forwarding_trees.py::"
+                "test_trees_follow_a_death_and_a_return"]),
     dict(id="link-backlog-unbounded", file="server/peer.c",
          original="if (buf_pending(&L->conn->out) > cap) {",
          mutant="if (0) {",
          breaks="a neighbour that stops reading makes the server queue updates without bound",
-         tests=["tests/integration/test_herd.py::test_slow_peer_backlog_is_bounded_and_nothing_is_lost"]),
+         tests=["tests/integration/test_links.py::"
+                "test_slow_peer_backlog_is_bounded_and_nothing_is_lost"]),
 
     # ------------------------------------------------------------ places.c
     dict(id="whatsat-radius-doubled", file="server/places.c",
@@ -195,33 +207,35 @@ MUTATIONS = [
          original="ws->bound, lat, lng, metres);",
          mutant="20, lat, lng, metres);",
          breaks="the Places API (New) request asks for 20 results whatever the bound (billed)",
-         tests=["tests/integration/test_google.py::test_new_api_request_and_mapping"]),
+         tests=["tests/integration/test_places_google.py::test_new_api_request_and_mapping"]),
     dict(id="legacy-not-trimmed", file="server/google.c",
          original="while (cJSON_GetArraySize(out) > bound) cJSON_DeleteItemFromArray(out, bound);",
          mutant="while (cJSON_GetArraySize(out) > bound + 1) cJSON_DeleteItemFromArray(out, bound);",
          breaks="the legacy provider returns more places than the bound",
-         tests=["tests/integration/test_google.py::test_legacy_request_and_trim"]),
+         tests=["tests/integration/test_places_google.py::test_legacy_request_and_trim"]),
     dict(id="http-429-not-mapped", file="server/google.c",
          original="if (http_code == 429) return \"OVER_QUERY_LIMIT\";",
          mutant="if (0) return \"OVER_QUERY_LIMIT\";",
          breaks="an upstream HTTP 429 is reported as UNKNOWN_ERROR, not OVER_QUERY_LIMIT",
-         tests=["tests/integration/test_google.py::test_upstream_failures"
+         tests=["tests/integration/test_places_google.py::test_upstream_failures"
                 "[http-fake_opts1-places1-OVER_QUERY_LIMIT-HTTP 429]"]),
     dict(id="in-flight-not-shared", file="server/google.c",
          original="if (!strcmp(u->key, key)) {",
          mutant="if (0) {",
          breaks="identical questions in flight each cost an upstream call",
-         tests=["tests/integration/test_google.py::test_cache_and_shared_in_flight_requests"]),
+         tests=["tests/integration/test_places_google.py::"
+                "test_cache_and_shared_in_flight_requests"]),
     dict(id="cache-expires-at-once", file="server/google.c",
          original="e->expires_ms = now + (int64_t)p->cache_ttl_s * 1000;",
          mutant="e->expires_ms = now;",
          breaks="places.cache_ttl_s is ignored: every WHATSAT calls the upstream again",
-         tests=["tests/integration/test_google.py::test_cache_and_shared_in_flight_requests"]),
+         tests=["tests/integration/test_places_google.py::"
+                "test_cache_and_shared_in_flight_requests"]),
     dict(id="response-size-unbounded", file="server/google.c",
          original="if (u->resp.len + len > u->max) {",
          mutant="if (0) {",
          breaks="places.max_response_bytes is not enforced on upstream answers",
-         tests=["tests/integration/test_google.py::test_upstream_failures"
+         tests=["tests/integration/test_places_google.py::test_upstream_failures"
                 "[huge-fake_opts6-places6-UNKNOWN_ERROR-larger than 65536 bytes]"]),
 
     # -------------------------------------------------------------- http.c
@@ -229,7 +243,7 @@ MUTATIONS = [
          original="if (h->deadline_ms >= 0 && now_ms >= h->deadline_ms) {",
          mutant="if (h->deadline_ms >= 0 && now_ms >= h->deadline_ms && 0) {",
          breaks="libcurl's timeouts are never run: upstream requests stall",
-         tests=["tests/integration/test_google.py::test_new_api_zero_results"]),
+         tests=["tests/integration/test_places_google.py::test_new_api_zero_results"]),
 
     # ---------------------------------------------------------- protocol.c
     dict(id="latitude-limit-off-by-fraction", file="common/protocol.c",
@@ -327,24 +341,27 @@ MUTATIONS = [
          original="return proto_time_cmp(t, limit) > 0;",
          mutant="return proto_time_cmp(t, limit) > 0 && 0;",
          breaks="a time far ahead of the server's clock is stored and pins the table",
-         tests=["tests/integration/test_bounds_data.py::test_far_future_times_cannot_pin_the_table"]),
+         tests=["tests/integration/test_limits_abuse.py::"
+                "test_far_future_times_cannot_pin_the_table"]),
     dict(id="mismatch-still-repairs", file="server/forward.c",
          original="return !(s->links[li].mismatch & (AGREE_KEY_VERSION | AGREE_KEY_MAX_STORED));",
          mutant="return !(s->links[li].mismatch & AGREE_KEY_VERSION);",
          breaks="neighbours with different max_stored_clients repair each other for ever",
-         tests=["tests/integration/test_agreement.py::"
+         tests=["tests/integration/test_links.py::"
                 "test_neighbours_that_disagree_on_max_stored_clients_fall_quiet"]),
     dict(id="mismatch-not-logged", file="server/forward.c",
          original="    if (strlen(ours) == vlen && memcmp(ours, eq + 1, vlen) == 0) return;",
          mutant="    if (1) return;",
          breaks="a setting that differs between neighbours is neither logged nor acted on",
-         tests=["tests/integration/test_agreement.py"]),
+         tests=["tests/integration/test_links.py::"
+                "test_neighbours_that_disagree_on_max_stored_clients_fall_quiet", "tests/integration/test_links.py::test_neighbours_that_agree_say_nothing_of_it", "tests/integration/test_links.py::test_a_forwarding_mismatch_is_logged_and_updates_still_reach_both", "tests/integration/test_links.py::test_a_peer_whose_first_line_is_no_agree_is_an_earlier_version", "tests/integration/test_links.py::test_an_agree_of_many_keys_is_read_whole"]),
     dict(id="repairs-not-counted", file="server/peer.c",
          original="on_update(s, c, line + 5, len - 5, 1);",
          mutant="on_update(s, c, line + 5, len - 5, 0);",
          breaks="updates stored from anti-entropy are counted as forwarded, so a forwarding "
                 "fault hides behind repair",
-         tests=["tests/integration/test_trees.py::test_catch_up_sends_little_when_little_differs"]),
+         tests=["tests/integration/test_forwarding.py::"
+                "test_catch_up_sends_little_when_little_differs"]),
 
     # ------------------------------------------------------------ config.c
     dict(id="one-way-link-accepted", file="common/config.c",
@@ -439,111 +456,120 @@ MUTATIONS = [
          original="hs_psk_key(s->secret, s->secret_len, dialer, acceptor, key);",
          mutant="hs_psk_key(\"x\", s->secret_len ? 1 : 0, dialer, acceptor, key);",
          breaks="every herd's links share one key: a server with another secret gets a link",
-         tests=["tests/integration/test_tls.py::test_wrong_secret_is_refused_and_logged"]),
+         tests=["tests/integration/test_links_tls.py::test_wrong_secret_is_refused_and_logged"]),
 
     # --------------------------------------------------------------- net.c
     dict(id="no-reuseaddr", file="common/net.c",
          original="setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);",
          mutant="(void)one;",
          breaks="a restarted server cannot listen again while old connections sit in TIME_WAIT",
-         tests=["tests/integration/test_herd.py::test_snapshot_survives_restart_of_the_whole_herd"]),
+         tests=["tests/integration/test_snapshots.py::"
+                "test_snapshot_survives_restart_of_the_whole_herd"]),
     dict(id="nonblocking-connect-fails", file="common/net.c",
          original="< 0 && errno != EINPROGRESS) {",
          mutant="< 0) {",
          breaks="every dial to a neighbour counts as failed: no links come up",
-         tests=["tests/integration/test_herd.py::test_update_reaches_every_server"]),
+         tests=["tests/integration/test_forwarding.py::test_update_reaches_every_server"]),
     dict(id="dial-resolves-in-the-loop", file="server/peer.c",
          original="if (net_literal(o->host, o->port, &sa, &len) == 0)",
          mutant="if (net_resolve(o->host, o->port, &sa, &len, err, sizeof err) == 0)",
          breaks="a neighbour's host name is looked up in the loop: a silent DNS holds every client",
-         tests=["tests/integration/test_resolver.py"]),
+         tests=["tests/integration/test_places_google.py::"
+                "test_a_host_name_dns_does_not_answer_never_holds_the_loop", "tests/integration/test_places_google.py::test_the_resolver_helper_holds_none_of_the_servers_memory", "tests/integration/test_places_google.py::test_the_resolver_helper_starts_under_valgrind", "tests/integration/test_places_google.py::test_the_reason_for_a_longest_name_is_logged_whole"]),
 
     # -------------------------------------------------------- supervisor.c
     dict(id="restart-backoff-not-doubled", file="supervisor/supervisor.c",
          original="            delay *= 2;",
          mutant="            delay *= 1;",
          breaks="a crashing server is restarted without growing back-off",
-         tests=["tests/integration/test_supervisor.py::test_crashing_child_is_given_up_others_keep_serving"]),
+         tests=["tests/integration/test_supervision.py::"
+                "test_crashing_child_is_given_up_others_keep_serving"]),
     dict(id="first-restart-delayed", file="supervisor/supervisor.c",
          original="if (k->n_crashes > 1) {",
          mutant="if (k->n_crashes > 0) {",
          breaks="the first crash of a server is not restarted at once",
-         tests=["tests/integration/test_supervisor.py::test_crashing_child_is_given_up_others_keep_serving"]),
+         tests=["tests/integration/test_supervision.py::"
+                "test_crashing_child_is_given_up_others_keep_serving"]),
     dict(id="gives-up-one-crash-early", file="supervisor/supervisor.c",
          original="if (k->n_crashes > S.cfg->supervisor.restart_max) {",
          mutant="if (k->n_crashes >= S.cfg->supervisor.restart_max) {",
          breaks="a server is given up after restart_max crashes instead of restart_max + 1",
-         tests=["tests/integration/test_supervisor.py::test_crashing_child_is_given_up_others_keep_serving"]),
+         tests=["tests/integration/test_supervision.py::"
+                "test_crashing_child_is_given_up_others_keep_serving"]),
     dict(id="stop-not-passed-on", file="supervisor/supervisor.c",
          original="    signal_children(SIGTERM);",
          mutant="    (void)0;",
          breaks="stopping the supervisor SIGKILLs its servers after stop_timeout_s (no snapshot)",
-         tests=["tests/integration/test_mutation_gaps.py::test_supervisor_stops_its_servers_gracefully"]),
+         tests=["tests/integration/test_supervision.py::"
+                "test_supervisor_stops_its_servers_gracefully"]),
     dict(id="crashes-never-age-out", file="supervisor/supervisor.c",
          original="if (now - k->crashes[i] < window)",
          mutant="if (now - k->crashes[i] < window || 1)",
          breaks="crashes older than restart_window_s still count: a rarely crashing server is given up",
-         tests=["tests/integration/test_mutation_gaps.py::test_crashes_older_than_the_window_are_forgotten"]),
+         tests=["tests/integration/test_supervision.py::"
+                "test_crashes_older_than_the_window_are_forgotten"]),
     dict(id="sighup-not-forwarded", file="supervisor/supervisor.c",
          original="signal_children(SIGHUP);",
          mutant="(void)0;",
          breaks="SIGHUP to the supervisor does not make the servers reopen their logs",
-         tests=["tests/integration/test_supervisor.py::test_sighup_reopens_every_log"]),
+         tests=["tests/integration/test_logs.py::test_sighup_reopens_every_log"]),
     dict(id="children-outlive-supervisor", file="supervisor/supervisor.c",
          original="prctl(PR_SET_PDEATHSIG, SIGTERM);",
          mutant="(void)0;",
          breaks="a SIGKILLed supervisor leaves its servers running as orphans",
-         tests=["tests/integration/test_supervisor.py::test_sigterm_and_sigkill_of_the_supervisor"]),
+         tests=["tests/integration/test_supervision.py::"
+                "test_sigterm_and_sigkill_of_the_supervisor"]),
     dict(id="pidfile-left-behind", file="supervisor/supervisor.c",
          original="if (mine) unlink(S.pid_path);",
          mutant="if (0) unlink(S.pid_path);",
          breaks="servers.pid survives a clean stop, so the herd looks as if it still runs",
-         tests=["tests/integration/test_supervisor.py::test_sigterm_and_sigkill_of_the_supervisor"]),
+         tests=["tests/integration/test_supervision.py::"
+                "test_sigterm_and_sigkill_of_the_supervisor"]),
 
     # ------------------------------------------------------------ status.c
     dict(id="status-always-ok", file="supervisor/status.c",
          original="return up == here ? 0 : 1;",
          mutant="return 0;",
          breaks="--status exits 0 while a server is not listening (start_servers.sh reports success)",
-         tests=["tests/integration/test_supervisor.py::test_start_failure_explains_itself"]),
+         tests=["tests/integration/test_supervision.py::test_start_failure_explains_itself"]),
     dict(id="secret-world-readable", file="supervisor/status.c",
          original="O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);",
          mutant="O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);",
          breaks="--init-secret creates the herd secret readable by every user",
-         tests=["tests/integration/test_supervisor.py::test_start_status_stop"]),
+         tests=["tests/integration/test_supervision.py::test_start_status_stop"]),
     dict(id="stale-pidfile-trusted", file="supervisor/status.c",
          original="if (read_files(cfg, &sup, st) < 0 || !live || live != sup) {",
          mutant="if (read_files(cfg, &sup, st) < 0 || (live && live != sup)) {",
          breaks="--status believes a stale servers.pid whose supervisor is gone",
-         tests=["tests/integration/test_mutation_gaps.py::test_status_with_a_stale_pid_file"]),
+         tests=["tests/integration/test_lock_pidfile.py::test_status_with_a_stale_pid_file"]),
     # ------------------------------------------- forward.c: trees and repair
     dict(id="tree-dead-link-live", file="server/forward.c",
          original="return (s->fw.up[a] >> b & 1) && (s->fw.up[b] >> a & 1);",
          mutant="return (s->fw.up[a] >> b & 1) || (s->fw.up[b] >> a & 1);",
          breaks="a link one end still claims (a stopped server's last state) counts as live: "
                 "trees route through the stopped server and miss the servers behind it",
-         tests=["tests/integration/test_forwarding.py::"
+         tests=["tests/integration/test_forwarding_trees.py::"
                 "test_a_stopped_middle_server_leaves_trees_that_reach_everyone"]),
     dict(id="tree-live-one-end", file="server/forward.c",
          original="return (s->fw.up[a] >> b & 1) && (s->fw.up[b] >> a & 1);",
          mutant="return (s->fw.up[a] >> b & 1);",
          breaks="a link counts as live when the parent's end says so, though the child's "
                 "says it is down: the child is left out of the tree",
-         tests=["tests/integration/test_forwarding.py::"
+         tests=["tests/integration/test_forwarding_trees.py::"
                 "test_a_link_only_one_end_says_is_up_is_not_in_the_trees"]),
     dict(id="tree-no-flux-window", file="server/forward.c",
          original="if (s->cfg->herd.forwarding == FORWARD_FLOOD || s->now_ms < s->fw.flux_until_ms)",
          mutant="if (s->cfg->herd.forwarding == FORWARD_FLOOD)",
          breaks="trees are used at once after a link state changed, while other servers "
                 "may still use their old trees: updates can miss servers until repaired",
-         tests=["tests/integration/test_forwarding.py::"
+         tests=["tests/integration/test_forwarding_trees.py::"
                 "test_updates_are_flooded_while_link_states_change"]),
     dict(id="tree-wrong-children", file="server/forward.c",
          original="if (par[s->links[li].server] == me) *kids |= UINT64_C(1) << li;",
          mutant="if (par[s->links[li].server] != me) *kids |= UINT64_C(1) << li;",
          breaks="updates go to the neighbours that are not our children in the tree: "
                 "only anti-entropy spreads them",
-         tests=["tests/integration/test_forwarding.py::"
+         tests=["tests/integration/test_forwarding_trees.py::"
                 "test_settled_herd_forwards_every_update_without_repair"]),
     dict(id="repair-every-differing-bucket", file="server/forward.c",
          original="both[i] = L->differ[i] & L->differed[i];",
@@ -552,5 +578,6 @@ MUTATIONS = [
                 "differ once (about one SYNC line per update instead of a few percent)",
          tests=["tests/integration/test_forwarding.py::"
                 "test_a_bucket_that_differs_in_one_round_only_is_not_repaired",
-                "tests/integration/test_trees.py::test_anti_entropy_under_load_on_a_large_table"]),
+                "tests/integration/test_forwarding.py::"
+                "test_anti_entropy_under_load_on_a_large_table"]),
 ]

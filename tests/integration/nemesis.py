@@ -1,4 +1,4 @@
-"""The nemesis of test_nemesis.py: a TCP proxy for links, a herd started
+"""The nemesis of test_chaos.py::test_nemesis_schedule: a TCP proxy for links, a herd started
 with one config file per server, the model of the herd's order, and one
 seeded random schedule run against them.
 
@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 
-from conftest import free_port, program, wait_listening, yaml_section, PLACES
+from harness import PLACES, free_port, program, wait_listening, yaml_section
 
 NAMES = ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"]
 SECRET = "nemesis-secret-0123456789"

@@ -1,4 +1,9 @@
-"""The client protocol of docs/PROTOCOL.md, byte for byte, against the real binary."""
+"""What a client sees of IAMAT and WHATSAT (docs/PROTOCOL.md, "Lines", "IAMAT",
+"Stored clients", "WHATSAT", "Anything else"): the exact AT line and its time
+difference in integer nanoseconds, the WHATSAT reply's shape and places,
+"? " for every invalid line, pipelining, half-closes, and which of two
+updates of a client is kept.
+"""
 import json
 import math
 import re
@@ -6,10 +11,10 @@ import time
 
 import pytest
 
-from conftest import connect, exchange, recv_exact_lines
+from harness import PLACES, connect, exchange, places_opts, pytest, recv_exact_lines
+
 
 LOC = b"+34.068930-118.445127"
-AT_RE = re.compile(rb"^AT (\S+) ([+-])(\d+)\.(\d{9}) (\S+) (\S+) (\S+)$")
 
 
 def iamat(port, client, loc=LOC, t=None):
@@ -19,35 +24,8 @@ def iamat(port, client, loc=LOC, t=None):
     return reply[:-1]
 
 
-def read_reply(sock):
-    data = b""
-    while not data.endswith(b"\n\n"):
-        b = sock.recv(65536)
-        assert b, f"connection closed mid-reply: {data!r}"
-        data += b
-    return data
+AT_RE = re.compile(rb"^AT (\S+) ([+-])(\d+)\.(\d{9}) (\S+) (\S+) (\S+)$")
 
-
-def whatsat(port, client, radius=b"10", bound=b"5"):
-    return exchange(port, b"WHATSAT %s %s %s\n" % (client, radius, bound))
-
-
-def split_whatsat(reply):
-    first, rest = reply.split(b"\n", 1)
-    assert rest.endswith(b"}\n\n") and not rest.endswith(b"\n\n\n"), rest[-20:]
-    body = rest[:-2]
-    assert b"\n\n" not in body, "the JSON must have no empty line"
-    return first, json.loads(body)
-
-
-def haversine(lat1, lng1, lat2, lng2):
-    r = math.radians
-    a = (math.sin(r(lat2 - lat1) / 2) ** 2
-         + math.cos(r(lat1)) * math.cos(r(lat2)) * math.sin(r(lng2 - lng1) / 2) ** 2)
-    return 2 * 6371.0088 * math.asin(math.sqrt(a))
-
-
-# ------------------------------------------------------------------ IAMAT
 
 def test_iamat_reply_is_exact(server):
     client = b"kiwi.cs.ucla.edu"
@@ -120,7 +98,17 @@ def test_whitespace_forms_and_crlf(server):
     assert m and m.group(5) == b"ws" and m.group(6) == b"+1.0+2.0" and m.group(7) == b"5"
 
 
-# ---------------------------------------------------------------- WHATSAT
+def whatsat(port, client, radius=b"10", bound=b"5"):
+    return exchange(port, b"WHATSAT %s %s %s\n" % (client, radius, bound))
+
+
+def split_whatsat(reply):
+    first, rest = reply.split(b"\n", 1)
+    assert rest.endswith(b"}\n\n") and not rest.endswith(b"\n\n\n"), rest[-20:]
+    body = rest[:-2]
+    assert b"\n\n" not in body, "the JSON must have no empty line"
+    return first, json.loads(body)
+
 
 def test_whatsat_reply_shape(server):
     at = iamat(server.port, b"ucla", LOC)
@@ -133,6 +121,13 @@ def test_whatsat_reply_shape(server):
         for key in ("name", "place_id", "vicinity", "types"):
             assert key in r
         assert isinstance(r["geometry"]["location"]["lat"], float)
+
+
+def haversine(lat1, lng1, lat2, lng2):
+    r = math.radians
+    a = (math.sin(r(lat2 - lat1) / 2) ** 2
+         + math.cos(r(lat1)) * math.cos(r(lat2)) * math.sin(r(lng2 - lng1) / 2) ** 2)
+    return 2 * 6371.0088 * math.asin(math.sqrt(a))
 
 
 def test_whatsat_nearest_first_within_radius(server):
@@ -149,7 +144,6 @@ def test_whatsat_nearest_first_within_radius(server):
 
 
 def sample_places():
-    from conftest import PLACES
     with open(PLACES) as f:
         return [(p["geometry"]["coordinates"][1], p["geometry"]["coordinates"][0],
                  p["properties"]["place_id"]) for p in json.load(f)["features"]]
@@ -186,8 +180,6 @@ def test_whatsat_reply_arrives_in_one_piece(server):
         data = s.recv(1 << 20)   # everything is there at once
         assert data.endswith(b"}\n\n"), len(data)
 
-
-# ----------------------------------------------------------- invalid lines
 
 INVALID = [
     b"HELLO",
@@ -235,8 +227,6 @@ def test_whatsat_known_client_but_bad_args(server):
     assert exchange(server.port, b"WHATSAT kiwi 51 5\n") == b"? WHATSAT kiwi 51 5\n"
 
 
-# -------------------------------------------------- connections and order
-
 def test_pipelined_commands_in_order(server):
     lines = []
     for i in range(500):
@@ -249,6 +239,15 @@ def test_pipelined_commands_in_order(server):
         m = AT_RE.match(out[2 * i])
         assert m and m.group(5) == b"p%d" % i
         assert out[2 * i + 1] == b"? BAD %d" % i
+
+
+def read_reply(sock):
+    data = b""
+    while not data.endswith(b"\n\n"):
+        b = sock.recv(65536)
+        assert b, f"connection closed mid-reply: {data!r}"
+        data += b
+    return data
 
 
 def test_many_commands_one_connection_interactive(server):
@@ -272,8 +271,6 @@ def test_half_close_serves_last_unterminated_line(server):
 def test_half_close_unterminated_invalid_line(server):
     assert exchange(server.port, b"just words") == b"? just words\n"
 
-
-# ------------------------------------------------------------- newer order
 
 def stored_line(port, client):
     first, _ = split_whatsat(whatsat(port, client, b"1", b"1"))
@@ -308,3 +305,18 @@ def test_same_update_again_keeps_the_larger_line(server):
     first = iamat(server.port, b"dup", b"+1.0+1.0", b"50")
     second = iamat(server.port, b"dup", b"+1.0+1.0", b"50")
     assert stored_line(server.port, b"dup") == max(first, second)
+
+
+def test_iamat_behind_a_slow_whatsat_keeps_its_receive_time(make_server, slowfake):
+    s = make_server(places=places_opts(slowfake, "google"))
+    exchange(s.port, b"IAMAT kiwi %s %.9f\n" % (LOC, time.time()))
+    slowfake.delay = 1.5
+    t0 = time.time()
+    reply = exchange(s.port, b"WHATSAT kiwi 10 2\nIAMAT held %s %.9f\n" % (LOC, time.time()))
+    took = time.time() - t0
+    assert took >= 1.4, f"the fake answered in {took:.2f} s: the test proves nothing"
+    assert reply.startswith(b"AT Bailey ") and reply.count(b"\n") > 3, reply
+    last = reply.rstrip(b"\n").rsplit(b"\n", 1)[1].split()
+    assert last[0] == b"AT" and last[3] == b"held", reply
+    diff = float(last[2])
+    assert diff < 0.5, f"diff {diff} counts from when the IAMAT was processed, not read"
