@@ -19,7 +19,7 @@ def bench(tmp_path, *args):
 
 
 def test_long_reference_line_is_sent_whole(tmp_path):
-    fake = FakeLineServer()
+    fake = FakeLineServer("ok")
     try:
         ref = "PING " + "r" * 3000
         _, js = bench(tmp_path, "--target", f"127.0.0.1:{fake.port}", "--reference", ref,

@@ -307,10 +307,10 @@ def test_same_update_again_keeps_the_larger_line(server):
     assert stored_line(server.port, b"dup") == max(first, second)
 
 
-def test_iamat_behind_a_slow_whatsat_keeps_its_receive_time(make_server, slowfake):
-    s = make_server(places=places_opts(slowfake, "google"))
+def test_iamat_behind_a_slow_whatsat_keeps_its_receive_time(make_server, fake):
+    s = make_server(places=places_opts(fake, "google"))
     exchange(s.port, b"IAMAT kiwi %s %.9f\n" % (LOC, time.time()))
-    slowfake.delay = 1.5
+    fake.delay = 1.5
     t0 = time.time()
     reply = exchange(s.port, b"WHATSAT kiwi 10 2\nIAMAT held %s %.9f\n" % (LOC, time.time()))
     took = time.time() - t0

@@ -460,7 +460,7 @@ class Net:
 
     def wait_all(self, client, want, names=None, timeout=30):
         names = names or list(LINKS)
-        ok = wait_for(lambda: all(self.stored(n, client) == want for n in names), timeout, 0.2)
+        ok = wait_for(lambda: all(self.stored(n, client) == want for n in names), timeout, step=0.2)
         assert ok, {n: self.stored(n, client) for n in names}
 
     def log(self, n):

@@ -492,7 +492,7 @@ def read_until(proc, want, timeout=10):
 def linked_client(port, identity="proxyherd-v1 Bailey Bona", key=None):
     """An s_client that gets Bailey's link: Bona speaks first (its AGREE,
     then LINK Bona ...)."""
-    c = s_client(port, identity, key or psk_key("Bailey", "Bona"))
+    c = s_client(port, identity, key or psk_key(SECRET, "Bailey", "Bona"))
     try:
         assert read_until(c, b"LINK Bona ").startswith(FIRST_LINES)
     except AssertionError:
@@ -523,7 +523,7 @@ def test_psk_identities_that_name_no_link_here_are_refused(bona):
     bona.start()
     for identity, names, why in IDENTITIES:
         mark = bona.mark()
-        refused_client(bona.port, identity, psk_key(*names))
+        refused_client(bona.port, identity, psk_key((names[2:] or (SECRET,))[0], *names[:2]))
         peer = "Bailey" if "secret" in why else "?"
         assert bona.wait_log(f"peer-refused peer={peer} addr=127.0.0.1:", since=mark), \
             (identity, bona.log()[mark:])
@@ -547,7 +547,7 @@ def test_a_client_offering_no_sha256_suite_is_refused(bona):
     (TLS_AES_128_GCM_SHA256), refused as OpenSSL says."""
     bona.start()
     mark = bona.mark()
-    refused_client(bona.port, "proxyherd-v1 Bailey Bona", psk_key("Bailey", "Bona"),
+    refused_client(bona.port, "proxyherd-v1 Bailey Bona", psk_key(SECRET, "Bailey", "Bona"),
                    suites="TLS_AES_256_GCM_SHA384")
     assert bona.wait_log("reason=no shared cipher\n", since=mark), bona.log()[mark:]
     assert "link-up" not in bona.log()
@@ -598,7 +598,7 @@ def test_dialing_a_neighbour_that_asks_for_another_key_share(bona):
     ClientHello with a HelloRetryRequest, and Bona offers its PSK again for
     the second one (now told the hash: SHA-256).  The link comes up and an
     update crosses it."""
-    zed = s_server(bona.zed_port, psk_key("Bona", "Zed"), "-groups", "P-256")
+    zed = s_server(bona.zed_port, psk_key(SECRET, "Bona", "Zed"), "-groups", "P-256")
     try:
         assert wait_listening(bona.zed_port, zed), "s_server did not start"
         bona.start()
@@ -615,7 +615,7 @@ def test_dialing_a_neighbour_with_another_secret_is_refused_and_retried(bona):
     """Zed (s_server) holds another key: the binder fails there, Zed sends
     its alert, and Bona logs that the neighbour refused its PSK, once per
     attempt, the dial failure once; no link."""
-    zed = s_server(bona.zed_port, psk_key("Bona", "Zed", "another-secret"))
+    zed = s_server(bona.zed_port, psk_key("another-secret", "Bona", "Zed"))
     try:
         assert wait_listening(bona.zed_port, zed), "s_server did not start"
         bona.start()

@@ -134,41 +134,41 @@ def sleepers():
         p.wait()
 
 
-def test_stop_with_a_stale_pidfile_signals_nothing(sherd, sleepers):
+def test_stop_with_a_stale_pidfile_signals_nothing(loose_sherd, sleepers):
     a, b = sleepers(2)
-    write_pids(sherd, [("supervisor", 4000000), ("Bailey", a)])
-    r = sherd.script("stop_servers.sh")
+    write_pids(loose_sherd.dir, [("supervisor", 4000000), ("Bailey", a)])
+    r = loose_sherd.script("stop_servers.sh")
     assert r.returncode == 0, r.stderr
     assert "not running" in r.stdout and "stale" in r.stdout
     assert alive(a), "stop_servers.sh killed an unrelated process"
-    assert not os.path.exists(sherd.pidfile)
+    assert not os.path.exists(loose_sherd.pidfile)
     # the supervisor's own pid reused by an unrelated process
-    write_pids(sherd, [("supervisor", b), ("Bailey", a)])
-    r = sherd.script("stop_servers.sh")
+    write_pids(loose_sherd.dir, [("supervisor", b), ("Bailey", a)])
+    r = loose_sherd.script("stop_servers.sh")
     assert r.returncode == 0 and "not running" in r.stdout, r.stdout + r.stderr
     time.sleep(0.3)
     assert alive(a) and alive(b), "stop_servers.sh killed an unrelated process"
-    assert not os.path.exists(sherd.pidfile)
+    assert not os.path.exists(loose_sherd.pidfile)
 
 
-def test_status_does_not_trust_a_stale_pidfile(sherd, sleepers):
+def test_status_does_not_trust_a_stale_pidfile(loose_sherd, sleepers):
     a, b = sleepers(2)
-    write_pids(sherd, [("supervisor", a), ("Bailey", b)])
-    st = subprocess.run([program("herd-supervisor"), "-c", sherd.config, "--status"],
+    write_pids(loose_sherd.dir, [("supervisor", a), ("Bailey", b)])
+    st = subprocess.run([program("herd-supervisor"), "-c", loose_sherd.config, "--status"],
                         capture_output=True, text=True, timeout=30)
     assert st.returncode == 3 and "no herd is running" in st.stdout and "stale" in st.stdout, \
         st.stdout
 
 
-def test_start_over_a_stale_pidfile_with_a_live_pid(sherd, sleepers):
+def test_start_over_a_stale_pidfile_with_a_live_pid(loose_sherd, sleepers):
     a, b = sleepers(2)
-    write_pids(sherd, [("supervisor", a), ("Bailey", b)])
-    r = sherd.script("start_servers.sh")
+    write_pids(loose_sherd.dir, [("supervisor", a), ("Bailey", b)])
+    r = loose_sherd.script("start_servers.sh")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "stale" in r.stdout
-    pids = sherd.pids()
+    pids = loose_sherd.pids()
     assert pids["supervisor"] != a and "5 of 5 servers listening" in r.stdout
-    r = sherd.script("stop_servers.sh")
+    r = loose_sherd.script("stop_servers.sh")
     assert r.returncode == 0 and "stopped" in r.stdout
     assert wait_gone(pids.values())
     assert alive(a) and alive(b)
@@ -207,27 +207,27 @@ def ours(h, pid):
         return False
 
 
-def test_second_supervisor_refuses_and_stop_stops_the_first(sherd):
-    r = sherd.script("start_servers.sh")
+def test_second_supervisor_refuses_and_stop_stops_the_first(loose_sherd):
+    r = loose_sherd.script("start_servers.sh")
     assert r.returncode == 0, r.stdout + r.stderr
-    first = sherd.pids()
+    first = loose_sherd.pids()
     try:
-        second_supervisor_refuses(sherd, first)
+        second_supervisor_refuses(loose_sherd, first)
     finally:   # without the fix, the first herd outlives stop_servers.sh
-        if ours(sherd, first["supervisor"]):
+        if ours(loose_sherd, first["supervisor"]):
             os.kill(first["supervisor"], signal.SIGTERM)
             wait_gone(first.values())
 
 
-def test_supervisor_leaves_a_pidfile_that_is_not_its_own(sherd):
-    sup, kids = sherd.start_supervisor()
+def test_supervisor_leaves_a_pidfile_that_is_not_its_own(loose_sherd):
+    sup, kids = loose_sherd.start_supervisor()
     try:
-        write_pids(sherd, [("supervisor", 4000001)])
+        write_pids(loose_sherd.dir, [("supervisor", 4000001)])
         # nothing changed in the herd: the supervisor must not write its files
         # again (it did once more a round after the start, replacing this one,
         # and then removed it at exit: a flake in CI)
         time.sleep(1.5)
-        assert open(sherd.pidfile).read() == "supervisor 4000001\n"
+        assert open(loose_sherd.pidfile).read() == "supervisor 4000001\n"
         sup.send_signal(signal.SIGTERM)
         assert sup.wait(timeout=15) == 0
     finally:
@@ -235,8 +235,8 @@ def test_supervisor_leaves_a_pidfile_that_is_not_its_own(sherd):
             sup.kill()
             sup.wait()
     assert wait_gone(kids)
-    assert open(sherd.pidfile).read() == "supervisor 4000001\n"
-    assert sherd.wait_log("supervisor", "left alone")
+    assert open(loose_sherd.pidfile).read() == "supervisor 4000001\n"
+    assert loose_sherd.wait_log("supervisor", "left alone")
 
 
 def hold_lock(folder, text):

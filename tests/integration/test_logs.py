@@ -321,8 +321,8 @@ def test_tail_F_follows_rotation(started):
                 for k in range(50):
                     ask(c, f"filler-{i}-{k}", f"{i}.{k:04d}")
                 ask(c, f"mark-{i}", "1.5")
-                wait_for(lambda: f"mark-{i}".encode() in open(out_path, "rb").read(),
-                           what=f"tail -F to show mark-{i}")
+                wait_for(lambda: f"mark-{i}".encode() in open(out_path, "rb").read(), 5.0,
+                         what=f"tail -F to show mark-{i}")
     finally:
         tail.terminate()
         err = tail.communicate(timeout=5)[1].decode()
@@ -342,7 +342,7 @@ def test_rotation_needs_no_spare_descriptor(started):
         for _ in range(limit + 10):
             held.append(connect(s.port))
         s.read_log(wait_for="reason=out of file descriptors", timeout=5)
-        wait_for(lambda: len(os.listdir(f"/proc/{s.proc.pid}/fd")) == limit, what="a full fd table")
+        wait_for(lambda: len(os.listdir(f"/proc/{s.proc.pid}/fd")) == limit, 5.0, what="a full fd table")
         c = held[0]                 # accepted first, so still served
         for k in range(120):        # about 30 KiB of log: several rotations
             ask(c, f"full-{k}", f"2.{k:04d}")
@@ -376,7 +376,7 @@ def test_logs_are_not_world_readable(started):
     # a file the server creates itself
     os.rename(s.log_path, moved)
     s.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: os.path.exists(s.log_path), what="the reopened log")
+    wait_for(lambda: os.path.exists(s.log_path), 5.0, what="the reopened log")
     mode = stat.S_IMODE(os.stat(s.log_path).st_mode)
     assert mode & 0o137 == 0, oct(mode)
 

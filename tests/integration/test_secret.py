@@ -117,34 +117,34 @@ def test_init_secret_through_a_dangling_link_says_no(files):
     assert r.returncode != 0 and "symbolic link" in r.stderr, r.stdout + r.stderr
 
 
-def test_secret_readable_by_others_is_refused(sherd):
-    path = write_secret(sherd, "s3cret-of-the-herd\n", 0o644)
-    rc, err = run_server(sherd, "Bailey", timeout=5)
+def test_secret_readable_by_others_is_refused(loose_sherd):
+    path = write_secret(loose_sherd, "s3cret-of-the-herd\n", 0o644)
+    rc, err = run_server(loose_sherd, "Bailey", timeout=5)
     assert rc not in (None, 0), "herd-server ran with a world-readable secret"
     assert f"chmod 600 {path}" in err, err
-    r = sherd.script("start_servers.sh")
+    r = loose_sherd.script("start_servers.sh")
     assert r.returncode != 0 and f"chmod 600 {path}" in r.stderr, r.stdout + r.stderr
-    assert not os.path.exists(sherd.pidfile)
-    sup = subprocess.run([program("herd-supervisor"), "-c", sherd.config], env=sherd.env,
+    assert not os.path.exists(loose_sherd.pidfile)
+    sup = subprocess.run([program("herd-supervisor"), "-c", loose_sherd.config], env=loose_sherd.env,
                          capture_output=True, text=True, timeout=30)
     assert sup.returncode != 0 and f"chmod 600 {path}" in sup.stderr
     os.chmod(path, 0o600)
     assert open(path).read() == "s3cret-of-the-herd\n"
 
 
-def test_empty_secret_is_refused_and_init_secret_replaces_it(sherd):
-    path = write_secret(sherd, "\n", 0o600)
-    rc, err = run_server(sherd, "Bailey", timeout=5)
+def test_empty_secret_is_refused_and_init_secret_replaces_it(loose_sherd):
+    path = write_secret(loose_sherd, "\n", 0o600)
+    rc, err = run_server(loose_sherd, "Bailey", timeout=5)
     assert rc not in (None, 0), "herd-server ran with an empty secret"
     assert "is empty" in err and "--init-secret" in err, err
-    r = sherd.script("start_servers.sh")
+    r = loose_sherd.script("start_servers.sh")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "replaced the herd secret" in r.stdout
     assert len(open(path).read().strip()) == 64
     assert os.stat(path).st_mode & 0o777 == 0o600
-    for n in sherd.ports:
-        assert sherd.wait_log(n, "link-up", timeout=10), n
-    assert "links-disabled" not in sherd.log("Bailey")
+    for n in loose_sherd.ports:
+        assert loose_sherd.wait_log(n, "link-up", timeout=10), n
+    assert "links-disabled" not in loose_sherd.log("Bailey")
 
 
 def init_secret(cfg, secret=None):

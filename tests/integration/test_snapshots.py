@@ -503,15 +503,15 @@ def test_snapshot_child_holds_no_socket_and_dies_with_the_server(tmp_path, start
 def test_leftover_snapshot_files_are_removed_at_start(tmp_path, started_servers):
     port = free_port()
     s = configured_server(tmp_path, "Bailey", {"Bailey": (port, [])})
-    proc_state = os.path.join(s.dir, "proc_state")
-    os.makedirs(proc_state)
+    state = os.path.join(s.dir, "state")
+    os.makedirs(state)
     for name in ("Bailey.snap.tmp.12345", "Bailey.snap.tmp.999"):
-        with open(os.path.join(proc_state, name), "w") as f:
+        with open(os.path.join(state, name), "w") as f:
             f.write("HERDSNAP 1 Bailey\nAT half")
-    with open(os.path.join(proc_state, "Bona.snap.tmp.5"), "w") as f:     # not ours
+    with open(os.path.join(state, "Bona.snap.tmp.5"), "w") as f:     # not ours
         f.write("x")
     started_servers.append(s.start())
-    assert sorted(n for n in os.listdir(proc_state) if ".snap" in n) == ["Bona.snap.tmp.5"]
+    assert sorted(n for n in os.listdir(state) if ".snap" in n) == ["Bona.snap.tmp.5"]
     log = s.read_log(wait_for="Bailey.snap.tmp.999")
     assert "snapshot-leftover-removed" in log and "Bailey.snap.tmp.12345" in log, log
 
@@ -647,13 +647,13 @@ def test_leftover_cleanup_takes_only_its_own_pid_files(tmp_path):
         s.stop()
 
 
-def test_snapshots_and_state_are_private(sherd):
-    state = os.path.join(sherd.dir, "state")
+def test_snapshots_and_state_are_private(loose_sherd):
+    state = os.path.join(loose_sherd.dir, "state")
     old = os.umask(0o022)
     try:
-        assert sherd.script("start_servers.sh").returncode == 0
+        assert loose_sherd.script("start_servers.sh").returncode == 0
         modes = {"supervisor.state": os.stat(os.path.join(state, "supervisor.state")).st_mode}
-        assert sherd.script("stop_servers.sh").returncode == 0
+        assert loose_sherd.script("stop_servers.sh").returncode == 0
     finally:
         os.umask(old)
     snaps = [f for f in os.listdir(state) if f.endswith(".snap")]

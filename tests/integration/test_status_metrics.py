@@ -508,8 +508,8 @@ def test_status_rates(sherd):  # noqa: F811
     # the table --status prints comes first, unchanged in shape
     assert out[:2 + len(ALL)] == plain.stdout.split("\n")[:2] + out[2:2 + len(ALL)]
     assert all(len(line.split()) == 8 for line in out[2:2 + len(ALL)]), st.stdout
-    head = out.index(next(line for line in out if line.startswith("PROM_NAME ") and "UPDATES/S" in line))
-    assert out[head].split() == ["PROM_NAME", "CLIENTS", "UPDATES/S", "LINK-SENT/S", "REQUESTS/S",
+    head = out.index(next(line for line in out if line.startswith("NAME ") and "UPDATES/S" in line))
+    assert out[head].split() == ["NAME", "CLIENTS", "UPDATES/S", "LINK-SENT/S", "REQUESTS/S",
                                  "LINKS-UP"]
     rows = {line.split()[0]: line.split() for line in out[head + 1:] if line.strip()}
     assert set(rows) == set(ALL), st.stdout
