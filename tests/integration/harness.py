@@ -16,7 +16,8 @@ at bin/ or at the sanitizer build).  What is here:
   SupervisedHerd servers under herd-supervisor, started directly or by
                  start_servers.sh/stop_servers.sh; waits for what a test needs
                  (wait_listening, wait_restarted)
-  namespaces     sh, netns_available, plug, Capture, pcap_tcp_packets
+  Namespaces     network namespaces on a bridge (multi-host), or one whose
+                 resolver never answers; Capture (tcpdump on the bridge)
   FakePlaces     the Places API (New and legacy), over HTTP
   FakeLineServer a listening socket that answers lines and records them
   FakePeer       a neighbour's end of a TLS link (openssl s_client)
@@ -869,6 +870,163 @@ def plug(bridge, ns, veth, addr):
     sh("ip", "-n", ns, "link", "set", "lo", "up")
     sh("ip", "link", "set", veth, "master", bridge)
     sh("ip", "link", "set", veth, "up")
+
+
+# a nameserver on the namespace's loopback that reads queries and never
+# answers (no ICMP error either: each lookup waits its whole timeout)
+DNS_SINK = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 53))
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+# a client run inside a namespace: prints its own port, then the reply
+_INSIDE = ("import socket,sys\n"
+           "s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=5)\n"
+           "sys.stdout.buffer.write(b'%d\\n' % s.getsockname()[1])\n"
+           "s.sendall(sys.stdin.buffer.read());s.shutdown(socket.SHUT_WR)\n"
+           "o=b''\nwhile True:\n b=s.recv(65536)\n if not b: break\n o+=b\n"
+           "sys.stdout.buffer.write(o)\n")
+
+
+class Namespaces:
+    """Network namespaces for multi-host tests (root and `ip netns`: see
+    netns_available), named phh* with a random tag and a random 10.x.y/24,
+    so parallel tests do not meet.
+
+    hosts: one namespace per label.  With bridge (the default), each host
+    has an address on the bridge (self.addr) through a veth (self.veth;
+    cut() and heal() set it down and up: packets vanish, no reset); with
+    names, every namespace's /etc/netns/NS/hosts (which `ip netns exec` puts
+    over /etc/hosts) gives each host the name host-X.herd (self.name).
+    slow_dns: no bridge needed; the namespace's resolver is a nameserver on
+    its loopback that never answers.  down() removes everything up() made
+    and kills whatever still runs inside.  Subclasses put herds on it."""
+
+    def __init__(self, hosts, bridge=True, names=False, slow_dns=False):
+        tag = "%04x" % random.randrange(1 << 16)
+        self.hosts = list(hosts)
+        self.net = f"10.{100 + random.randrange(150)}.{random.randrange(250)}"
+        self.bridge = f"phhbr{tag}" if bridge else None
+        self.addr = {h: f"{self.net}.{i + 1}" for i, h in enumerate(self.hosts)}
+        self.ns = {h: f"phh{tag}{i}" for i, h in enumerate(self.hosts)}
+        self.veth = {h: f"phhv{tag}{i}" for i, h in enumerate(self.hosts)}
+        self.name = {h: f"host-{str(h).lower()}.herd" for h in self.hosts}
+        self.names, self.slow_dns = names, slow_dns
+        self.made = []
+        self.spawned = []
+
+    def up(self):
+        if self.bridge:
+            sh("ip", "link", "add", self.bridge, "type", "bridge")
+            self.made.append(("link", self.bridge))
+            sh("ip", "addr", "add", f"{self.net}.254/24", "dev", self.bridge)
+            sh("ip", "link", "set", self.bridge, "up")
+        for h in self.hosts:
+            self._add(h)
+        return self
+
+    def _add(self, h):
+        ns = self.ns[h]
+        sh("ip", "netns", "add", ns)
+        self.made.append(("netns", ns))
+        if self.names or self.slow_dns:
+            os.makedirs(f"/etc/netns/{ns}", exist_ok=True)
+            self.made.append(("etc", f"/etc/netns/{ns}"))
+            self.write_hosts(h)
+        if self.slow_dns:
+            with open(f"/etc/netns/{ns}/resolv.conf", "w") as f:
+                f.write("nameserver 127.0.0.1\noptions timeout:2 attempts:1\n")
+        if self.bridge:
+            self.made.append(("link", self.veth[h]))
+            plug(self.bridge, ns, self.veth[h], self.addr[h])
+        else:
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        if self.slow_dns:
+            sink = self.spawn(h, ["/usr/bin/python3", "-c", DNS_SINK], stdout=subprocess.PIPE)
+            assert sink.stdout.readline() == b"ready\n"
+
+    def write_hosts(self, h):
+        """Host h's /etc/hosts, rewritten in place (the same file stays
+        mounted in the namespace, and every lookup reads it again)."""
+        text = "127.0.0.1 localhost\n"
+        if self.names:
+            text += "::1 localhost\n" + \
+                "".join(f"{self.addr[x]} {self.name[x]}\n" for x in self.hosts)
+        with open(f"/etc/netns/{self.ns[h]}/hosts", "a+") as f:
+            f.seek(0)
+            f.truncate()
+            f.write(text)
+
+    def move(self, h, last_octet):
+        """Give host h a new address, and tell every host's /etc/hosts."""
+        new = f"{self.net}.{last_octet}"
+        sh("ip", "-n", self.ns[h], "addr", "del", f"{self.addr[h]}/24", "dev", "eth0")
+        sh("ip", "-n", self.ns[h], "addr", "add", f"{new}/24", "dev", "eth0")
+        self.addr[h] = new
+        for x in self.hosts:
+            self.write_hosts(x)
+
+    def cut(self, h):
+        """Host h off the bridge: its veth down, packets vanish (no reset)."""
+        sh("ip", "link", "set", self.veth[h], "down")
+
+    def heal(self, h):
+        sh("ip", "link", "set", self.veth[h], "up")
+
+    def in_ns(self, h):
+        return ("ip", "netns", "exec", self.ns[h])
+
+    def spawn(self, h, argv, **kw):
+        """A process in h's namespace; down() kills it if it still runs."""
+        p = subprocess.Popen([*self.in_ns(h), *argv], **kw)
+        self.spawned.append(p)
+        return p
+
+    def run(self, h, argv, timeout):
+        return subprocess.run([*self.in_ns(h), *argv], capture_output=True, text=True,
+                              timeout=timeout)
+
+    def send_inside(self, h, host, port, data):
+        """data to host:port from inside h's namespace (h may be cut off the
+        bridge), half-closed; (the client's port, the reply)."""
+        out = subprocess.run([*self.in_ns(h), "/usr/bin/python3", "-c", _INSIDE, host, str(port)],
+                             input=data, capture_output=True, timeout=20).stdout
+        client_port, _, reply = out.partition(b"\n")
+        return int(client_port or 0), reply
+
+    def capture(self, path):
+        """tcpdump on the bridge into path (see Capture)."""
+        return Capture(self.bridge, path)
+
+    def down(self):
+        """Remove what up() made; whatever still runs inside is killed."""
+        for p in self.spawned:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        for kind, name in self.made:
+            if kind == "netns":
+                left = sh("ip", "netns", "pids", name, check=False).stdout.split()
+                for pid in left:                    # only what runs in our namespace
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        for kind, name in reversed(self.made):
+            if kind == "netns":
+                sh("ip", "netns", "del", name, check=False)
+            elif kind == "etc":
+                shutil.rmtree(name, ignore_errors=True)
+                try:
+                    os.rmdir("/etc/netns")        # when no other namespace uses it
+                except OSError:
+                    pass
+            else:
+                sh("ip", "link", "del", name, check=False)
+        self.made = []
 
 
 class Capture:

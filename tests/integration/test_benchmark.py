@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from harness import FakeLineServer, program, pytest
+from harness import FakeLineServer, program
 
 
 def bench(tmp_path, *args):

@@ -14,7 +14,7 @@ import pytest
 
 from nemesis import run_schedule
 
-from harness import DEFAULT_LINKS, alive, exchange, pytest, SupervisedHerd, wait_gone
+from harness import DEFAULT_LINKS, alive, exchange, SupervisedHerd, wait_gone
 
 
 CHAOS_SECONDS = float(os.environ.get("CHAOS_SECONDS", "12"))

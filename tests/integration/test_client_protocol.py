@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness import PLACES, connect, exchange, places_opts, pytest, recv_exact_lines
+from harness import PLACES, connect, exchange, places_opts, recv_exact_lines
 
 
 LOC = b"+34.068930-118.445127"

@@ -6,9 +6,7 @@ with no client location on the wire.  The namespace tests need root and
 `ip netns`, and are skipped with the reason otherwise.
 """
 import os
-import random
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,9 +14,9 @@ import time
 
 import pytest
 
-from harness import (DEFAULT_LINKS, PLACES, TRIO, alive, Capture, config_text, exchange, free_port,
-                     kill_all, netns_available, pcap_tcp_packets, plug, program, pytest, read_log,
-                     read_pids, run_script, script_env, sh, supervisor_problems, wait_for,
+from harness import (DEFAULT_LINKS, PLACES, TRIO, alive, config_text, exchange, free_port, kill_all,
+                     listens, Namespaces, netns_available, pcap_tcp_packets, program, read_log,
+                     read_pids, run_script, script_env, supervisor_problems, wait_for,
                      write_herd_dir)
 
 
@@ -28,24 +26,14 @@ NAMES = list(DEFAULT_LINKS)
 PORT = 10500
 
 
-class Hosts:
+class Hosts(Namespaces):
+    """The default herd with each server alone on its host (named as the
+    server), all on PORT, started directly."""
+
     def __init__(self, tmp_path):
-        self.tag = "%04x" % random.randrange(1 << 16)
-        self.net = f"10.{100 + random.randrange(100)}.{random.randrange(250)}"
-        self.bridge = f"hb{self.tag}"
-        self.addr = {n: f"{self.net}.{i + 1}" for i, n in enumerate(NAMES)}
-        self.ns = {n: f"herd{self.tag}{i}" for i, n in enumerate(NAMES)}
-        self.veth = {n: f"hv{self.tag}{i}" for i, n in enumerate(NAMES)}
+        super().__init__(NAMES)
         self.dir = str(tmp_path)
         self.procs = {}
-
-    def up(self):
-        sh("ip", "link", "add", self.bridge, "type", "bridge")
-        sh("ip", "addr", "add", f"{self.net}.254/24", "dev", self.bridge)
-        sh("ip", "link", "set", self.bridge, "up")
-        for n in NAMES:
-            sh("ip", "netns", "add", self.ns[n])
-            plug(self.bridge, self.ns[n], self.veth[n], self.addr[n])
 
     def write_config(self):
         text = "servers:\n"
@@ -62,41 +50,24 @@ class Hosts:
         for n in NAMES:
             err = open(os.path.join(self.dir, f"{n}.stderr"), "wb")
             self.procs[n] = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns[n], program("herd-server"), n, "-c", self.config],
+                [*self.in_ns(n), program("herd-server"), n, "-c", self.config],
                 stdout=subprocess.DEVNULL, stderr=err, env=env)
         for n in NAMES:
-            deadline = time.time() + 10
-            while True:
-                try:
-                    socket.create_connection((self.addr[n], PORT), timeout=0.5).close()
-                    break
-                except OSError:
-                    assert time.time() < deadline, f"{n} did not listen"
-                    time.sleep(0.05)
+            wait_for(lambda: listens(PORT, self.addr[n]), 10, what=f"{n} to listen")
 
     def send(self, n, data):
         return exchange(PORT, data, host=self.addr[n], timeout=5)
 
     def send_inside(self, n, line):
         """From inside n's namespace (it may be cut off the bridge)."""
-        code = ("import socket,sys\n"
-                f"s=socket.create_connection(('{self.addr[n]}',{PORT}),timeout=5)\n"
-                f"s.sendall({line!r});s.shutdown(socket.SHUT_WR)\n"
-                "o=b''\nwhile True:\n b=s.recv(65536)\n if not b: break\n o+=b\n"
-                "sys.stdout.buffer.write(o)\n")
-        r = subprocess.run(["ip", "netns", "exec", self.ns[n], "/usr/bin/python3", "-c", code],
-                           capture_output=True, timeout=20)
-        return r.stdout
+        return super().send_inside(n, self.addr[n], PORT, line)[1]
 
     def stored(self, n, client):
         reply = self.send(n, b"WHATSAT %s 0.001 1\n" % client)
         return None if reply.startswith(b"? ") else reply.split(b"\n", 1)[0]
 
     def log(self, n):
-        try:
-            return open(os.path.join(self.dir, "logs", f"{n}.log")).read()
-        except FileNotFoundError:
-            return ""
+        return read_log(self.dir, n)
 
     def down(self):
         """Stop everything; returns what went wrong with the servers."""
@@ -113,10 +84,7 @@ class Hosts:
             err = open(os.path.join(self.dir, f"{n}.stderr"), errors="replace").read()
             if p.returncode != 0 or "Sanitizer" in err or "runtime error" in err:
                 problems.append(f"{n} exited {p.returncode}: {err[-1500:]}")
-        for n in NAMES:
-            sh("ip", "netns", "del", self.ns[n], check=False)
-            sh("ip", "link", "del", self.veth[n], check=False)
-        sh("ip", "link", "del", self.bridge, check=False)
+        super().down()
         return problems
 
 
@@ -170,7 +138,7 @@ def test_herd_across_hosts_survives_cut_links(tmp_path, report):
         for victim, other in (("Campbell", "Clark"), ("Clark", "Bailey")):
             near = DEFAULT_LINKS[victim]
             before = {n: len(hosts.log(n)) for n in NAMES}
-            sh("ip", "link", "set", hosts.veth[victim], "down")      # cut off the bridge
+            hosts.cut(victim)                  # off the bridge
             cut_at = time.time()
             t = int(time.time())
             inside = hosts.send_inside(victim, b"IAMAT cut-%s +2.0+2.0 %d.5\n" % (victim.encode(), t))
@@ -188,7 +156,7 @@ def test_herd_across_hosts_survives_cut_links(tmp_path, report):
             down_s = time.time() - cut_at
             assert hosts.stored(other, b"cut-%s" % victim.encode()) is None, "the cut did not cut"
             healed = {n: len(hosts.log(n)) for n in NAMES}
-            sh("ip", "link", "set", hosts.veth[victim], "up")        # heal
+            hosts.heal(victim)
             start = time.time()
             # the links come back (the dialer retries every 3.2 s at most), and
             # anti-entropy sends each side what the other lacks: the victim to
@@ -359,65 +327,22 @@ LINKS = {"Bailey": ["Bona", "Campbell"], "Bona": ["Bailey", "Clark", "Campbell"]
 PLACEMENT = {"Bailey": "A", "Bona": "A", "Campbell": "B", "Clark": "B", "Jaquez": "C"}
 
 
-class Net:
-    """Three namespaces on a bridge; host X has one address, a name for it
-    (host-x.herd, in each namespace's /etc/netns/NS/hosts, which `ip netns
-    exec` puts over /etc/hosts), and a folder with its own copy of the same
-    config, which names the hosts by those names."""
+class Net(Namespaces):
+    """Three hosts A, B and C on a bridge; host X has one address, a name
+    for it (host-x.herd), and a folder with its own copy of the same config,
+    which names the hosts by those names; each runs the scripts."""
 
     def __init__(self, tmp_path):
-        tag = "%04x" % random.randrange(1 << 16)
-        self.net = f"10.{200 + random.randrange(50)}.{random.randrange(250)}"
-        self.bridge = f"phhbr{tag}"
-        self.hosts = ["A", "B", "C"]
-        self.addr = {h: f"{self.net}.{i + 1}" for i, h in enumerate(self.hosts)}
-        self.ns = {h: f"phh{tag}{h}" for h in self.hosts}
-        self.veth = {h: f"phhv{tag}{h}" for h in self.hosts}
-        self.name = {h: f"host-{h.lower()}.herd" for h in self.hosts}
+        super().__init__(["A", "B", "C"], names=True)
         self.dir = {h: str(tmp_path / h) for h in self.hosts}
         self.tmp = str(tmp_path)
-        self.made = []
         self.captures = []
 
     def up(self):
-        sh("ip", "link", "add", self.bridge, "type", "bridge")
-        self.made.append(("link", self.bridge))
-        sh("ip", "addr", "add", f"{self.net}.254/24", "dev", self.bridge)
-        sh("ip", "link", "set", self.bridge, "up")
-        for h in self.hosts:
-            ns, v = self.ns[h], self.veth[h]
-            sh("ip", "netns", "add", ns)
-            self.made.append(("netns", ns))
-            os.makedirs(f"/etc/netns/{ns}", exist_ok=True)
-            self.made.append(("etc", f"/etc/netns/{ns}"))
-            self.write_hosts(h)
-            self.made.append(("link", v))
-            plug(self.bridge, ns, v, self.addr[h])
+        super().up()
         text = config_text({n: (self.name[PLACEMENT[n]], PORTS[n], LINKS[n]) for n in LINKS},
                            extra="herd: { snapshot_interval_s: 1 }\n")
         self.config = {h: write_herd_dir(self.dir[h], text) for h in self.hosts}
-
-    def write_hosts(self, h):
-        """Host h's /etc/hosts, rewritten in place (the same file stays
-        mounted in the namespace, and every lookup reads it again)."""
-        text = "127.0.0.1 localhost\n::1 localhost\n" + \
-            "".join(f"{self.addr[x]} {self.name[x]}\n" for x in self.hosts)
-        with open(f"/etc/netns/{self.ns[h]}/hosts", "a+") as f:
-            f.seek(0)
-            f.truncate()
-            f.write(text)
-
-    def move(self, h, last_octet):
-        """Give host h a new address, and tell every host's /etc/hosts."""
-        new = f"{self.net}.{last_octet}"
-        sh("ip", "-n", self.ns[h], "addr", "del", f"{self.addr[h]}/24", "dev", "eth0")
-        sh("ip", "-n", self.ns[h], "addr", "add", f"{new}/24", "dev", "eth0")
-        self.addr[h] = new
-        for x in self.hosts:
-            self.write_hosts(x)
-
-    def in_ns(self, h):
-        return ("ip", "netns", "exec", self.ns[h])
 
     def start(self, h):
         return run_script("start_servers.sh", self.config[h], prefix=self.in_ns(h))
@@ -446,17 +371,8 @@ class Net:
         """From inside n's namespace (it may be cut off the bridge), or from
         host host_from's; the reply, or with host_from (the client's port,
         the reply)."""
-        host, port = self.where(n)
-        code = ("import socket,sys\n"
-                f"s=socket.create_connection(('{host}',{port}),timeout=5)\n"
-                "sys.stdout.buffer.write(b'%d\\n' % s.getsockname()[1])\n"
-                f"s.sendall({line!r});s.shutdown(socket.SHUT_WR)\n"
-                "o=b''\nwhile True:\n b=s.recv(65536)\n if not b: break\n o+=b\n"
-                "sys.stdout.buffer.write(o)\n")
-        out = subprocess.run([*self.in_ns(host_from or PLACEMENT[n]), "/usr/bin/python3", "-c",
-                              code], capture_output=True, timeout=20).stdout
-        client_port, _, reply = out.partition(b"\n")
-        return (int(client_port or 0), reply) if host_from else reply
+        port, reply = super().send_inside(host_from or PLACEMENT[n], *self.where(n), line)
+        return (port, reply) if host_from else reply
 
     def wait_all(self, client, want, names=None, timeout=30):
         names = names or list(LINKS)
@@ -468,7 +384,7 @@ class Net:
 
     def capture(self):
         """The hook for a capture on the bridge (see the module's text)."""
-        c = Capture(self.bridge, os.path.join(self.tmp, f"bridge{len(self.captures)}.pcap"))
+        c = super().capture(os.path.join(self.tmp, f"bridge{len(self.captures)}.pcap"))
         self.captures.append(c)
         return c
 
@@ -486,21 +402,7 @@ class Net:
             if not wait_for(lambda: not any(alive(p) for p in pids.values()), 10):
                 problems.append(f"{h}: a process survived stop_servers.sh")
             problems += [f"{h}: {line}" for line in supervisor_problems(self.dir[h])]
-        for kind, name in self.made:
-            if kind == "netns":
-                left = sh("ip", "netns", "pids", name, check=False).stdout.split()
-                kill_all(int(p) for p in left)      # only what runs in our namespace
-        for kind, name in reversed(self.made):
-            if kind == "netns":
-                sh("ip", "netns", "del", name, check=False)
-            elif kind == "etc":
-                shutil.rmtree(name, ignore_errors=True)
-                try:
-                    os.rmdir("/etc/netns")        # when no other namespace uses it
-                except OSError:
-                    pass
-            else:
-                sh("ip", "link", "del", name, check=False)
+        super().down()
         return problems
 
 
@@ -544,7 +446,7 @@ def test_each_host_runs_its_own_servers_and_an_iamat_reaches_all(net):
 
 def test_a_host_cut_off_and_healed_converges(net, report):
     victim, other = "Jaquez", "Bailey"       # host C; its links go to host B
-    sh("ip", "link", "set", net.veth["C"], "down")
+    net.cut("C")
     try:
         t = int(time.time())
         inside = net.send_inside(victim, b"IAMAT cut +2.0+2.0 %d.5\n" % t)
@@ -555,7 +457,7 @@ def test_a_host_cut_off_and_healed_converges(net, report):
         time.sleep(1.5)
         assert net.stored(other, b"cut") is None, "the cut did not cut"
     finally:
-        sh("ip", "link", "set", net.veth["C"], "up")
+        net.heal("C")
     start = time.time()
     net.wait_all(b"cut", inside[:-1])
     net.wait_all(b"out", outside[:-1])

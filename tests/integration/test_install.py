@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from harness import (PLACES, ROOT, TRIO, config_text, free_port, kill_all, program, pytest,
-                     read_pids, script_env, write_herd_dir)
+from harness import (PLACES, ROOT, TRIO, config_text, free_port, kill_all, program, read_pids,
+                     script_env, write_herd_dir)
 
 
 def test_make_install(tmp_path):

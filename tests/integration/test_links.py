@@ -14,9 +14,9 @@ import time
 import pytest
 
 from harness import (BUSY, BUSY_ADDR, DEFAULT_LINKS, connect, exchange, fake_peer, FakePeer,
-                     free_port, hold_clients, linked, proc_kib, program, psk_key, pytest,
-                     read_metrics, recv_until_eof, Server, stop_server, value, wait_for,
-                     wait_listening, wait_log, wait_metrics, with_secret, write_config)
+                     free_port, hold_clients, linked, proc_kib, program, psk_key, read_metrics,
+                     recv_until_eof, Server, stop_server, value, wait_for, wait_listening, wait_log,
+                     wait_metrics, with_secret, write_config)
 
 
 SECRET = "test-secret-0123456789"

@@ -19,8 +19,8 @@ import pytest
 
 from harness import (DEFAULT_LINKS, SERVER_SECRET, TRUST_SECRET, configured_server, connect,
                      exchange, free_port, hold_clients, linked, log_mark, Pair, program, psk_key,
-                     pytest, read_log, recv_until_eof, start_server, stop_server, wait_for,
-                     wait_listening, wait_log, with_secret, write_config)
+                     read_log, recv_until_eof, start_server, stop_server, wait_for, wait_listening,
+                     wait_log, with_secret, write_config)
 
 
 OPENSSL = pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed")

@@ -16,9 +16,9 @@ import time
 import pytest
 
 from harness import (NO_HANG, PRECIOUS, ROOT, ROOT_ONLY, SUP_HERD_SECRET, alive, free_port, linked,
-                     one_server, one_server_config, outside_target, plant, program, pytest,
-                     read_log, run_supervisor, Server, status_rows, SupervisedHerd, supervisor_cmd,
-                     wait_for, wait_gone, wait_listening, write_config, write_pids)
+                     one_server, one_server_config, outside_target, plant, program, read_log,
+                     run_supervisor, Server, status_rows, SupervisedHerd, supervisor_cmd, wait_for,
+                     wait_gone, wait_listening, write_config, write_pids)
 
 
 def test_stop_with_another_config_of_the_folder_stops_nothing(tmp_path):

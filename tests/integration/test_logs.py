@@ -16,7 +16,7 @@ import time
 import pytest
 
 from harness import (DEFAULT_LINKS, NO_HANG, PRECIOUS, SUP_HERD_SECRET, connect, exchange,
-                     free_port, one_server_config, outside_target, program, pytest, read_log,
+                     free_port, one_server_config, outside_target, program, read_log,
                      recv_exact_lines, Server, SupervisedHerd, wait_for, wait_log)
 
 

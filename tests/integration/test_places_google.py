@@ -5,7 +5,6 @@ off the server's loop by the resolver helper.
 """
 import json
 import os
-import random
 import signal
 import socket
 import stat
@@ -15,9 +14,8 @@ import urllib.parse
 
 import pytest
 
-from harness import (PLACES_KEY, config_text, connect, exchange, FakePlaces, free_port,
-                     netns_available, places_opts, proc_kib, program, pytest, read_log, sh,
-                     wait_for, wait_log)
+from harness import (PLACES_KEY, config_text, connect, exchange, FakePlaces, free_port, Namespaces,
+                     netns_available, places_opts, proc_kib, program, read_log, wait_for, wait_log)
 
 
 class ErrorPlaces(FakePlaces):
@@ -459,63 +457,6 @@ def test_client_gone_while_others_wait_for_the_same_answer(make_server, fake):
     assert len(fake.requests) == 1
 
 
-SINK = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", 53))
-print("ready", flush=True)
-time.sleep(600)
-"""
-
-
-class SlowDnsNamespace:
-    def __init__(self):
-        self.ns = "herdres%04x" % random.randrange(1 << 16)
-        self.etc = f"/etc/netns/{self.ns}"
-        self.procs = []
-
-    def __enter__(self):
-        sh("ip", "netns", "add", self.ns)
-        os.makedirs(self.etc, exist_ok=True)
-        with open(f"{self.etc}/resolv.conf", "w") as f:
-            f.write("nameserver 127.0.0.1\noptions timeout:2 attempts:1\n")
-        with open(f"{self.etc}/hosts", "w") as f:
-            f.write("127.0.0.1 localhost\n")
-        sh("ip", "-n", self.ns, "link", "set", "lo", "up")
-        sink = self.spawn(["/usr/bin/python3", "-c", SINK], stdout=subprocess.PIPE)
-        assert sink.stdout.readline() == b"ready\n"
-        return self
-
-    def spawn(self, argv, **kw):
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], **kw)
-        self.procs.append(p)
-        return p
-
-    def run(self, argv, timeout):
-        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True,
-                              text=True, timeout=timeout)
-
-    def __exit__(self, *exc):
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        sh("ip", "netns", "del", self.ns, check=False)
-        for f in ("resolv.conf", "hosts"):
-            if os.path.exists(f"{self.etc}/{f}"):
-                os.unlink(f"{self.etc}/{f}")
-        os.rmdir(self.etc)
-
-
-@pytest.fixture
-def slow_dns():
-    why = netns_available()
-    if why:
-        pytest.skip(why)
-    with SlowDnsNamespace() as ns:
-        yield ns
-
-
 def resolver_children(pid):
     """Pids of pid's children named herd-resolver."""
     found = []
@@ -558,6 +499,19 @@ print(json.dumps({"worst": worst, "answered": n}))
 """
 
 
+@pytest.fixture
+def slow_dns():
+    """A namespace ("dns") whose resolver never answers."""
+    why = netns_available()
+    if why:
+        pytest.skip(why)
+    ns = Namespaces(["dns"], bridge=False, slow_dns=True)
+    try:
+        yield ns.up()
+    finally:
+        ns.down()
+
+
 def test_a_host_name_dns_does_not_answer_never_holds_the_loop(tmp_path, slow_dns):
     port = free_port()
     text = config_text({"Alpha": ("127.0.0.1", port, ["Beta"]),
@@ -566,14 +520,14 @@ def test_a_host_name_dns_does_not_answer_never_holds_the_loop(tmp_path, slow_dns
     cfg.write_text(text)
     env = dict(os.environ, HERD_SECRET="resolver-test-secret")
     err = open(tmp_path / "Alpha.stderr", "wb")
-    server = slow_dns.spawn([program("herd-server"), "Alpha", "-c", str(cfg)], env=env,
+    server = slow_dns.spawn("dns", [program("herd-server"), "Alpha", "-c", str(cfg)], env=env,
                             stdout=subprocess.DEVNULL, stderr=err)
     assert wait_log(str(tmp_path), "Alpha", "listening server=Alpha", timeout=10)
     pid = int(read_log(str(tmp_path), "Alpha").split("listening server=Alpha")[1]
               .split(" pid=")[1].split()[0])
     # Alpha dials Beta (its name sorts first) and asks for beta.herd-test
     # again after each 2 s timeout: 4 s of PINGs span two lookups
-    probe = slow_dns.run(["/usr/bin/python3", "-c", PROBE, str(port), "4"], timeout=60)
+    probe = slow_dns.run("dns", ["/usr/bin/python3", "-c", PROBE, str(port), "4"], timeout=60)
     assert probe.returncode == 0, probe.stderr
     got = json.loads(probe.stdout)
     assert got["worst"] < 1.0, f"a PING waited {got['worst']:.2f} s for the lookup"
@@ -679,7 +633,7 @@ def test_the_reason_for_a_longest_name_is_logged_whole(tmp_path, slow_dns):
     cfg.write_text(text)
     env = dict(os.environ, HERD_SECRET="resolver-test-secret")
     with open(tmp_path / "Alpha.stderr", "wb") as err:
-        server = slow_dns.spawn([program("herd-server"), "Alpha", "-c", str(cfg)], env=env,
+        server = slow_dns.spawn("dns", [program("herd-server"), "Alpha", "-c", str(cfg)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)
     try:
         assert wait_log(str(tmp_path), "Alpha", "link-dial-failed peer=Beta", timeout=20)

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from harness import (free_port, one_server, one_server_config, program, pytest, run_supervisor,
+from harness import (free_port, one_server, one_server_config, program, run_supervisor,
                      run_supervisor_cmd, supervisor_cmd, write_config)
 
 

@@ -17,8 +17,8 @@ import pytest
 
 from harness import (DEFAULT_LINKS, PRECIOUS, ROOT_ONLY, alive, children, configured_server,
                      connect, exchange, free_port, outside_target, plant, proc_kib, proc_state,
-                     program, pytest, recv_until_eof, Server, snapshot_count, start_server,
-                     stop_server, stored_set, wait_for, wait_listening, write_config)
+                     program, recv_until_eof, Server, snapshot_count, start_server, stop_server,
+                     stored_set, wait_for, wait_listening, write_config)
 
 
 def test_snapshot_load_respects_a_smaller_bound(make_server):

@@ -16,8 +16,8 @@ import time
 import pytest
 
 from harness import (DEFAULT_LINKS, PRECIOUS, exchange, FakePlaces, outside_target, parse_prom,
-                     proc_state, program, prom_path, pytest, read_metrics, Server, status_rows,
-                     value, wait_for, wait_log, wait_metrics, write_config)
+                     proc_state, program, prom_path, read_metrics, Server, status_rows, value,
+                     wait_for, wait_log, wait_metrics, write_config)
 
 
 def status(sherd, *args):

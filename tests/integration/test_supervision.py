@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from harness import (DEFAULT_LINKS, RESTARTS, alive, exchange, free_port, program, pytest, read_log,
+from harness import (DEFAULT_LINKS, RESTARTS, alive, exchange, free_port, program, read_log,
                      SupervisedHerd, wait_for, wait_gone, wait_listening, wait_log, write_config)
 
 
