@@ -20,13 +20,15 @@ at bin/ or at the sanitizer build).  What is here:
                  resolver never answers; Capture (tcpdump on the bridge)
   FakePlaces     the Places API (New and legacy), over HTTP
   FakeLineServer a listening socket that answers lines and records them
-  FakePeer       a neighbour's end of a TLS link (openssl s_client)
+  FakePeer       a neighbour's end of a TLS link (openssl s_client), LinkLines
+  Pair           Bailey and Bona linked, with shared or differing settings
+  the rest       helpers more than one test file uses (start_server,
+                 configured_server, hold_clients, herd_iamat, plant...)
 
 Nothing here uses a fixed port, a fixed /tmp name or the repository's own
 servers.pid, servers.lock, logs or state: tests run under pytest-xdist.
 conftest.py holds the fixtures built on these.
 """
-import datetime
 import hashlib
 import hmac
 import json
@@ -1131,7 +1133,6 @@ LEGACY_RESULTS = [
 ]
 
 
-
 class FakePlaces:
     """A fake Google Places server on loopback speaking both APIs.  It
     records every request (method, path, query, headers, body) and answers
@@ -1383,136 +1384,44 @@ class LinkLines:
 
 # ------------------------------------------- helpers shared by test files
 
+LOC = b"+34.068930-118.445127"      # a client location the tests send
+ALL = tuple(DEFAULT_LINKS)
+
+
+def herd_iamat(herd, name, client, loc=LOC, t=None):
+    """IAMAT to a herd's server (now by default); its AT line."""
+    t = t if t is not None else b"%.9f" % time.time()
+    reply = herd.send(name, b"IAMAT %s %s %s\n" % (client, loc, t))
+    assert reply.startswith(b"AT %s " % name.encode()), reply
+    return reply[:-1]
+
+
+def fill_clients(port, n, prefix=b"c"):
+    """n clients' IAMATs on one connection; waits for every answer."""
+    with connect(port) as c:
+        c.sendall(b"".join(b"IAMAT %s%d %s %d\n" % (prefix, i, LOC, i + 1) for i in range(n)))
+        c.shutdown(socket.SHUT_WR)
+        got = recv_until_eof(c)
+    assert got.count(b"\n") == n
+
+
+def whatsat_reply(port, client):
+    """The whole reply to WHATSAT client 1 1."""
+    return exchange(port, b"WHATSAT %s 1 1\n" % client)
+
+
+def run_with_secret(args, env=None, timeout=20):
+    """A program run to its end with HERD_SECRET set (and env added)."""
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, HERD_SECRET=SUP_HERD_SECRET, **(env or {})))
+
+
 PLACES_KEY = "Sekr3t/+=key-ABCDEFGHIJ"
 
 
 def places_opts(fake, provider):
     return {"provider": provider, "base_url": fake.base, "api_key": f'"{PLACES_KEY}"',
             "timeout_ms": 3000, "cache_ttl_s": 60}
-
-
-def run_supervisor_cmd(*args, env=None):
-    return subprocess.run([program("herd-supervisor"), *args], capture_output=True, text=True,
-                          timeout=30, env=env)
-
-
-def slow_repair_herd(tmp_path):
-    """The default herd with anti-entropy every 60 s: during a test, only a
-    link coming up triggers a digest round."""
-    h = Herd(tmp_path)
-    with open(h.config, "a") as f:          # herd: is the config's last section
-        f.write("  anti_entropy_ms: 60000\n")
-    return h
-
-
-def links_up(h, names):
-    """Until every link among 'names' shows up in both ends' metrics."""
-    def up(got):
-        return all(value(got[n], "proxyherd_link_up", peer=p) == 1
-                   for n in names for p in DEFAULT_LINKS[n] if p in names)
-    wait_metrics(h.dir, names, up, timeout=20)
-
-
-FLUX_S = 2.5        # trees fall back to flooding for 2 s after a link state changed
-
-
-def send_updates(h, origins, tag, per=4):
-    """'per' new clients at each origin: {client: (origin, stored AT line)}."""
-    sent = {}
-    for i in range(per):
-        for o in origins:
-            c = b"%s-%s-%d" % (tag.encode(), o.encode(), i)
-            reply = exchange(h.ports[o], b"IAMAT %s +1.0+2.0 %.9f\n" % (c, time.time()))
-            assert reply.startswith(b"AT %s " % o.encode()), reply
-            sent[c.decode()] = (o, reply[:-1].decode())
-    return sent
-
-
-COUNTERS = ("proxyherd_client_updates_total", "proxyherd_link_updates_sent_total",
-            "proxyherd_link_updates_received_total", "proxyherd_link_updates_stored_total",
-            "proxyherd_link_updates_repaired_total", "proxyherd_link_repairs_sent_total",
-            "proxyherd_link_digest_mismatches_total")
-
-
-def totals(h, names):
-    """Each counter of COUNTERS summed over the servers' metrics files."""
-    got = {n: read_metrics(h.dir, n) for n in names}
-    return {k: sum(value(got[n], k) for n in names) for k in COUNTERS}
-
-
-SETTLE_S = 5        # an arrival later than this would be a bug well past REACH_MS
-
-
-def ms(stamp):
-    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000
-
-
-RECV = re.compile(r'^(\S+) INFO recv id=\d+ "IAMAT (\S+) ', re.M)
-
-
-UPDATE = re.compile(r'^(\S+) INFO update from=(\S+) "(AT \S+ \S+ (\S+) .*)"$', re.M)
-
-
-def arrivals(h, names, sent):
-    """Milliseconds from each update's IAMAT at its origin to its store at
-    every other server of 'names', read from their logs once all are there:
-    {(client, server): ms}."""
-    deadline = time.time() + SETTLE_S
-    while True:
-        logs = {n: h.log(n) for n in names}
-        recv = {n: {c: ms(t) for t, c in RECV.findall(logs[n])} for n in names}
-        got = {n: {c: (ms(t), line) for t, _, line, c in UPDATE.findall(logs[n])}
-               for n in names}
-        missing = [(c, n) for c, (o, _) in sent.items() for n in names
-                   if n != o and c not in got[n]]
-        if not missing and all(c in recv[o] for c, (o, _) in sent.items()):
-            break
-        assert time.time() < deadline, \
-            f"never forwarded (anti-entropy is 60 s away): {sorted(missing)[:10]}"
-        time.sleep(0.1)
-    delays = {}
-    for c, (o, line) in sent.items():
-        for n in names:
-            if n != o:
-                assert got[n][c][1] == line, (n, got[n][c], line)
-                delays[(c, n)] = got[n][c][0] - recv[o][c]
-    return delays
-
-
-REACH_MS = 500      # see the docstring
-
-
-def forwarded_only(h, names, base, sent, report, what):
-    """Every update of 'sent' reached every server of 'names' by forwarding
-    within REACH_MS, with len(names) - 1 link AT lines each and no repair
-    anywhere; returns the counters after."""
-    delays = arrivals(h, names, sent)
-    u, n = len(sent), len(names)
-
-    def done(got):
-        t = {k: sum(value(got[m], k) for m in names) for k in COUNTERS}
-        return (t["proxyherd_client_updates_total"] - base["proxyherd_client_updates_total"] == u
-                and t["proxyherd_link_updates_stored_total"]
-                - base["proxyherd_link_updates_stored_total"] == (n - 1) * u
-                and t["proxyherd_link_updates_received_total"]
-                - base["proxyherd_link_updates_received_total"]
-                == t["proxyherd_link_updates_sent_total"]
-                - base["proxyherd_link_updates_sent_total"])
-    wait_metrics(h.dir, names, done)
-    time.sleep(1.2)                 # one more rewrite of every file: nothing more came
-    after = totals(h, names)
-    delta = {k: after[k] - base[k] for k in COUNTERS}
-    worst = max(delays.values())
-    report(f"{what}: {u} updates at {n} servers, each everywhere within {worst:.0f} ms "
-           f"(allowed {REACH_MS}); {delta['proxyherd_link_updates_sent_total']} link AT lines "
-           f"({n - 1} per update), repaired {delta['proxyherd_link_updates_repaired_total']}")
-    assert delta["proxyherd_link_updates_repaired_total"] == 0, delta
-    assert delta["proxyherd_link_repairs_sent_total"] == 0, delta
-    assert delta["proxyherd_link_digest_mismatches_total"] == 0, delta
-    assert delta["proxyherd_link_updates_sent_total"] == (n - 1) * u, delta
-    late = {k: round(v) for k, v in delays.items() if v > REACH_MS}
-    assert not late, f"later than {REACH_MS} ms: {late}"
-    return after
 
 
 def snapshot_count(path):
@@ -1527,53 +1436,8 @@ def snapshot_count(path):
     return int(tail[-1].split()[1]) if tail and tail[-1].startswith(b"END ") else None
 
 
-def stats(folder, names):
-    """Sums of the last forward-stats line of each server's log."""
-    total = {"client_updates": 0, "link_updates_sent": 0, "tree": 0, "flood": 0,
-             "ctl_lines": 0, "ctl_bytes": 0, "announced": 0}
-    for n in names:
-        lines = [l for l in read_log(folder, n).splitlines() if "forward-stats" in l]
-        assert lines, f"{n} logged no forward-stats"
-        for k in total:
-            total[k] += int(re.search(r"\b%s=(\d+)" % k, lines[-1]).group(1))
-    return total
-
-
-def load_ratio(tmp_path, mode, clients=2000, duration=2):
-    """The default herd under benchmark load: link AT lines per client update."""
-    tmp_path.mkdir()
-    h = Herd(tmp_path, logging={"log_lines": "false"})
-    with open(h.config, "a") as f:
-        f.write(f"  forwarding: {mode}\n")
-    try:
-        h.start().wait_links()
-        time.sleep(FLUX_S)
-        r = subprocess.run([program("herd-benchmark"), "-c", h.config, "--quiet",
-                            "--concurrency", "20", "--duration", str(duration), "--warmup", "0",
-                            "--mix", "iamat=100,whatsat=0", "--clients", str(clients)],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        time.sleep(1.5)                   # the metrics files, rewritten after the load
-        prom = {n: read_metrics(h.dir, n) for n in DEFAULT_LINKS}
-    finally:
-        h.stop()
-    st = stats(h.dir, DEFAULT_LINKS)
-    assert st["client_updates"] > 1000, st
-    updates = sum(value(prom[n], "proxyherd_client_updates_total") for n in DEFAULT_LINKS)
-    sent = sum(value(prom[n], "proxyherd_link_updates_sent_total") for n in DEFAULT_LINKS)
-    assert updates == st["client_updates"], (updates, st)   # the same counters
-    st["metrics_ratio"] = round(sent / updates, 3)
-    st["repairs_sent"] = sum(value(prom[n], "proxyherd_link_repairs_sent_total")
-                             for n in DEFAULT_LINKS)
-    st["repaired"] = sum(value(prom[n], "proxyherd_link_updates_repaired_total")
-                         for n in DEFAULT_LINKS)
-    st["digest_mismatches"] = sum(value(prom[n], "proxyherd_link_digest_mismatches_total")
-                                  for n in DEFAULT_LINKS)
-    return sent / updates, st
-
-
-def start_server(tmp_path, name="Bailey", servers=None, extra="", env=None, limits=None, logging=None,
-          preexec=None):
+def start_server(tmp_path, name="Bailey", servers=None, extra="", env=None, limits=None,
+                 logging=None, preexec=None):
     """A herd-server for 'name' in tmp_path/name (config from servers,
     {name: (port, [neighbours])}, by default alone), started with an
     optional preexec_fn; stop_server it with stop_server()."""
@@ -1666,38 +1530,79 @@ PAIR_SECRET = "test-secret-0123456789"
 
 
 class Pair:
-    """Bailey and Bona, linked; Bailey dials (its name sorts first)."""
+    """Bailey and Bona, linked; Bailey dials (its name sorts first).  With
+    limits: one folder and config (snapshots every second).  With settings
+    ({name: {"limits": {...}, "herd": {...}}}): each server in its own
+    folder (self.dirs[name]) with its own config, so their settings may
+    differ (anti_entropy_ms 100 unless given).  start() starts both, or the
+    names given; stop(check=True) wants exit status 0 of each."""
 
-    def __init__(self, path, limits):
+    def __init__(self, path, limits=None, settings=None):
         self.dir = str(path)
         self.ports = {"Bailey": free_port(), "Bona": free_port()}
-        self.config = write_config(self.dir, {"Bailey": (self.ports["Bailey"], ["Bona"]),
-                                              "Bona": (self.ports["Bona"], ["Bailey"])},
-                                   limits=limits, extra="herd:\n  snapshot_interval_s: 1\n")
-        self.procs = {}
+        servers = {"Bailey": (self.ports["Bailey"], ["Bona"]),
+                   "Bona": (self.ports["Bona"], ["Bailey"])}
+        self.dirs, self.configs, self.procs = {}, {}, {}
+        for name in servers:
+            if settings is None:
+                self.dirs[name] = self.dir
+                extra = "herd:\n  snapshot_interval_s: 1\n"
+            else:
+                self.dirs[name] = os.path.join(self.dir, name)
+                os.makedirs(self.dirs[name])
+                limits = settings[name].get("limits")
+                herd = {"anti_entropy_ms": 100, **settings[name].get("herd", {})}
+                extra = "herd:\n" + "".join(f"  {k}: {v}\n" for k, v in herd.items())
+            self.configs[name] = write_config(self.dirs[name], servers, limits=limits,
+                                              extra=extra)
+        self.config = self.configs["Bailey"]
 
-    def start(self, name):
-        err = open(os.path.join(self.dir, f"{name}.stderr"), "ab")
-        p = subprocess.Popen([program("herd-server"), name, "-c", self.config],
-                             stdout=subprocess.DEVNULL, stderr=err,
-                             env=dict(os.environ, HERD_SECRET=PAIR_SECRET))
-        err.close()
-        self.procs[name] = p
-        assert wait_listening(self.ports[name], p), f"{name} did not start"
+    def start(self, *names):
+        for name in names or tuple(self.ports):
+            with open(os.path.join(self.dirs[name], f"{name}.stderr"), "ab") as err:
+                self.procs[name] = subprocess.Popen(
+                    [program("herd-server"), name, "-c", self.configs[name]],
+                    stdout=subprocess.DEVNULL, stderr=err,
+                    env=dict(os.environ, HERD_SECRET=PAIR_SECRET))
+            assert wait_listening(self.ports[name], self.procs[name]), f"{name} did not start"
+        return self
+
+    def wait_linked(self):
+        """Until each server's metrics say its link to the other is up."""
+        for name, peer in (("Bailey", "Bona"), ("Bona", "Bailey")):
+            wait_metrics(self.dirs[name], [name],
+                         lambda m: value(m[name], "proxyherd_link_up", peer=peer) == 1)
+        return self
 
     def log(self, name):
-        return read_log(self.dir, name)
+        return read_log(self.dirs[name], name)
 
-    def stop(self):
+    def send(self, name, line):
+        return exchange(self.ports[name], line)
+
+    def stored(self, name, client):
+        reply = self.send(name, b"WHATSAT %s 1 1\n" % client)
+        return None if reply.startswith(b"? ") else reply.split(b"\n", 1)[0]
+
+    def counters(self):
+        """Link AT lines sent and differing SUMs received, over both servers."""
+        m = {n: read_metrics(self.dirs[n], n) for n in self.dirs}
+        return (sum(value(m[n], "proxyherd_link_updates_sent_total") for n in m),
+                sum(value(m[n], "proxyherd_link_digest_mismatches_total") for n in m))
+
+    def stop(self, check=False):
         for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         for p in self.procs.values():
             try:
-                p.wait(timeout=10)
+                p.wait(timeout=20 if check else 10)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if check:
+            assert all(p.returncode == 0 for p in self.procs.values()), \
+                {n: p.returncode for n, p in self.procs.items()}
 
 
 TRUST_SECRET = "trust-secret-0123456789"
@@ -1705,7 +1610,7 @@ TRUST_SECRET = "trust-secret-0123456789"
 
 def configured_server(tmp_path, name, servers, extra=""):
     """A Server for 'name' with the config written from 'servers'
-    ({name: (port, [neighbours])}); not started_servers yet."""
+    ({name: (port, [neighbours])}); not started yet."""
     sub = tmp_path / name
     sub.mkdir(exist_ok=True)
     s = Server(sub, name=name)
@@ -1722,11 +1627,6 @@ def linked(tmp_path, started_servers, monkeypatch, me="Bona", them="Bailey"):
     s = configured_server(tmp_path, me, {me: (ports[me], [them]), them: (ports[them], [me])})
     started_servers.append(s.start())
     return s, types.SimpleNamespace(secret=TRUST_SECRET, ports=ports)
-
-
-def run_supervisor(h, *args, env=None, timeout=10):
-    return subprocess.run([program("herd-supervisor"), "-c", h.config, *args],
-                          env=env or h.env, capture_output=True, text=True, timeout=timeout)
 
 
 def one_server(folder, extra=""):

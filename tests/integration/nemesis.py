@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 
-from harness import PLACES, free_port, program, wait_listening, yaml_section
+from harness import PLACES, exchange, free_port, program, wait_listening, yaml_section
 
 NAMES = ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"]
 SECRET = "nemesis-secret-0123456789"
@@ -786,16 +786,7 @@ class Schedule:
         out = {}
         for n in sorted(self.nodes) if names is None else names:
             node = self.nodes[n]
-            data = b"".join(b"WHATSAT %s 1 1\n" % c for c in clients)
-            with socket.create_connection(("127.0.0.1", node.port), timeout=10) as s:
-                s.sendall(data)
-                s.shutdown(socket.SHUT_WR)
-                reply = b""
-                while True:
-                    b = s.recv(65536)
-                    if not b:
-                        break
-                    reply += b
+            reply = exchange(node.port, b"".join(b"WHATSAT %s 1 1\n" % c for c in clients))
             table, rest = {}, reply
             for c in clients:
                 line, _, rest = rest.partition(b"\n")

@@ -11,10 +11,7 @@ import time
 
 import pytest
 
-from harness import PLACES, connect, exchange, places_opts, recv_exact_lines
-
-
-LOC = b"+34.068930-118.445127"
+from harness import LOC, PLACES, connect, exchange, places_opts, recv_exact_lines
 
 
 def iamat(port, client, loc=LOC, t=None):

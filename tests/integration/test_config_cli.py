@@ -7,7 +7,12 @@ import os
 import socket
 import subprocess
 
-from harness import PLACES, free_port, program, run_supervisor_cmd, write_config
+from harness import PLACES, free_port, program, write_config
+
+
+def sup(*args, env=None):
+    return subprocess.run([program("herd-supervisor"), *args], capture_output=True, text=True,
+                          timeout=30, env=env)
 
 
 def test_bound_out_of_range_is_refused_with_its_line(tmp_path):
@@ -132,26 +137,26 @@ def test_address_that_is_not_ours(tmp_path):
 
 def test_supervisor_help_and_bad_options(tmp_path):
     for h in ("-h", "--help"):
-        r = run_supervisor_cmd(h)
+        r = sup(h)
         assert r.returncode == 0 and r.stdout.startswith("Usage: herd-supervisor")
     for bad in (["--bogus"], ["-c"], ["--wait"], ["--config"]):
-        r = run_supervisor_cmd(*bad)
+        r = sup(*bad)
         assert r.returncode == 2 and f"unknown or incomplete option '{bad[0]}'" in r.stderr
-    r = run_supervisor_cmd("-c", str(tmp_path / "missing.yml"), "--status")
+    r = sup("-c", str(tmp_path / "missing.yml"), "--status")
     assert r.returncode == 1 and "missing.yml" in r.stderr
 
 
 def test_supervisor_status_without_a_herd(tmp_path):
     cfg = write_config(str(tmp_path), {"Alpha": (free_port(), [])})
-    r = run_supervisor_cmd("--config", cfg, "--status")
+    r = sup("--config", cfg, "--status")
     assert r.returncode == 3 and f"no herd is running ({tmp_path}/servers.pid: missing)" in r.stdout
     (tmp_path / "servers.pid").write_text("supervisor 999999\nAlpha 999998\n")
-    r = run_supervisor_cmd("-c", cfg, "--status", "--wait", "1")
+    r = sup("-c", cfg, "--status", "--wait", "1")
     assert r.returncode == 3 and "servers.pid: stale" in r.stdout
 
 
 def test_supervisor_without_a_server_program(tmp_path):
     cfg = write_config(str(tmp_path), {"Alpha": (free_port(), [])})
     env = dict(os.environ, HERD_BIN_DIR=str(tmp_path / "nowhere"))
-    r = run_supervisor_cmd("-c", cfg, env=env)
+    r = sup("-c", cfg, env=env)
     assert r.returncode == 1 and "nowhere/herd-server is missing or not executable" in r.stderr

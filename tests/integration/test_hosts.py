@@ -89,35 +89,22 @@ class Hosts(Namespaces):
 
 
 def wait_all(hosts, client, want, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if all(hosts.stored(n, client) == want for n in NAMES):
-            return
-        time.sleep(0.2)
-    raise AssertionError({n: hosts.stored(n, client) for n in NAMES})
+    ok = wait_for(lambda: all(hosts.stored(n, client) == want for n in NAMES), timeout, step=0.2)
+    assert ok, {n: hosts.stored(n, client) for n in NAMES}
 
 
 def wait_lines(hosts, wanted, since, timeout):
     """Until each (server, text) of wanted is in that server's log past the
     offset since[server]: lines of this cut, not of an earlier one."""
-    deadline = time.time() + timeout
-    while True:
-        missing = [(n, text) for n, text in wanted if text not in hosts.log(n)[since[n]:]]
-        if not missing:
-            return
-        if time.time() > deadline:
-            raise AssertionError(f"not logged within {timeout} s: {missing}")
-        time.sleep(0.2)
+    wait_for(lambda: all(text in hosts.log(n)[since[n]:] for n, text in wanted), timeout,
+             step=0.2, what=f"each of {wanted} logged")
 
 
 def wait_any_line(hosts, choices, since, timeout):
     """Until one (server, text) of choices is in that server's log past
     since[server]."""
-    deadline = time.time() + timeout
-    while not any(text in hosts.log(n)[since[n]:] for n, text in choices):
-        if time.time() > deadline:
-            raise AssertionError(f"none logged within {timeout} s: {choices}")
-        time.sleep(0.2)
+    wait_for(lambda: any(text in hosts.log(n)[since[n]:] for n, text in choices), timeout,
+             step=0.2, what=f"one of {choices} logged")
 
 
 def test_herd_across_hosts_survives_cut_links(tmp_path, report):

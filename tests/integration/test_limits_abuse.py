@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 
-from harness import (BUSY, BUSY_ADDR, DEFAULT_LINKS, WANT_FILES, connect, exchange, free_port, Herd,
+from harness import (ALL, BUSY, BUSY_ADDR, LOC, WANT_FILES, connect, exchange, free_port, Herd,
                      hold_clients, program, read_log, recv_exact_lines, recv_until_eof, stored_set,
                      wait_for, wait_listening, wait_log, write_config)
 
@@ -562,9 +562,6 @@ def test_per_address_cap_refuses_with_a_line(make_server):
     assert "reason=max_clients_per_address 3 reached" in s.read_log(wait_for="reason=max_clients_per_address")
 
 
-ALL = tuple(DEFAULT_LINKS)
-
-
 # 8 KB of leading zeros: a valid latitude once, 8 KB in every server's table
 BIG_LOCATION = b"+" + b"0" * 8100 + b"1.0+1.0"
 
@@ -682,9 +679,6 @@ def send_corked(port, data):
         c.sendall(data)
         c.shutdown(socket.SHUT_WR)
         return recv_until_eof(c)
-
-
-LOC = b"+34.068930-118.445127"
 
 
 def test_line_too_long_and_eof_in_one_read_lose_no_reply(server):

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from harness import (BUSY, BUSY_ADDR, DEFAULT_LINKS, connect, exchange, fake_peer, FakePeer,
-                     free_port, hold_clients, linked, proc_kib, program, psk_key, read_metrics,
-                     recv_until_eof, Server, stop_server, value, wait_for, wait_listening, wait_log,
-                     wait_metrics, with_secret, write_config)
+from harness import (ALL, BUSY, BUSY_ADDR, LOC, connect, exchange, fake_peer, FakePeer, free_port,
+                     herd_iamat, hold_clients, linked, Pair, proc_kib, program, psk_key,
+                     read_metrics, recv_until_eof, Server, stop_server, value, wait_for,
+                     wait_listening, wait_log, whatsat_reply, with_secret, write_config)
 
 
 SECRET = "test-secret-0123456789"
@@ -70,69 +70,14 @@ def settled_counters(pair, seconds):
     return pair.counters()
 
 
-AGREEMENT_SECRET = "agreement-secret-0123456789"
-
-
-class DifferingPair:
-    """Bailey and Bona linked, each from its own folder and config, so their
-    settings may differ."""
-
-    def __init__(self, path, bailey, bona):
-        self.ports = {"Bailey": free_port(), "Bona": free_port()}
-        self.dirs, self.procs = {}, {}
-        for name, settings in (("Bailey", bailey), ("Bona", bona)):
-            d = os.path.join(str(path), name)
-            os.makedirs(d)
-            limits = settings.get("limits")
-            herd = {"anti_entropy_ms": 100, **settings.get("herd", {})}
-            extra = "herd:\n" + "".join(f"  {k}: {v}\n" for k, v in herd.items())
-            write_config(d, {"Bailey": (self.ports["Bailey"], ["Bona"]),
-                             "Bona": (self.ports["Bona"], ["Bailey"])},
-                         limits=limits, extra=extra)
-            self.dirs[name] = d
-
-    def start(self):
-        for name, d in self.dirs.items():
-            err = open(os.path.join(d, "stderr"), "wb")
-            self.procs[name] = subprocess.Popen(
-                [program("herd-server"), name, "-c", os.path.join(d, "config.yml")],
-                stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ, HERD_SECRET=AGREEMENT_SECRET))
-        for name in self.dirs:
-            assert wait_listening(self.ports[name], self.procs[name]), name
-        for name, peer in (("Bailey", "Bona"), ("Bona", "Bailey")):
-            wait_metrics(self.dirs[name], [name],
-                         lambda m: value(m[name], "proxyherd_link_up", peer=peer) == 1)
-        return self
-
-    def stop(self):
-        for p in self.procs.values():
-            p.terminate()
-        for p in self.procs.values():
-            p.wait(timeout=20)
-        assert all(p.returncode == 0 for p in self.procs.values()), \
-            {n: p.returncode for n, p in self.procs.items()}
-
-    def send(self, name, line):
-        return exchange(self.ports[name], line)
-
-    def stored(self, name, client):
-        reply = self.send(name, b"WHATSAT %s 1 1\n" % client)
-        return None if reply.startswith(b"? ") else reply.split(b"\n", 1)[0]
-
-    def counters(self):
-        """Link AT lines sent and differing SUMs received, over both servers."""
-        m = {n: read_metrics(self.dirs[n], n) for n in self.dirs}
-        return (sum(value(m[n], "proxyherd_link_updates_sent_total") for n in m),
-                sum(value(m[n], "proxyherd_link_digest_mismatches_total") for n in m))
-
-
 def test_neighbours_that_disagree_on_max_stored_clients_fall_quiet(tmp_path):
     """Bailey keeps 1 client, Bona 2: each logs the mismatch, --status shows it,
     updates still travel, and at rest the link carries no AT line and no
     digest exchange (before: each round Bona resent the client Bailey had
     evicted, Bailey evicted it again, for ever)."""
-    pair = DifferingPair(tmp_path, {"limits": {"max_stored_clients": 1}},
-                {"limits": {"max_stored_clients": 2}}).start()
+    pair = Pair(tmp_path, settings={"Bailey": {"limits": {"max_stored_clients": 1}},
+                                    "Bona": {"limits": {"max_stored_clients": 2}}})
+    pair.start().wait_linked()
     try:
         assert wait_log(pair.dirs["Bailey"], "Bailey",
                         "config-mismatch peer=Bona key=max_stored_clients ours=1 theirs=2")
@@ -155,11 +100,11 @@ def test_neighbours_that_disagree_on_max_stored_clients_fall_quiet(tmp_path):
         m = read_metrics(pair.dirs["Bailey"], "Bailey")
         assert value(m, "proxyherd_link_config_mismatch", peer="Bona") == 1
     finally:
-        pair.stop()
+        pair.stop(check=True)
 
 
 def test_neighbours_that_agree_say_nothing_of_it(tmp_path):
-    pair = DifferingPair(tmp_path, {}, {}).start()
+    pair = Pair(tmp_path, settings={"Bailey": {}, "Bona": {}}).start().wait_linked()
     try:
         assert pair.send("Bailey", b"IAMAT kiwi +1.0+1.0 5\n").startswith(b"AT ")
         deadline = time.time() + 5
@@ -169,15 +114,16 @@ def test_neighbours_that_agree_say_nothing_of_it(tmp_path):
         m = read_metrics(pair.dirs["Bailey"], "Bailey")
         assert value(m, "proxyherd_link_config_mismatch", peer="Bona") == 0
     finally:
-        pair.stop()
+        pair.stop(check=True)
     for name in ("Bailey", "Bona"):
         assert "config-mismatch" not in open(
             os.path.join(pair.dirs[name], "logs", f"{name}.log")).read()
 
 
 def test_a_forwarding_mismatch_is_logged_and_updates_still_reach_both(tmp_path):
-    pair = DifferingPair(tmp_path, {"herd": {"forwarding": "tree"}},
-                {"herd": {"forwarding": "flood"}}).start()
+    pair = Pair(tmp_path, settings={"Bailey": {"herd": {"forwarding": "tree"}},
+                                    "Bona": {"herd": {"forwarding": "flood"}}})
+    pair.start().wait_linked()
     try:
         assert wait_log(pair.dirs["Bailey"], "Bailey",
                         "config-mismatch peer=Bona key=forwarding ours=tree theirs=flood")
@@ -190,7 +136,7 @@ def test_a_forwarding_mismatch_is_logged_and_updates_still_reach_both(tmp_path):
                 time.sleep(0.05)
             assert pair.stored(dst, client) == pair.stored(src, client)
     finally:
-        pair.stop()
+        pair.stop(check=True)
 
 
 def lines_for(peer, seconds):
@@ -443,19 +389,9 @@ def test_a_replayed_client_hello_does_not_push_the_neighbours_handshake_out(herd
         path.close()
 
 
-ALL = tuple(DEFAULT_LINKS)
-
-
-def iamat(herd, name, client, loc=b"+34.068930-118.445127", t=None):
-    t = t if t is not None else b"%.9f" % time.time()
-    reply = herd.send(name, b"IAMAT %s %s %s\n" % (client, loc, t))
-    assert reply.startswith(b"AT %s " % name.encode()), reply
-    return reply[:-1]
-
-
 def test_clients_cannot_forge_updates(herd):
     herd.start().wait_links()
-    at = iamat(herd, "Bailey", b"victim", b"+1.0+1.0", b"100")
+    at = herd_iamat(herd, "Bailey", b"victim", b"+1.0+1.0", b"100")
     herd.wait_stored(ALL, b"victim", at)
     forged = [
         b"AT Bona +0.000000001 victim +9.0+9.0 999",
@@ -635,9 +571,6 @@ def test_link_messages_as_documented_and_bad_ones_ignored(herd):
         peer.close()
 
 
-LOC = b"+34.068930-118.445127"
-
-
 def test_neighbour_that_cannot_be_dialled_is_logged_once(tmp_path):
     """A neighbour whose address no route reaches (the broadcast address:
     connect() fails at once, ENETUNREACH) is retried with back-off and
@@ -666,10 +599,6 @@ def test_neighbour_that_cannot_be_dialled_is_logged_once(tmp_path):
         assert stop_server(s) == 0
 
 
-def stored(port, client):
-    return exchange(port, b"WHATSAT %s 1 1\n" % client)
-
-
 def test_torn_line_on_a_link_is_dropped(tmp_path, started_servers, monkeypatch):
     s, herd = linked(tmp_path, started_servers, monkeypatch)
     peer = fake_peer(herd, "Bailey", "Bona")
@@ -680,7 +609,7 @@ def test_torn_line_on_a_link_is_dropped(tmp_path, started_servers, monkeypatch):
     # the link ends there (s_client closes it once its input ends)
     peer.close()
     assert "link-down" in s.read_log(wait_for="link-down")
-    assert stored(s.port, b"whole").startswith(b"AT Bailey +0.100000000 whole +1.0+1.0 16\n")
-    assert stored(s.port, b"torn") == b"? WHATSAT torn 1 1\n"
+    assert whatsat_reply(s.port, b"whole").startswith(b"AT Bailey +0.100000000 whole +1.0+1.0 16\n")
+    assert whatsat_reply(s.port, b"torn") == b"? WHATSAT torn 1 1\n"
     log = s.read_log(wait_for="peer-torn-line")
     assert "peer-torn-line peer=Bailey" in log, log

@@ -17,24 +17,13 @@ import time
 
 import pytest
 
-from harness import (DEFAULT_LINKS, SERVER_SECRET, TRUST_SECRET, configured_server, connect,
-                     exchange, free_port, hold_clients, linked, log_mark, Pair, program, psk_key,
+from harness import (ALL, LOC, SERVER_SECRET, TRUST_SECRET, configured_server, connect, exchange,
+                     free_port, herd_iamat, hold_clients, linked, log_mark, Pair, program, psk_key,
                      read_log, recv_until_eof, start_server, stop_server, wait_for, wait_listening,
-                     wait_log, with_secret, write_config)
+                     wait_log, whatsat_reply, with_secret, write_config)
 
 
 OPENSSL = pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed")
-ALL = list(DEFAULT_LINKS)
-
-
-def iamat(herd, name, client, loc=b"+34.068930-118.445127", t=None):
-    t = t if t is not None else b"%.9f" % time.time()
-    reply = herd.send(name, b"IAMAT %s %s %s\n" % (client, loc, t))
-    assert reply.startswith(b"AT %s " % name.encode()), reply
-    return reply[:-1]
-
-
-LOC = b"+34.068930-118.445127"
 
 
 def test_tls_herd_passes_updates(herd):
@@ -42,7 +31,7 @@ def test_tls_herd_passes_updates(herd):
     h.start().wait_links()
     for n in ALL:
         assert "tls=1" in h.log(n), n
-    at = iamat(h, "Bailey", b"tlsclient", LOC)
+    at = herd_iamat(h, "Bailey", b"tlsclient", LOC)
     h.wait_stored(ALL, b"tlsclient", at)
 
 
@@ -57,7 +46,7 @@ def test_wrong_secret_is_refused_and_logged(herd):
         assert "the PSK does not match (wrong secret?)" in h.log(n)
     assert h.wait_log("Bailey", "peer-refused peer=Bona", timeout=10)
     assert "the neighbour refused our PSK (wrong secret?)" in h.log("Bailey")
-    at = iamat(h, "Bailey", b"outsider", LOC)
+    at = herd_iamat(h, "Bailey", b"outsider", LOC)
     time.sleep(0.5)
     for n in ("Bona", "Campbell"):
         assert h.stored(n, b"outsider") is None
@@ -129,7 +118,7 @@ def test_garbage_after_0x16_is_refused_and_the_server_serves_on(herd):
         assert time.time() - t0 < 8
         s.close()
     assert h.wait_log("Bona", "peer-refused peer=?")
-    at = iamat(h, "Bona", b"stillserving", LOC)
+    at = herd_iamat(h, "Bona", b"stillserving", LOC)
     h.wait_stored(ALL, b"stillserving", at)
     assert h.procs["Bona"].poll() is None
 
@@ -140,7 +129,7 @@ def test_stalled_tls_handshake_is_dropped_within_the_timeout(herd):
     stalled = [open_raw(h.ports["Bona"], b"\x16"), open_raw(h.ports["Bona"], b"\x16\x03\x01\x02")]
     t0 = time.time()
     # served meanwhile
-    at = iamat(h, "Bona", b"meanwhile", LOC)
+    at = herd_iamat(h, "Bona", b"meanwhile", LOC)
     h.wait_stored(ALL, b"meanwhile", at)
     for s in stalled:
         assert closed_within(s, 10)
@@ -720,7 +709,7 @@ def test_wrong_secret_never_gets_a_link(herd):
     herd.stop("Bailey")
     herd.start("Bailey", secret="not-the-herd-secret")
     time.sleep(1.0)
-    at = iamat(herd, "Bailey", b"outsider")
+    at = herd_iamat(herd, "Bailey", b"outsider")
     time.sleep(0.5)
     for n in ("Bona", "Campbell"):
         assert herd.stored(n, b"outsider") is None
@@ -842,10 +831,6 @@ def test_tls_handshake_stalled_after_a_known_identity_names_the_peer(tmp_path):
         assert stop_server(s) == 0
 
 
-def stored(port, client):
-    return exchange(port, b"WHATSAT %s 1 1\n" % client)
-
-
 def test_at_line_after_a_plain_hello_gets_a_question_mark(tmp_path, started_servers, monkeypatch):
     """Links are TLS only: the old plain-text handshake from a configured
     neighbour, then an AT line, are two bad lines, and nothing is stored."""
@@ -856,7 +841,7 @@ def test_at_line_after_a_plain_hello_gets_a_question_mark(tmp_path, started_serv
         c.sendall(hello + b"\n" + at + b"\n")
         c.shutdown(socket.SHUT_WR)
         assert recv_until_eof(c) == b"? " + hello + b"\n? " + at + b"\n"
-    assert stored(s.port, b"early") == b"? WHATSAT early 1 1\n"
+    assert whatsat_reply(s.port, b"early") == b"? WHATSAT early 1 1\n"
     assert "link-up" not in s.read_log()
 
 

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from harness import (NO_HANG, PRECIOUS, ROOT, ROOT_ONLY, SUP_HERD_SECRET, alive, free_port, linked,
+from harness import (NO_HANG, PRECIOUS, ROOT, ROOT_ONLY, SUP_HERD_SECRET, alive, free_port,
                      one_server, one_server_config, outside_target, plant, program, read_log,
-                     run_supervisor, Server, status_rows, SupervisedHerd, supervisor_cmd, wait_for,
+                     run_with_secret, Server, status_rows, SupervisedHerd, supervisor_cmd, wait_for,
                      wait_gone, wait_listening, write_config, write_pids)
 
 
@@ -83,7 +83,7 @@ def test_lock_file_that_is_a_link_is_refused_and_its_target_kept(files):
     with open(target, "w") as f:
         f.write("keep me\n")
     os.symlink(target, os.path.join(files.dir, "servers.lock"))
-    r = run_supervisor(files)
+    r = supervisor_cmd(files.config, env=files.env, timeout=10)
     assert r.returncode != 0 and "symbolic link" in r.stderr, r.stdout + r.stderr
     with open(target) as f:
         assert f.read() == "keep me\n"
@@ -464,14 +464,6 @@ def test_lock_file_that_cannot_be_written_whole(tmp_path):
     assert (r.returncode, r.stdout) == (3, f"no herd is running ({folder}/servers.pid: missing)\n")
 
 
-SECRET = "cov-supervisor-secret-0123456789"
-
-
-def run(args, env=None, timeout=20):
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, HERD_SECRET=SECRET, **(env or {})))
-
-
 @pytest.mark.parametrize("which", ["state", "logs"])
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o702])
 def test_open_folder_is_refused_by_server_and_supervisor(tmp_path, which, mode):
@@ -484,7 +476,7 @@ def test_open_folder_is_refused_by_server_and_supervisor(tmp_path, which, mode):
     for prog in ("herd-server", "herd-supervisor"):
         args = [program(prog), "Bailey", "-c", cfg] if prog == "herd-server" \
             else [program(prog), "-c", cfg]
-        r = run(args, env={"HERD_BIN_DIR": os.path.dirname(program(prog))})
+        r = run_with_secret(args, env={"HERD_BIN_DIR": os.path.dirname(program(prog))})
         assert r.returncode == 1, (prog, r)
         assert f"{setting} {folder} is writable by" in r.stderr, (prog, r.stderr)
         assert f"chmod go-w {folder}" in r.stderr, (prog, r.stderr)
@@ -508,7 +500,7 @@ def test_another_users_folder_is_refused(tmp_path, linked):
         os.symlink(theirs, tmp_path / "state")
     state = tmp_path / "state"
     for args in ([program("herd-server"), "Bailey", "-c", cfg], [program("herd-supervisor"), "-c", cfg]):
-        r = run(args)
+        r = run_with_secret(args)
         assert r.returncode != 0, r
         assert f"herd.state_dir {state} belongs to uid 65534" in r.stderr, r.stderr
         assert f"chown {os.geteuid()} {state}" in r.stderr, r.stderr

@@ -17,7 +17,7 @@ import pytest
 
 from harness import (DEFAULT_LINKS, NO_HANG, PRECIOUS, SUP_HERD_SECRET, connect, exchange,
                      free_port, one_server_config, outside_target, program, read_log,
-                     recv_exact_lines, Server, SupervisedHerd, wait_for, wait_log)
+                     recv_exact_lines, run_with_secret, Server, SupervisedHerd, wait_for, wait_log)
 
 
 def test_failing_rotation_keeps_the_log_bounded_and_says_why(tmp_path):
@@ -60,26 +60,18 @@ def test_sighup_reopens_every_log(sherd):
     assert "AFTER-HUP" not in open(os.path.join(logs, "Bailey.log.1")).read()
 
 
-SECRET = "cov-supervisor-secret-0123456789"
-
-
-def run(args, env=None, timeout=20):
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, HERD_SECRET=SECRET, **(env or {})))
-
-
 def test_link_at_the_log_refuses_the_start(tmp_path):
     target = outside_target(tmp_path)
     cfg = one_server_config(tmp_path, free_port())
     (tmp_path / "logs").mkdir(mode=0o750)
     log = tmp_path / "logs" / "Bailey.log"
     os.symlink(target, log)
-    r = run([program("herd-server"), "Bailey", "-c", cfg])
+    r = run_with_secret([program("herd-server"), "Bailey", "-c", cfg])
     assert r.returncode != 0, r
     assert f"cannot open {log}: a symbolic link" in r.stderr, r.stderr
     assert open(target, "rb").read() == PRECIOUS
     os.symlink(target, tmp_path / "logs" / "supervisor.log")
-    r = run([program("herd-supervisor"), "-c", cfg])
+    r = run_with_secret([program("herd-supervisor"), "-c", cfg])
     assert r.returncode != 0, r
     assert f"cannot open {tmp_path / 'logs' / 'supervisor.log'}: a symbolic link" in r.stderr
     assert open(target, "rb").read() == PRECIOUS

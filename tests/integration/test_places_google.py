@@ -7,15 +7,15 @@ import json
 import os
 import signal
 import socket
-import stat
 import subprocess
 import time
 import urllib.parse
 
 import pytest
 
-from harness import (PLACES_KEY, config_text, connect, exchange, FakePlaces, free_port, Namespaces,
-                     netns_available, places_opts, proc_kib, program, read_log, wait_for, wait_log)
+from harness import (LOC, PLACES_KEY, config_text, connect, exchange, FakePlaces, free_port,
+                     Namespaces, netns_available, places_opts, proc_kib, program, read_log,
+                     wait_for, wait_log)
 
 
 class ErrorPlaces(FakePlaces):
@@ -38,9 +38,6 @@ def errfake():
     f = ErrorPlaces()
     yield f
     f.close()
-
-
-LOC = b"+34.068930-118.445127"
 
 
 def error_server(make_server, fake, provider):

@@ -9,8 +9,7 @@ import subprocess
 
 import pytest
 
-from harness import (free_port, one_server, one_server_config, program, run_supervisor,
-                     run_supervisor_cmd, supervisor_cmd, write_config)
+from harness import free_port, one_server, one_server_config, program, supervisor_cmd, write_config
 
 
 def test_secret_from_the_file_trimmed(herd):
@@ -55,7 +54,7 @@ def test_white_space_herd_secret_is_refused_like_an_empty_file(files):
     rc, err = run_server(files, "Bailey", timeout=5)
     assert rc not in (None, 0), "herd-server ran with a blank HERD_SECRET (no links)"
     assert "HERD_SECRET" in err and "white space" in err, err
-    r = run_supervisor(files)
+    r = supervisor_cmd(files.config, env=files.env, timeout=10)
     assert r.returncode != 0 and "HERD_SECRET" in r.stderr, r.stdout + r.stderr
 
 
@@ -77,7 +76,7 @@ def test_secret_that_is_a_fifo_is_refused_at_once(files):
     err = p.stderr.read()
     assert rc not in (None, 0), "herd-server hung on a FIFO secret"
     assert "not a regular file" in err, err
-    r = run_supervisor(files, "--init-secret")
+    r = supervisor_cmd(files.config, "--init-secret", env=files.env, timeout=10)
     assert r.returncode != 0 and "not a regular file" in r.stderr, r.stdout + r.stderr
 
 
@@ -100,7 +99,7 @@ def test_secret_owned_by_another_user_is_refused(files):
     rc, err = run_server(files, "Bailey", timeout=5)
     assert rc not in (None, 0), "herd-server ran with another user's secret"
     assert "belongs to uid 65534" in err, err
-    r = run_supervisor(files, "--init-secret")
+    r = supervisor_cmd(files.config, "--init-secret", env=files.env, timeout=10)
     assert r.returncode != 0 and "belongs to uid 65534" in r.stderr, r.stdout + r.stderr
 
 
@@ -112,7 +111,7 @@ def test_init_secret_through_a_dangling_link_says_no(files):
     os.makedirs(os.path.join(files.dir, "state"))
     path = os.path.join(files.dir, "state", "herd.secret")
     os.symlink(os.path.join(files.dir, "nowhere", "secret"), path)
-    r = run_supervisor(files, "--init-secret")
+    r = supervisor_cmd(files.config, "--init-secret", env=files.env, timeout=10)
     assert "created" not in r.stdout, r.stdout
     assert r.returncode != 0 and "symbolic link" in r.stderr, r.stdout + r.stderr
 
@@ -213,20 +212,20 @@ def test_the_folder_check_comes_before_the_secret_is_made(tmp_path):
 def test_init_secret_once(tmp_path):
     cfg = write_config(str(tmp_path), {"Alpha": (free_port(), [])})
     env = {k: v for k, v in os.environ.items() if k != "HERD_SECRET"}
-    r = run_supervisor_cmd("-c", cfg, "--init-secret", env=dict(env, HERD_SECRET="given"))
+    r = supervisor_cmd(cfg, "--init-secret", env=dict(env, HERD_SECRET="given"))
     assert r.returncode == 0 and r.stdout == ""
     secret = tmp_path / "state" / "herd.secret"
     assert not secret.exists(), "HERD_SECRET set: no file is made"
-    r = run_supervisor_cmd("-c", cfg, "--init-secret", env=env)
+    r = supervisor_cmd(cfg, "--init-secret", env=env)
     assert r.returncode == 0 and "created the herd secret" in r.stdout
     text = secret.read_text()
     assert len(text) == 65 and all(c in "0123456789abcdef" for c in text[:64])
     assert secret.stat().st_mode & 0o777 == 0o600
-    r = run_supervisor_cmd("-c", cfg, "--init-secret", env=env)
+    r = supervisor_cmd(cfg, "--init-secret", env=env)
     assert r.returncode == 0 and r.stdout == "" and secret.read_text() == text
     # a secret file that cannot be made
     (tmp_path / "blocked").write_text("")
     with open(cfg, "a") as f:
         f.write("herd:\n  secret_file: blocked/herd.secret\n")
-    r = run_supervisor_cmd("-c", cfg, "--init-secret", env=env)
+    r = supervisor_cmd(cfg, "--init-secret", env=env)
     assert r.returncode == 1 and "blocked/herd.secret: Not a directory" in r.stderr, r.stderr

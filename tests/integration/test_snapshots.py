@@ -7,7 +7,6 @@ private and never written through a link.
 import os
 import re
 import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,10 +14,10 @@ import time
 
 import pytest
 
-from harness import (DEFAULT_LINKS, PRECIOUS, ROOT_ONLY, alive, children, configured_server,
-                     connect, exchange, free_port, outside_target, plant, proc_kib, proc_state,
-                     program, recv_until_eof, Server, snapshot_count, start_server, stop_server,
-                     stored_set, wait_for, wait_listening, write_config)
+from harness import (ALL, LOC, PRECIOUS, ROOT_ONLY, alive, children, configured_server, connect,
+                     exchange, fill_clients, free_port, herd_iamat, outside_target, proc_kib,
+                     proc_state, program, recv_until_eof, Server, snapshot_count, start_server,
+                     stop_server, stored_set, wait_for, wait_listening, write_config)
 
 
 def test_snapshot_load_respects_a_smaller_bound(make_server):
@@ -37,19 +36,9 @@ def test_snapshot_load_respects_a_smaller_bound(make_server):
     assert m and int(m.group(1)) + int(m.group(2)) == 20, s.read_log()[-1000:]
 
 
-ALL = tuple(DEFAULT_LINKS)
-
-
-def iamat(herd, name, client, loc=b"+34.068930-118.445127", t=None):
-    t = t if t is not None else b"%.9f" % time.time()
-    reply = herd.send(name, b"IAMAT %s %s %s\n" % (client, loc, t))
-    assert reply.startswith(b"AT %s " % name.encode()), reply
-    return reply[:-1]
-
-
 def test_snapshot_survives_restart_of_the_whole_herd(herd):
     herd.start().wait_links()
-    at = iamat(herd, "Clark", b"persist")
+    at = herd_iamat(herd, "Clark", b"persist")
     herd.wait_stored(ALL, b"persist", at)
     herd.stop()
     herd.start()            # each loads its own snapshot, links or not
@@ -71,7 +60,7 @@ def at_line(client, t=b"100"):
 
 def test_damaged_snapshot_is_set_aside(herd):
     herd.start("Bailey")
-    iamat(herd, "Bailey", b"x1")
+    herd_iamat(herd, "Bailey", b"x1")
     herd.stop("Bailey")
     path = herd.snap_path("Bailey")
     data = open(path, "rb").read()
@@ -129,8 +118,8 @@ def test_periodic_snapshot_is_written_while_running(herd):
     """The forked snapshot (every second here) reaches the disk with no stop:
     a server killed with SIGKILL comes back with what it had acknowledged."""
     herd.start("Bailey")
-    first = iamat(herd, "Bailey", b"periodic1")
-    second = iamat(herd, "Bailey", b"periodic2")
+    first = herd_iamat(herd, "Bailey", b"periodic1")
+    second = herd_iamat(herd, "Bailey", b"periodic2")
     path = herd.snap_path("Bailey")
     deadline = time.time() + 10
     while snapshot_count(path) != 2 and time.time() < deadline:
@@ -161,7 +150,7 @@ def test_snapshot_that_cannot_be_written(herd):
     server keeps serving, and the stop says so with exit status 1."""
     open(os.path.join(herd.dir, "state"), "w").close()
     herd.start("Bailey")
-    at = iamat(herd, "Bailey", b"unsaved")
+    at = herd_iamat(herd, "Bailey", b"unsaved")
     assert herd.wait_log("Bailey", "snapshot-failed child=", timeout=5)
     assert herd.stored("Bailey", b"unsaved") == at
     assert stop_one(herd, "Bailey") == 1
@@ -181,18 +170,6 @@ def test_snapshot_that_cannot_be_read_or_is_empty(herd):
     herd.start("Bailey")
     assert herd.wait_log("Bailey", "reason=empty file", since=mark)
     assert set_aside(path) == [b""]
-
-
-LOC = b"+34.068930-118.445127"
-
-
-def fill(port, n, prefix=b"c"):
-    """n clients' IAMATs on one connection; waits for every answer."""
-    with connect(port) as c:
-        c.sendall(b"".join(b"IAMAT %s%d %s %d\n" % (prefix, i, LOC, i + 1) for i in range(n)))
-        c.shutdown(socket.SHUT_WR)
-        got = recv_until_eof(c)
-    assert got.count(b"\n") == n
 
 
 def catch_child(pid, seconds):
@@ -242,7 +219,7 @@ def test_slow_snapshot_child_is_waited_for_and_a_killed_one_retried(tmp_path):
               logging={"log_lines": False})
     try:
         pid = s.proc.pid
-        fill(s.port, 40000)        # a table the child takes a while to write
+        fill_clients(s.port, 40000)        # a table the child takes a while to write
         killed, clients = fresh_child(s, 40000)
         os.kill(killed, signal.SIGKILL)
         failed = f"snapshot-failed child={killed} status=9"
@@ -289,7 +266,7 @@ def test_stop_snapshot_on_a_full_disk_keeps_the_old_one(tmp_path):
     stopped = False
     try:
         assert exchange(s.port, b"WHATSAT before 1 1\n").startswith(b"AT Bailey ")
-        fill(s.port, 2000)         # about 120 KB of snapshot
+        fill_clients(s.port, 2000)         # about 120 KB of snapshot
         rc = stop_server(s)
         stopped = True
         assert rc == 1, rc
@@ -521,7 +498,7 @@ def test_a_stopped_snapshot_child_does_not_hold_the_stop(tmp_path):
               logging={"log_lines": False})
     child = None
     try:
-        fill(s.port, 40000)        # a table the child takes a while to write
+        fill_clients(s.port, 40000)        # a table the child takes a while to write
         child, clients = fresh_child(s, 40000)
         # stored after the fork: only a snapshot written at the stop has it
         assert exchange(s.port, b"IAMAT late %s 7\n" % LOC).startswith(b"AT Bailey ")

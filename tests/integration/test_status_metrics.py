@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from harness import (DEFAULT_LINKS, PRECIOUS, exchange, FakePlaces, outside_target, parse_prom,
+from harness import (ALL, DEFAULT_LINKS, PRECIOUS, exchange, FakePlaces, outside_target, parse_prom,
                      proc_state, program, prom_path, read_metrics, Server, status_rows, value,
                      wait_for, wait_log, wait_metrics, write_config)
 
@@ -319,9 +319,6 @@ def test_link_at_metrics_temp_file_is_never_written_through(tmp_path):
     finally:
         s.stop()
     assert open(target, "rb").read() == PRECIOUS
-
-
-ALL = tuple(DEFAULT_LINKS)
 
 
 FIXED = {"proxyherd_client_updates_total": "counter",

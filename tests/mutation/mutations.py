@@ -97,7 +97,7 @@ MUTATIONS = [
                 "peer_send(s, e, li);",
          breaks="an IAMAT's update never leaves the server that received it (only "
                 "anti-entropy, a second or two later, would spread it)",
-         tests=["tests/integration/test_forwarding_trees.py::"
+         tests=["tests/integration/test_forwarding.py::"
                 "test_an_update_reaches_every_server_before_anti_entropy_could"]),
     dict(id="recv-not-logged", file="server/commands.c",
          original="    if (s->cfg->logging.log_lines)\n        log_client_data(c, \"recv\"",
@@ -169,9 +169,9 @@ MUTATIONS = [
                 "anti-entropy repairs them",
          # (the message count alone can come out right: the repairs of the
          # servers two hops away made up the missing relays exactly, once)
-         tests=["tests/integration/test_forwarding_trees.py::"
+         tests=["tests/integration/test_forwarding.py::"
                 "test_an_update_reaches_every_server_before_anti_entropy_could",
-                "tests/integration/test_forwarding_trees.py::"
+                "tests/integration/test_forwarding.py::"
                 "test_trees_follow_a_death_and_a_return"]),
     dict(id="link-backlog-unbounded", file="server/peer.c",
          original="if (buf_pending(&L->conn->out) > cap) {",
@@ -548,28 +548,28 @@ MUTATIONS = [
          mutant="return (s->fw.up[a] >> b & 1) || (s->fw.up[b] >> a & 1);",
          breaks="a link one end still claims (a stopped server's last state) counts as live: "
                 "trees route through the stopped server and miss the servers behind it",
-         tests=["tests/integration/test_forwarding_trees.py::"
+         tests=["tests/integration/test_forwarding.py::"
                 "test_a_stopped_middle_server_leaves_trees_that_reach_everyone"]),
     dict(id="tree-live-one-end", file="server/forward.c",
          original="return (s->fw.up[a] >> b & 1) && (s->fw.up[b] >> a & 1);",
          mutant="return (s->fw.up[a] >> b & 1);",
          breaks="a link counts as live when the parent's end says so, though the child's "
                 "says it is down: the child is left out of the tree",
-         tests=["tests/integration/test_forwarding_trees.py::"
+         tests=["tests/integration/test_forwarding.py::"
                 "test_a_link_only_one_end_says_is_up_is_not_in_the_trees"]),
     dict(id="tree-no-flux-window", file="server/forward.c",
          original="if (s->cfg->herd.forwarding == FORWARD_FLOOD || s->now_ms < s->fw.flux_until_ms)",
          mutant="if (s->cfg->herd.forwarding == FORWARD_FLOOD)",
          breaks="trees are used at once after a link state changed, while other servers "
                 "may still use their old trees: updates can miss servers until repaired",
-         tests=["tests/integration/test_forwarding_trees.py::"
+         tests=["tests/integration/test_forwarding.py::"
                 "test_updates_are_flooded_while_link_states_change"]),
     dict(id="tree-wrong-children", file="server/forward.c",
          original="if (par[s->links[li].server] == me) *kids |= UINT64_C(1) << li;",
          mutant="if (par[s->links[li].server] != me) *kids |= UINT64_C(1) << li;",
          breaks="updates go to the neighbours that are not our children in the tree: "
                 "only anti-entropy spreads them",
-         tests=["tests/integration/test_forwarding_trees.py::"
+         tests=["tests/integration/test_forwarding.py::"
                 "test_settled_herd_forwards_every_update_without_repair"]),
     dict(id="repair-every-differing-bucket", file="server/forward.c",
          original="both[i] = L->differ[i] & L->differed[i];",
