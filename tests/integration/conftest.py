@@ -15,19 +15,25 @@ from harness import (NO_HANG, SUP_HERD_SECRET, ONE_RESTART, RESTARTS, FakeLineSe
 # Figures a test measured (resident sizes, counts), printed at the end of
 # the run whether or not output is captured; with HERD_MEASURED_FILE set,
 # also appended there as JSON lines (make report-data keeps them for the
-# report).
+# report).  They travel in the test's report (user_properties), so that
+# under pytest-xdist the controller prints the workers' figures too.
 _MEASURED = []
 
 
 @pytest.fixture
 def report(request):
     def add(text):
-        _MEASURED.append(f"{request.node.name}: {text}")
+        request.node.user_properties.append(("measured", f"{request.node.name}: {text}"))
         path = os.environ.get("HERD_MEASURED_FILE")
         if path:
             with open(path, "a") as f:
                 f.write(json.dumps({"test": request.node.name, "text": text}) + "\n")
     return add
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "teardown":
+        _MEASURED.extend(v for k, v in report.user_properties if k == "measured")
 
 
 def pytest_terminal_summary(terminalreporter):
