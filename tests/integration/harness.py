@@ -124,10 +124,21 @@ def _port_range():
     return 10000, 65500    # no room outside it: anywhere
 
 
-# seeded with the pid: parallel runs (and pytest-xdist workers) draw
-# different ports
+def _worker_slice(lo, hi):
+    """Under pytest-xdist, worker gwN of W draws from the Nth of W slices
+    of lo..hi (less a few ports at its top, for port + 1): two workers never
+    hand out the same port.  Alone, all of it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count < 2:
+        return lo, hi
+    n, size = int(worker[2:]) % count, (hi - lo + 1) // count
+    return lo + n * size, lo + (n + 1) * size - 3
+
+
+# seeded with the pid: parallel runs draw different ports
 _PORTS = random.Random(os.getpid() * 1000003 + time.time_ns())
-_RANGE = _port_range()
+_RANGE = _worker_slice(*_port_range())
 
 
 def free_port():
