@@ -19,9 +19,6 @@ from harness import (ALL, BUSY, BUSY_ADDR, LOC, connect, exchange, fake_peer, Fa
                      wait_listening, wait_log, whatsat_reply, with_secret, write_config)
 
 
-SECRET = "test-secret-0123456789"
-
-
 def test_neighbour_restarts_while_idle_clients_fill_max_clients(pair):
     """Bona holds max_clients idle clients: the link to Bailey does not take
     one of their places, a stranger past the table still gets its "? "
