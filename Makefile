@@ -167,15 +167,17 @@ FUZZ_OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,und
 
 CHAOS_SECONDS ?= 60
 test-chaos: all
-	CHAOS_SECONDS=$(CHAOS_SECONDS) HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration/test_chaos.py
+	CHAOS_SECONDS=$(CHAOS_SECONDS) HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q \
+	  tests/integration/test_chaos.py::test_no_acknowledged_update_is_lost
 
-# The nemesis (tests/integration/test_nemesis.py): a failing schedule prints
+# The nemesis (tests/integration/test_chaos.py::test_nemesis_schedule): a failing schedule prints
 # its seed; SEED=S (or NEMESIS_SEED=S in the environment) replays it.
 SEEDS ?=
 SEED ?=
 test-nemesis: all
 	$(if $(SEEDS),NEMESIS_SEEDS=$(SEEDS)) $(if $(SEED),NEMESIS_SEED=$(SEED)) \
-	  HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration/test_nemesis.py
+	  HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q \
+	  tests/integration/test_chaos.py::test_nemesis_schedule
 
 SOAK_RUNS ?= 5
 test-soak: all asan-build
@@ -183,8 +185,15 @@ test-soak: all asan-build
 	SOAK_RUNS=$(SOAK_RUNS) JOBS=$(JOBS) tests/soak.sh
 
 test-valgrind: all
-	HERD_VALGRIND=1 HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q tests/integration/test_protocol.py \
-	  tests/integration/test_logs.py
+	HERD_VALGRIND=1 HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q \
+	  tests/integration/test_client_protocol.py \
+	  --deselect tests/integration/test_client_protocol.py::test_iamat_behind_a_slow_whatsat_keeps_its_receive_time \
+	  tests/integration/test_logs.py::test_log_holds_input_output_and_connections \
+	  tests/integration/test_logs.py::test_log_escapes_control_bytes \
+	  tests/integration/test_logs.py::test_log_reaches_file_within_a_second \
+	  tests/integration/test_logs.py::test_log_reopened_on_sighup \
+	  tests/integration/test_logs.py::test_log_summarises_whatsat_json \
+	  tests/integration/test_logs.py::test_log_lines_off_keeps_connections_but_no_data
 
 # Each mutation in tests/mutation/mutations.py must make one of its tests
 # fail; a survivor or a text that no longer matches the code fails the run.
@@ -277,9 +286,21 @@ report-data: all
 	/usr/bin/python3 benchmark/forwarding_ab.py --json docs/data/forwarding_ab.json
 	rm -f docs/data/resilience.jsonl
 	HERD_MEASURED_FILE=$(abspath docs/data/resilience.jsonl) CHAOS_SECONDS=$(CHAOS_SECONDS) \
-	  HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -rs tests/integration/test_chaos.py \
-	  tests/integration/test_multihost.py tests/integration/test_abuse.py \
-	  tests/integration/test_trees.py
+	  HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -rs \
+	  tests/integration/test_chaos.py::test_no_acknowledged_update_is_lost \
+	  tests/integration/test_hosts.py::test_herd_across_hosts_survives_cut_links \
+	  tests/integration/test_limits_abuse.py::test_ten_thousand_idle_connections \
+	  tests/integration/test_limits_abuse.py::test_iamat_flood_without_reading \
+	  tests/integration/test_limits_abuse.py::test_random_bytes_nul_and_invalid_utf8 \
+	  tests/integration/test_forwarding.py::test_default_herd_under_load_sends_at_most_4_2_per_update \
+	  tests/integration/test_forwarding.py::test_trees_follow_a_death_and_a_return \
+	  tests/integration/test_forwarding.py::test_anti_entropy_at_rest_costs_one_sum_per_link_and_second \
+	  tests/integration/test_forwarding.py::test_catch_up_sends_little_when_little_differs \
+	  tests/integration/test_forwarding.py::test_big_herd_n_minus_1_per_update_and_converges_after_cuts_and_kills \
+	  tests/integration/test_forwarding.py::test_anti_entropy_under_load_on_a_large_table \
+	  tests/integration/test_links.py::test_link_messages_as_documented_and_bad_ones_ignored \
+	  tests/integration/test_forwarding.py::test_catch_up_with_a_small_max_line_bytes \
+	  tests/integration/test_forwarding.py::test_an_update_reaches_every_server_before_anti_entropy_could
 
 # Installation (README, "Running on several hosts").  The config is
 # installed only when there is none, so a second install keeps it; the

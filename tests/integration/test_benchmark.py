@@ -1,79 +1,13 @@
-"""herd-benchmark: counting and error classes against a tiny fake, then the real herd."""
+"""The benchmark program herd-benchmark (docs/PROTOCOL.md, "Benchmark"): its
+counts and JSON against fake line servers that answer well or badly, the
+reference and open-loop modes, and short runs against a real herd.
+"""
 import json
-import socket
 import subprocess
-import threading
 
 import pytest
 
-from conftest import program
-
-
-class FakeLineServer:
-    """Answers herd commands, well or badly, one thread per connection."""
-
-    def __init__(self, behaviour):
-        self.behaviour = behaviour
-        self.whatsats = 0
-        self.bad_json_sent = 0
-        self.lock = threading.Lock()
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
-
-    def answer(self, line):
-        f = line.split()
-        b = self.behaviour
-        if b == "question":
-            return b"? " + line + b"\n"
-        if f and f[0] == b"PING":
-            return b"+PONG\r\n"
-        if f and f[0] == b"IAMAT":
-            if b == "wrong-client":
-                f[1] = b"someone-else"
-            return b"AT Fake +0.000000001 " + b" ".join(f[1:]) + b"\n"
-        if f and f[0] == b"WHATSAT":
-            at = b"AT Fake +0.000000001 %s +1.0+1.0 1\n" % f[1]
-            with self.lock:
-                self.whatsats += 1
-                bad = b == "bad-json" or (b == "flip-json" and self.whatsats % 2 == 0)
-                self.bad_json_sent += bad
-            if bad:
-                return at + b'{\n   "results" : [\n\n'
-            return at + b'{\n   "html_attributions" : [],\n   "results" : [],\n   "status" : "ZERO_RESULTS"\n}\n\n'
-        return b"? " + line + b"\n"
-
-    def serve(self, c):
-        buf = b""
-        with c:
-            while True:
-                try:
-                    data = c.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                buf += data
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    try:
-                        c.sendall(self.answer(line.rstrip(b"\r")))
-                    except OSError:
-                        return
-
-    def close(self):
-        self.sock.close()
+from harness import FakeLineServer, program
 
 
 def bench(tmp_path, *args):
@@ -84,17 +18,17 @@ def bench(tmp_path, *args):
     return r.stdout, json.loads(out.read_text())
 
 
-@pytest.fixture
-def fake_line():
-    servers = []
-
-    def make(behaviour):
-        s = FakeLineServer(behaviour)
-        servers.append(s)
-        return s
-    yield make
-    for s in servers:
-        s.close()
+def test_long_reference_line_is_sent_whole(tmp_path):
+    fake = FakeLineServer("ok")
+    try:
+        ref = "PING " + "r" * 3000
+        _, js = bench(tmp_path, "--target", f"127.0.0.1:{fake.port}", "--reference", ref,
+                      "--requests", "20", "--concurrency", "2", "--warmup", "0")
+        assert js["errors"] == 0 and js["requests"] >= 20, js
+        assert fake.lines and all(l == ref.encode() for l in fake.lines), \
+            [l[:60] + b"..." + l[-20:] for l in fake.lines[:3]]
+    finally:
+        fake.close()
 
 
 def check_json(js, n, conc):

@@ -1,9 +1,8 @@
-"""Chaos: servers killed with SIGKILL under load lose no acknowledged update.
-
-Load goes to all five servers while one of them is killed every couple of
-seconds and the supervisor restarts it. Afterwards every server must hold,
-for every client, the newest update any server acknowledged. The run length
-is CHAOS_SECONDS (default 12; `make test-chaos` runs 60).
+"""Chaos and the nemesis (docs/PROTOCOL.md, "Between servers"): under random
+kills of supervised servers no acknowledged update is lost, and the
+nemesis schedules (tests/integration/nemesis.py: proxies that cut, delay
+and reset links, pauses, kills, restarts) end with every server holding the
+newest line of every client.
 """
 import os
 import random
@@ -11,10 +10,16 @@ import socket
 import threading
 import time
 
-from conftest import DEFAULT_LINKS, exchange
-from test_supervisor import ScriptHerd, alive, wait_gone
+import pytest
+
+from nemesis import run_schedule
+
+from harness import DEFAULT_LINKS, alive, exchange, SupervisedHerd, wait_gone
+
 
 CHAOS_SECONDS = float(os.environ.get("CHAOS_SECONDS", "12"))
+
+
 CLIENTS = 200
 
 
@@ -51,7 +56,7 @@ def loader(sherd, name, stop, acked, lock, counts):
 
 
 def test_no_acknowledged_update_is_lost(tmp_path, report):
-    sherd = ScriptHerd(tmp_path)
+    sherd = SupervisedHerd(tmp_path)
     with open(sherd.config, "a") as f:       # restart as often as it takes
         f.write("")
     text = open(sherd.config).read().replace("restart_max: 3", "restart_max: 1000")
@@ -125,3 +130,30 @@ def test_no_acknowledged_update_is_lost(tmp_path, report):
     # and no server's stderr holds a sanitizer report
     problems = sherd.problems()
     assert not problems, problems
+
+
+# The fixed seeds make integration runs (10 to 15 s each): 3 to 5 servers,
+# max_stored_clients 5 to 7 in 7, 9 and 10; each forgets and resends an update.
+SEEDS = [2, 5, 7, 9, 10]
+
+
+def seeds():
+    if os.environ.get("NEMESIS_SEED"):
+        return [int(os.environ["NEMESIS_SEED"])]
+    if os.environ.get("NEMESIS_SEEDS"):
+        rng = random.SystemRandom()
+        return [rng.randrange(1, 10**9) for _ in range(int(os.environ["NEMESIS_SEEDS"]))]
+    return SEEDS
+
+
+@pytest.mark.parametrize("seed", seeds())
+def test_nemesis_schedule(tmp_path, seed):
+    problems, events = run_schedule(seed, tmp_path)
+    if problems:
+        shown = "\n  ".join(problems[:25])
+        more = f"\n  ... and {len(problems) - 25} more" if len(problems) > 25 else ""
+        steps = "\n  ".join(events[-40:])
+        raise AssertionError(
+            f"nemesis schedule {seed} broke the herd's promise:\n  {shown}{more}\n"
+            f"replay: NEMESIS_SEED={seed} make test-nemesis   (or: make test-nemesis SEED={seed})\n"
+            f"the whole schedule: {tmp_path}/schedule.txt; its last steps:\n  {steps}")

@@ -1,129 +1,170 @@
-"""Hosts: IPv6 and names as a server's host, one config on every host, install.
-
-docs/PROTOCOL.md, "Hosts" and "Processes and files": a server's host is an
-IPv4 or IPv6 literal or a name; the supervisor, start_servers.sh,
-stop_servers.sh and --status handle only the servers whose host is an
-address of this machine, and refuse when there is none.
-
-The namespace tests rebuild the multi-host herd on the real scripts: three
-network namespaces on a bridge, each with its own copy of one config (the
-same text), each running ./start_servers.sh -c on it.  They need root and
-`ip netns`, and are skipped with the reason otherwise.  Namespaces, bridge
-and veths are named phh*, and everything is removed, pass or fail.
-
-A capture on the bridge: the `net` fixture's Net.capture() starts tcpdump
-on the bridge (a missing tcpdump fails the test: `make deps` installs it)
-and returns a Capture whose stop() gives the pcap file's bytes;
-pcap_tcp_packets() reads them.  test_capture_on_the_bridge_finds_no_client_location
-checks with it that the links between the hosts carry no client id or
-location in plain text (docs/PROTOCOL.md, "Between servers": every link is
-TLS 1.3), while a client's own line across the same bridge is seen.
+"""Hosts (docs/PROTOCOL.md, "Hosts", "Local servers"): IPv6 and names as a
+server's host, only the local servers of a config run, and herds spread
+over network namespaces on a bridge (one server per host, or several hosts
+each running the scripts) that survive cut links, stops and a moved host,
+with no client location on the wire.  The namespace tests need root and
+`ip netns`, and are skipped with the reason otherwise.
 """
 import os
-import random
 import secrets
-import shutil
 import signal
-import select
 import socket
-import struct
 import subprocess
 import time
 
 import pytest
 
-import conftest
-from conftest import BIN_DIR, PLACES, ROOT, free_port, program, wait_for
-from test_multihost import netns_available, plug, sh
-
-SECRET = "0123456789abcdef" * 4 + "\n"
-
-
-def config_text(servers, extra=""):
-    """servers: {name: (host, port, [neighbours])}; hosts are quoted (::1)."""
-    text = "servers:\n"
-    for n, (host, port, neigh) in servers.items():
-        text += f"  {n}: {{ host: \"{host}\", port: {port}, neighbors: [{', '.join(neigh)}] }}\n"
-    text += f"places: {{ local_file: {PLACES} }}\nlogging: {{ dir: logs, flush_ms: 50 }}\n"
-    text += "supervisor: { stop_timeout_s: 5 }\n" + extra
-    return text
+from harness import (DEFAULT_LINKS, PLACES, TRIO, alive, config_text, exchange, free_port, kill_all,
+                     listens, Namespaces, netns_available, pcap_tcp_packets, program, read_log,
+                     read_pids, run_script, script_env, supervisor_problems, wait_for,
+                     write_herd_dir)
 
 
-def write_herd_dir(folder, text):
-    """A host's copy of the config, with the herd's secret (mode 0600) as the
-    README says to copy it to every host."""
-    os.makedirs(os.path.join(folder, "state"), mode=0o700, exist_ok=True)
-    path = os.path.join(folder, "config.yml")
-    with open(path, "w") as f:
-        f.write(text)
-    secret = os.path.join(folder, "state", "herd.secret")
-    with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        f.write(SECRET)
-    return path
+NAMES = list(DEFAULT_LINKS)
 
 
-def script_env():
-    env = dict(os.environ, HERD_BIN_DIR=BIN_DIR, HERD_START_TIMEOUT="15")
-    env.pop("HERD_SECRET", None)
-    return env
+PORT = 10500
 
 
-def run_script(name, config, prefix=(), timeout=60):
-    return subprocess.run([*prefix, os.path.join(ROOT, name), "-c", config],
-                          capture_output=True, text=True, env=script_env(), timeout=timeout)
+class Hosts(Namespaces):
+    """The default herd with each server alone on its host (named as the
+    server), all on PORT, started directly."""
+
+    def __init__(self, tmp_path):
+        super().__init__(NAMES)
+        self.dir = str(tmp_path)
+        self.procs = {}
+
+    def write_config(self):
+        text = "servers:\n"
+        for n in NAMES:
+            text += (f"  {n}: {{ host: {self.addr[n]}, port: {PORT}, "
+                     f"neighbors: [{', '.join(DEFAULT_LINKS[n])}] }}\n")
+        text += f"places: {{ local_file: {PLACES} }}\nlogging: {{ dir: logs, flush_ms: 50 }}\n"
+        self.config = os.path.join(self.dir, "config.yml")
+        with open(self.config, "w") as f:
+            f.write(text)
+
+    def start(self):
+        env = dict(os.environ, HERD_SECRET="multi-host-secret")
+        for n in NAMES:
+            err = open(os.path.join(self.dir, f"{n}.stderr"), "wb")
+            self.procs[n] = subprocess.Popen(
+                [*self.in_ns(n), program("herd-server"), n, "-c", self.config],
+                stdout=subprocess.DEVNULL, stderr=err, env=env)
+        for n in NAMES:
+            wait_for(lambda: listens(PORT, self.addr[n]), 10, what=f"{n} to listen")
+
+    def send(self, n, data):
+        return exchange(PORT, data, host=self.addr[n], timeout=5)
+
+    def send_inside(self, n, line):
+        """From inside n's namespace (it may be cut off the bridge)."""
+        return super().send_inside(n, self.addr[n], PORT, line)[1]
+
+    def stored(self, n, client):
+        reply = self.send(n, b"WHATSAT %s 0.001 1\n" % client)
+        return None if reply.startswith(b"? ") else reply.split(b"\n", 1)[0]
+
+    def log(self, n):
+        return read_log(self.dir, n)
+
+    def down(self):
+        """Stop everything; returns what went wrong with the servers."""
+        problems = []
+        for n, p in self.procs.items():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for n, p in self.procs.items():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            err = open(os.path.join(self.dir, f"{n}.stderr"), errors="replace").read()
+            if p.returncode != 0 or "Sanitizer" in err or "runtime error" in err:
+                problems.append(f"{n} exited {p.returncode}: {err[-1500:]}")
+        super().down()
+        return problems
 
 
-def read_pids(folder):
+def wait_all(hosts, client, want, timeout=30):
+    ok = wait_for(lambda: all(hosts.stored(n, client) == want for n in NAMES), timeout, step=0.2)
+    assert ok, {n: hosts.stored(n, client) for n in NAMES}
+
+
+def wait_lines(hosts, wanted, since, timeout):
+    """Until each (server, text) of wanted is in that server's log past the
+    offset since[server]: lines of this cut, not of an earlier one."""
+    wait_for(lambda: all(text in hosts.log(n)[since[n]:] for n, text in wanted), timeout,
+             step=0.2, what=f"each of {wanted} logged")
+
+
+def wait_any_line(hosts, choices, since, timeout):
+    """Until one (server, text) of choices is in that server's log past
+    since[server]."""
+    wait_for(lambda: any(text in hosts.log(n)[since[n]:] for n, text in choices), timeout,
+             step=0.2, what=f"one of {choices} logged")
+
+
+def test_herd_across_hosts_survives_cut_links(tmp_path, report):
+    why = netns_available()
+    if why:
+        pytest.skip(f"multi-host test skipped: {why}")
+    hosts = Hosts(tmp_path)
     try:
-        with open(os.path.join(folder, "servers.pid")) as f:
-            return {k: int(v) for k, v in (line.split() for line in f)}
-    except FileNotFoundError:
-        return {}
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def kill_all(pids):
-    for p in pids:
-        if alive(p):
-            os.kill(p, signal.SIGKILL)
-
-
-def log_of(folder, name):
-    try:
-        return open(os.path.join(folder, "logs", f"{name}.log"), errors="replace").read()
-    except FileNotFoundError:
-        return ""
-
-
-def supervisor_problems(folder):
-    """What the supervisor's log says went wrong with its servers: a crash,
-    or a stop that was not a clean exit (a sanitizer report makes one)."""
-    log = log_of(folder, "supervisor")
-    return [line for line in log.splitlines()
-            if "child-crash" in line or "child-given-up" in line or "child-hung" in line
-            or ("child-stopped" in line and "exit status 0" not in line)]
-
-
-def exchange(host, port, data, timeout=5):
-    return conftest.exchange(port, data, host=host, timeout=timeout)
-
-
-def stored(host, port, client):
-    reply = exchange(host, port, b"WHATSAT %s 0.001 1\n" % client)
-    return None if reply.startswith(b"? ") else reply.split(b"\n", 1)[0]
-
-
-# ------------------------------------------------------- one machine's herds
-
-TRIO = {"Bailey": ["Bona", "Campbell"], "Bona": ["Bailey", "Campbell"],
-        "Campbell": ["Bailey", "Bona"]}
+        hosts.up()
+        hosts.write_config()
+        hosts.start()
+        deadline = time.time() + 15
+        while not all(hosts.log(n).count("link-up") >= len(DEFAULT_LINKS[n]) for n in NAMES):
+            assert time.time() < deadline, "links did not come up across hosts"
+            time.sleep(0.1)
+        at = hosts.send("Bailey", b"IAMAT mh %s 1000\n" % b"+1.0+1.0")[:-1]
+        wait_all(hosts, b"mh", at)
+        for victim, other in (("Campbell", "Clark"), ("Clark", "Bailey")):
+            near = DEFAULT_LINKS[victim]
+            before = {n: len(hosts.log(n)) for n in NAMES}
+            hosts.cut(victim)                  # off the bridge
+            cut_at = time.time()
+            t = int(time.time())
+            inside = hosts.send_inside(victim, b"IAMAT cut-%s +2.0+2.0 %d.5\n" % (victim.encode(), t))
+            outside = hosts.send(other, b"IAMAT out-%s +3.0+3.0 %d\n" % (victim.encode(), t))
+            older = hosts.send(other, b"IAMAT both-%s +4.0+4.0 %d\n" % (victim.encode(), t))
+            newer = hosts.send_inside(victim, b"IAMAT both-%s +5.0+5.0 %d.9\n" % (victim.encode(), t))
+            assert inside.startswith(b"AT %s " % victim.encode()) and outside and older and newer
+            # Packets vanish, so only the links' TCP timeouts (15 s with
+            # data in flight) can notice: wait until both ends of every link
+            # of the victim logged link-down.  The updates sent into the dead
+            # links are lost with them; only the catch-up can bring them.
+            down = [(victim, f"link-down peer={n} ") for n in near] + \
+                   [(n, f"link-down peer={victim} ") for n in near]
+            wait_lines(hosts, down, before, timeout=45)
+            down_s = time.time() - cut_at
+            assert hosts.stored(other, b"cut-%s" % victim.encode()) is None, "the cut did not cut"
+            healed = {n: len(hosts.log(n)) for n in NAMES}
+            hosts.heal(victim)
+            start = time.time()
+            # the links come back (the dialer retries every 3.2 s at most), and
+            # anti-entropy sends each side what the other lacks: the victim to
+            # a neighbour, a neighbour to the victim (the first to find the
+            # difference; the others may find none left)
+            up = [(victim, f"link-up peer={n} ") for n in near] + \
+                 [(n, f"link-up peer={victim} ") for n in near]
+            wait_lines(hosts, up, healed, timeout=30)
+            wait_any_line(hosts, [(victim, f"catch-up-sent peer={n} ") for n in near],
+                          healed, timeout=30)
+            wait_any_line(hosts, [(n, f"catch-up-sent peer={victim} ") for n in near],
+                          healed, timeout=30)
+            wait_all(hosts, b"cut-%s" % victim.encode(), inside[:-1])
+            wait_all(hosts, b"out-%s" % victim.encode(), outside[:-1])
+            wait_all(hosts, b"both-%s" % victim.encode(), newer[:-1])
+            report(f"{victim} cut for {start - cut_at:.0f} s (its links down after "
+                   f"{down_s:.0f} s); links up again and all five converged "
+                   f"{time.time() - start:.1f} s after healing")
+    finally:
+        problems = hosts.down()
+    assert not problems, problems
 
 
 @pytest.fixture
@@ -179,16 +220,25 @@ def check_links_column(folder, cfg, names):
     os.unlink(prom["Bailey"])
 
 
+def exchange_at(host, port, data, timeout=5):
+    return exchange(port, data, host=host, timeout=timeout)
+
+
+def stored(host, port, client):
+    reply = exchange_at(host, port, b"WHATSAT %s 0.001 1\n" % client)
+    return None if reply.startswith(b"? ") else reply.split(b"\n", 1)[0]
+
+
 def check_herd(folder, cfg, host, ports, r, report=None):
     assert r.returncode == 0, r.stdout + r.stderr
     for n, port in ports.items():
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         assert shown in r.stdout or f"127.0.0.1:{port}" in r.stdout, r.stdout
     assert "3 of 3 servers listening" in r.stdout, r.stdout
-    assert wait_for(lambda: all(log_of(folder, n).count("link-up") >= 2 for n in ports), 15), \
-        {n: log_of(folder, n)[-600:] for n in ports}
+    assert wait_for(lambda: all(read_log(folder, n).count("link-up") >= 2 for n in ports), 15), \
+        {n: read_log(folder, n)[-600:] for n in ports}
     dial = host if host != "localhost" else "127.0.0.1"
-    at = exchange(dial, ports["Bailey"], b"IAMAT v6 +1.0+1.0 %.9f\n" % time.time())[:-1]
+    at = exchange_at(dial, ports["Bailey"], b"IAMAT v6 +1.0+1.0 %.9f\n" % time.time())[:-1]
     assert at.startswith(b"AT Bailey "), at
     assert wait_for(lambda: all(stored(dial, p, b"v6") == at for p in ports.values()), 10)
     check_links_column(folder, cfg, list(ports))
@@ -201,7 +251,7 @@ def test_herd_on_ipv6_loopback(started):
     # the listener is IPv6 only, and peers and clients are logged as [v6]:port
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", ports["Bailey"]), timeout=2).close()
-    log = log_of(folder, "Bailey")
+    log = read_log(folder, "Bailey")
     assert f"addr=[::1]:{ports['Bailey']} host=::1" in log, log[:2000]
     assert "from=[::1]:" in log, log[:2000]
 
@@ -211,7 +261,7 @@ def test_herd_on_localhost(started):
     ports = {n: free_port() for n in TRIO}
     folder, cfg, r = started(config_text({n: ("localhost", ports[n], TRIO[n]) for n in TRIO}))
     check_herd(folder, cfg, "localhost", ports, r)
-    log = log_of(folder, "Bailey")
+    log = read_log(folder, "Bailey")
     assert f"addr=127.0.0.1:{ports['Bailey']} host=localhost" in log, log[:2000]
 
 
@@ -248,209 +298,38 @@ def test_only_the_local_servers_run(started):
     rows = [line.split()[0] for line in r.stdout.splitlines()[2:] if not line.startswith("logs:")]
     assert rows == ["Bailey", "Bona"], r.stdout
     assert set(read_pids(folder)) == {"supervisor", "Bailey", "Bona"}
-    assert wait_for(lambda: "link-up" in log_of(folder, "Bailey"), 10)
+    assert wait_for(lambda: "link-up" in read_log(folder, "Bailey"), 10)
     assert not os.path.exists(os.path.join(folder, "logs", "Campbell.log"))
 
 
-# ------------------------------------------------------------------ install
-
-def test_make_install(tmp_path):
-    dest = str(tmp_path / "root")
-    r = subprocess.run(["make", "-s", "-C", ROOT, "install", f"DESTDIR={dest}", "PREFIX=/usr"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    want = ["usr/bin/herd-server", "usr/bin/herd-supervisor", "usr/bin/herd-benchmark",
-            "usr/share/proxyherd/start_servers.sh", "usr/share/proxyherd/stop_servers.sh",
-            "usr/share/proxyherd/places.geojson", "usr/share/proxyherd/config.yml.sample",
-            "usr/share/doc/proxyherd/README.md", "usr/share/doc/proxyherd/PROTOCOL.md",
-            "usr/lib/systemd/system/proxyherd.service", "usr/lib/sysusers.d/proxyherd.conf",
-            "usr/lib/tmpfiles.d/proxyherd.conf", "etc/proxyherd/config.yml"]
-    for w in want:
-        assert os.path.isfile(os.path.join(dest, w)), w
-    for w in want[:5]:
-        assert os.access(os.path.join(dest, w), os.X_OK), w
-    # the installed sample is a valid config pointing at the installed places
-    sample = open(os.path.join(dest, "etc/proxyherd/config.yml")).read()
-    assert "/usr/share/proxyherd/places.geojson" in sample and "/var/lib/proxyherd" in sample
-    local = sample.replace("/usr/share/proxyherd/places.geojson", PLACES)
-    cfg = tmp_path / "check.yml"
-    cfg.write_text(local)
-    chk = subprocess.run([program("herd-server"), "Bailey", "-c", str(cfg), "--check"],
-                         capture_output=True, text=True)
-    assert chk.returncode == 0, chk.stdout + chk.stderr
-    # the installed scripts find the installed programs (no HERD_BIN_DIR, no make)
-    ports = {n: free_port() for n in TRIO}
-    cfg = write_herd_dir(str(tmp_path / "herd"),
-                         config_text({n: ("127.0.0.1", ports[n], TRIO[n]) for n in TRIO}))
-    env = script_env()
-    env.pop("HERD_BIN_DIR")
-    share = os.path.join(dest, "usr/share/proxyherd")
-    r = subprocess.run([os.path.join(share, "start_servers.sh"), "-c", cfg], capture_output=True,
-                       text=True, env=env, timeout=60)
-    pids = read_pids(str(tmp_path / "herd"))
-    try:
-        assert r.returncode == 0 and "3 of 3 servers listening" in r.stdout, r.stdout + r.stderr
-        assert os.readlink(f"/proc/{pids['supervisor']}/exe") == \
-            os.path.join(dest, "usr/bin/herd-supervisor")
-    finally:
-        r = subprocess.run([os.path.join(share, "stop_servers.sh"), "-c", cfg],
-                           capture_output=True, text=True, env=env, timeout=60)
-        kill_all(pids.values())
-    assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
-    unit = open(os.path.join(dest, "usr/lib/systemd/system/proxyherd.service")).read()
-    assert "ExecStart=/usr/bin/herd-supervisor -c /etc/proxyherd/config.yml" in unit, unit
-    # a second install keeps an edited config
-    with open(os.path.join(dest, "etc/proxyherd/config.yml"), "a") as f:
-        f.write("# edited\n")
-    r = subprocess.run(["make", "-s", "-C", ROOT, "install", f"DESTDIR={dest}", "PREFIX=/usr"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "# edited" in open(os.path.join(dest, "etc/proxyherd/config.yml")).read()
-    if not shutil.which("systemd-analyze"):
-        pytest.skip("systemd-analyze is missing: the unit's syntax was not verified")
-    v = subprocess.run(["systemd-analyze", "verify", "--man=no",
-                        os.path.join(dest, "usr/lib/systemd/system/proxyherd.service")],
-                       capture_output=True, text=True, timeout=60)
-    # verify also checks that ExecStart exists on this machine: only the
-    # installed path may be missing here, nothing else may be wrong
-    problems = [line for line in (v.stdout + v.stderr).splitlines()
-                if line.strip() and "/usr/bin/herd-supervisor" not in line
-                and "proxyherd.service: Command" not in line]
-    assert not problems, v.stdout + v.stderr
-
-
-# --------------------------------------------------------- several machines
-
-# Five servers on three hosts: A runs two, B two, C one.
-PLACEMENT = {"Bailey": "A", "Bona": "A", "Campbell": "B", "Clark": "B", "Jaquez": "C"}
-LINKS = {"Bailey": ["Bona", "Campbell"], "Bona": ["Bailey", "Clark", "Campbell"],
-         "Campbell": ["Bailey", "Bona", "Jaquez"], "Clark": ["Jaquez", "Bona"],
-         "Jaquez": ["Clark", "Campbell"]}
 PORTS = {"Bailey": 10601, "Bona": 10602, "Campbell": 10601, "Clark": 10602, "Jaquez": 10601}
 
 
-class Capture:
-    """tcpdump on the bridge, for a test that inspects the link traffic."""
-
-    def __init__(self, iface, path):
-        if not shutil.which("tcpdump"):
-            pytest.fail("tcpdump is missing (`make deps` installs it): no capture on the bridge")
-        self.path = path
-        # --immediate-mode: each packet is written as it comes (without it, the
-        # kernel hands packets over in blocks, and a stop may lose the last ones)
-        self.proc = subprocess.Popen(["tcpdump", "-i", iface, "--immediate-mode", "-U", "-w",
-                                      path, "tcp"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.said = b""
-        deadline = time.time() + 10       # capturing once it says "listening on"
-        while b"listening on" not in self.said and time.time() < deadline:
-            if select.select([self.proc.stderr], [], [], 0.2)[0]:
-                line = self.proc.stderr.readline()
-                if not line:
-                    break
-                self.said += line
-        if b"listening on" not in self.said:
-            self.stop()
-            pytest.fail(f"tcpdump on {iface} did not start: {self.said!r}")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.said += self.proc.stderr.read()
-            self.proc.stderr.close()
-        with open(self.path, "rb") as f:
-            return f.read()
+LINKS = {"Bailey": ["Bona", "Campbell"], "Bona": ["Bailey", "Clark", "Campbell"],
+         "Campbell": ["Bailey", "Bona", "Jaquez"], "Clark": ["Jaquez", "Bona"],
+         "Jaquez": ["Clark", "Campbell"]}
 
 
-def pcap_tcp_packets(data):
-    """(src, sport, dst, dport, payload) of each IPv4 TCP packet of a pcap
-    file of Ethernet frames (what tcpdump -w writes for a bridge)."""
-    magic = data[:4]
-    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
-        order = "<"
-    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
-        order = ">"
-    else:
-        raise AssertionError(f"not a pcap file: {data[:24]!r}")
-    link_type = struct.unpack(order + "I", data[20:24])[0]
-    assert link_type == 1, f"pcap link type {link_type}, not Ethernet"
-    off = 24
-    while off + 16 <= len(data):
-        caplen = struct.unpack(order + "I", data[off + 8:off + 12])[0]
-        frame = data[off + 16:off + 16 + caplen]
-        off += 16 + caplen
-        if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
-            continue                               # not IPv4, or not TCP
-        ip = frame[14:]
-        tcp = ip[(ip[0] & 15) * 4:struct.unpack("!H", ip[2:4])[0]]
-        sport, dport = struct.unpack("!HH", tcp[:4])
-        yield (socket.inet_ntoa(ip[12:16]), sport, socket.inet_ntoa(ip[16:20]), dport,
-               bytes(tcp[(tcp[12] >> 4) * 4:]))
+# Five servers on three hosts: A runs two, B two, C one.
+PLACEMENT = {"Bailey": "A", "Bona": "A", "Campbell": "B", "Clark": "B", "Jaquez": "C"}
 
 
-class Net:
-    """Three namespaces on a bridge; host X has one address, a name for it
-    (host-x.herd, in each namespace's /etc/netns/NS/hosts, which `ip netns
-    exec` puts over /etc/hosts), and a folder with its own copy of the same
-    config, which names the hosts by those names."""
+class Net(Namespaces):
+    """Three hosts A, B and C on a bridge; host X has one address, a name
+    for it (host-x.herd), and a folder with its own copy of the same config,
+    which names the hosts by those names; each runs the scripts."""
 
     def __init__(self, tmp_path):
-        tag = "%04x" % random.randrange(1 << 16)
-        self.net = f"10.{200 + random.randrange(50)}.{random.randrange(250)}"
-        self.bridge = f"phhbr{tag}"
-        self.hosts = ["A", "B", "C"]
-        self.addr = {h: f"{self.net}.{i + 1}" for i, h in enumerate(self.hosts)}
-        self.ns = {h: f"phh{tag}{h}" for h in self.hosts}
-        self.veth = {h: f"phhv{tag}{h}" for h in self.hosts}
-        self.name = {h: f"host-{h.lower()}.herd" for h in self.hosts}
+        super().__init__(["A", "B", "C"], names=True)
         self.dir = {h: str(tmp_path / h) for h in self.hosts}
         self.tmp = str(tmp_path)
-        self.made = []
         self.captures = []
 
     def up(self):
-        sh("ip", "link", "add", self.bridge, "type", "bridge")
-        self.made.append(("link", self.bridge))
-        sh("ip", "addr", "add", f"{self.net}.254/24", "dev", self.bridge)
-        sh("ip", "link", "set", self.bridge, "up")
-        for h in self.hosts:
-            ns, v = self.ns[h], self.veth[h]
-            sh("ip", "netns", "add", ns)
-            self.made.append(("netns", ns))
-            os.makedirs(f"/etc/netns/{ns}", exist_ok=True)
-            self.made.append(("etc", f"/etc/netns/{ns}"))
-            self.write_hosts(h)
-            self.made.append(("link", v))
-            plug(self.bridge, ns, v, self.addr[h])
+        super().up()
         text = config_text({n: (self.name[PLACEMENT[n]], PORTS[n], LINKS[n]) for n in LINKS},
                            extra="herd: { snapshot_interval_s: 1 }\n")
         self.config = {h: write_herd_dir(self.dir[h], text) for h in self.hosts}
-
-    def write_hosts(self, h):
-        """Host h's /etc/hosts, rewritten in place (the same file stays
-        mounted in the namespace, and every lookup reads it again)."""
-        text = "127.0.0.1 localhost\n::1 localhost\n" + \
-            "".join(f"{self.addr[x]} {self.name[x]}\n" for x in self.hosts)
-        with open(f"/etc/netns/{self.ns[h]}/hosts", "a+") as f:
-            f.seek(0)
-            f.truncate()
-            f.write(text)
-
-    def move(self, h, last_octet):
-        """Give host h a new address, and tell every host's /etc/hosts."""
-        new = f"{self.net}.{last_octet}"
-        sh("ip", "-n", self.ns[h], "addr", "del", f"{self.addr[h]}/24", "dev", "eth0")
-        sh("ip", "-n", self.ns[h], "addr", "add", f"{new}/24", "dev", "eth0")
-        self.addr[h] = new
-        for x in self.hosts:
-            self.write_hosts(x)
-
-    def in_ns(self, h):
-        return ("ip", "netns", "exec", self.ns[h])
 
     def start(self, h):
         return run_script("start_servers.sh", self.config[h], prefix=self.in_ns(h))
@@ -467,7 +346,7 @@ class Net:
         return self.addr[PLACEMENT[n]], PORTS[n]
 
     def send(self, n, data):
-        return exchange(*self.where(n), data)
+        return exchange_at(*self.where(n), data)
 
     def stored(self, n, client):
         try:
@@ -479,29 +358,20 @@ class Net:
         """From inside n's namespace (it may be cut off the bridge), or from
         host host_from's; the reply, or with host_from (the client's port,
         the reply)."""
-        host, port = self.where(n)
-        code = ("import socket,sys\n"
-                f"s=socket.create_connection(('{host}',{port}),timeout=5)\n"
-                "sys.stdout.buffer.write(b'%d\\n' % s.getsockname()[1])\n"
-                f"s.sendall({line!r});s.shutdown(socket.SHUT_WR)\n"
-                "o=b''\nwhile True:\n b=s.recv(65536)\n if not b: break\n o+=b\n"
-                "sys.stdout.buffer.write(o)\n")
-        out = subprocess.run([*self.in_ns(host_from or PLACEMENT[n]), "/usr/bin/python3", "-c",
-                              code], capture_output=True, timeout=20).stdout
-        client_port, _, reply = out.partition(b"\n")
-        return (int(client_port or 0), reply) if host_from else reply
+        port, reply = super().send_inside(host_from or PLACEMENT[n], *self.where(n), line)
+        return (port, reply) if host_from else reply
 
     def wait_all(self, client, want, names=None, timeout=30):
         names = names or list(LINKS)
-        ok = wait_for(lambda: all(self.stored(n, client) == want for n in names), timeout, 0.2)
+        ok = wait_for(lambda: all(self.stored(n, client) == want for n in names), timeout, step=0.2)
         assert ok, {n: self.stored(n, client) for n in names}
 
     def log(self, n):
-        return log_of(self.dir[PLACEMENT[n]], n)
+        return read_log(self.dir[PLACEMENT[n]], n)
 
     def capture(self):
         """The hook for a capture on the bridge (see the module's text)."""
-        c = Capture(self.bridge, os.path.join(self.tmp, f"bridge{len(self.captures)}.pcap"))
+        c = super().capture(os.path.join(self.tmp, f"bridge{len(self.captures)}.pcap"))
         self.captures.append(c)
         return c
 
@@ -519,21 +389,7 @@ class Net:
             if not wait_for(lambda: not any(alive(p) for p in pids.values()), 10):
                 problems.append(f"{h}: a process survived stop_servers.sh")
             problems += [f"{h}: {line}" for line in supervisor_problems(self.dir[h])]
-        for kind, name in self.made:
-            if kind == "netns":
-                left = sh("ip", "netns", "pids", name, check=False).stdout.split()
-                kill_all(int(p) for p in left)      # only what runs in our namespace
-        for kind, name in reversed(self.made):
-            if kind == "netns":
-                sh("ip", "netns", "del", name, check=False)
-            elif kind == "etc":
-                shutil.rmtree(name, ignore_errors=True)
-                try:
-                    os.rmdir("/etc/netns")        # when no other namespace uses it
-                except OSError:
-                    pass
-            else:
-                sh("ip", "link", "del", name, check=False)
+        super().down()
         return problems
 
 
@@ -577,7 +433,7 @@ def test_each_host_runs_its_own_servers_and_an_iamat_reaches_all(net):
 
 def test_a_host_cut_off_and_healed_converges(net, report):
     victim, other = "Jaquez", "Bailey"       # host C; its links go to host B
-    sh("ip", "link", "set", net.veth["C"], "down")
+    net.cut("C")
     try:
         t = int(time.time())
         inside = net.send_inside(victim, b"IAMAT cut +2.0+2.0 %d.5\n" % t)
@@ -588,7 +444,7 @@ def test_a_host_cut_off_and_healed_converges(net, report):
         time.sleep(1.5)
         assert net.stored(other, b"cut") is None, "the cut did not cut"
     finally:
-        sh("ip", "link", "set", net.veth["C"], "up")
+        net.heal("C")
     start = time.time()
     net.wait_all(b"cut", inside[:-1])
     net.wait_all(b"out", outside[:-1])

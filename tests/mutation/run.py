@@ -287,6 +287,24 @@ def report(i, n, m, verdict, what, seconds):
           f"{seconds:5.1f}s  {what}", flush=True)
 
 
+def missing_tests(muts):
+    """Each named test that does not exist: a unit/NAME without its
+    tests/unit/NAME.c, or a node id or file that pytest does not collect:
+    a test renamed or moved leaves its mutation naming nothing.  One
+    collection of tests/integration, compared."""
+    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p",
+                        "no:cacheprovider", "tests/integration"], cwd=ROOT,
+                       capture_output=True, text=True)
+    ids = [line.strip() for line in r.stdout.splitlines() if "::" in line]
+    known = set(ids) | {i.split("[")[0] for i in ids} | {i.split("::")[0] for i in ids}
+    if not ids:
+        return [f"pytest collected nothing (exit {r.returncode}): {r.stdout[-500:]}{r.stderr[-500:]}"]
+    unit = {f"unit/{f[:-2]}" for f in os.listdir(os.path.join(ROOT, "tests", "unit"))
+            if f.endswith(".c")}
+    return [f"{t} (mutation {m['id']})" for m in muts for t in m["tests"]
+            if t not in known and t not in unit]
+
+
 # ------------------------------------------------------------------ main
 
 def main():
@@ -325,8 +343,11 @@ def main():
     for s in stale_lines:
         print("STALE " + s)
     if args.check:
-        print(f"{len(muts)} mutations, {len(stale_lines)} stale")
-        return 1 if stale_lines else 0
+        missing = missing_tests(muts)
+        for s in missing:
+            print("MISSING " + s)
+        print(f"{len(muts)} mutations, {len(stale_lines)} stale, {len(missing)} naming no test")
+        return 1 if stale_lines or missing else 0
     runnable = [m for m in muts if not stale(m, ROOT)]
 
     start = time.time()

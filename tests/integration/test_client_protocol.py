@@ -1,15 +1,18 @@
-"""The client protocol of docs/PROTOCOL.md, byte for byte, against the real binary."""
+"""What a client sees of IAMAT and WHATSAT (docs/PROTOCOL.md, "Lines", "IAMAT",
+"Stored clients", "WHATSAT", "Anything else"): the exact AT line and its time
+difference in integer nanoseconds, the WHATSAT reply's shape and places,
+"? " for every invalid line, pipelining, half-closes, and which of two
+updates of a client is kept.
+"""
 import json
 import math
+import os
 import re
 import time
 
 import pytest
 
-from conftest import connect, exchange, recv_exact_lines
-
-LOC = b"+34.068930-118.445127"
-AT_RE = re.compile(rb"^AT (\S+) ([+-])(\d+)\.(\d{9}) (\S+) (\S+) (\S+)$")
+from harness import (connect, exchange, LOC, PLACES, places_opts, recv_exact_lines, wait_for)
 
 
 def iamat(port, client, loc=LOC, t=None):
@@ -19,35 +22,8 @@ def iamat(port, client, loc=LOC, t=None):
     return reply[:-1]
 
 
-def read_reply(sock):
-    data = b""
-    while not data.endswith(b"\n\n"):
-        b = sock.recv(65536)
-        assert b, f"connection closed mid-reply: {data!r}"
-        data += b
-    return data
+AT_RE = re.compile(rb"^AT (\S+) ([+-])(\d+)\.(\d{9}) (\S+) (\S+) (\S+)$")
 
-
-def whatsat(port, client, radius=b"10", bound=b"5"):
-    return exchange(port, b"WHATSAT %s %s %s\n" % (client, radius, bound))
-
-
-def split_whatsat(reply):
-    first, rest = reply.split(b"\n", 1)
-    assert rest.endswith(b"}\n\n") and not rest.endswith(b"\n\n\n"), rest[-20:]
-    body = rest[:-2]
-    assert b"\n\n" not in body, "the JSON must have no empty line"
-    return first, json.loads(body)
-
-
-def haversine(lat1, lng1, lat2, lng2):
-    r = math.radians
-    a = (math.sin(r(lat2 - lat1) / 2) ** 2
-         + math.cos(r(lat1)) * math.cos(r(lat2)) * math.sin(r(lng2 - lng1) / 2) ** 2)
-    return 2 * 6371.0088 * math.asin(math.sqrt(a))
-
-
-# ------------------------------------------------------------------ IAMAT
 
 def test_iamat_reply_is_exact(server):
     client = b"kiwi.cs.ucla.edu"
@@ -120,7 +96,17 @@ def test_whitespace_forms_and_crlf(server):
     assert m and m.group(5) == b"ws" and m.group(6) == b"+1.0+2.0" and m.group(7) == b"5"
 
 
-# ---------------------------------------------------------------- WHATSAT
+def whatsat(port, client, radius=b"10", bound=b"5"):
+    return exchange(port, b"WHATSAT %s %s %s\n" % (client, radius, bound))
+
+
+def split_whatsat(reply):
+    first, rest = reply.split(b"\n", 1)
+    assert rest.endswith(b"}\n\n") and not rest.endswith(b"\n\n\n"), rest[-20:]
+    body = rest[:-2]
+    assert b"\n\n" not in body, "the JSON must have no empty line"
+    return first, json.loads(body)
+
 
 def test_whatsat_reply_shape(server):
     at = iamat(server.port, b"ucla", LOC)
@@ -133,6 +119,13 @@ def test_whatsat_reply_shape(server):
         for key in ("name", "place_id", "vicinity", "types"):
             assert key in r
         assert isinstance(r["geometry"]["location"]["lat"], float)
+
+
+def haversine(lat1, lng1, lat2, lng2):
+    r = math.radians
+    a = (math.sin(r(lat2 - lat1) / 2) ** 2
+         + math.cos(r(lat1)) * math.cos(r(lat2)) * math.sin(r(lng2 - lng1) / 2) ** 2)
+    return 2 * 6371.0088 * math.asin(math.sqrt(a))
 
 
 def test_whatsat_nearest_first_within_radius(server):
@@ -149,7 +142,6 @@ def test_whatsat_nearest_first_within_radius(server):
 
 
 def sample_places():
-    from conftest import PLACES
     with open(PLACES) as f:
         return [(p["geometry"]["coordinates"][1], p["geometry"]["coordinates"][0],
                  p["properties"]["place_id"]) for p in json.load(f)["features"]]
@@ -186,8 +178,6 @@ def test_whatsat_reply_arrives_in_one_piece(server):
         data = s.recv(1 << 20)   # everything is there at once
         assert data.endswith(b"}\n\n"), len(data)
 
-
-# ----------------------------------------------------------- invalid lines
 
 INVALID = [
     b"HELLO",
@@ -235,8 +225,6 @@ def test_whatsat_known_client_but_bad_args(server):
     assert exchange(server.port, b"WHATSAT kiwi 51 5\n") == b"? WHATSAT kiwi 51 5\n"
 
 
-# -------------------------------------------------- connections and order
-
 def test_pipelined_commands_in_order(server):
     lines = []
     for i in range(500):
@@ -249,6 +237,15 @@ def test_pipelined_commands_in_order(server):
         m = AT_RE.match(out[2 * i])
         assert m and m.group(5) == b"p%d" % i
         assert out[2 * i + 1] == b"? BAD %d" % i
+
+
+def read_reply(sock):
+    data = b""
+    while not data.endswith(b"\n\n"):
+        b = sock.recv(65536)
+        assert b, f"connection closed mid-reply: {data!r}"
+        data += b
+    return data
 
 
 def test_many_commands_one_connection_interactive(server):
@@ -272,8 +269,6 @@ def test_half_close_serves_last_unterminated_line(server):
 def test_half_close_unterminated_invalid_line(server):
     assert exchange(server.port, b"just words") == b"? just words\n"
 
-
-# ------------------------------------------------------------- newer order
 
 def stored_line(port, client):
     first, _ = split_whatsat(whatsat(port, client, b"1", b"1"))
@@ -308,3 +303,92 @@ def test_same_update_again_keeps_the_larger_line(server):
     first = iamat(server.port, b"dup", b"+1.0+1.0", b"50")
     second = iamat(server.port, b"dup", b"+1.0+1.0", b"50")
     assert stored_line(server.port, b"dup") == max(first, second)
+
+
+def test_iamat_behind_a_slow_whatsat_keeps_its_receive_time(make_server, fake):
+    s = make_server(places=places_opts(fake, "google"))
+    exchange(s.port, b"IAMAT kiwi %s %.9f\n" % (LOC, time.time()))
+    fake.delay = 1.5
+    t0 = time.time()
+    reply = exchange(s.port, b"WHATSAT kiwi 10 2\nIAMAT held %s %.9f\n" % (LOC, time.time()))
+    took = time.time() - t0
+    assert took >= 1.4, f"the fake answered in {took:.2f} s: the test proves nothing"
+    assert reply.startswith(b"AT Bailey ") and reply.count(b"\n") > 3, reply
+    last = reply.rstrip(b"\n").rsplit(b"\n", 1)[1].split()
+    assert last[0] == b"AT" and last[3] == b"held", reply
+    diff = float(last[2])
+    assert diff < 0.5, f"diff {diff} counts from when the IAMAT was processed, not read"
+
+
+DIFF_RE = re.compile(rb"^AT Bailey ([+-])(\d+)\.(\d{9}) (\S+) (\S+) (\S+)\n$")
+
+# ------------------------------------------------------ IAMAT: the diff
+
+def wait_for_phase(lo_ns, hi_ns, timeout=3):
+    """Until the wall clock's fraction of a second is in [lo_ns, hi_ns)."""
+    assert wait_for(lambda: lo_ns <= time.time_ns() % 10**9 < hi_ns, timeout, step=0.001)
+
+
+def iamat_ahead(port, client, ahead_ns, phase_ns):
+    """An IAMAT whose time is ahead_ns past the clock, sent when the clock's
+    fraction is phase_ns (so whether the client's time crosses into the next
+    second, and the diff borrows a second, is known).  Returns (sign,
+    seconds, nine digits, time in ns, clock before sending, after the reply)."""
+    with connect(port) as s:
+        wait_for_phase(phase_ns, phase_ns + 50_000_000)
+        before = time.time_ns()
+        t = before + ahead_ns
+        tstr = b"%d.%09d" % (t // 10**9, t % 10**9)
+        s.sendall(b"IAMAT %s %s %s\n" % (client, LOC, tstr))
+        reply = recv_exact_lines(s, 1)
+        after = time.time_ns()
+    m = DIFF_RE.match(reply)
+    assert m and m.group(4) == client and m.group(6) == tstr, reply
+    return m.group(1), m.group(2), m.group(3), t, before, after
+
+
+def check_negative_diff(port, ahead_ns, whole_s):
+    """docs/PROTOCOL.md, IAMAT: diff = receive time - client's time, printed
+    as a sign, the seconds, a point and nine digits.  Client ahead by
+    ahead_ns: "-<whole_s>.<nine digits>", and the exact value plus the
+    client's time lies between the clock readings around the exchange.  Both
+    ways the nanoseconds can fall: the client's time in the same second as
+    the receive time, and in a later one (a borrowed second)."""
+    for phase in (100_000_000, 800_000_000):
+        sign, sec, frac, t, before, after = iamat_ahead(port, b"ahead", ahead_ns, phase)
+        got = b"%s%s.%s" % (sign, sec, frac)
+        diff_ns = (-1 if sign == b"-" else 1) * (int(sec) * 10**9 + int(frac))
+        assert before <= t + diff_ns <= after, (got, t, before, after)
+        if after - before < 200_000_000:        # the reply came before the client's time
+            assert sign == b"-" and int(sec) == whole_s, got
+
+
+def test_a_client_ahead_by_less_than_a_second_gets_minus_zero_and_its_fraction(server):
+    """"-0.250000000", give or take the time the line took: never "+0.75...",
+    "-1.75..." or a negative fraction."""
+    check_negative_diff(server.port, 250_000_000, 0)
+
+
+def test_a_client_ahead_by_seconds_and_a_fraction_gets_both(server):
+    """"-2.250000000", give or take the time the line took."""
+    check_negative_diff(server.port, 2_250_000_000, 2)
+
+
+# ------------------------------------------ IAMAT: the day bound is the origin's
+
+def test_the_day_bound_is_the_origins_alone(herd):
+    """docs/PROTOCOL.md, IAMAT: "AT lines from neighbours and snapshots are
+    not checked against it".  A line a day and more ahead loads from Bailey's
+    snapshot and reaches Bona over the link, though Bona refuses the same
+    time from a client."""
+    far = b"999999999999999999.5"
+    line = b"AT Bailey +0.000000001 future " + LOC + b" " + far
+    os.makedirs(os.path.dirname(herd.snap_path("Bailey")), mode=0o700, exist_ok=True)
+    with open(herd.snap_path("Bailey"), "wb") as f:
+        f.write(b"HERDSNAP 1 Bailey\n%s\nEND 1\n" % line)
+    herd.start("Bailey")
+    assert herd.stored("Bailey", b"future") == line
+    herd.start("Bona")
+    herd.wait_stored(["Bona"], b"future", line)
+    own = b"IAMAT other " + LOC + b" " + far
+    assert herd.send("Bona", own + b"\n") == b"? " + own + b"\n"

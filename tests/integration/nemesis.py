@@ -1,4 +1,4 @@
-"""The nemesis of test_nemesis.py: a TCP proxy for links, a herd started
+"""The nemesis of test_chaos.py::test_nemesis_schedule: a TCP proxy for links, a herd started
 with one config file per server, the model of the herd's order, and one
 seeded random schedule run against them.
 
@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 
-from conftest import free_port, program, wait_listening, yaml_section, PLACES
+from harness import PLACES, exchange, free_port, program, wait_listening, yaml_section
 
 NAMES = ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"]
 SECRET = "nemesis-secret-0123456789"
@@ -786,16 +786,7 @@ class Schedule:
         out = {}
         for n in sorted(self.nodes) if names is None else names:
             node = self.nodes[n]
-            data = b"".join(b"WHATSAT %s 1 1\n" % c for c in clients)
-            with socket.create_connection(("127.0.0.1", node.port), timeout=10) as s:
-                s.sendall(data)
-                s.shutdown(socket.SHUT_WR)
-                reply = b""
-                while True:
-                    b = s.recv(65536)
-                    if not b:
-                        break
-                    reply += b
+            reply = exchange(node.port, b"".join(b"WHATSAT %s 1 1\n" % c for c in clients))
             table, rest = {}, reply
             for c in clients:
                 line, _, rest = rest.partition(b"\n")

@@ -1,29 +1,88 @@
-"""WHATSAT through Google Places (both APIs) against a fake on loopback."""
+"""Places (docs/PROTOCOL.md, "Places", "Hosts"): the Google Places providers
+against a fake of both APIs (requests, mapping, errors, cache, slow or
+gone upstreams, the key never shown), and neighbours' host names resolved
+off the server's loop by the resolver helper.
+"""
 import json
+import os
+import signal
 import socket
+import subprocess
 import time
+import urllib.parse
 
 import pytest
 
-from conftest import connect, exchange
-from fake_places import FakePlaces
+from harness import (LOC, PLACES_KEY, config_text, connect, exchange, FakePlaces, free_port,
+                     Namespaces, netns_available, places_opts, proc_kib, program, read_log,
+                     wait_for, wait_log)
 
-KEY = "test-key-Sekr3t/+="
-LOC = b"+34.068930-118.445127"
-MASK = ("places.id,places.displayName,places.shortFormattedAddress,places.types,"
-        "places.location,places.rating,places.userRatingCount,places.businessStatus,"
-        "places.priceLevel,places.currentOpeningHours.openNow")
+
+class ErrorPlaces(FakePlaces):
+    """Answers every request with an error whose text we choose."""
+
+    def __init__(self):
+        super().__init__()
+        self.message = ""
+
+    def answer(self, method, path):
+        if path == "/maps/api/place/nearbysearch/json":
+            return 200, json.dumps({"error_message": self.message, "html_attributions": [],
+                                    "results": [], "status": "REQUEST_DENIED"}).encode()
+        return 403, json.dumps({"error": {"code": 403, "message": self.message,
+                                          "status": "PERMISSION_DENIED"}}).encode()
 
 
 @pytest.fixture
-def fake():
-    f = FakePlaces()
+def errfake():
+    f = ErrorPlaces()
     yield f
     f.close()
 
 
+def error_server(make_server, fake, provider):
+    s = make_server(places=places_opts(fake, provider))
+    exchange(s.port, b"IAMAT kiwi %s %.9f\n" % (LOC, time.time()))
+    return s
+
+
+def error_message(port, client):
+    reply = exchange(port, b"WHATSAT %s 10 2\n" % client)
+    first, body = reply.split(b"\n", 1)
+    assert first.startswith(b"AT Bailey "), reply
+    return json.loads(body)["error_message"]
+
+
+@pytest.mark.parametrize("provider", ["google", "google-legacy"])
+def test_key_across_the_error_text_cut_never_shows(make_server, errfake, provider):
+    s = error_server(make_server, errfake, provider)
+    # the reply shows 511 bytes of "upstream answered HTTP 403: " + message
+    # (or the legacy message alone); put the key across that cut
+    prefix = len("upstream answered HTTP 403: ") if provider == "google" else 0
+    errfake.message = "x" * (511 - 9 - prefix) + PLACES_KEY + " and more"
+    msg = error_message(s.port, b"kiwi")
+    assert len(msg.encode()) <= 511 and msg.endswith("x" + "*" * 9), msg
+    for k in range(4, len(PLACES_KEY) + 1):
+        assert PLACES_KEY[:k] not in msg, f"{PLACES_KEY[:k]!r} leaked: {msg[-40:]!r}"
+
+
+@pytest.mark.parametrize("provider", ["google", "google-legacy"])
+def test_url_escaped_key_never_shows(make_server, errfake, provider):
+    s = error_server(make_server, errfake, provider)
+    # the URL-escaped key, as in a legacy request's URL
+    escaped = urllib.parse.quote(PLACES_KEY, safe="")
+    assert escaped != PLACES_KEY
+    errfake.message = f"denied: GET /json?location=1,2&key={escaped}&radius=10"
+    msg = error_message(s.port, b"kiwi")
+    assert escaped not in msg and "Sekr3t" not in msg, msg
+    assert msg.endswith("&key=" + "*" * len(escaped) + "&radius=10"), msg
+
+
+GOOGLE_KEY = "test-key-Sekr3t/+="
+
+
 def google_server(make_server, fake, provider="google", **places):
-    opts = {"provider": provider, "base_url": fake.base, "api_key": f'"{KEY}"',
+    opts = {"provider": provider, "base_url": fake.base, "api_key": f'"{GOOGLE_KEY}"',
             "timeout_ms": 1000, "cache_ttl_s": 60, **places}
     s = make_server(places=opts)
     exchange(s.port, b"IAMAT kiwi " + LOC + b" %.9f\n" % time.time())
@@ -36,6 +95,23 @@ def split(reply):
     return first, rest[:-2].decode()
 
 
+MASK = ("places.id,places.displayName,places.shortFormattedAddress,places.types,"
+        "places.location,places.rating,places.userRatingCount,places.businessStatus,"
+        "places.priceLevel,places.currentOpeningHours.openNow")
+
+
+def assert_key_never_written(s, provider):
+    """After a stop (every line flushed), the log holds the WHATSAT and the
+    upstream answer, so it is no empty log that passes; neither it nor
+    stderr holds the key, plain or URL-encoded."""
+    s.stop()
+    log = s.read_log()
+    assert 'recv id=' in log and '"WHATSAT kiwi ' in log, log[-2000:]
+    assert f"upstream provider={provider} http=200" in log, log[-2000:]
+    for text in (log, s.read_stderr()):
+        assert GOOGLE_KEY not in text and "Sekr3t" not in text
+
+
 def test_new_api_request_and_mapping(make_server, fake):
     s = google_server(make_server, fake)
     reply = exchange(s.port, b"WHATSAT kiwi 10 2\n")
@@ -44,7 +120,7 @@ def test_new_api_request_and_mapping(make_server, fake):
     assert len(fake.requests) == 1
     r = fake.requests[0]
     assert r["method"] == "POST" and r["path"] == "/v1/places:searchNearby"
-    assert r["headers"]["x-goog-api-key"] == KEY
+    assert r["headers"]["x-goog-api-key"] == GOOGLE_KEY
     assert r["headers"]["x-goog-fieldmask"] == MASK
     assert r["headers"]["content-type"] == "application/json"
     req = json.loads(r["body"])
@@ -123,23 +199,11 @@ def test_legacy_request_and_trim(make_server, fake):
     assert r["method"] == "GET" and r["path"] == "/maps/api/place/nearbysearch/json"
     assert r["query"]["location"] == ["34.0689300,-118.4451270"]
     assert r["query"]["radius"] == ["2500"]
-    assert r["query"]["key"] == [KEY]
+    assert r["query"]["key"] == [GOOGLE_KEY]
     assert "Sekr3t%2F%2B%3D" in r["raw_query"], "the key is URL-encoded"
     js = json.loads(body)
     assert js["status"] == "OK" and [p["name"] for p in js["results"]] == ["Royce Hall", "Diddy Riese"]
     assert_key_never_written(s, "google-legacy")
-
-
-def assert_key_never_written(s, provider):
-    """After a stop (every line flushed), the log holds the WHATSAT and the
-    upstream answer, so it is no empty log that passes; neither it nor
-    stderr holds the key, plain or URL-encoded."""
-    s.stop()
-    log = s.read_log()
-    assert 'recv id=' in log and '"WHATSAT kiwi ' in log, log[-2000:]
-    assert f"upstream provider={provider} http=200" in log, log[-2000:]
-    for text in (log, s.read_stderr()):
-        assert KEY not in text and "Sekr3t" not in text
 
 
 FAILURES = [
@@ -266,12 +330,6 @@ def test_client_gone_mid_request(make_server, fake):
     time.sleep(0.6)
     assert exchange(s.port, b"IAMAT still +1.0+1.0 1\n").startswith(b"AT ")
     assert "upstream provider=google" in s.read_log(wait_for="upstream provider=google")
-    # the fixture's stop checks for sanitizer reports and leaks
-
-
-def whatsat_js(s, line=b"WHATSAT kiwi 10 5\n"):
-    _, body = split(exchange(s.port, line))
-    return json.loads(body)
 
 
 # (provider, HTTP status, body, status of the reply, words of its error_message)
@@ -292,6 +350,11 @@ ODD_ANSWERS = [
     ("google-legacy", 200, b'{"status": "NOT_A_STATUS"}', "UNKNOWN_ERROR", "NOT_A_STATUS"),
     ("google-legacy", 200, b'{"status": "OK", "results": {}}', "UNKNOWN_ERROR", "not a list"),
 ]
+
+
+def whatsat_js(s, line=b"WHATSAT kiwi 10 5\n"):
+    _, body = split(exchange(s.port, line))
+    return json.loads(body)
 
 
 @pytest.mark.parametrize("provider,code,body,status,message", ODD_ANSWERS)
@@ -389,3 +452,192 @@ def test_client_gone_while_others_wait_for_the_same_answer(make_server, fake):
     socks[1].close()
     assert json.loads(split(data)[1])["status"] == "OK"
     assert len(fake.requests) == 1
+
+
+def resolver_children(pid):
+    """Pids of pid's children named herd-resolver."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+        if comm == "herd-resolver" and int(rest.split()[1]) == pid:
+            found.append(int(d))
+    return found
+
+
+# Times every PING for `seconds`, from inside the namespace: the largest
+# wait for an answer, and how many were answered.
+PROBE = """
+import json, socket, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+worst, n, end = 0.0, 0, time.time() + seconds
+while time.time() < end:
+    t = time.time()
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"PING\\n")
+    s.shutdown(socket.SHUT_WR)
+    got = b""
+    while True:
+        b = s.recv(100)
+        if not b:
+            break
+        got += b
+    s.close()
+    assert got == b"? PING\\n", got
+    worst, n = max(worst, time.time() - t), n + 1
+    time.sleep(0.05)
+print(json.dumps({"worst": worst, "answered": n}))
+"""
+
+
+@pytest.fixture
+def slow_dns():
+    """A namespace ("dns") whose resolver never answers."""
+    why = netns_available()
+    if why:
+        pytest.skip(why)
+    ns = Namespaces(["dns"], bridge=False, slow_dns=True)
+    try:
+        yield ns.up()
+    finally:
+        ns.down()
+
+
+def test_a_host_name_dns_does_not_answer_never_holds_the_loop(tmp_path, slow_dns):
+    port = free_port()
+    text = config_text({"Alpha": ("127.0.0.1", port, ["Beta"]),
+                        "Beta": ("beta.herd-test", port + 1, ["Alpha"])})
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(text)
+    env = dict(os.environ, HERD_SECRET="resolver-test-secret")
+    err = open(tmp_path / "Alpha.stderr", "wb")
+    server = slow_dns.spawn("dns", [program("herd-server"), "Alpha", "-c", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=err)
+    assert wait_log(str(tmp_path), "Alpha", "listening server=Alpha", timeout=10)
+    pid = int(read_log(str(tmp_path), "Alpha").split("listening server=Alpha")[1]
+              .split(" pid=")[1].split()[0])
+    # Alpha dials Beta (its name sorts first) and asks for beta.herd-test
+    # again after each 2 s timeout: 4 s of PINGs span two lookups
+    probe = slow_dns.run("dns", ["/usr/bin/python3", "-c", PROBE, str(port), "4"], timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    got = json.loads(probe.stdout)
+    assert got["worst"] < 1.0, f"a PING waited {got['worst']:.2f} s for the lookup"
+    assert got["answered"] >= 20, got
+    assert wait_log(str(tmp_path), "Alpha", "link-dial-failed peer=Beta reason=cannot resolve "
+                    "'beta.herd-test': Temporary failure in name resolution (retrying)",
+                    timeout=10)
+    # the lookups run in one helper process, which a loss does not stop
+    helpers = resolver_children(pid)
+    assert len(helpers) == 1, helpers
+    os.kill(helpers[0], signal.SIGKILL)
+    assert wait_log(str(tmp_path), "Alpha", f"resolver pid={helpers[0]} went away", timeout=10)
+    assert wait_for(lambda: resolver_children(pid) not in ([], helpers), timeout=10)
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=10) == 0
+    assert resolver_children(pid) == []
+    err.close()
+    stderr = (tmp_path / "Alpha.stderr").read_text(errors="replace")
+    assert "Sanitizer" not in stderr and "runtime error" not in stderr, stderr
+
+
+def test_the_resolver_helper_holds_none_of_the_servers_memory(tmp_path):
+    """The helper is a new image of herd-server, not a forked copy of the
+    server: a copy kept the whole table as it was at the fork, and each
+    page the server changed afterwards was a page more (a 300000-client
+    table: 70 MB more, for a process that only calls getaddrinfo)."""
+    port = free_port()
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(config_text({"Alpha": ("127.0.0.1", port, ["Beta"]),
+                                "Beta": ("localhost", port + 1, ["Alpha"])}))
+    (tmp_path / "state").mkdir(mode=0o700)
+    n, now = 200000, time.time()
+    with open(tmp_path / "state" / "Alpha.snap", "w") as f:
+        f.write("HERDSNAP 1 Alpha\n")
+        f.writelines(f"AT Alpha +0.000000001 client{i:07d}-{'x' * 60} "
+                     f"+34.068930-118.445127 {now - 60 + i / 1e6:.6f}\n" for i in range(n))
+        f.write(f"END {n}\n")
+    env = dict(os.environ, HERD_SECRET="resolver-test-secret")
+    with open(tmp_path / "Alpha.stderr", "wb") as err:
+        server = subprocess.Popen([program("herd-server"), "Alpha", "-c", str(cfg)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        assert wait_log(str(tmp_path), "Alpha", f"snapshot-loaded file={tmp_path}/state/"
+                        f"Alpha.snap clients={n}", timeout=30)
+        assert wait_log(str(tmp_path), "Alpha", "listening server=Alpha", timeout=30)
+        # Alpha dials Beta (its name sorts first): localhost goes to the helper
+        assert wait_for(lambda: resolver_children(server.pid), timeout=10)
+        helper = resolver_children(server.pid)[0]
+        mine, theirs = proc_kib(helper), proc_kib(server.pid)
+        assert mine < theirs * 0.4, f"helper {mine} kB, server {theirs} kB"
+        with open(f"/proc/{helper}/cmdline", "rb") as f:
+            cmdline = f.read().split(b"\0")
+        assert cmdline[:2] == [b"herd-server", b"--resolver-helper"], cmdline
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=10) == 0
+        assert not os.path.exists(f"/proc/{helper}")
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    stderr = (tmp_path / "Alpha.stderr").read_text(errors="replace")
+    assert "Sanitizer" not in stderr and "runtime error" not in stderr, stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/valgrind"), reason="needs valgrind")
+def test_the_resolver_helper_starts_under_valgrind(tmp_path):
+    """Under valgrind, /proc/self/exe is valgrind's tool, which will not run
+    as the helper: the program's own path comes first (else every dial
+    started a helper that died at once, and no name was ever looked up)."""
+    with open(program("herd-server"), "rb") as f:
+        if b"libasan" in f.read():
+            pytest.skip("valgrind cannot run a sanitized build")
+    port = free_port()
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(config_text({"Alpha": ("127.0.0.1", port, ["Beta"]),
+                                "Beta": ("localhost", port + 1, ["Alpha"])}))
+    env = dict(os.environ, HERD_SECRET="resolver-test-secret")
+    with open(tmp_path / "Alpha.stderr", "wb") as err:
+        server = subprocess.Popen(["/usr/bin/valgrind", "--quiet", program("herd-server"),
+                                   "Alpha", "-c", str(cfg)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        # localhost looked up, then the dial refused: nobody listens there
+        refused = (f"link-dial-failed peer=Beta addr=127.0.0.1:{port + 1} "
+                   "reason=Connection refused")
+        wait_for(lambda: any(t in read_log(str(tmp_path), "Alpha")
+                             for t in ("link-dial-failed peer=Beta", "went away")), timeout=60)
+        log = read_log(str(tmp_path), "Alpha")
+        assert refused in log and "went away" not in log, log
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_the_reason_for_a_longest_name_is_logged_whole(tmp_path, slow_dns):
+    """A neighbour's name of 253 characters (the most a host name may have)
+    that cannot be looked up: the helper's answer cut the reason off."""
+    port = free_port()
+    name = ".".join(["a" * 63] * 4)[:253]
+    text = config_text({"Alpha": ("127.0.0.1", port, ["Beta"]),
+                        "Beta": (name, port + 1, ["Alpha"])})
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(text)
+    env = dict(os.environ, HERD_SECRET="resolver-test-secret")
+    with open(tmp_path / "Alpha.stderr", "wb") as err:
+        server = slow_dns.spawn("dns", [program("herd-server"), "Alpha", "-c", str(cfg)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        assert wait_log(str(tmp_path), "Alpha", "link-dial-failed peer=Beta", timeout=20)
+        line = next(l for l in read_log(str(tmp_path), "Alpha").splitlines()
+                    if "link-dial-failed" in l)
+        assert line.endswith(f"reason=cannot resolve '{name}': Temporary failure in name "
+                             "resolution (retrying)"), line
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=10) == 0

@@ -1,9 +1,27 @@
-"""herd-server's command line: help, unknown names, bad configs, busy ports."""
+"""Config errors and the command lines (docs/PROTOCOL.md, "Processes and
+files", "Limits"): --help, usage errors, unknown names, a config's bad
+lines with file and line, --check, and the errors herd-server and
+herd-supervisor give at start.
+"""
 import os
 import socket
 import subprocess
 
-from conftest import PLACES, free_port, program, write_config
+from harness import PLACES, free_port, program, write_config
+
+
+def sup(*args, env=None):
+    return subprocess.run([program("herd-supervisor"), *args], capture_output=True, text=True,
+                          timeout=30, env=env)
+
+
+def test_bound_out_of_range_is_refused_with_its_line(tmp_path):
+    for bad in ("0", "100000001", "lots"):
+        cfg = write_config(str(tmp_path), {"Alpha": (free_port(), [])},
+                           limits={"max_stored_clients": bad})
+        r = subprocess.run([program("herd-server"), "--check", "Alpha", "-c", cfg],
+                           capture_output=True, text=True, timeout=20)
+        assert r.returncode == 1 and f"{cfg}:7: limits.max_stored_clients" in r.stderr, r.stderr
 
 
 def run(*args, cwd=None):
@@ -117,13 +135,6 @@ def test_address_that_is_not_ours(tmp_path):
     assert r.returncode == 1 and "192.0.2.1" in r.stderr and "assign" in r.stderr, r.stderr
 
 
-# ------------------------------------------------------------ supervisor
-
-def sup(*args, env=None):
-    return subprocess.run([program("herd-supervisor"), *args], capture_output=True, text=True,
-                          timeout=30, env=env)
-
-
 def test_supervisor_help_and_bad_options(tmp_path):
     for h in ("-h", "--help"):
         r = sup(h)
@@ -149,25 +160,3 @@ def test_supervisor_without_a_server_program(tmp_path):
     env = dict(os.environ, HERD_BIN_DIR=str(tmp_path / "nowhere"))
     r = sup("-c", cfg, env=env)
     assert r.returncode == 1 and "nowhere/herd-server is missing or not executable" in r.stderr
-
-
-def test_init_secret_once(tmp_path):
-    cfg = write_config(str(tmp_path), {"Alpha": (free_port(), [])})
-    env = {k: v for k, v in os.environ.items() if k != "HERD_SECRET"}
-    r = sup("-c", cfg, "--init-secret", env=dict(env, HERD_SECRET="given"))
-    assert r.returncode == 0 and r.stdout == ""
-    secret = tmp_path / "state" / "herd.secret"
-    assert not secret.exists(), "HERD_SECRET set: no file is made"
-    r = sup("-c", cfg, "--init-secret", env=env)
-    assert r.returncode == 0 and "created the herd secret" in r.stdout
-    text = secret.read_text()
-    assert len(text) == 65 and all(c in "0123456789abcdef" for c in text[:64])
-    assert secret.stat().st_mode & 0o777 == 0o600
-    r = sup("-c", cfg, "--init-secret", env=env)
-    assert r.returncode == 0 and r.stdout == "" and secret.read_text() == text
-    # a secret file that cannot be made
-    (tmp_path / "blocked").write_text("")
-    with open(cfg, "a") as f:
-        f.write("herd:\n  secret_file: blocked/herd.secret\n")
-    r = sup("-c", cfg, "--init-secret", env=env)
-    assert r.returncode == 1 and "blocked/herd.secret: Not a directory" in r.stderr, r.stderr

@@ -1,0 +1,89 @@
+"""Installation and the test machine (docs/PROTOCOL.md, "Processes and
+files"): make install into a DESTDIR with the packaged files, scripts that
+find the installed programs, and the free ports the tests use.
+"""
+import os
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+from harness import (PLACES, ROOT, TRIO, config_text, free_port, kill_all, program, read_pids,
+                     script_env, write_herd_dir)
+
+
+def test_make_install(tmp_path):
+    dest = str(tmp_path / "root")
+    r = subprocess.run(["make", "-s", "-C", ROOT, "install", f"DESTDIR={dest}", "PREFIX=/usr"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    want = ["usr/bin/herd-server", "usr/bin/herd-supervisor", "usr/bin/herd-benchmark",
+            "usr/share/proxyherd/start_servers.sh", "usr/share/proxyherd/stop_servers.sh",
+            "usr/share/proxyherd/places.geojson", "usr/share/proxyherd/config.yml.sample",
+            "usr/share/doc/proxyherd/README.md", "usr/share/doc/proxyherd/PROTOCOL.md",
+            "usr/lib/systemd/system/proxyherd.service", "usr/lib/sysusers.d/proxyherd.conf",
+            "usr/lib/tmpfiles.d/proxyherd.conf", "etc/proxyherd/config.yml"]
+    for w in want:
+        assert os.path.isfile(os.path.join(dest, w)), w
+    for w in want[:5]:
+        assert os.access(os.path.join(dest, w), os.X_OK), w
+    # the installed sample is a valid config pointing at the installed places
+    sample = open(os.path.join(dest, "etc/proxyherd/config.yml")).read()
+    assert "/usr/share/proxyherd/places.geojson" in sample and "/var/lib/proxyherd" in sample
+    local = sample.replace("/usr/share/proxyherd/places.geojson", PLACES)
+    cfg = tmp_path / "check.yml"
+    cfg.write_text(local)
+    chk = subprocess.run([program("herd-server"), "Bailey", "-c", str(cfg), "--check"],
+                         capture_output=True, text=True)
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+    # the installed scripts find the installed programs (no HERD_BIN_DIR, no make)
+    ports = {n: free_port() for n in TRIO}
+    cfg = write_herd_dir(str(tmp_path / "herd"),
+                         config_text({n: ("127.0.0.1", ports[n], TRIO[n]) for n in TRIO}))
+    env = script_env()
+    env.pop("HERD_BIN_DIR")
+    share = os.path.join(dest, "usr/share/proxyherd")
+    r = subprocess.run([os.path.join(share, "start_servers.sh"), "-c", cfg], capture_output=True,
+                       text=True, env=env, timeout=60)
+    pids = read_pids(str(tmp_path / "herd"))
+    try:
+        assert r.returncode == 0 and "3 of 3 servers listening" in r.stdout, r.stdout + r.stderr
+        assert os.readlink(f"/proc/{pids['supervisor']}/exe") == \
+            os.path.join(dest, "usr/bin/herd-supervisor")
+    finally:
+        r = subprocess.run([os.path.join(share, "stop_servers.sh"), "-c", cfg],
+                           capture_output=True, text=True, env=env, timeout=60)
+        kill_all(pids.values())
+    assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
+    unit = open(os.path.join(dest, "usr/lib/systemd/system/proxyherd.service")).read()
+    assert "ExecStart=/usr/bin/herd-supervisor -c /etc/proxyherd/config.yml" in unit, unit
+    # a second install keeps an edited config
+    with open(os.path.join(dest, "etc/proxyherd/config.yml"), "a") as f:
+        f.write("# edited\n")
+    r = subprocess.run(["make", "-s", "-C", ROOT, "install", f"DESTDIR={dest}", "PREFIX=/usr"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "# edited" in open(os.path.join(dest, "etc/proxyherd/config.yml")).read()
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is missing: the unit's syntax was not verified")
+    v = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                        os.path.join(dest, "usr/lib/systemd/system/proxyherd.service")],
+                       capture_output=True, text=True, timeout=60)
+    # verify also checks that ExecStart exists on this machine: only the
+    # installed path may be missing here, nothing else may be wrong
+    problems = [line for line in (v.stdout + v.stderr).splitlines()
+                if line.strip() and "/usr/bin/herd-supervisor" not in line
+                and "proxyherd.service: Command" not in line]
+    assert not problems, v.stdout + v.stderr
+
+
+def test_free_ports_lie_outside_the_ephemeral_range():
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low, high = (int(x) for x in f.read().split())
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    inside = [p for p in ports if low <= p <= high]
+    assert not inside, f"{len(inside)} of 200 in {low}-{high}: {inside[:5]}"
+    for p in ports[:20]:           # free when handed out, and still
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))
