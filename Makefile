@@ -138,7 +138,7 @@ unit: all
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
 integration: all
-	HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -rs -n $(JOBS) tests/integration
+	HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -rs -n $(JOBS) --durations=10 tests/integration
 
 check: deps
 	@$(MAKE) --no-print-directory check-normal

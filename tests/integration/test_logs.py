@@ -129,12 +129,13 @@ STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARN|ER
 def test_log_holds_input_output_and_connections(server):
     reply = exchange(server.port, b"IAMAT logme +1.0+1.0 1\nHELLO there\n")
     at_line = reply.split(b"\n")[0].decode()
-    # the close is logged when the server reads the client's end, which may
-    # be a round after the last reply: wait for it, not for the reply
-    log = server.read_log(wait_for="reason=client closed", timeout=3)
+    log = server.read_log(wait_for="HELLO there\"\n", timeout=3)
     m = re.search(r'recv id=(\d+) "IAMAT logme \+1\.0\+1\.0 1"', log)
     assert m, log
     cid = m.group(1)
+    # the close is logged when the server reads the client's end, which may
+    # be a round after the last reply: wait for it, not for the reply
+    log = server.read_log(wait_for=f"conn-close id={cid} ", timeout=3)
     assert f'send id={cid} "{at_line}"' in log
     assert f'send id={cid} "? HELLO there"' in log
     assert f"conn-open id={cid} from=127.0.0.1:" in log
