@@ -87,3 +87,28 @@ def test_free_ports_lie_outside_the_ephemeral_range():
     for p in ports[:20]:           # free when handed out, and still
         with socket.socket() as s:
             s.bind(("127.0.0.1", p))
+
+
+def test_make_clean_refuses_while_the_herd_runs(tmp_path):
+    """README, Operations: make clean removes the build, logs, state and the
+    pid and lock files, and refuses while the herd runs (servers.pid is
+    there), changing nothing.  Run on a folder of the test's own, with the
+    project's Makefile."""
+    made = ["build/server/server.o", "bin/herd-server", "state/herd.secret", "logs/Bailey.log",
+            "logs/.keep", "servers.pid", "servers.lock"]
+    for rel in made:
+        os.makedirs(os.path.dirname(tmp_path / rel) or str(tmp_path), exist_ok=True)
+        (tmp_path / rel).write_text("x\n")
+
+    def clean():
+        return subprocess.run(["make", "-s", "-f", os.path.join(ROOT, "Makefile"), "clean"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    r = clean()
+    assert r.returncode != 0 and "the herd is running: make stop first" in r.stderr, r
+    assert all((tmp_path / rel).exists() for rel in made), "make clean removed a file while refusing"
+    (tmp_path / "servers.pid").unlink()
+    r = clean()
+    assert r.returncode == 0, r
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == ["logs", "logs/.keep"], left
