@@ -434,7 +434,10 @@ def test_snapshot_child_holds_no_socket_and_dies_with_the_server(tmp_path, start
     k = 0
     while time.time() < deadline + 10:
         for cpid in children(pid):
-            os.kill(cpid, signal.SIGSTOP)
+            try:
+                os.kill(cpid, signal.SIGSTOP)
+            except ProcessLookupError:
+                break                           # it finished since the listing
             if not wait_for(lambda: proc_state(cpid) != "R", timeout=2, step=0.01) or proc_state(cpid) != "T":
                 break                           # it finished first
             if not holds_sockets(cpid) or time.time() > deadline:
@@ -474,7 +477,10 @@ def test_snapshot_child_holds_no_socket_and_dies_with_the_server(tmp_path, start
             "the snapshot child outlived its server"
     finally:
         if alive(child):
-            os.kill(child, signal.SIGKILL)
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:      # it ended since
+                pass
 
 
 def test_leftover_snapshot_files_are_removed_at_start(tmp_path, started_servers):
@@ -520,7 +526,10 @@ def test_a_stopped_snapshot_child_does_not_hold_the_stop(tmp_path):
         assert not [f for f in state if ".tmp" in f], state
     finally:
         if child and alive(child):
-            os.kill(child, signal.SIGKILL)
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:      # it ended since
+                pass
         if s.proc.poll() is None:
             s.proc.kill()
             s.proc.wait()
