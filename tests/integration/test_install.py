@@ -3,6 +3,7 @@ files"): make install into a DESTDIR with the packaged files, scripts that
 find the installed programs, and the free ports the tests use.
 """
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -112,3 +113,33 @@ def test_make_clean_refuses_while_the_herd_runs(tmp_path):
     assert r.returncode == 0, r
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert left == ["logs", "logs/.keep"], left
+
+
+def test_every_test_named_in_the_promise_list_exists():
+    """tests/PROMISES.md maps each promise of the docs to its tests: a test
+    renamed or removed must not leave a promise pointing at nothing."""
+    text = open(os.path.join(ROOT, "tests", "PROMISES.md"), encoding="utf-8").read()
+    here = os.path.dirname(os.path.abspath(__file__))
+    defined = set()
+    for f in os.listdir(here):
+        if f.endswith(".py"):
+            defined |= set(re.findall(r"^\s*def (\w+)\(", open(os.path.join(here, f)).read(), re.M))
+    missing, promises = [], 0
+    for line in text.splitlines():
+        if not line.startswith("- ") or " -> " not in line:
+            continue
+        promises += 1
+        tests = line.split(" -> ", 1)[1]
+        names = re.findall(r"\b(test_\w+(?::\w+)?|supervised_problems)\b", tests)
+        if not names and "not a" not in tests:
+            missing.append(f"no test named: {line}")
+        for name in names:
+            if ":" in name:
+                unit, func = name.split(":")
+                path = os.path.join(ROOT, "tests", "unit", unit + ".c")
+                if not os.path.exists(path) or not re.search(rf"\b{func}\b", open(path).read()):
+                    missing.append(f"{name} (unit): {line[:80]}")
+            elif name not in defined:
+                missing.append(f"{name}: {line[:80]}")
+    assert promises > 200, f"only {promises} promises read from tests/PROMISES.md"
+    assert not missing, "\n".join(missing)
