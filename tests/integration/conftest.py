@@ -43,6 +43,17 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
+def stop_checked(servers):
+    """Stop every server, then fail with what any stop found wrong."""
+    errors = []
+    for s in servers:
+        try:
+            s.stop()
+        except AssertionError as e:
+            errors.append(str(e))
+    assert not errors, errors
+
+
 @pytest.fixture
 def make_server(tmp_path):
     """make_server(**Server options): a started server in its own subfolder."""
@@ -56,13 +67,7 @@ def make_server(tmp_path):
         return s
 
     yield make
-    errors = []
-    for s in started:
-        try:
-            s.stop()
-        except AssertionError as e:
-            errors.append(str(e))
-    assert not errors, errors
+    stop_checked(started)
 
 
 @pytest.fixture
@@ -165,13 +170,7 @@ def started_servers():
     """Servers a test starts; each is stopped (and checked) at the end."""
     servers = []
     yield servers
-    errors = []
-    for s in servers:
-        try:
-            s.stop()
-        except AssertionError as e:
-            errors.append(str(e))
-    assert not errors, errors
+    stop_checked(servers)
 
 
 @pytest.fixture
