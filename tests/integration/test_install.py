@@ -101,9 +101,13 @@ def test_make_clean_refuses_while_the_herd_runs(tmp_path):
         os.makedirs(os.path.dirname(tmp_path / rel) or str(tmp_path), exist_ok=True)
         (tmp_path / rel).write_text("x\n")
 
+    # not the variables of a make this suite may run under (make asan-test
+    # passes BIN=build/asan/bin down to every make below it)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
     def clean():
         return subprocess.run(["make", "-s", "-f", os.path.join(ROOT, "Makefile"), "clean"],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
 
     r = clean()
     assert r.returncode != 0 and "the herd is running: make stop first" in r.stderr, r
