@@ -101,9 +101,12 @@ def test_make_clean_refuses_while_the_herd_runs(tmp_path):
         os.makedirs(os.path.dirname(tmp_path / rel) or str(tmp_path), exist_ok=True)
         (tmp_path / rel).write_text("x\n")
 
-    # not the variables of a make this suite may run under (make asan-test
-    # passes BIN=build/asan/bin down to every make below it)
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    # not the variables of a make this suite may run under: make asan-test
+    # sets BIN=build/asan/bin on its command line, which make passes down
+    # in MAKEFLAGS and exports to the environment
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "B", "BIN", "OPT",
+                        "SAN", "CC")}
 
     def clean():
         return subprocess.run(["make", "-s", "-f", os.path.join(ROOT, "Makefile"), "clean"],
