@@ -14,6 +14,8 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "ports.h"
+
 void net_format(const char *host, int port, char *out, size_t n) {
     snprintf(out, n, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
 }
@@ -101,7 +103,11 @@ int net_listen(const char *host, int port, int backlog, char *err, size_t errlen
     if (sa.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     net_format(host, port, where, sizeof where);
     if (bind(fd, (struct sockaddr *)&sa, len) < 0) {
-        snprintf(err, errlen, "cannot listen on %s: %s", where, strerror(errno));
+        int e = errno;
+        char holder[128] = "";
+        if (e == EADDRINUSE) ports_holder(port, holder, sizeof holder);   /* failure only */
+        snprintf(err, errlen, "cannot listen on %s: %s%s%s%s", where, strerror(e),
+                 *holder ? " (" : "", holder, *holder ? ")" : "");
         close(fd);
         return -1;
     }

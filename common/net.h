@@ -48,7 +48,9 @@ void net_sockname(int fd, char *out, size_t n);
 int net_is_local(const char *host, char *err, size_t errlen);
 
 /* Listen on host:port with SO_REUSEADDR (an IPv6 socket only takes IPv6).
- * Returns the fd or -1. */
+ * Returns the fd or -1.  A port in use says who holds it, when /proc
+ * tells (ports_holder): "... Address already in use (held by pid 123
+ * (python3))". */
 int net_listen(const char *host, int port, int backlog, char *err, size_t errlen);
 
 /* Accept one connection; 'addr' (NET_ADDRSTRLEN) gets "ip:port" or

@@ -6,6 +6,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "net.h"
+#include "ports.h"
 #include "resolver.h"
 #include "server.h"
 #include "snapshot.h"
@@ -18,7 +19,9 @@ static void usage(FILE *f) {
           "\n"
           "Options:\n"
           "  -c, --config FILE  the herd's configuration (default: ./config.yml)\n"
-          "      --check        load the config and the places file, report, exit\n"
+          "      --check        load the config and the places file, report, exit;\n"
+          "                     warn (on stderr) when NAME's port is in the ephemeral\n"
+          "                     range (net.ipv4.ip_local_port_range)\n"
           "  -h, --help         show this help and exit\n"
           "\n"
           "The server logs to LOGDIR/NAME.log (logging.dir in the config).\n"
@@ -85,6 +88,8 @@ int main(int argc, char **argv) {
         printf("%s: %s listens on %s, places: %s (%zu places)\n", cfg_path, name, where,
                config_provider_name(cfg.places.provider), pl.n);
         places_local_free(&pl);
+        if (ports_ephemeral_warning(name, cfg.servers[me].port, err, sizeof err))
+            fprintf(stderr, "herd-server: warning: %s\n", err);
         return 0;
     }
 

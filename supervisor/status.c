@@ -23,6 +23,7 @@
 
 #include "clock.h"
 #include "net.h"
+#include "ports.h"
 #include "supervisor.h"
 
 typedef struct {
@@ -56,71 +57,17 @@ static int listens(const char *host, int port) {
     return ok;
 }
 
-/* The inodes of the LISTEN entries for 'port' in /proc/net/tcp and tcp6,
- * every one (other programs may listen on the port too, on other
- * addresses or with SO_REUSEPORT), in a malloc'ed array (*out, *n);
- * -1 when neither table can be read or memory runs out. */
-static int listen_inodes(int port, unsigned long **out, size_t *n) {
-    static const char *tables[] = {"/proc/net/tcp", "/proc/net/tcp6"};
-    unsigned long *inodes = NULL;
-    size_t cap = 0;
-    int read_any = 0;
-    *n = 0;
-    for (size_t t = 0; t < 2; t++) {
-        FILE *f = fopen(tables[t], "r");
-        if (!f) continue;   /* no tcp6 without IPv6 */
-        read_any = 1;
-        char line[512];
-        while (fgets(line, sizeof line, f)) {
-            unsigned lport, st;
-            unsigned long inode;
-            if (sscanf(line, " %*d: %*x:%x %*x:%*x %x %*x:%*x %*x:%*x %*x %*d %*d %lu",
-                       &lport, &st, &inode) != 3 || (int)lport != port || st != 0x0A)
-                continue;
-            if (*n == cap) {
-                unsigned long *more = realloc(inodes, (cap = cap ? cap * 2 : 16) * sizeof *more);
-                if (!more) {
-                    fclose(f);
-                    free(inodes);
-                    return -1;
-                }
-                inodes = more;
-            }
-            inodes[(*n)++] = inode;
-        }
-        fclose(f);
-    }
-    *out = inodes;
-    if (!read_any) free(inodes);
-    return read_any ? 0 : -1;
-}
-
 /* True when process pid holds a listening TCP socket on 'port': the port's
- * LISTEN entries in /proc/net/tcp, matched against the process's fds.  A
- * mere connect() would be fooled by another program on the port. */
+ * LISTEN entries in /proc/net/tcp and tcp6 (every one: other programs may
+ * listen on the port too, on other addresses or with SO_REUSEPORT),
+ * matched against the process's fds (common/ports.c); -1 when either
+ * cannot be read.  A mere connect() would be fooled by another program on
+ * the port. */
 static int pid_listens(long pid, int port) {
     unsigned long *inodes;
     size_t n;
-    if (listen_inodes(port, &inodes, &n) < 0) return -1;
-    int found = 0;
-    for (int fd = 0; fd < 65536 && n && !found; fd++) {
-        char path[64], target[64];
-        snprintf(path, sizeof path, "/proc/%ld/fd/%d", pid, fd);
-        ssize_t len = readlink(path, target, sizeof target - 1);
-        if (len < 0) {
-            if (errno == ENOENT && fd > 256) break;
-            if (errno == EACCES) {
-                found = -1;
-                break;
-            }
-            continue;
-        }
-        target[len] = '\0';
-        unsigned long inode;
-        if (sscanf(target, "socket:[%lu]", &inode) == 1)
-            for (size_t i = 0; i < n; i++)
-                if (inodes[i] == inode) found = 1;
-    }
+    if (ports_inodes(port, 1, &inodes, &n) < 0) return -1;
+    int found = n ? ports_pid_holds(pid, inodes, n) : 0;
     free(inodes);
     return found;
 }

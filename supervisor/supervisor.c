@@ -40,6 +40,7 @@
 #include "config.h"
 #include "folder.h"
 #include "log.h"
+#include "ports.h"
 #include "secret.h"
 #include "signals.h"
 #include "supervisor.h"
@@ -432,6 +433,19 @@ static void keep_lock(int64_t now) {
     failing = rc < 0;
 }
 
+/* One WARN line per local server whose port is in the ephemeral range, in
+ * the log and on stderr (start_servers.sh shows it): a warning, not a
+ * refusal. */
+static void warn_ephemeral_ports(const config *cfg, const int *local) {
+    char why[512];
+    for (int i = 0; i < cfg->n_servers; i++) {
+        const config_server *c = &cfg->servers[i];
+        if (!local[i] || !ports_ephemeral_warning(c->name, c->port, why, sizeof why)) continue;
+        log_msg(LOG_WARN, "ephemeral-port", "%s", why);
+        fprintf(stderr, "herd-supervisor: warning: %s\n", why);
+    }
+}
+
 int supervisor_run(const config *cfg, const char *server_path) {
     char err[4400];
     S.cfg = cfg;
@@ -458,6 +472,7 @@ int supervisor_run(const config *cfg, const char *server_path) {
         if (local[i]) S.kids[S.n++].name = cfg->servers[i].name;
     log_msg(LOG_INFO, "start", "pid=%ld config=%s servers=%d of %d here server-binary=%s",
             (long)getpid(), cfg->path, S.n, cfg->n_servers, server_path);
+    warn_ephemeral_ports(cfg, local);
     for (int i = 0; i < S.n; i++) {
         S.kids[i].hb_r = S.kids[i].hb_w = -1;
         start_child(&S.kids[i]);

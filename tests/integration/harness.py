@@ -107,17 +107,23 @@ def wait_for(cond, timeout, what=None, step=0.05):
 _HANDED_OUT = set()
 
 
+def ephemeral_range():
+    """The kernel's ephemeral range (net.ipv4.ip_local_port_range): (low, high)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return low, high
+
+
 def _port_range():
     """Where free_port() looks: from 10000 up to the kernel's ephemeral range
     (net.ipv4.ip_local_port_range), else above it.  A port of that range may
     be any outgoing connection's source port the moment a server lets go of
     it (between a stop and a restart), so none is handed out; nor the few
     just below it (tests use port + 1 too)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low, high = (int(x) for x in f.read().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999
+    low, high = ephemeral_range()
     for lo, hi in ((10000, low - 10), (high + 1, 65500)):
         if hi - lo >= 1000:
             return lo, hi
@@ -156,6 +162,31 @@ def free_port():
                 continue
         _HANDED_OUT.add(port)
         return port
+
+
+def ephemeral_port():
+    """A port inside the kernel's ephemeral range that nobody is bound to
+    right now, for the tests of the warning about such ports only (a server
+    on it may fail to start again: free_port() never hands one out)."""
+    while True:
+        port = _PORTS.randint(*ephemeral_range())
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+
+
+def ephemeral_warning(name, port):
+    """What --check and the supervisor say of server name's port in that range."""
+    low, high = ephemeral_range()
+    return (f"port {port} of {name} is in the ephemeral range {low}-{high} "
+            f"(net.ipv4.ip_local_port_range): an outgoing connection may hold it when "
+            f"{name} restarts")
 
 
 def program(name):

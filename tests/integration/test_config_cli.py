@@ -7,7 +7,8 @@ import os
 import socket
 import subprocess
 
-from harness import PLACES, free_port, program, write_config
+from harness import (ephemeral_port, ephemeral_range, ephemeral_warning, PLACES, free_port,
+                     program, ROOT, write_config)
 
 
 def sup(*args, env=None):
@@ -65,16 +66,42 @@ def test_default_config_from_working_directory(tmp_path):
     assert r.returncode == 0 and "Alpha listens on 127.0.0.1:" in r.stdout
 
 
+def test_check_warns_of_a_port_in_the_ephemeral_range(tmp_path):
+    """--check: a port inside net.ipv4.ip_local_port_range gets one warning
+    on stderr naming the range (a warning: exit 0); one outside it, and the
+    default herd's ports, none."""
+    port = ephemeral_port()
+    cfg = write_config(str(tmp_path), {"Alpha": (port, [])})
+    r = run("--check", "Alpha", "-c", cfg)
+    assert r.returncode == 0 and "Alpha listens on 127.0.0.1:" in r.stdout, r.stderr
+    assert r.stderr == f"herd-server: warning: {ephemeral_warning('Alpha', port)}\n", r.stderr
+    cfg = write_config(str(tmp_path), {"Alpha": (free_port(), [])})
+    r = run("--check", "Alpha", "-c", cfg)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    low, high = ephemeral_range()
+    default = os.path.join(ROOT, "config.yml")
+    for name, port in (("Bailey", 10099), ("Bona", 10044), ("Campbell", 10022),
+                       ("Clark", 10211), ("Jaquez", 10194)):
+        r = run("--check", name, "-c", default)
+        assert f"{name} listens on 127.0.0.1:{port}," in r.stdout, r.stdout + r.stderr
+        assert r.returncode == 0 and (r.stderr == "" or low <= port <= high), r.stderr
+
+
 def test_port_in_use(tmp_path):
+    """A port another process listens on: the server says so, and which
+    process holds it (this test's), in its log and on stderr."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         cfg = write_config(str(tmp_path), {"Alpha": (port, [])})
         r = run("Alpha", "-c", cfg)
-    assert r.returncode == 1 and "Address already in use" in r.stderr
+    with open("/proc/self/comm") as f:
+        me = f.read().strip()
+    held = f"Address already in use (held by pid {os.getpid()} ({me}))"
+    assert r.returncode == 1 and held in r.stderr, r.stderr
     log = open(os.path.join(tmp_path, "logs", "Alpha.log")).read()
-    assert "start-failed" in log
+    assert "start-failed" in log and held in log
 
 
 def test_missing_places_file(tmp_path):

@@ -84,8 +84,9 @@ static void test_unresolvable(void) {
     CHECK(next_fd() == before, "descriptor leaked: next %d, was %d", next_fd(), before);
 }
 
-/* A port somebody listens on: refused with the address and the reason,
- * IPv4 and IPv6 alike, and the socket made for it is closed. */
+/* A port somebody listens on: refused with the address, the reason and
+ * who holds it (this test), IPv4 and IPv6 alike, and the socket made for
+ * it is closed. */
 static void test_port_taken(const char *host, const char *shown) {
     char err[512] = "", bound[NET_ADDRSTRLEN], want[600];
     int l = net_listen(host, 0, 8, err, sizeof err);
@@ -95,7 +96,8 @@ static void test_port_taken(const char *host, const char *shown) {
     int port = atoi(strrchr(bound, ':') + 1);
     int before = next_fd();
     CHECK(net_listen(host, port, 8, err, sizeof err) == -1, "second listen on %s", bound);
-    snprintf(want, sizeof want, "cannot listen on %s:%d: %s", shown, port, strerror(EADDRINUSE));
+    snprintf(want, sizeof want, "cannot listen on %s:%d: %s (held by pid %ld (test_net_edges))",
+             shown, port, strerror(EADDRINUSE), (long)getpid());
     CHECK_STR(err, want);
     CHECK(next_fd() == before, "descriptor leaked: next %d, was %d", next_fd(), before);
     close(l);
