@@ -17,7 +17,8 @@ usage() {
     echo "Usage: ./start_servers.sh [-c CONFIG]"
     echo "Start the supervisor and the servers of CONFIG (default: config.yml beside"
     echo "this script, else /etc/proxyherd/config.yml) whose host is an address of this"
-    echo "machine, in the background; wait until all listen; print their table."
+    echo "machine, in the background; wait until all listen (and up to 3 s more for"
+    echo "the links between them); print their table and the supervisor's warnings."
     echo "Refuses when none of the servers is on this machine."
 }
 
@@ -88,10 +89,14 @@ setsid "$sup" -c "$config" </dev/null >/dev/null 2>"$errfile" &
 spid=$!
 started=$(date +%s)
 
-# Wait for the pid file, then for every server to listen.
+# Wait for the pid file, then for every server to listen; the table then
+# waits up to 3 s more for the links between them (--wait-links), so that
+# it shows them up (or connecting), not down.  Warnings the supervisor gave
+# at its start (a port in the ephemeral range) are shown too.
 while :; do
     if "$sup" -c "$config" --status >/dev/null 2>&1; then
-        table=$("$sup" -c "$config" --status || true)
+        if [ -s "$errfile" ]; then cat "$errfile" >&2; fi
+        table=$("$sup" -c "$config" --status --wait-links || true)
         echo "$table"
         # quoted, so the line can be pasted whatever the folder's name holds
         logdir=$(dirname "$(echo "$table" | sed -n 3p | log_column)")

@@ -86,23 +86,24 @@ static void labelled(buf_t *b, const server *s, const char *name, const char *ty
     }
 }
 
-static int link_is_up(const peer_link *L) {
+static int link_is_up(const server *s, const peer_link *L) {
+    (void)s;
     return L->conn && L->conn->state != CONN_DEAD;
 }
 
-static int link_mismatch(const peer_link *L) {
-    return link_is_up(L) && L->mismatch != 0;
+static int link_mismatch(const server *s, const peer_link *L) {
+    return link_is_up(s, L) && L->mismatch != 0;
 }
 
 /* A gauge with one sample per configured neighbour, peer="NAME". */
 static void per_link(buf_t *b, const server *s, const char *name, const char *help,
-                     int (*value)(const peer_link *)) {
+                     int (*value)(const server *, const peer_link *)) {
     char label[96];
     family(b, name, "gauge", help);
     for (int i = 0; i < s->n_links; i++) {
         snprintf(label, sizeof label, "peer=\"%s\"", s->cfg->servers[s->links[i].server].name);
         sample(b, s, name, label);
-        buf_printf(b, "%d\n", value(&s->links[i]));
+        buf_printf(b, "%d\n", value(s, &s->links[i]));
     }
 }
 
@@ -135,6 +136,9 @@ static void render(const server *s, buf_t *b) {
     per_link(b, s, "proxyherd_link_up",
              "1 while the authenticated link to a configured neighbour is up, else 0.",
              link_is_up);
+    per_link(b, s, "proxyherd_link_connecting",
+             "1 while the link is not up and being set up: a dial or handshake under way, "
+             "or the first try due; else 0.", peer_connecting);
     per_link(b, s, "proxyherd_link_config_mismatch",
              "1 while the link is up and the neighbour's settings that must agree differ.",
              link_mismatch);

@@ -409,6 +409,11 @@ static int dial_waits(const peer_link *L) {
     return L->dialer && !L->conn && !L->dialing && !L->resolving;
 }
 
+int peer_connecting(const server *s, const peer_link *L) {
+    if (!s->secret_len || (L->conn && L->conn->state != CONN_DEAD)) return 0;
+    return L->dialing || L->resolving || L->accepting || (L->dialer && !L->failures);
+}
+
 void peer_tick(server *s) {
     for (int li = 0; li < s->n_links; li++) {
         peer_link *L = &s->links[li];

@@ -89,6 +89,12 @@ int peer_tls_accept(struct server *s, struct client *c);
 /* Go on with c's TLS handshake; the link is up when it is done. */
 void peer_tls_step(struct server *s, struct client *c);
 
+/* Is link L being set up, not up yet: our dial under way (name lookup,
+ * TCP connect, TLS handshake) or due before any try failed (at start, or
+ * once the link went down), or the neighbour's handshake that proved the
+ * link's key?  Never with links off (no secret).  For the metrics. */
+int peer_connecting(const struct server *s, const peer_link *L);
+
 /* The link to the server named name[0..len), or -1. */
 int peer_find_link(const struct server *s, const char *name, size_t len);
 

@@ -10,7 +10,8 @@
 #include "supervisor.h"
 
 static void usage(FILE *f) {
-    fputs("Usage: herd-supervisor [-c FILE] [--status [--wait SECONDS] [--rates]] [--local] [--init-secret]\n"
+    fputs("Usage: herd-supervisor [-c FILE] [--status [--wait SECONDS] [--wait-links] [--rates]]\n"
+          "                      [--local] [--init-secret]\n"
           "\n"
           "Run this machine's part of the herd: one herd-server per server in the\n"
           "config whose host is an address of this machine (loopback, or an address\n"
@@ -23,10 +24,12 @@ static void usage(FILE *f) {
           "Options:\n"
           "  -c, --config FILE  the herd's configuration (default: ./config.yml)\n"
           "      --status       print each local server's pid, uptime, restarts, whether\n"
-          "                     it listens, and its links (up, down, or ? without\n"
-          "                     metrics); exit 0 when all listen, 1 when not, 3 when\n"
-          "                     no herd runs here\n"
+          "                     it listens, and its links (up, connecting, down,\n"
+          "                     mismatch, or ? without metrics); exit 0 when all\n"
+          "                     listen, 1 when not, 3 when no herd runs here\n"
           "      --wait SECONDS with --status: first wait that long for all to listen\n"
+          "      --wait-links   with --status: once all listen, wait up to 3 s more for\n"
+          "                     the links between them to be up (start_servers.sh)\n"
           "      --rates        with --status: then each server's updates, link messages\n"
           "                     and requests per second, from its metrics file\n"
           "                     STATE_DIR/NAME.prom read twice a second apart\n"
@@ -45,7 +48,7 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
     const char *cfg_path = "config.yml";
-    int status = 0, wait_s = 0, init_secret = 0, rates = 0, list_local = 0;
+    int status = 0, wait_s = 0, wait_links = 0, init_secret = 0, rates = 0, list_local = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -59,6 +62,8 @@ int main(int argc, char **argv) {
             status = rates = 1;
         } else if (!strcmp(a, "--wait") && i + 1 < argc) {
             wait_s = atoi(argv[++i]);
+        } else if (!strcmp(a, "--wait-links")) {
+            status = wait_links = 1;
         } else if (!strcmp(a, "--init-secret")) {
             init_secret = 1;
         } else if (!strcmp(a, "--local")) {
@@ -77,7 +82,7 @@ int main(int argc, char **argv) {
     if (init_secret) return supervisor_init_secret(&cfg) < 0 ? 1 : 0;
     if (list_local) return supervisor_list_local(&cfg);
     if (status) {
-        int rc = supervisor_status(&cfg, wait_s);
+        int rc = supervisor_status(&cfg, wait_s, wait_links);
         if (rates && rc != 3) supervisor_rates(&cfg);
         return rc;
     }

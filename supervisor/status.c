@@ -6,8 +6,10 @@
  * may be stale, so a pid counts only when lock.c finds it a live child of
  * the live supervisor, and a server is up only when it runs (not stopped),
  * holds the listening socket on its port itself (/proc/net/tcp; taken as
- * so when its descriptors may not be read) and accepts a connection.  Its links come from its metrics file, trusted
- * for 5 s.  --rates, printed after the table, is rates.c.
+ * so when its descriptors may not be read) and accepts a connection.  Its
+ * links come from its metrics file, trusted for 5 s; --wait-links (the
+ * start) waits up to LINKS_WAIT_MS for those between this machine's
+ * servers.  --rates, printed after the table, is rates.c.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -129,51 +131,83 @@ static int read_files(const config *cfg, long *sup, srv_status *st) {
     return 0;
 }
 
-/* The LINKS column for server c: "PEER:up" or "PEER:down" for each
- * neighbour, from the proxyherd_link_up{peer="PEER"} gauges of its metrics
- * file <state_dir>/NAME.prom (rewritten every second); "PEER:mismatch" for
- * a link up whose ends disagree on a setting that must agree
- * (proxyherd_link_config_mismatch); "PEER:?" when the file is missing,
- * older than 5 s, or does not name the peer; "-" for a server that does
- * not run. */
-static void links_column(const config *cfg, const config_server *c, int running, char *out,
-                         size_t n) {
+/* What the LINKS column says of a link. */
+typedef enum { LS_UNKNOWN, LS_DOWN, LS_CONNECTING, LS_UP, LS_MISMATCH } link_state;
+
+static const char *const link_word[] = {"?", "down", "connecting", "up", "mismatch"};
+
+/* How long the start (--wait-links) waits for the links between this
+ * machine's servers, once they all listen. */
+#define LINKS_WAIT_MS 3000
+
+/* The state of each neighbour k of server c into ls[k], from the gauges of
+ * its metrics file <state_dir>/NAME.prom (rewritten every second):
+ * proxyherd_link_up{peer="PEER"}, proxyherd_link_config_mismatch (up, but
+ * the ends disagree on a setting that must agree) and
+ * proxyherd_link_connecting (down, but being dialled or handshaking).
+ * LS_UNKNOWN when the server does not run, its file is missing or older
+ * than 5 s, or does not name the peer. */
+static void link_states(const config *cfg, const config_server *c, int running,
+                        link_state *ls) {
     char path[4200], line[512];
-    int up[CONFIG_MAX_SERVERS], mismatch[CONFIG_MAX_SERVERS] = {0};
-    for (int k = 0; k < c->n_neighbors; k++) up[k] = -1;
+    static const char *const gauge[] = {"proxyherd_link_up{", "proxyherd_link_config_mismatch{",
+                                        "proxyherd_link_connecting{"};
+    int seen[3][CONFIG_MAX_SERVERS] = {{0}};   /* -1 absent, 0, 1 */
+    for (int g = 0; g < 3; g++)
+        for (int k = 0; k < c->n_neighbors; k++) seen[g][k] = -1;
     snprintf(path, sizeof path, "%s/%s.prom", cfg->herd.state_dir, c->name);
     struct stat sb;
     FILE *f = running && stat(path, &sb) == 0 && wall_ms() / 1000 - sb.st_mtime <= 5
                   ? fopen(path, "r") : NULL;
     while (f && fgets(line, sizeof line, f)) {
-        static const char metric[] = "proxyherd_link_up{";
-        static const char other[] = "proxyherd_link_config_mismatch{";
-        int is_up = !strncmp(line, metric, sizeof metric - 1);
-        if (!is_up && strncmp(line, other, sizeof other - 1)) continue;
+        int g = 0;
+        while (g < 3 && strncmp(line, gauge[g], strlen(gauge[g]))) g++;
         const char *peer = strstr(line, "peer=\""), *end = strchr(line, '}');
-        if (!peer || !end || peer > end) continue;
+        double v;
+        if (g == 3 || !peer || !end || peer > end || sscanf(end + 1, "%lf", &v) != 1) continue;
         peer += 6;
         size_t len = strcspn(peer, "\"");
-        double v;
-        if (sscanf(end + 1, "%lf", &v) != 1) continue;
         for (int k = 0; k < c->n_neighbors; k++) {
             const char *name = cfg->servers[c->neighbors[k]].name;
-            if (strlen(name) != len || strncmp(name, peer, len)) continue;
-            if (is_up) up[k] = v > 0;
-            else mismatch[k] = v > 0;
+            if (strlen(name) == len && !strncmp(name, peer, len)) seen[g][k] = v > 0;
         }
     }
     if (f) fclose(f);
-    size_t w = 0;
-    out[0] = '\0';
+    for (int k = 0; k < c->n_neighbors; k++)
+        ls[k] = seen[0][k] < 0 ? LS_UNKNOWN
+              : seen[0][k] ? (seen[1][k] > 0 ? LS_MISMATCH : LS_UP)
+              : seen[2][k] > 0 ? LS_CONNECTING : LS_DOWN;
+}
+
+/* The LINKS column for server c: "PEER:STATE" for each neighbour (see
+ * link_states), "-" for a server that does not run or has none. */
+static void links_column(const config *cfg, const config_server *c, int running, char *out,
+                         size_t n) {
+    link_state ls[CONFIG_MAX_SERVERS];
     if (!running || !c->n_neighbors) {
         snprintf(out, n, "-");
         return;
     }
+    link_states(cfg, c, running, ls);
+    size_t w = 0;
+    out[0] = '\0';
     for (int k = 0; k < c->n_neighbors && w < n; k++)
         w += (size_t)snprintf(out + w, n - w, "%s%s:%s", k ? "," : "",
-                              cfg->servers[c->neighbors[k]].name,
-                              up[k] < 0 ? "?" : !up[k] ? "down" : mismatch[k] ? "mismatch" : "up");
+                              cfg->servers[c->neighbors[k]].name, link_word[ls[k]]);
+}
+
+/* True when every link between two of this machine's servers reads as up
+ * (or mismatch: up all the same) at both ends. */
+static int local_links_up(const config *cfg, const int *local, const srv_status *st, long sup) {
+    link_state ls[CONFIG_MAX_SERVERS];
+    for (int i = 0; i < cfg->n_servers; i++) {
+        const config_server *c = &cfg->servers[i];
+        if (!local[i]) continue;
+        link_states(cfg, c, herd_is_server(st[i].pid, sup), ls);
+        for (int k = 0; k < c->n_neighbors; k++)
+            if (local[c->neighbors[k]] && ls[k] != LS_UP && ls[k] != LS_MISMATCH) return 0;
+    }
+    return 1;
 }
 
 static void uptime(long long ms, char *out, size_t n) {
@@ -210,10 +244,10 @@ static void print_table(const config *cfg, const int *local, const srv_status *s
     }
 }
 
-int supervisor_status(const config *cfg, int wait_s) {
+int supervisor_status(const config *cfg, int wait_s, int wait_links) {
     srv_status st[CONFIG_MAX_SERVERS];
     long sup = 0;
-    int64_t deadline = mono_ms() + (int64_t)wait_s * 1000;
+    int64_t deadline = mono_ms() + (int64_t)wait_s * 1000, links_deadline = 0;
     int up, local[CONFIG_MAX_SERVERS];
     int here = herd_local_servers(cfg, local, 0);
     if (here == 0) return 3;   /* it said why */
@@ -227,7 +261,12 @@ int supervisor_status(const config *cfg, int wait_s) {
         up = 0;
         for (int i = 0; i < cfg->n_servers; i++)
             up += local[i] && serving(sup, st[i].pid, &cfg->servers[i]);
-        if (up == here || mono_ms() >= deadline) break;
+        if (up == here && wait_links && !links_deadline)
+            links_deadline = mono_ms() + LINKS_WAIT_MS;
+        if (up == here && (!links_deadline || mono_ms() >= links_deadline ||
+                           local_links_up(cfg, local, st, sup)))
+            break;
+        if (up < here && mono_ms() >= deadline) break;
         usleep(100 * 1000);
     }
     print_table(cfg, local, st, sup, up, here);

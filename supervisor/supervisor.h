@@ -10,10 +10,11 @@ int supervisor_run(const config *cfg, const char *server_path);
 
 /* status.c: print the table of this machine's servers: each one's pid,
  * uptime, restarts, whether it listens and its links.  With wait_s > 0,
- * first wait up to that long for every local server to listen.  Returns 0
- * when all listen, 1 when some do not, 3 when no herd runs here (or none
- * of its servers is here). */
-int supervisor_status(const config *cfg, int wait_s);
+ * first wait up to that long for every local server to listen; with
+ * wait_links, once all listen, up to 3 s more for the links between them
+ * to be up.  Returns 0 when all listen, 1 when some do not, 3 when no herd
+ * runs here (or none of its servers is here). */
+int supervisor_status(const config *cfg, int wait_s, int wait_links);
 
 /* rates.c: print each local server's rates (client updates, link
  * messages, requests per second), stored clients and links up, from two

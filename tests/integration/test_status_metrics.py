@@ -295,6 +295,39 @@ def test_status_rates_with_remote_servers_and_a_long_links_column(sup_herd):
     assert rates[1].split()[5] == "0/17", r.stdout
 
 
+def test_a_link_being_dialled_reads_connecting_then_down(sup_herd):
+    """Alpha dials Zulu (its name sorts first), whose port a socket of this
+    test holds and never answers: the link's TLS handshake waits, so Alpha's
+    proxyherd_link_connecting{peer="Zulu"} is 1 (link_up 0) and --status
+    shows Zulu:connecting, not down.  Once the socket is gone every dial is
+    refused: 0, and Zulu:down."""
+    h = sup_herd({"Alpha": ["Zulu"], "Zulu": ["Alpha"]},
+                 extra="  restart_max: 1\n  restart_window_s: 60\n")
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", h.ports["Zulu"]))
+    blocker.listen()
+    h.may_crash.add("Zulu")
+    h.proc = subprocess.Popen([program("herd-supervisor"), "-c", h.config], env=h.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def gauges(m):
+        return tuple(value(m["Alpha"], f"proxyherd_link_{g}", peer="Zulu")
+                     for g in ("up", "connecting"))
+
+    def links(r):
+        rows = status_rows(r.stdout)
+        return rows["Alpha"][6] if "Alpha" in rows else None
+    try:
+        h.wait_listening("Alpha")
+        assert h.wait_log("supervisor", "child-given-up server=Zulu", timeout=15)
+        wait_metrics(h.dir, ["Alpha"], lambda m: gauges(m) == (0, 1))
+        status_until(h, lambda r: links(r) == "Zulu:connecting")
+    finally:
+        blocker.close()
+    wait_metrics(h.dir, ["Alpha"], lambda m: gauges(m) == (0, 0))
+    status_until(h, lambda r: links(r) == "Zulu:down")
+
+
 def prom_written_after(path, t0, seconds):
     """NAME.prom is a regular file written at least 'seconds' after t0."""
     try:

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from harness import (alive, DEFAULT_LINKS, exchange, free_port, program, read_log, read_pids,
-                     RESTARTS, ROOT, SupervisedHerd, wait_for, wait_gone, wait_listening, wait_log,
-                     write_config)
+from harness import (alive, DEFAULT_LINKS, ephemeral_port, ephemeral_warning, exchange, free_port,
+                     program, read_log, read_pids, RESTARTS, ROOT, status_rows, SupervisedHerd,
+                     wait_for, wait_gone, wait_listening, wait_log, write_config)
 
 
 HANG_S = 3
@@ -85,9 +85,16 @@ def test_stopped_server_is_replaced_within_hang_timeout(hang_herd):
 
 
 def test_start_status_stop(sherd):
+    """The start's table shows every link between the servers up (it waits
+    for them: they come up after the servers listen), and no warning for
+    ports outside the ephemeral range."""
     r = sherd.script("start_servers.sh")
     assert r.returncode == 0, r.stderr + r.stdout
     assert "created the herd secret" in r.stdout
+    assert "warning" not in r.stderr, r.stderr
+    rows = status_rows(r.stdout)
+    for name, peers in DEFAULT_LINKS.items():
+        assert rows[name][6] == ",".join(f"{p}:up" for p in peers), r.stdout
     secret = os.path.join(sherd.dir, "state", "herd.secret")
     assert os.stat(secret).st_mode & 0o777 == 0o600
     pids = sherd.pids()
@@ -106,6 +113,29 @@ def test_start_status_stop(sherd):
     assert wait_gone(pids.values())
     r = sherd.script("stop_servers.sh")
     assert r.returncode == 0 and "not running" in r.stdout
+
+
+def test_a_port_in_the_ephemeral_range_is_warned_of_at_start(tmp_path):
+    """A server port inside net.ipv4.ip_local_port_range: one WARN line in
+    the supervisor's log and on its stderr, which start_servers.sh shows; a
+    warning, not a refusal (the herd starts)."""
+    h = SupervisedHerd(tmp_path, {"Alpha": []})
+    port = ephemeral_port()
+    with open(h.config) as f:
+        text = f.read().replace(f"port: {h.ports['Alpha']},", f"port: {port},")
+    with open(h.config, "w") as f:
+        f.write(text)
+    h.ports["Alpha"] = port
+    warning = ephemeral_warning("Alpha", port)
+    try:
+        r = h.script("start_servers.sh")
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert r.stderr.count(f"herd-supervisor: warning: {warning}\n") == 1, r.stderr
+        assert h.log("supervisor").count(f"WARN ephemeral-port {warning}\n") == 1, \
+            h.log("supervisor")
+        assert exchange(port, b"PING\n") == b"? PING\n"
+    finally:
+        h.stop_by_script()
 
 
 def test_the_logs_hint_can_be_pasted_from_a_folder_with_a_space(tmp_path):
