@@ -557,7 +557,8 @@ def test_a_second_start_by_hand_touches_no_state_file(tmp_path):
                            text=True, timeout=30)
         assert r.returncode == 1
         assert r.stderr == (f"herd-server: Bailey: cannot listen on 127.0.0.1:{s.port}: "
-                            "Address already in use\n"), r.stderr
+                            f"Address already in use (held by pid {s.proc.pid} (herd-server))\n"), \
+            r.stderr
         assert sorted(os.listdir(state)) == before
         assert open(tmp).read() == "HERDSNAP 1 Bailey\n"
         assert exchange(s.port, b"IAMAT c1 %s 1\n" % LOC).startswith(b"AT Bailey ")
