@@ -271,7 +271,8 @@ def test_a_client_cannot_use_the_neighbours_places(pair):
     h = pair({"max_clients": 2})
     h.start("Bona")
     h.start("Bailey")
-    assert wait_for(lambda: "link-up" in h.log("Bona"), 10)
+    wait_for(lambda: all("link-up" in h.log(n) for n in ("Bona", "Bailey")), 10,
+             what="the link up at both ends")
     idle = hold_clients(h.ports["Bona"], 2, b"IDLE")
     for first, times in ((b"WHATSAT Bailey 1 1\n", 3), (b"WHATS", 3), (b"", 1)):
         for _ in range(times):                    # more than the one link's places
@@ -282,7 +283,12 @@ def test_a_client_cannot_use_the_neighbours_places(pair):
                 assert recv_until_eof(c) == BUSY, first
                 took = time.time() - t0
                 if first:
-                    assert took < 1.0, f"{first!r} was held {took:.2f} s"
+                    # once 2.71 s (1 of about 45 loaded runs): the logs
+                    # say what held it, should it come again
+                    assert took < 1.0, (f"{first!r} was held {took:.2f} s; Bona's log ends:\n"
+                                        + "\n".join(h.log("Bona").splitlines()[-40:])
+                                        + "\nBailey's log ends:\n"
+                                        + "\n".join(h.log("Bailey").splitlines()[-15:]))
     for c in idle:
         c.close()
 
