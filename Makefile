@@ -2,7 +2,7 @@
 #
 #   make            build every program into bin/
 #   make deps       install the missing Debian packages (nothing when all are there)
-#   make test       the whole gate (about 10 minutes): shellcheck the scripts, build, run the whole
+#   make test       the whole gate (about 8 minutes): shellcheck the scripts, build, run the whole
 #                   suite, then again under ASan+UBSan, then the fuzzers and the mutations
 #   make check      the edit-test loop (about 3 minutes): unit and integration tests, normal build
 #   make run        build and start the herd on the default config
