@@ -421,6 +421,7 @@ def test_snapshot_child_holds_no_socket_and_dies_with_the_server(tmp_path, start
     s = configured_server(tmp_path, "Bailey", {"Bailey": (port, [])},
                    extra="herd:\n  snapshot_interval_s: 1\n")
     s.start()
+    started_servers.append(s)      # stopped at the end, whatever fails first
     pid = s.proc.pid
     # a table big enough that writing it takes a moment; kept dirty so a
     # child is forked every second until one is caught and stopped
