@@ -147,13 +147,12 @@ _PORTS = random.Random(os.getpid() * 1000003 + time.time_ns())
 _RANGE = _worker_slice(*_port_range())
 
 
-def free_port():
-    """A TCP port nobody is bound to right now, outside the kernel's
-    ephemeral range, never a default herd port and never one this test run
-    handed out before (a herd needs five different ones)."""
+def _unbound_port(lo, hi, skip=()):
+    """A port of lo..hi that nobody is bound to right now, not in skip and
+    never one this test run handed out before."""
     while True:
-        port = _PORTS.randint(*_RANGE)
-        if port in (10099, 10044, 10022, 10211, 10194) or port in _HANDED_OUT:
+        port = _PORTS.randint(lo, hi)
+        if port in skip or port in _HANDED_OUT:
             continue
         with socket.socket() as s:
             try:
@@ -162,23 +161,20 @@ def free_port():
                 continue
         _HANDED_OUT.add(port)
         return port
+
+
+def free_port():
+    """A TCP port nobody is bound to right now, outside the kernel's
+    ephemeral range, never a default herd port and never one this test run
+    handed out before (a herd needs five different ones)."""
+    return _unbound_port(*_RANGE, skip=(10099, 10044, 10022, 10211, 10194))
 
 
 def ephemeral_port():
     """A port inside the kernel's ephemeral range that nobody is bound to
     right now, for the tests of the warning about such ports only (a server
     on it may fail to start again: free_port() never hands one out)."""
-    while True:
-        port = _PORTS.randint(*ephemeral_range())
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
+    return _unbound_port(*ephemeral_range())
 
 
 def ephemeral_warning(name, port):
