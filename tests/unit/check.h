@@ -46,6 +46,15 @@ static inline void check_rmtree(const char *dir) {
     nftw(dir, check_remove_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* dir/name, in one of four rotating buffers (a call may take a few). */
+static inline const char *check_at(const char *dir, const char *name) {
+    static char p[4][256];
+    static int i;
+    char *r = p[i++ % 4];
+    snprintf(r, sizeof p[0], "%s/%s", dir, name);
+    return r;
+}
+
 static inline int check_report(const char *name) {
     printf("%s: %d passed, %d failed\n", name, check_passed, check_failed);
     return check_failed ? 1 : 0;

@@ -16,13 +16,7 @@
 
 static char root[64];
 
-static const char *at(const char *name) {
-    static char p[4][256];
-    static int i;
-    char *r = p[i++ % 4];
-    snprintf(r, sizeof p[0], "%s/%s", root, name);
-    return r;
-}
+static const char *at(const char *name) { return check_at(root, name); }
 
 /* folder_check() on 'name' (made with 'mode' first unless mode is 0);
  * returns its result, the message in err. */

@@ -14,13 +14,7 @@
 
 static char root[64];
 
-static const char *at(const char *name) {
-    static char p[4][256];
-    static int i;
-    char *r = p[i++ % 4];
-    snprintf(r, sizeof p[0], "%s/%s", root, name);
-    return r;
-}
+static const char *at(const char *name) { return check_at(root, name); }
 
 /* The whole content of a small file, or "" when it cannot be read. */
 static const char *content(const char *path) {
