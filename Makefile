@@ -63,10 +63,11 @@ COMMON_SRC := common/buf.c common/clock.c common/config.c common/folder.c common
               common/net.c common/ports.c common/protocol.c common/secret.c common/siphash.c common/signals.c
 SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c \
               server/peer.c server/forward.c server/snapshot.c server/http.c server/google.c \
-              server/addrcap.c server/metrics.c server/tls.c server/resolver.c
+              server/addrcap.c server/metrics.c server/tls.c server/resolver.c server/reload.c
 BENCH_SRC  := benchmark/benchmark.c
 SUPER_SRC  := supervisor/main.c supervisor/supervisor.c supervisor/status.c supervisor/rates.c \
-              supervisor/init_secret.c supervisor/lock.c supervisor/local.c
+              supervisor/init_secret.c supervisor/lock.c supervisor/local.c \
+              supervisor/control.c supervisor/ctl.c
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 
 COMMON_OBJ := $(COMMON_SRC:%.c=$(B)/%.o)

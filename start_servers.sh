@@ -1,7 +1,11 @@
 #!/bin/sh
 # start_servers.sh -- start this machine's part of the herd in the
 # background and wait until each of its servers accepts connections.
-# Usage: ./start_servers.sh [-c CONFIG]
+# Usage: ./start_servers.sh [-c CONFIG] [--reload | --restart [NAME...]]
+#
+# --reload and --restart act on the herd already running on this machine
+# (through the supervisor's control socket; docs/PROTOCOL.md, "Reloading
+# the config" and "Rolling restart").
 #
 # The same config goes to every host of a herd: the supervisor runs the
 # servers whose host is an address of this machine and leaves the others to
@@ -14,18 +18,29 @@ config="$here/config.yml"
 wait_s=${HERD_START_TIMEOUT:-20}
 
 usage() {
-    echo "Usage: ./start_servers.sh [-c CONFIG]"
+    echo "Usage: ./start_servers.sh [-c CONFIG] [--reload | --restart [NAME...]]"
     echo "Start the supervisor and the servers of CONFIG (default: config.yml beside"
     echo "this script, else /etc/proxyherd/config.yml) whose host is an address of this"
     echo "machine, in the background; wait until all listen (and up to 3 s more for"
     echo "the links between them); print their table and the supervisor's warnings."
     echo "Refuses when none of the servers is on this machine."
+    echo "  --reload            apply CONFIG again to the herd running here, without"
+    echo "                      stopping it (an invalid config changes nothing); exit"
+    echo "                      0 once every server of the new config listens"
+    echo "  --restart [NAME...] rolling restart of the named servers (default: all of"
+    echo "                      this machine's), one at a time, each caught up first"
 }
+
+action=start
+names=
 
 while [ $# -gt 0 ]; do
     case "$1" in
         -c|--config) [ $# -ge 2 ] || { usage >&2; exit 2; }; config=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
+        --reload) action=reload; shift ;;
+        --restart) action=restart; shift
+            while [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; do names="$names $1"; shift; done ;;
         *) echo "start_servers.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
 done
@@ -46,6 +61,16 @@ else
     bindir=$(cd "$here/../../bin" && pwd)    # installed: PREFIX/share/proxyherd
 fi
 sup="$bindir/herd-supervisor"
+
+# --reload and --restart: the running supervisor does the work, the client
+# waits for it and says what happened (exit 3: no herd runs here).
+case "$action" in
+    reload)
+        "$sup" -c "$config" --reload --wait "$wait_s"; exit $? ;;
+    restart)
+        # shellcheck disable=SC2086 # names: server names, one word each
+        "$sup" -c "$config" --restart $names --wait "$wait_s"; exit $? ;;
+esac
 
 # Only this machine's servers: refuse (the supervisor says why) when none is.
 "$sup" -c "$config" --local >/dev/null || {

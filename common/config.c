@@ -557,6 +557,26 @@ int config_find_server(const config *cfg, const char *name) {
     return -1;
 }
 
+int config_needs_restart(const config *old, const config *new, const char *name, char *why,
+                         size_t whylen) {
+    int a = config_find_server(old, name), b = config_find_server(new, name);
+    if (a < 0 || b < 0) {
+        snprintf(why, whylen, "%s is not in both configs", name);
+        return 1;
+    }
+    const config_server *o = &old->servers[a], *n = &new->servers[b];
+    const char *what = NULL;
+    if (strcmp(o->host, n->host) || o->port != n->port) what = "its address or port";
+    else if (strcmp(old->logging.dir, new->logging.dir)) what = "logging.dir";
+    else if (strcmp(old->herd.state_dir, new->herd.state_dir)) what = "herd.state_dir";
+    else if (old->places.provider != new->places.provider &&
+             (old->places.provider != PLACES_LOCAL || new->places.provider != PLACES_LOCAL))
+        what = "places.provider (to or from google)";
+    if (!what) return 0;
+    snprintf(why, whylen, "%s changed", what);
+    return 1;
+}
+
 const char *config_provider_name(places_provider p) {
     switch (p) {
     case PLACES_GOOGLE: return "google";

@@ -115,6 +115,14 @@ int config_find_server(const config *cfg, const char *name);
  * Returns 0 and sets *iamat_pct, or -1. */
 int config_parse_mix(const char *s, int *iamat_pct);
 
+/* Must server 'name' (in both) restart to go from 'old' to 'new', rather
+ * than apply the change in place (docs/PROTOCOL.md, "Reloading the
+ * config")?  Its address or port, logging.dir, herd.state_dir, or a
+ * provider change to or from Google do.  Returns 1 with the reason in why,
+ * else 0. */
+int config_needs_restart(const config *old, const config *new, const char *name, char *why,
+                         size_t whylen);
+
 /* Name of a provider as written in the config. */
 const char *config_provider_name(places_provider p);
 

@@ -61,6 +61,10 @@ void log_set_rotation(size_t max_file_bytes, int keep_files) {
     L.keep = keep_files > 0 ? keep_files : 0;
 }
 
+void log_set_flush_ms(int flush_ms) {
+    L.flush_ms = flush_ms > 0 ? flush_ms : 200;
+}
+
 /* ------------------------------------------------------------- the file */
 
 /* Why open_file() failed, for the log line: a link and another's file get

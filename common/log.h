@@ -39,6 +39,9 @@ typedef enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR } log_level;
  * files (0: the full log is removed).  Call before or after log_open(). */
 void log_set_rotation(size_t max_file_bytes, int keep_files);
 
+/* How long a line may wait in the buffer (a reload: log_open set it). */
+void log_set_flush_ms(int flush_ms);
+
 /* Open (creating the folder and file as needed) 'dir'/'name'.log for
  * appending.  Returns 0, or -1 with a reason in err. */
 int log_open(const char *dir, const char *name, int flush_ms, char *err,

@@ -292,7 +292,7 @@ int forward_first_line(server *s, int li, const char *line, size_t len) {
     peer_link *L = &s->links[li];
     int agree = len >= 5 && memcmp(line, "AGREE", 5) == 0 &&
                 (len == 5 || proto_is_space((unsigned char)line[5]));
-    if (L->agree != PEER_AGREE_WAIT) return agree;   /* once per link-up */
+    if (L->agree != PEER_AGREE_WAIT && !agree) return 0;
     if (!agree) {            /* an earlier server: its order lacks the whole line */
         static const char k[] = "version", none[] = "1 (no AGREE)";
         char ours[16];
@@ -302,14 +302,48 @@ int forward_first_line(server *s, int li, const char *line, size_t len) {
                  (proto_str){none, sizeof none - 1});
         return 0;
     }
+    /* a later AGREE: the peer reloaded its config (forward_reconfigure) */
+    unsigned before = L->agree == PEER_AGREE_WAIT ? 0 : L->mismatch;
     L->agree = PEER_AGREE_OK;
+    L->mismatch = 0;
     for (size_t i = 5; i < len;) {               /* every key=value, however many */
         while (i < len && proto_is_space((unsigned char)line[i])) i++;
         size_t start = i;
         while (i < len && !proto_is_space((unsigned char)line[i])) i++;
         if (i > start) agree_key(s, li, (proto_str){line + start, i - start});
     }
+    if (before && !L->mismatch)
+        log_msg(LOG_INFO, "config-agreed", "peer=%s the settings that must agree agree again",
+                s->cfg->servers[L->server].name);
     return 1;
+}
+
+/* The index in cfg of the server named like servers[i] of 'from', or -1. */
+static int renumber(const config *from, int i, const config *cfg) {
+    return config_find_server(cfg, from->servers[i].name);
+}
+
+void forward_reconfigure(server *s, const config *old) {
+    forward_state *w = &s->fw;
+    uint64_t seq[CONFIG_MAX_SERVERS] = {0}, up[CONFIG_MAX_SERVERS] = {0};
+    for (int i = 0; i < old->n_servers; i++) {   /* what we know, by name */
+        int k = renumber(old, i, s->cfg);
+        if (k < 0) continue;
+        seq[k] = w->seq[i];
+        for (int b = 0; b < old->n_servers; b++) {
+            int m = (w->up[i] >> b & 1) ? renumber(old, b, s->cfg) : -1;
+            if (m >= 0) up[k] |= UINT64_C(1) << m;
+        }
+    }
+    memcpy(w->seq, seq, sizeof seq);
+    memcpy(w->up, up, sizeof up);
+    w->up[me_index(s)] = my_up(s);
+    w->announce = 1;                            /* our new neighbours, to the herd */
+    states_changed(s);
+    if (old->limits.max_stored_clients != s->cfg->limits.max_stored_clients ||
+        old->herd.forwarding != s->cfg->herd.forwarding)
+        for (int li = 0; li < s->n_links; li++)
+            if (link_ready(s, li)) send_agree(s, li);
 }
 
 void forward_link_changed(server *s, int li) {
@@ -317,6 +351,8 @@ void forward_link_changed(server *s, int li) {
     if (link_ready(s, li)) {
         L->agree = PEER_AGREE_WAIT;
         L->mismatch = 0;
+        L->caught_up = 0;
+        L->synced_due = 0;
         send_agree(s, li);                      /* the first line, each way */
         L->lsdb_due = 1;                        /* every state we know, to it */
         L->next_sum_ms = s->now_ms;             /* catch up now */
@@ -405,7 +441,10 @@ static void on_sum(server *s, int li, const proto_str *f) {
     uint64_t count, root;
     if (!forward_repairs(s, li)) return;
     if (parse_u64(f[1], &count) < 0 || f[2].len != 16 || hex_u64(f[2].p, &root) < 0) return;
-    if (count == s->tab.count && root == s->tab.root) return;
+    if (count == s->tab.count && root == s->tab.root) {
+        s->links[li].caught_up = 1;
+        return;
+    }
     s->metrics.digest_mismatches++;
     for (int b = 0; b < TABLE_BUCKETS; b += SUMS_PER_LINE) {
         char line[32 + SUMS_PER_LINE * 16];
@@ -441,6 +480,8 @@ static void on_sums(server *s, int li, const proto_str *f) {
         any |= both[i] != 0;
     }
     if (any) peer_stream(s, li, both, L->prev_gen);
+    if (L->streaming) L->synced_due = 1;        /* after the stream, */
+    else send_ctl(s, li, "SYNCED", 6);          /* or now: nothing (more) to send */
     memcpy(L->differed, L->differ, sizeof L->differed);
     memset(L->differ, 0, sizeof L->differ);
 }
@@ -453,6 +494,8 @@ void forward_line(server *s, int li, const char *line, size_t len) {
     if (n == 4 && f[0].len == 4 && memcmp(f[0].p, "LINK", 4) == 0) on_link_state(s, li, f);
     else if (n == 3 && f[0].len == 3 && memcmp(f[0].p, "SUM", 3) == 0) on_sum(s, li, f);
     else if (n == 3 && f[0].len == 4 && memcmp(f[0].p, "SUMS", 4) == 0) on_sums(s, li, f);
+    else if (n == 1 && f[0].len == 6 && memcmp(f[0].p, "SYNCED", 6) == 0)
+        s->links[li].caught_up = 1;
     /* anything else is ignored: a newer peer may say more */
 }
 

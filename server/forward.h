@@ -70,6 +70,11 @@ table_entry *update_apply(struct server *s, const table_update *u, int from_link
 
 void forward_init(struct server *s);
 void forward_link_changed(struct server *s, int li);  /* link li came up or went down */
+/* A reload renumbered the servers (s->cfg is new, 'old' the one before):
+ * the link states we know follow their servers by name, ours is announced
+ * again, and a change in a setting that must agree is told to every link
+ * in a new AGREE (which the peer checks again, as at link-up). */
+void forward_reconfigure(struct server *s, const config *old);
 void forward_line(struct server *s, int li, const char *line, size_t len);  /* LINK, SUM, SUMS */
 
 /* Every line from link li passes here first: 1 when it is an AGREE (read

@@ -91,6 +91,10 @@ static int link_is_up(const server *s, const peer_link *L) {
     return L->conn && L->conn->state != CONN_DEAD;
 }
 
+static int link_caught_up(const server *s, const peer_link *L) {
+    return link_is_up(s, L) && L->caught_up;
+}
+
 static int link_mismatch(const server *s, const peer_link *L) {
     return link_is_up(s, L) && L->mismatch != 0;
 }
@@ -115,6 +119,15 @@ static void render(const server *s, buf_t *b) {
            "When the server started, in seconds since the Unix epoch.");
     sample(b, s, "proxyherd_start_time_seconds", NULL);
     buf_printf(b, "%.3f\n", m->start_time_s);
+    single(b, s, "proxyherd_config_reloads_total", "counter",
+           "Config reloads (SIGUSR1) applied in place.", m->reloads);
+    single(b, s, "proxyherd_config_last_reload_successful", "gauge",
+           "1 when the last config reload applied (or none was asked), 0 when it was refused.",
+           m->reload_time_s == 0 || m->reload_ok);
+    family(b, "proxyherd_config_last_reload_timestamp_seconds", "gauge",
+           "When the last config reload was asked, in seconds since the Unix epoch; 0: never.");
+    sample(b, s, "proxyherd_config_last_reload_timestamp_seconds", NULL);
+    buf_printf(b, "%.3f\n", m->reload_time_s);
     single(b, s, "proxyherd_clients", "gauge", "Clients stored in the table.", s->tab.count);
     single(b, s, "proxyherd_client_updates_total", "counter",
            "IAMATs from clients stored as newer than what the table held.", m->client_updates);
@@ -139,6 +152,9 @@ static void render(const server *s, buf_t *b) {
     per_link(b, s, "proxyherd_link_connecting",
              "1 while the link is not up and being set up: a dial or handshake under way, "
              "or the first try due; else 0.", peer_connecting);
+    per_link(b, s, "proxyherd_link_caught_up",
+             "1 while the link is up and, since it came up, the neighbour's SUM matched ours "
+             "or its repair stream ended (SYNCED); else 0.", link_caught_up);
     per_link(b, s, "proxyherd_link_config_mismatch",
              "1 while the link is up and the neighbour's settings that must agree differ.",
              link_mismatch);

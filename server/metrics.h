@@ -38,6 +38,9 @@ typedef struct {
     uint64_t upstream_cache_hits;   /* WHATSATs answered from the cache */
     double start_time_s;            /* wall clock at start, seconds */
     int failing;                    /* the last write failed (logged once) */
+    double reload_time_s;           /* the last reload (SIGUSR1), wall clock; 0: none */
+    int reload_ok;                  /* ... and whether it applied */
+    uint64_t reloads;               /* reloads applied */
     int64_t next_write_ms;          /* the next NAME.prom, on the loop's clock */
 } metrics;
 

@@ -79,6 +79,58 @@ int peer_init(server *s, char *err, size_t errlen) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- reload */
+
+/* Is server 'name' a neighbour of ours in cfg? */
+static int neighbour_in(const config *cfg, int me, const char *name) {
+    const config_server *cs = &cfg->servers[me];
+    for (int k = 0; k < cs->n_neighbors; k++)
+        if (!strcmp(cfg->servers[cs->neighbors[k]].name, name)) return 1;
+    return 0;
+}
+
+void peer_drop_removed(server *s, const config *next, int me) {
+    for (int li = 0; li < s->n_links; li++) {
+        peer_link *L = &s->links[li];
+        if (neighbour_in(next, me, peer_name(s, L))) continue;
+        client *gone[3] = {L->conn, L->accepting, L->dialing};
+        for (int i = 0; i < 3; i++)
+            if (gone[i]) client_kill(s, gone[i], "no longer a neighbour (config reloaded)");
+        L->resolving = 0;               /* its answer, if it comes, finds no link */
+    }
+}
+
+void peer_reconfigure(server *s, const config *old) {
+    peer_link was[CONFIG_MAX_SERVERS];
+    int n_was = s->n_links;
+    memcpy(was, s->links, (size_t)n_was * sizeof *was);
+    s->n_links = 0;
+    s->links_gen++;                     /* answers to earlier questions: dropped */
+    for (int k = 0; k < s->me->n_neighbors; k++) {
+        int li = s->n_links++, srv = s->me->neighbors[k];
+        peer_link *L = &s->links[li];
+        const char *name = s->cfg->servers[srv].name;
+        int j = 0;
+        while (j < n_was && strcmp(old->servers[was[j].server].name, name)) j++;
+        if (j < n_was) {                /* kept: its connections follow it */
+            *L = was[j];
+            client *mine[3] = {L->conn, L->accepting, L->dialing};
+            for (int i = 0; i < 3; i++)
+                if (mine[i]) mine[i]->link = li;
+            if (L->resolving) {         /* asked under the old numbering: ask again */
+                L->resolving = 0;
+                L->next_dial_ms = s->now_ms;
+            }
+        } else {                        /* new: dialled (or awaited) from now */
+            memset(L, 0, sizeof *L);
+            L->dialer = strcmp(s->me->name, name) < 0;
+            L->backoff_ms = BACKOFF_MIN_MS;
+            L->next_dial_ms = s->now_ms;
+        }
+        L->server = srv;
+    }
+}
+
 /* ----------------------------------------------------------------- links */
 
 /* Stream the entries of the buckets in mask stored by table.gen 'gen'. */
@@ -393,6 +445,10 @@ static void pump_stream(server *s, peer_link *L) {
         return;
     }
     L->streaming = 0;
+    if (L->synced_due) {                 /* the repair our SUMS asked for is out */
+        buf_append(out, "SYNCED\n", 7);
+        L->synced_due = 0;
+    }
     log_msg(LOG_INFO, "catch-up-sent", "peer=%s updates=%llu clients=%zu whole=%d",
             peer_name(s, L), (unsigned long long)L->sent, s->tab.count,
             L->stream_gen == UINT64_MAX);

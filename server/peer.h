@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "config.h"
 #include "table.h"
 
 struct server;
@@ -51,6 +52,9 @@ typedef struct {
     uint64_t differ[TABLE_BUCKETS / 64];  /* buckets whose SUMS differ, this round */
     uint64_t differed[TABLE_BUCKETS / 64];  /* ... and the round before */
     int lsdb_due;               /* send every known LINK state (link just up) */
+    int synced_due;             /* send SYNCED once the current stream ends */
+    int caught_up;              /* since link-up, a SUM of theirs matched ours or
+                                 * their repair stream ended (SYNCED) */
     /* agreement (forward.c): the settings both ends must share */
     int agree;                  /* PEER_AGREE_* (forward.h): what we know of the peer's */
     unsigned mismatch;          /* AGREE_KEY_* bits that differ */
@@ -59,6 +63,16 @@ typedef struct {
 /* At start (server_init): the secret, one link per neighbour.  0, or -1
  * with a message in err. */
 int peer_init(struct server *s, char *err, size_t errlen);
+
+/* A reload (reload.c), in two steps.  peer_drop_removed, while s->cfg is
+ * still the old config: close every connection of a link to a server that
+ * is not a neighbour of ours (index me) in 'next'.  peer_reconfigure, once
+ * s->cfg and s->me are the new ones: one link per new neighbour, in the
+ * new config's order; a link kept (by name) keeps its connection, its
+ * catch-up and its back-off, a new one is dialled at once.  'old' is the
+ * config the links were numbered by. */
+void peer_drop_removed(struct server *s, const config *next, int me);
+void peer_reconfigure(struct server *s, const config *old);
 
 /* Write what each link has pending, now (the loop, before clients' replies). */
 void peer_flush(struct server *s);

@@ -53,12 +53,14 @@ static int64_t reap_due_ms;      /* the timer's next look at them */
 
 typedef struct {
     int link;
+    unsigned gen;               /* server.links_gen when asked */
     int port;
     char host[sizeof ((config_server *)0)->host];
 } question;
 
 typedef struct {
     int link;
+    unsigned gen;
     int ok;
     socklen_t len;
     struct sockaddr_storage sa;
@@ -85,7 +87,7 @@ int resolver_main(const char *fd_arg) {
         if (n <= 0) _exit(0);
         if (n != (ssize_t)sizeof q) continue;
         q.host[sizeof q.host - 1] = '\0';
-        answer a = {.link = q.link};
+        answer a = {.link = q.link, .gen = q.gen};
         a.ok = net_resolve(q.host, q.port, &a.sa, &a.len, a.err, sizeof a.err) == 0;
         if (send(fd, &a, sizeof a, MSG_NOSIGNAL) < 0) _exit(1);
     }
@@ -186,7 +188,7 @@ static void lost(server *s) {
 
 int resolver_ask(server *s, int link, const char *host, int port, char *err, size_t errlen) {
     if (s->resolver_fd < 0 && start(s, err, errlen) < 0) return -1;
-    question q = {.link = link, .port = port};
+    question q = {.link = link, .gen = s->links_gen, .port = port};
     snprintf(q.host, sizeof q.host, "%s", host);
     if (send(s->resolver_fd, &q, sizeof q, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)sizeof q) {
         if (s->resolver_out++ == 0) s->resolver_busy_ms = s->now_ms;   /* it starts now */
@@ -206,7 +208,8 @@ void resolver_read(server *s) {
             a.err[sizeof a.err - 1] = '\0';
             if (s->resolver_out > 0) s->resolver_out--;
             s->resolver_busy_ms = s->now_ms;    /* the next question starts now */
-            peer_resolved(s, a.link, a.ok ? &a.sa : NULL, a.len, a.err);
+            if (a.gen == s->links_gen)          /* else asked before a reload */
+                peer_resolved(s, a.link, a.ok ? &a.sa : NULL, a.len, a.err);
             continue;
         }
         log_msg(LOG_WARN, "resolver", "pid=%ld went away (%s); started again at the next dial",

@@ -529,7 +529,7 @@ static void probation_look(server *s, client *c) {
  * all are taken, the oldest is looked at again and, still unknown, refused
  * to make room.  Returns 0 when there is room, -1 without links. */
 static int probation_make_room(server *s) {
-    if (!s->tls_ctx) return -1;
+    if (!s->tls_ctx || !s->n_links) return -1;   /* a reload may have left no link */
     if (s->nprobation < (size_t)s->n_links) return 0;
     client *oldest = s->probation[0];
     probation_look(s, oldest);
@@ -629,6 +629,8 @@ static void handle_signals(server *s) {
         for (ssize_t i = 0; i < n; i++) {
             if (sigs[i] == SIGHUP) {
                 log_reopen();
+            } else if (sigs[i] == SIGUSR1) {
+                server_reload(s);
             } else {
                 log_msg(LOG_INFO, "stopping", "signal=%s", sigs[i] == SIGINT ? "INT" : "TERM");
                 s->stop = 1;
@@ -639,11 +641,11 @@ static void handle_signals(server *s) {
 
 /* ---------------------------------------------------------------- setup */
 
-/* TERM, INT and HUP to the self-pipe (common/signals.c); the supervisor
- * starts us with them blocked, and this unblocks them. */
+/* TERM, INT, HUP and USR1 (reload) to the self-pipe (common/signals.c);
+ * the supervisor starts us with them blocked, and this unblocks them. */
 static int setup_signals(server *s, char *err, size_t errlen) {
-    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP};
-    return signals_to_pipe(sigs, 3, &s->sig_r, &s->sig_w, err, errlen);
+    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
+    return signals_to_pipe(sigs, 4, &s->sig_r, &s->sig_w, err, errlen);
 }
 
 /* Raise the descriptor limit to the hard limit and fit max_clients under
@@ -669,6 +671,31 @@ static int fit_fd_limit(server *s, long *limit, char *err, size_t errlen) {
                 "links=%ld reserve=%ld: raise the limit on open files (ulimit -n) to serve more",
                 s->max_clients, s->cfg->limits.max_clients, *limit, links, reserve);
     }
+    return 0;
+}
+
+/* Per-address counts under a new cap: the connections counted so far stay
+ * counted (even past a lower cap: nobody is closed), none is added. */
+static void refit_per_address(server *s) {
+    addrcap next;
+    unsigned cap = (unsigned)s->cfg->limits.max_clients_per_address;
+    addrcap_init(&next, cap, (size_t)s->max_clients);
+    next.cap = cap ? UINT_MAX : 0;             /* take them all back */
+    for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd + s->ncold; i++) {
+        client *c = i < s->npfd ? s->conn[i] : s->cold[i - s->npfd];
+        if (!c->addr_counted) continue;
+        if (cap) addrcap_take(&next, &c->addr_key);
+        else c->addr_counted = 0;
+    }
+    next.cap = cap;
+    addrcap_free(&s->per_addr);
+    s->per_addr = next;
+}
+
+int server_refit_limits(server *s, char *err, size_t errlen) {
+    long fds;
+    if (fit_fd_limit(s, &fds, err, errlen) < 0) return -1;
+    refit_per_address(s);
     return 0;
 }
 
@@ -722,6 +749,7 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
     if (cfg->places.provider == PLACES_LOCAL &&
         places_local_load(&s->places, cfg->places.local_file, err, errlen) < 0)
         return -1;
+    server_note_places_file(s);
     if (cfg->places.provider != PLACES_LOCAL && google_init(s, err, errlen) < 0) return -1;
     if (setup_signals(s, err, errlen) < 0) return -1;
     heartbeat_open(s);

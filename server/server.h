@@ -128,7 +128,8 @@ typedef struct client {
 } client;
 
 typedef struct server {
-    const config *cfg;
+    const config *cfg;          /* replaced by a reload (reload.c) */
+    int cfg_owned;              /* cfg was allocated by a reload: free it */
     const config_server *me;
     int lfd;                    /* listening socket */
     int sig_r, sig_w;           /* self-pipe for signals */
@@ -156,8 +157,12 @@ typedef struct server {
     int stop;
     table tab;
     places_local places;
+    off_t places_size;          /* the local file's, when read (a reload */
+    struct timespec places_mtime;   /* reads it again only when they change) */
     peer_link links[CONFIG_MAX_SERVERS];
     int n_links;
+    unsigned links_gen;         /* links renumbered (a reload): resolver answers
+                                 * asked before are dropped */
     forward_state fw;
     char secret[256];           /* empty: links are disabled */
     struct ssl_ctx_st *tls_ctx; /* with a secret and links (server/tls.c) */
@@ -191,6 +196,17 @@ int server_timer_wait(const server *s);
 void server_timers_run(server *s);
 
 void server_free(server *s);
+
+/* server.c, for a reload: max_clients fitted again under the descriptor
+ * limit (the links may have changed), per-address counts under the new
+ * cap.  0, or -1 with why in err (nothing changed then). */
+int server_refit_limits(server *s, char *err, size_t errlen);
+
+/* reload.c (SIGUSR1): read the config file again and apply it in place. */
+void server_reload(server *s);
+
+/* reload.c: remember the local places file's size and time (just read). */
+void server_note_places_file(server *s);
 
 /* server.c: mark c to be closed after this round, with a reason to log. */
 void client_kill(server *s, client *c, const char *reason);

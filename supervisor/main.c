@@ -11,7 +11,7 @@
 
 static void usage(FILE *f) {
     fputs("Usage: herd-supervisor [-c FILE] [--status [--wait SECONDS] [--wait-links] [--rates]]\n"
-          "                      [--local] [--init-secret]\n"
+          "                      [--local] [--init-secret] [--reload] [--restart [NAME...]]\n"
           "\n"
           "Run this machine's part of the herd: one herd-server per server in the\n"
           "config whose host is an address of this machine (loopback, or an address\n"
@@ -38,17 +38,31 @@ static void usage(FILE *f) {
           "      --init-secret  unless HERD_SECRET is set: create the herd secret file\n"
           "                     (mode 0600) if it is missing or empty; refuse one that\n"
           "                     other users may read\n"
+          "      --reload       apply the config file again to the herd running here:\n"
+          "                     new servers start, removed ones stop, changed ones apply\n"
+          "                     it in place (or restart when their address changed),\n"
+          "                     given-up ones start again; waits (--wait, default 30 s)\n"
+          "                     for them, then prints the --status table.  An invalid\n"
+          "                     config is refused and nothing changes\n"
+          "      --restart [NAME...]  restart the named servers (all of this machine's\n"
+          "                     by default) one at a time with the binary installed now,\n"
+          "                     each listening with its links up and caught up before\n"
+          "                     the next goes (--wait per server, default 30 s)\n"
           "  -h, --help         show this help and exit\n"
           "\n"
           "Signals: TERM or INT stop every server, then the supervisor; HUP makes\n"
-          "every process reopen its log.  Logs: LOGDIR/supervisor.log.\n"
+          "every process reopen its log.  --reload and --restart reach the running\n"
+          "supervisor through its socket STATE_DIR/supervisor.sock.\n"
+          "Logs: LOGDIR/supervisor.log.\n"
           "HERD_BIN_DIR names the folder of herd-server (default: beside this program).\n",
           f);
 }
 
 int main(int argc, char **argv) {
     const char *cfg_path = "config.yml";
-    int status = 0, wait_s = 0, wait_links = 0, init_secret = 0, rates = 0, list_local = 0;
+    int status = 0, wait_s = -1, wait_links = 0, init_secret = 0, rates = 0, list_local = 0;
+    int reload = 0, restart = 0, nnames = 0;
+    char *names[CONFIG_MAX_SERVERS];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -68,6 +82,12 @@ int main(int argc, char **argv) {
             init_secret = 1;
         } else if (!strcmp(a, "--local")) {
             list_local = 1;
+        } else if (!strcmp(a, "--reload")) {
+            reload = 1;
+        } else if (!strcmp(a, "--restart")) {
+            restart = 1;
+            while (i + 1 < argc && argv[i + 1][0] != '-' && nnames < CONFIG_MAX_SERVERS)
+                names[nnames++] = argv[++i];
         } else {
             fprintf(stderr, "herd-supervisor: unknown or incomplete option '%s' (try --help)\n", a);
             return 2;
@@ -76,13 +96,16 @@ int main(int argc, char **argv) {
     static config cfg;
     char err[1024];
     if (config_load(cfg_path, &cfg, err, sizeof err) < 0) {
-        fprintf(stderr, "herd-supervisor: %s\n", err);
+        fprintf(stderr, "herd-supervisor: %s%s\n", reload ? "reload refused, nothing changed: " : "",
+                err);
         return 1;
     }
     if (init_secret) return supervisor_init_secret(&cfg) < 0 ? 1 : 0;
+    if (reload) return supervisor_ctl_reload(&cfg, wait_s < 0 ? 30 : wait_s);
+    if (restart) return supervisor_ctl_restart(&cfg, names, nnames, wait_s < 0 ? 30 : wait_s);
     if (list_local) return supervisor_list_local(&cfg);
     if (status) {
-        int rc = supervisor_status(&cfg, wait_s, wait_links);
+        int rc = supervisor_status(&cfg, wait_s < 0 ? 0 : wait_s, wait_links);
         if (rates && rc != 3) supervisor_rates(&cfg);
         return rc;
     }

@@ -131,6 +131,15 @@ static int read_files(const config *cfg, long *sup, srv_status *st) {
     return 0;
 }
 
+int herd_server_serving(const config *cfg, int i, long *pid) {
+    srv_status st[CONFIG_MAX_SERVERS];
+    long sup;
+    *pid = 0;
+    if (read_files(cfg, &sup, st) < 0 || !sup || herd_supervisor_pid(cfg) != sup) return 0;
+    *pid = st[i].pid;
+    return serving(sup, st[i].pid, &cfg->servers[i]);
+}
+
 /* What the LINKS column says of a link. */
 typedef enum { LS_UNKNOWN, LS_DOWN, LS_CONNECTING, LS_UP, LS_MISMATCH } link_state;
 

@@ -50,7 +50,7 @@ typedef enum { CH_RUNNING, CH_WAITING, CH_GIVEN_UP, CH_STOPPED } child_state;
 static const char *state_name[] = {"running", "waiting", "given-up", "stopped"};
 
 typedef struct {
-    const char *name;
+    char name[CONFIG_MAX_NAME];   /* a copy: a reload replaces the config */
     pid_t pid;
     child_state state;
     int64_t started_ms;           /* wall clock, for --status */
@@ -60,10 +60,16 @@ typedef struct {
     int n_crashes;
     int hb_r, hb_w;               /* heartbeat pipe (see heartbeat_prepare), or -1 */
     int64_t last_beat_ms;         /* monotonic; 0: no beat yet, not watched */
+    int restart_asked;            /* TERM sent for a restart (ctl, reload): start
+                                   * it again at its exit, not a crash */
+    int retiring;                 /* TERM sent: gone from the config (reload) */
+    int64_t kill_at_ms;           /* monotonic: SIGKILL if it still runs; 0: none */
 } child;
 
 static struct {
-    const config *cfg;
+    const config *cfg;            /* replaced by a reload */
+    int cfg_owned;                /* ... which allocated it */
+    int ctl_fd;                   /* the control socket (control.c), or -1 */
     char server_path[PATH_MAX];
     char pid_path[PATH_MAX + 32];
     char state_path[PATH_MAX + 32];
@@ -261,6 +267,7 @@ static void exec_server(const child *k, pid_t parent) {
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
+    signal(SIGUSR1, SIG_DFL);
     signal(SIGCHLD, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
     sigset_t keep;
@@ -268,6 +275,7 @@ static void exec_server(const child *k, pid_t parent) {
     sigaddset(&keep, SIGTERM);
     sigaddset(&keep, SIGINT);
     sigaddset(&keep, SIGHUP);
+    sigaddset(&keep, SIGUSR1);          /* a reload before its handler: held */
     sigprocmask(SIG_SETMASK, &keep, NULL);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent) _exit(1);   /* the supervisor is already gone */
@@ -286,6 +294,7 @@ static void start_child(child *k) {
     sigaddset(&block, SIGTERM);
     sigaddset(&block, SIGINT);
     sigaddset(&block, SIGHUP);
+    sigaddset(&block, SIGUSR1);
     sigaddset(&block, SIGCHLD);
     sigprocmask(SIG_BLOCK, &block, &old);
     pid_t pid = fork();
@@ -319,13 +328,21 @@ static void child_exited(child *k, int st) {
     describe(st, how, sizeof how);
     pid_t pid = k->pid;
     k->pid = 0;
+    k->kill_at_ms = 0;
     S.dirty = 1;
-    if (S.stopping) {
+    if (S.stopping || k->retiring) {
         k->state = CH_STOPPED;
         log_msg(LOG_INFO, "child-stopped", "server=%s %s", k->name, how);
         return;
     }
     int64_t now = mono_ms();
+    if (k->restart_asked) {             /* asked for: not a crash */
+        k->restart_asked = 0;
+        log_msg(LOG_INFO, "child-stopped", "server=%s (restarted as asked) %s", k->name, how);
+        k->state = CH_WAITING;
+        k->next_start_ms = now;
+        return;
+    }
     if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
         /* not asked to stop, yet clean: start it again, it is not a crash */
         log_msg(LOG_WARN, "child-exit", "server=%s exited cleanly; starting it again", k->name);
@@ -408,6 +425,159 @@ static void handle_signals(void) {
     }
 }
 
+/* ------------------------------------------------------------ commands
+ *
+ * What the control socket (control.c) asks: "reload" and "restart NAME".
+ * Each answers at once with what it set going, one line per server; the
+ * client (ctl.c) waits for the servers to come up.
+ */
+
+static child *find_kid(const char *name) {
+    for (int i = 0; i < S.n; i++)
+        if (!S.kids[i].retiring && !strcmp(S.kids[i].name, name)) return &S.kids[i];
+    return NULL;
+}
+
+/* SIGTERM, and SIGKILL after stop_timeout_s (kill_overdue). */
+static void ask_to_stop(child *k) {
+    kill(k->pid, SIGTERM);
+    k->kill_at_ms = mono_ms() + (int64_t)S.cfg->supervisor.stop_timeout_s * 1000;
+}
+
+static void kill_overdue(int64_t now) {
+    for (int i = 0; i < S.n; i++) {
+        child *k = &S.kids[i];
+        if (k->state != CH_RUNNING || !k->kill_at_ms || now < k->kill_at_ms) continue;
+        log_msg(LOG_WARN, "stop-timeout", "server=%s pid=%ld did not stop in %d s: SIGKILL",
+                k->name, (long)k->pid, S.cfg->supervisor.stop_timeout_s);
+        kill(k->pid, SIGKILL);
+        k->kill_at_ms = 0;
+    }
+}
+
+/* A child given up (or waiting out a back-off) starts now, afresh. */
+static void revive(child *k) {
+    k->n_crashes = 0;
+    k->state = CH_WAITING;
+    k->next_start_ms = mono_ms();
+}
+
+/* Restart k: a running one is asked to stop and started again at its exit;
+ * one that does not run starts now.  Appends what it did to out. */
+static void restart_kid(child *k, const char *why, char *out, size_t n) {
+    size_t len = strlen(out);
+    if (k->state == CH_RUNNING) {
+        k->restart_asked = 1;
+        ask_to_stop(k);
+        snprintf(out + len, n - len, "restart %s pid %ld%s%s\n", k->name, (long)k->pid,
+                 why ? ": " : "", why ? why : "");
+    } else {
+        snprintf(out + len, n - len, "start %s (it was %s)\n", k->name, state_name[k->state]);
+        revive(k);
+    }
+}
+
+static void command_restart(const char *name, char *reply, size_t n) {
+    child *k = find_kid(name);
+    if (!k) {
+        snprintf(reply, n, "error no server named '%s' runs on this machine\n", name);
+        return;
+    }
+    snprintf(reply, n, "ok\n");
+    log_msg(LOG_INFO, "restart", "server=%s asked by the control socket", name);
+    restart_kid(k, NULL, reply, n);
+}
+
+/* The servers of this machine under the new config 'next': removed ones
+ * stop, new ones start, changed ones reload in place (SIGUSR1) or restart
+ * (config_needs_restart), given-up ones start again. */
+static void apply_config(const config *next, const int *local, char *reply, size_t n) {
+    char why[256];
+    for (int i = 0; i < S.n; i++) {
+        child *k = &S.kids[i];
+        size_t len = strlen(reply);
+        if (k->retiring) continue;
+        int j = config_find_server(next, k->name);
+        if (j < 0 || !local[j]) {
+            k->retiring = 1;
+            if (k->state == CH_RUNNING) ask_to_stop(k);
+            else k->state = CH_STOPPED;
+            snprintf(reply + len, n - len, "stop %s\n", k->name);
+        } else if (k->state == CH_GIVEN_UP) {
+            restart_kid(k, NULL, reply, n);
+        } else if (config_needs_restart(S.cfg, next, k->name, why, sizeof why)) {
+            restart_kid(k, why, reply, n);
+        } else if (k->state == CH_RUNNING) {
+            kill(k->pid, SIGUSR1);
+            snprintf(reply + len, n - len, "reload %s pid %ld\n", k->name, (long)k->pid);
+        }
+    }
+    for (int j = 0; j < next->n_servers; j++) {
+        if (!local[j] || find_kid(next->servers[j].name) || S.n == CONFIG_MAX_SERVERS) continue;
+        child *k = &S.kids[S.n++];
+        memset(k, 0, sizeof *k);
+        snprintf(k->name, sizeof k->name, "%s", next->servers[j].name);
+        k->hb_r = k->hb_w = -1;
+        start_child(k);
+        size_t len = strlen(reply);
+        snprintf(reply + len, n - len, "start %s\n", k->name);
+    }
+}
+
+static void command_reload(char *reply, size_t n) {
+    char err[4400];
+    config *next = malloc(sizeof *next);
+    int local[CONFIG_MAX_SERVERS];
+    if (!next || config_load(S.cfg->path, next, err, sizeof err) < 0) {
+        snprintf(reply, n, "error %s\n", next ? err : "out of memory");
+        log_msg(LOG_ERROR, "reload-refused", "%s; nothing changed", next ? err : "out of memory");
+        free(next);
+        return;
+    }
+    if (herd_local_servers(next, local, 1) == 0) {
+        snprintf(reply, n, "error %s: none of its servers is on this machine\n", next->path);
+        log_msg(LOG_ERROR, "reload-refused", "%s: none of its servers is on this machine; "
+                "nothing changed", next->path);
+        free(next);
+        return;
+    }
+    snprintf(reply, n, "ok\n");
+    apply_config(next, local, reply, n);
+    if (S.cfg_owned) free((config *)S.cfg);
+    S.cfg = next;
+    S.cfg_owned = 1;
+    snprintf(S.state_path, sizeof S.state_path, "%s/supervisor.state", next->herd.state_dir);
+    log_set_rotation(next->logging.max_file_bytes, next->logging.keep_files);
+    log_set_flush_ms(next->logging.flush_ms);
+    S.dirty = 1;
+    for (char *p = reply + 3, *nl; (nl = strchr(p, '\n')); p = nl + 1)
+        log_msg(LOG_INFO, "reload", "%.*s", (int)(nl - p), p);
+    int here = 0;
+    for (int i = 0; i < S.n; i++) here += !S.kids[i].retiring;
+    log_msg(LOG_INFO, "reloaded", "config=%s servers=%d here", next->path, here);
+}
+
+static void command(const char *request, char *reply, size_t n) {
+    if (!strcmp(request, "reload")) command_reload(reply, n);
+    else if (!strncmp(request, "restart ", 8)) command_restart(request + 8, reply, n);
+    else snprintf(reply, n, "error unknown request '%.64s' (reload, restart NAME)\n", request);
+}
+
+/* Children gone for good (removed by a reload) leave the table. */
+static void forget_retired(void) {
+    int m = 0;
+    for (int i = 0; i < S.n; i++) {
+        child *k = &S.kids[i];
+        if (k->retiring && k->state != CH_RUNNING) {
+            if (k->hb_r >= 0) close(k->hb_r);
+            S.dirty = 1;
+            continue;
+        }
+        S.kids[m++] = *k;
+    }
+    S.n = m;
+}
+
 /* ----------------------------------------------------------------- main */
 
 /* TERM, INT, HUP and CHLD to the self-pipe (common/signals.c). */
@@ -467,9 +637,12 @@ int supervisor_run(const config *cfg, const char *server_path) {
         fprintf(stderr, "herd-supervisor: %s\n", err);
         return 1;
     }
+    S.ctl_fd = control_listen(cfg, err, sizeof err);
+    if (S.ctl_fd < 0)                   /* the herd runs; reloads cannot reach it */
+        log_msg(LOG_ERROR, "control", "%s: --reload and --restart will not work", err);
     S.n = 0;
     for (int i = 0; i < cfg->n_servers; i++)
-        if (local[i]) S.kids[S.n++].name = cfg->servers[i].name;
+        if (local[i]) snprintf(S.kids[S.n++].name, sizeof S.kids[0].name, "%s", cfg->servers[i].name);
     log_msg(LOG_INFO, "start", "pid=%ld config=%s servers=%d of %d here server-binary=%s",
             (long)getpid(), cfg->path, S.n, cfg->n_servers, server_path);
     warn_ephemeral_ports(cfg, local);
@@ -480,10 +653,11 @@ int supervisor_run(const config *cfg, const char *server_path) {
     write_files();
     S.dirty = 0;   /* written: a second write a round later could replace a file
                     * someone else wrote meanwhile, which the exit then removes */
-    struct pollfd pfd[1 + CONFIG_MAX_SERVERS];
+    struct pollfd pfd[2 + CONFIG_MAX_SERVERS];
     int who[CONFIG_MAX_SERVERS];
     pfd[0] = (struct pollfd){.fd = S.sig_r, .events = POLLIN};
     for (;;) {
+        cfg = S.cfg;                    /* a reload may have replaced it */
         int64_t now = mono_ms(), wake = now + 1000;
         for (int i = 0; i < S.n && !S.stopping; i++)
             if (S.kids[i].state == CH_WAITING && S.kids[i].next_start_ms < wake)
@@ -492,16 +666,22 @@ int supervisor_run(const config *cfg, const char *server_path) {
         if (!S.stopping && heartbeat_deadline() < wake) wake = heartbeat_deadline();
         int lf = log_next_flush_ms(log_now_ms());
         if (lf >= 0 && now + lf < wake) wake = now + lf;
+        for (int i = 0; i < S.n; i++)
+            if (S.kids[i].kill_at_ms && S.kids[i].kill_at_ms < wake) wake = S.kids[i].kill_at_ms;
         int timeout = wake > now ? (int)(wake - now) : 0;
         int npfd = heartbeat_pollset(pfd, who);
-        if (poll(pfd, (nfds_t)npfd, timeout) > 0) {
+        pfd[npfd] = (struct pollfd){.fd = S.stopping ? -1 : S.ctl_fd, .events = POLLIN};
+        if (poll(pfd, (nfds_t)npfd + 1, timeout) > 0) {
             if (pfd[0].revents) handle_signals();
             heartbeat_read(pfd, npfd, who, mono_ms());
+            if (pfd[npfd].revents && !S.stopping) control_serve(S.ctl_fd, command);
         }
         reap();   /* a SIGCHLD may have come before the handler was set */
+        forget_retired();
         now = mono_ms();
         keep_lock(now);
         heartbeat_check(now);
+        if (!S.stopping) kill_overdue(now);
         for (int i = 0; i < S.n && !S.stopping; i++) {
             child *k = &S.kids[i];
             if (k->state == CH_WAITING && now >= k->next_start_ms) {
@@ -523,6 +703,10 @@ int supervisor_run(const config *cfg, const char *server_path) {
             S.dirty = 0;
         }
         log_tick(log_now_ms());
+    }
+    if (S.ctl_fd >= 0) {
+        close(S.ctl_fd);
+        control_unlink(cfg);
     }
     int removed = remove_own_pid_file();
     for (int i = 0; i < S.n; i++)

@@ -8,6 +8,29 @@
  * exit status (1 at once when none of the servers is here). */
 int supervisor_run(const config *cfg, const char *server_path);
 
+/* control.c: the control socket <state_dir>/supervisor.sock (see there).
+ * The supervisor listens (a non-blocking descriptor, or -1 with why) and
+ * serves each waiting connection: one request line to handle(), whose
+ * answer (lines, NUL-terminated in reply) goes back before the close. */
+typedef void control_handler(const char *request, char *reply, size_t cap);
+int control_listen(const config *cfg, char *err, size_t errlen);
+void control_serve(int lfd, control_handler *handle);
+void control_unlink(const config *cfg);
+
+/* A client: send one request, read the whole answer into reply.  0, or -1
+ * with why (no supervisor listens, most often). */
+int control_request(const config *cfg, const char *request, char *reply, size_t cap,
+                    char *err, size_t errlen);
+
+/* ctl.c: --reload and --restart, the operator's side (see there).  Each
+ * returns the exit status. */
+int supervisor_ctl_reload(const config *cfg, int wait_s);
+int supervisor_ctl_restart(const config *cfg, char **names, int n, int wait_s);
+
+/* status.c: is server i of cfg served by a live child of the running
+ * supervisor, listening on its port?  Its pid into *pid (0: none named). */
+int herd_server_serving(const config *cfg, int i, long *pid);
+
 /* status.c: print the table of this machine's servers: each one's pid,
  * uptime, restarts, whether it listens and its links.  With wait_s > 0,
  * first wait up to that long for every local server to listen; with

@@ -1,0 +1,163 @@
+/* reload.c -- SIGUSR1: the config file read again and applied in place.
+ *
+ * The supervisor sends SIGUSR1 to a server whose change a reload can apply
+ * without a restart (docs/PROTOCOL.md, "Reloading the config"): its
+ * neighbours, and the limits, logging, places and herd settings.  The
+ * server keeps its pid, its listening socket, its clients' connections and
+ * its table.  Links to servers no longer its neighbours close, links to
+ * new ones are dialled (or awaited), the kept ones stay up.
+ *
+ * All or nothing: the new config is read and checked, and everything that
+ * can fail (the places file, the secret, the descriptor limit) is done
+ * into temporaries, before anything changes; a failure logs
+ * "reload-failed" with the reason and the server goes on as it was.  A
+ * change only a restart can apply (config_needs_restart: the address or
+ * port, logging.dir, herd.state_dir, a provider to or from Google) is
+ * refused the same way; the supervisor restarts such a server instead.
+ *
+ * What a reload did shows in the metrics at once:
+ * proxyherd_config_last_reload_successful and
+ * proxyherd_config_last_reload_timestamp_seconds (metrics.c), and in the
+ * log as "reloaded" with what changed.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "log.h"
+#include "secret.h"
+#include "server.h"
+#include "tls.h"
+#include "xalloc.h"
+
+/* The parts of a reload that can fail, prepared before anything changes. */
+typedef struct {
+    config *cfg;
+    int me;
+    places_local places;
+    int new_places;             /* places holds a new file to swap in */
+    char secret[sizeof ((server *)0)->secret];
+    int secret_len;
+} staged;
+
+/* The local places file, read again when its path, size or time changed. */
+static int stage_places(server *s, staged *st, char *err, size_t errlen) {
+    const config_places *o = &s->cfg->places, *n = &st->cfg->places;
+    if (n->provider != PLACES_LOCAL) return 0;
+    struct stat now;
+    int same_file = o->provider == PLACES_LOCAL && !strcmp(o->local_file, n->local_file) &&
+                    stat(n->local_file, &now) == 0 && now.st_size == s->places_size &&
+                    now.st_mtim.tv_sec == s->places_mtime.tv_sec &&
+                    now.st_mtim.tv_nsec == s->places_mtime.tv_nsec;
+    if (same_file) return 0;
+    if (places_local_load(&st->places, n->local_file, err, errlen) < 0) return -1;
+    st->new_places = 1;
+    return 0;
+}
+
+/* Read and check everything; nothing in s changes.  0, or -1 with why. */
+static int stage(server *s, staged *st, char *err, size_t errlen) {
+    char why[256];
+    st->cfg = xmalloc(sizeof *st->cfg);
+    if (config_load(s->cfg->path, st->cfg, err, errlen) < 0) return -1;
+    st->me = config_find_server(st->cfg, s->me->name);
+    if (st->me < 0) {
+        snprintf(err, errlen, "%s: no server named '%s' any more (the supervisor stops it)",
+                 s->cfg->path, s->me->name);
+        return -1;
+    }
+    if (config_needs_restart(s->cfg, st->cfg, s->me->name, why, sizeof why)) {
+        snprintf(err, errlen, "%s: a restart applies it, a reload cannot", why);
+        return -1;
+    }
+    st->secret_len = secret_load(st->cfg->herd.secret_file, st->secret, sizeof st->secret,
+                                 err, errlen);
+    if (st->secret_len < 0) return -1;
+    return stage_places(s, st, err, errlen);
+}
+
+static void unstage(staged *st) {
+    if (st->new_places) places_local_free(&st->places);
+    free(st->cfg);
+}
+
+/* Neighbours' names, comma-separated, of server 'me' in cfg. */
+static void neighbour_list(const config *cfg, int me, char *out, size_t n) {
+    size_t k = 0;
+    out[0] = '\0';
+    const config_server *cs = &cfg->servers[me];
+    for (int i = 0; i < cs->n_neighbors && k < n; i++)
+        k += (size_t)snprintf(out + k, n - k, "%s%s", i ? "," : "",
+                              cfg->servers[cs->neighbors[i]].name);
+    if (!cs->n_neighbors) snprintf(out, n, "-");
+}
+
+/* Swap the staged config in: links first (numbered by the old config),
+ * then everything that reads it. */
+static void apply(server *s, staged *st) {
+    const config *old = s->cfg;
+    int old_owned = s->cfg_owned;
+    peer_drop_removed(s, st->cfg, st->me);
+    s->cfg = st->cfg;
+    s->cfg_owned = 1;
+    s->me = &st->cfg->servers[st->me];
+    st->cfg = NULL;
+    if (st->secret_len != (int)s->secret_len || memcmp(st->secret, s->secret, s->secret_len)) {
+        memcpy(s->secret, st->secret, sizeof s->secret);   /* links up stay up */
+        s->secret_len = (size_t)st->secret_len;
+    }
+    peer_reconfigure(s, old);
+    forward_reconfigure(s, old);
+    char err[512];
+    if (!s->tls_ctx && tls_init(s, err, sizeof err) < 0)   /* links where there were none */
+        log_msg(LOG_ERROR, "reload", "links stay off: %s", err);
+    if (st->new_places) {
+        places_local_free(&s->places);
+        s->places = st->places;
+        st->new_places = 0;
+        server_note_places_file(s);
+    }
+    table_set_max(&s->tab, s->cfg->limits.max_stored_clients);
+    log_set_rotation(s->cfg->logging.max_file_bytes, s->cfg->logging.keep_files);
+    log_set_flush_ms(s->cfg->logging.flush_ms);
+    if (server_refit_limits(s, err, sizeof err) < 0)
+        log_msg(LOG_ERROR, "reload", "max_clients kept at %d: %s", s->max_clients, err);
+    if (old_owned) free((config *)old);
+}
+
+void server_note_places_file(server *s) {
+    struct stat st;
+    if (s->cfg->places.provider != PLACES_LOCAL || stat(s->cfg->places.local_file, &st) < 0)
+        return;
+    s->places_size = st.st_size;
+    s->places_mtime = st.st_mtim;
+}
+
+void server_reload(server *s) {
+    char err[4400], nb[CONFIG_MAX_SERVERS * (CONFIG_MAX_NAME + 1)];
+    staged st;
+    memset(&st, 0, sizeof st);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    s->metrics.reload_time_s = (double)ts.tv_sec + ts.tv_nsec / 1e9;
+    if (stage(s, &st, err, sizeof err) < 0) {
+        log_msg(LOG_ERROR, "reload-failed", "%s; nothing changed", err);
+        s->metrics.reload_ok = 0;
+        unstage(&st);
+        metrics_tick(s);
+        return;
+    }
+    int reread = st.new_places;
+    apply(s, &st);
+    unstage(&st);
+    s->metrics.reload_ok = 1;
+    s->metrics.reloads++;
+    neighbour_list(s->cfg, (int)(s->me - s->cfg->servers), nb, sizeof nb);
+    log_msg(LOG_INFO, "reloaded", "config=%s neighbours=%s max_clients=%d "
+            "max_stored_clients=%zu places=%zu%s", s->cfg->path, nb, s->max_clients,
+            s->cfg->limits.max_stored_clients, s->places.n,
+            reread ? " (places file read again)" : "");
+    metrics_tick(s);
+}
