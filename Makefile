@@ -79,7 +79,7 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
 PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor $(BIN)/herd-benchmark
 
-.PHONY: all deps check-deps test check check-normal unit integration asan-build asan-test fuzz fuzz-build test-chaos test-nemesis \
+.PHONY: all reload restart deps check-deps test check check-normal unit integration asan-build asan-test fuzz fuzz-build test-chaos test-nemesis \
         test-valgrind test-soak \
         test-mutation run stop status \
         benchmark report report-data install clean coverage
@@ -261,6 +261,14 @@ run: deps
 
 stop:
 	@./stop_servers.sh
+
+# Apply config.yml again to the running herd (README, "Changing a running herd").
+reload: all
+	@./start_servers.sh --reload
+
+# Restart this machine's servers one at a time with the binaries just built.
+restart: all
+	@./start_servers.sh --restart
 
 status:
 	@$(BIN)/herd-supervisor --status --rates || true

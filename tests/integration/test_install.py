@@ -59,6 +59,7 @@ def test_make_install(tmp_path):
     assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
     unit = open(os.path.join(dest, "usr/lib/systemd/system/proxyherd.service")).read()
     assert "ExecStart=/usr/bin/herd-supervisor -c /etc/proxyherd/config.yml" in unit, unit
+    assert "ExecReload=/usr/bin/herd-supervisor -c /etc/proxyherd/config.yml --reload" in unit, unit
     # a second install keeps an edited config
     with open(os.path.join(dest, "etc/proxyherd/config.yml"), "a") as f:
         f.write("# edited\n")
