@@ -27,8 +27,9 @@ usage() {
     echo "  --reload            apply CONFIG again to the herd running here, without"
     echo "                      stopping it (an invalid config changes nothing); exit"
     echo "                      0 once every server of the new config listens"
-    echo "  --restart [NAME...] rolling restart of the named servers (default: all of"
-    echo "                      this machine's), one at a time, each caught up first"
+    echo "  --restart [NAME...] rolling restart of the named servers (default: the"
+    echo "                      supervisor in place, then all of this machine's"
+    echo "                      servers), one at a time, each caught up first"
 }
 
 action=start

@@ -10,7 +10,9 @@
  * server of this machine to listen (status.c prints the table, as a
  * start does).
  *
- * --restart: one server at a time, each restarted by the supervisor (its
+ * --restart: the supervisor first when it is named ("supervisor") or no
+ * name is given: it execs its binary as installed now and keeps its pid
+ * and its servers (supervisor.c, "re-exec").  Then one server at a time, each restarted by the supervisor (its
  * binary as installed now) and waited for -- listening, the links it had
  * up before up again, and caught up on each (proxyherd_link_caught_up:
  * the neighbour's digests matched, or its repair stream ended) -- before
@@ -206,10 +208,58 @@ static int restart_one(const config *cfg, int i, int wait_s) {
     return 0;
 }
 
+/* The supervisor's pid and re-exec count ("ping"), or -1 with why. */
+static int ping(const config *cfg, long *pid, int *execs, char *err, size_t errlen) {
+    char reply[256];
+    if (control_request(cfg, "ping", reply, sizeof reply, err, errlen) < 0) return -1;
+    if (sscanf(reply, "ok pid %ld execs %d", pid, execs) == 2) return 0;
+    snprintf(err, errlen, "an answer of another version: %.100s", reply);
+    return -1;
+}
+
+/* The supervisor runs its binary as installed now, keeping its pid and
+ * its servers (supervisor.c, "re-exec").  0, 1 (said why) or 3. */
+static int restart_supervisor(const config *cfg, int wait_s) {
+    char reply[1024], err[4400];
+    long pid, now_pid;
+    int execs, now_execs = -1;
+    if (ping(cfg, &pid, &execs, err, sizeof err) < 0) {
+        unreachable(cfg, err);
+        return 3;
+    }
+    printf("restarting the supervisor (pid %ld) in place: its servers keep running\n", pid);
+    fflush(stdout);
+    int64_t t0 = mono_ms(), deadline = t0 + (int64_t)wait_s * 1000;
+    if (control_request(cfg, "reexec", reply, sizeof reply, err, sizeof err) < 0) {
+        unreachable(cfg, err);
+        return 3;
+    }
+    if (strncmp(reply, "ok\n", 3)) {
+        fprintf(stderr, "herd-supervisor: the supervisor was not restarted: %s",
+                strncmp(reply, "error ", 6) ? reply : reply + 6);
+        return 1;
+    }
+    while (mono_ms() < deadline &&
+           (ping(cfg, &now_pid, &now_execs, err, sizeof err) < 0 || now_execs <= execs))
+        usleep(50 * 1000);
+    if (now_execs <= execs) {
+        printf("the supervisor did not come back in %d s (see %s/supervisor.log)\n", wait_s,
+               cfg->logging.dir);
+        return 1;
+    }
+    printf("  supervisor: pid %ld, the new binary runs, in %.1f s\n", now_pid,
+           (mono_ms() - t0) / 1000.0);
+    return 0;
+}
+
 int supervisor_ctl_restart(const config *cfg, char **names, int n, int wait_s) {
-    int local[CONFIG_MAX_SERVERS], order[CONFIG_MAX_SERVERS], m = 0;
+    int local[CONFIG_MAX_SERVERS], order[CONFIG_MAX_SERVERS], m = 0, itself = !n;
     if (herd_local_servers(cfg, local, 0) == 0) return 3;
     for (int j = 0; j < n; j++) {
+        if (!strcmp(names[j], "supervisor")) {
+            itself = 1;
+            continue;
+        }
         int i = config_find_server(cfg, names[j]);
         if (i < 0 || !local[i]) {
             fprintf(stderr, "herd-supervisor: %s: no server named '%s' runs on this machine\n",
@@ -220,8 +270,12 @@ int supervisor_ctl_restart(const config *cfg, char **names, int n, int wait_s) {
     }
     for (int i = 0; !n && i < cfg->n_servers; i++)
         if (local[i]) order[m++] = i;
+    if (itself) {
+        int rc = restart_supervisor(cfg, wait_s);
+        if (rc) return rc;
+    }
     for (int j = 0; j < m; j++)
         if (restart_one(cfg, order[j], wait_s)) return 1;
-    printf("restarted %d server%s, one at a time\n", m, m == 1 ? "" : "s");
+    if (m) printf("restarted %d server%s, one at a time\n", m, m == 1 ? "" : "s");
     return 0;
 }

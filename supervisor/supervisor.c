@@ -80,6 +80,9 @@ static struct {
     int64_t stop_deadline;
     int dirty;                    /* the files need rewriting */
     int lock_fd;                  /* servers.lock, held until exit */
+    char self_path[PATH_MAX];     /* this program, for a re-exec */
+    int execs;                    /* re-execs so far (reexec) */
+    int reexec_due;               /* asked, answered: exec at the end of the round */
 } S;
 
 /* --------------------------------------------------------------- files */
@@ -557,10 +560,138 @@ static void command_reload(char *reply, size_t n) {
     log_msg(LOG_INFO, "reloaded", "config=%s servers=%d here", next->path, here);
 }
 
+/* ------------------------------------------------------------- re-exec
+ *
+ * A new herd-supervisor binary without stopping the servers, as nginx
+ * upgrades its master in place: the supervisor execs its own path again
+ * and keeps its pid, so the servers stay its children.  What it knows of
+ * them and the descriptors it keeps (servers.lock, the control socket, the
+ * heartbeat pipes) cross the exec in HERD_SUPERVISOR_RESUME:
+ *   "EXECS LOCKFD CTLFD;NAME PID STATE STARTED_MS RESTARTS HBFD;..."
+ * Before it goes, the new binary is tried (--local on the config): one that
+ * does not run, or refuses the config, leaves this supervisor as it was.
+ * TERM, INT, HUP, USR1 and CHLD stay blocked across the exec; the new image
+ * unblocks them with its handlers in place, and its first round reaps any
+ * server that exited meanwhile.
+ */
+
+#define RESUME_ENV "HERD_SUPERVISOR_RESUME"
+
+/* Does the program at S.self_path run and accept our config?  0, or -1
+ * with why. */
+static int try_new_binary(char *why, size_t n) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0) dup2(null, STDOUT_FILENO);
+        execl(S.self_path, "herd-supervisor", "-c", S.cfg->path, "--local", (char *)NULL);
+        _exit(127);
+    }
+    int st = 0;
+    if (pid < 0 || waitpid(pid, &st, 0) < 0) {
+        snprintf(why, n, "cannot try %s: %s", S.self_path, strerror(errno));
+        return -1;
+    }
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 0) return 0;
+    describe(st, why, n);
+    size_t len = strlen(why);
+    snprintf(why + len, n - len, " from %s --local: not re-executed", S.self_path);
+    return -1;
+}
+
+static void keep_across_exec(int fd, int keep) {
+    if (fd >= 0) fcntl(fd, F_SETFD, keep ? 0 : FD_CLOEXEC);
+}
+
+static void reexec(void) {
+    char state[CONFIG_MAX_SERVERS * (CONFIG_MAX_NAME + 80) + 64];
+    size_t k = (size_t)snprintf(state, sizeof state, "%d %d %d;", S.execs + 1, S.lock_fd,
+                                S.ctl_fd);
+    for (int i = 0; i < S.n; i++) {
+        child *c = &S.kids[i];
+        if (c->retiring) continue;
+        k += (size_t)snprintf(state + k, sizeof state - k, "%s %ld %d %lld %d %d;", c->name,
+                              (long)c->pid, (int)c->state, (long long)c->started_ms,
+                              c->restarts, c->hb_r);
+        keep_across_exec(c->hb_r, 1);
+    }
+    keep_across_exec(S.lock_fd, 1);
+    keep_across_exec(S.ctl_fd, 1);
+    sigset_t block, old;
+    sigemptyset(&block);
+    int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGCHLD};
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaddset(&block, sigs[i]);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    setenv(RESUME_ENV, state, 1);
+    log_msg(LOG_INFO, "reexec", "pid=%ld binary=%s servers=%d", (long)getpid(), S.self_path,
+            S.n);
+    log_flush();
+    execl(S.self_path, "herd-supervisor", "-c", S.cfg->path, (char *)NULL);
+    int e = errno;                       /* still here: nothing changed */
+    unsetenv(RESUME_ENV);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    keep_across_exec(S.lock_fd, 0);
+    keep_across_exec(S.ctl_fd, 0);
+    for (int i = 0; i < S.n; i++) keep_across_exec(S.kids[i].hb_r, 0);
+    log_msg(LOG_ERROR, "reexec", "cannot run %s: %s; this supervisor goes on", S.self_path,
+            strerror(e));
+}
+
+static void command_reexec(char *reply, size_t n) {
+    char why[PATH_MAX + 256];
+    if (try_new_binary(why, sizeof why) < 0) {
+        snprintf(reply, n, "error %s\n", why);
+        log_msg(LOG_ERROR, "reexec", "%s", why);
+        return;
+    }
+    snprintf(reply, n, "ok\nreexec supervisor pid %ld\n", (long)getpid());
+    S.reexec_due = 1;
+}
+
+/* The state a previous image left in RESUME_ENV: its children adopted,
+ * its descriptors taken over.  Returns 1 when there was one. */
+static int resume(void) {
+    const char *text = getenv(RESUME_ENV);
+    if (!text) return 0;
+    char *copy = strdup(text), *save = NULL;
+    unsetenv(RESUME_ENV);               /* the servers started later must not see it */
+    char *part = copy ? strtok_r(copy, ";", &save) : NULL;
+    if (!part || sscanf(part, "%d %d %d", &S.execs, &S.lock_fd, &S.ctl_fd) != 3) {
+        free(copy);
+        return 0;
+    }
+    keep_across_exec(S.lock_fd, 0);
+    keep_across_exec(S.ctl_fd, 0);
+    S.n = 0;
+    while ((part = strtok_r(NULL, ";", &save)) && S.n < CONFIG_MAX_SERVERS) {
+        child *c = &S.kids[S.n];
+        long pid;
+        int state;
+        long long started;
+        memset(c, 0, sizeof *c);
+        c->hb_w = -1;
+        if (sscanf(part, "%63s %ld %d %lld %d %d", c->name, &pid, &state, &started,
+                   &c->restarts, &c->hb_r) != 6 || state < CH_RUNNING || state > CH_STOPPED)
+            continue;
+        c->pid = (pid_t)pid;
+        c->state = (child_state)state;
+        c->started_ms = started;
+        if (c->state == CH_WAITING) c->next_start_ms = mono_ms();
+        keep_across_exec(c->hb_r, 0);
+        S.n++;
+    }
+    free(copy);
+    return 1;
+}
+
 static void command(const char *request, char *reply, size_t n) {
     if (!strcmp(request, "reload")) command_reload(reply, n);
+    else if (!strcmp(request, "reexec")) command_reexec(reply, n);
+    else if (!strcmp(request, "ping"))
+        snprintf(reply, n, "ok pid %ld execs %d\n", (long)getpid(), S.execs);
     else if (!strncmp(request, "restart ", 8)) command_restart(request + 8, reply, n);
-    else snprintf(reply, n, "error unknown request '%.64s' (reload, restart NAME)\n", request);
+    else snprintf(reply, n, "error unknown request '%.64s' (reload, restart NAME, reexec, "
+                  "ping)\n", request);
 }
 
 /* Children gone for good (removed by a reload) leave the table. */
@@ -626,7 +757,10 @@ int supervisor_run(const config *cfg, const char *server_path) {
     char secret[256];   /* refuse a secret file the servers would refuse */
     int local[CONFIG_MAX_SERVERS];
     if (herd_local_servers(cfg, local, 0) == 0) return 1;   /* it said why */
-    S.lock_fd = herd_lock_take(cfg, err, sizeof err);
+    ssize_t self = readlink("/proc/self/exe", S.self_path, sizeof S.self_path - 1);
+    S.self_path[self > 0 ? self : 0] = '\0';
+    int resumed = resume();
+    if (!resumed) S.lock_fd = herd_lock_take(cfg, err, sizeof err);
     /* nothing is written in a folder another user may write in (folder.h) */
     if (S.lock_fd < 0 ||
         folder_check(cfg->herd.state_dir, "herd.state_dir", 0700, err, sizeof err) < 0 ||
@@ -637,18 +771,25 @@ int supervisor_run(const config *cfg, const char *server_path) {
         fprintf(stderr, "herd-supervisor: %s\n", err);
         return 1;
     }
-    S.ctl_fd = control_listen(cfg, err, sizeof err);
-    if (S.ctl_fd < 0)                   /* the herd runs; reloads cannot reach it */
-        log_msg(LOG_ERROR, "control", "%s: --reload and --restart will not work", err);
-    S.n = 0;
-    for (int i = 0; i < cfg->n_servers; i++)
-        if (local[i]) snprintf(S.kids[S.n++].name, sizeof S.kids[0].name, "%s", cfg->servers[i].name);
-    log_msg(LOG_INFO, "start", "pid=%ld config=%s servers=%d of %d here server-binary=%s",
-            (long)getpid(), cfg->path, S.n, cfg->n_servers, server_path);
-    warn_ephemeral_ports(cfg, local);
-    for (int i = 0; i < S.n; i++) {
-        S.kids[i].hb_r = S.kids[i].hb_w = -1;
-        start_child(&S.kids[i]);
+    if (resumed) {
+        log_msg(LOG_INFO, "resumed", "pid=%ld binary=%s config=%s servers=%d adopted "
+                "(re-exec %d) server-binary=%s", (long)getpid(), S.self_path, cfg->path, S.n,
+                S.execs, server_path);
+    } else {
+        S.ctl_fd = control_listen(cfg, err, sizeof err);
+        if (S.ctl_fd < 0)               /* the herd runs; reloads cannot reach it */
+            log_msg(LOG_ERROR, "control", "%s: --reload and --restart will not work", err);
+        S.n = 0;
+        for (int i = 0; i < cfg->n_servers; i++)
+            if (local[i])
+                snprintf(S.kids[S.n++].name, sizeof S.kids[0].name, "%s", cfg->servers[i].name);
+        log_msg(LOG_INFO, "start", "pid=%ld config=%s servers=%d of %d here server-binary=%s",
+                (long)getpid(), cfg->path, S.n, cfg->n_servers, server_path);
+        warn_ephemeral_ports(cfg, local);
+        for (int i = 0; i < S.n; i++) {
+            S.kids[i].hb_r = S.kids[i].hb_w = -1;
+            start_child(&S.kids[i]);
+        }
     }
     write_files();
     S.dirty = 0;   /* written: a second write a round later could replace a file
@@ -675,6 +816,10 @@ int supervisor_run(const config *cfg, const char *server_path) {
             if (pfd[0].revents) handle_signals();
             heartbeat_read(pfd, npfd, who, mono_ms());
             if (pfd[npfd].revents && !S.stopping) control_serve(S.ctl_fd, command);
+        }
+        if (S.reexec_due && !S.stopping) {
+            S.reexec_due = 0;
+            reexec();                   /* returns only when the exec failed */
         }
         reap();   /* a SIGCHLD may have come before the handler was set */
         forget_retired();

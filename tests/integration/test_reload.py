@@ -3,14 +3,15 @@ and "Rolling restart"): ./start_servers.sh --reload and --restart on a
 running herd, as an operator runs them, under load."""
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
 
-from harness import (NO_HANG, SUP_HERD_SECRET, SupervisedHerd, exchange, listens, program,
-                     read_log, read_metrics, value, wait_for, wait_log, write_config, free_port)
+from harness import (BIN_DIR, NO_HANG, exchange, free_port, listens, program, read_metrics,
+                     value, wait_for, write_config)
 
 
 class Load:
@@ -252,6 +253,8 @@ def test_rolling_restart_under_load_loses_no_acknowledged_update(sup_herd):
     out = r.stdout
     order = [m.group(1) for m in re.finditer(r"^restarting (\w+) \(pid", out, re.M)]
     assert order == list(TRIANGLE), out
+    assert re.search(r"^restarting the supervisor \(pid \d+\) in place", out, re.M), out
+    assert "  supervisor: pid %d, the new binary runs" % pids["supervisor"] in out, out
     assert len(re.findall(r"links up and caught up in", out)) == 3, out
     assert "restarted 3 servers, one at a time" in out
     now = h.pids()
@@ -280,3 +283,47 @@ def test_restart_refuses_a_name_not_here_and_reload_needs_a_running_herd(sup_her
     r = h.script("start_servers.sh", "--restart", "Alpha")
     assert r.returncode == 0, r.stdout + r.stderr
     assert h.pids()["Alpha"] != pid
+
+
+def test_the_supervisor_restarts_in_place_with_its_new_binary(sup_herd, tmp_path):
+    """A new herd-supervisor binary, run without stopping a server: the
+    same pid, the same servers, now supervised by the new program."""
+    bindir = tmp_path / "bin"
+    shutil.copytree(BIN_DIR, bindir)
+    h = sup_herd({"Alpha": ["Beta"], "Beta": ["Alpha"]})
+    h.env["HERD_BIN_DIR"] = str(bindir)
+    r = h.script("start_servers.sh")
+    assert r.returncode == 0, r.stdout + r.stderr
+    pids = h.pids()
+    sup = pids["supervisor"]
+    # the upgrade: a new file at the program's path (the old one is still mapped)
+    fresh = bindir / "herd-supervisor.new"
+    shutil.copy2(bindir / "herd-supervisor", fresh)
+    os.rename(fresh, bindir / "herd-supervisor")
+    new_inode = os.stat(bindir / "herd-supervisor").st_ino
+    assert os.stat(f"/proc/{sup}/exe").st_ino != new_inode
+    r = h.script("start_servers.sh", "--restart", "supervisor")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"  supervisor: pid {sup}, the new binary runs" in r.stdout, r.stdout
+    assert "restarted" not in r.stdout.split("supervisor: pid")[1], r.stdout   # no server
+    assert os.stat(f"/proc/{sup}/exe").st_ino == new_inode
+    assert h.pids() == pids
+    assert h.wait_log("supervisor", " resumed pid=%d " % sup)
+    assert re.search(r" resumed pid=%d .* servers=2 adopted \(re-exec 1\)" % sup,
+                     h.log("supervisor")), h.log("supervisor")
+    # the new image supervises: a server killed is restarted, the table is right
+    h.kill(pids["Beta"])
+    new_beta = h.wait_restarted("Beta", pids["Beta"])
+    assert new_beta != pids["Beta"] and h.pids()["Alpha"] == pids["Alpha"]
+    table = h.status().stdout
+    assert re.search(r"^Alpha .* yes ", table, re.M) and re.search(r"^Beta .* yes ", table, re.M)
+    # a binary that does not run is refused, and the supervisor goes on
+    with open(bindir / "herd-supervisor.bad", "w") as f:
+        f.write("#!/bin/sh\nexit 7\n")
+    os.chmod(bindir / "herd-supervisor.bad", 0o755)
+    os.rename(bindir / "herd-supervisor.bad", bindir / "herd-supervisor")
+    r = subprocess.run([program("herd-supervisor"), "-c", h.config, "--restart", "supervisor"],
+                       capture_output=True, text=True, timeout=60)    # a client that runs
+    assert r.returncode == 1 and "exit status 7" in r.stderr, r.stdout + r.stderr
+    assert h.pids()["supervisor"] == sup and os.stat(f"/proc/{sup}/exe").st_ino == new_inode
+    shutil.copy2(BIN_DIR + "/herd-supervisor", bindir / "herd-supervisor")   # for the stop
