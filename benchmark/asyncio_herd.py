@@ -273,8 +273,8 @@ class Herd:
         return b"? " + line + b"\n"
 
     async def serve(self, reader, writer):
-        who = b"%s:%d" % (writer.get_extra_info("peername")[:2][0].encode(),
-                          writer.get_extra_info("peername")[1])
+        host, port = writer.get_extra_info("peername")[:2]
+        who = b"%s:%d" % (host.encode(), port)
         first = True
         try:
             while True:
