@@ -11,7 +11,8 @@ replica's offset must reach the master's (INFO replication) and hold as many
 keys; after each herd run every server must hold the newest update of every
 client (--converge).  CPU per write is utime+stime (/proc/PID/stat) summed
 over the five processes of each side, read before and after (after the
-replicas caught up).
+replicas caught up).  Each round also sends PING to the master, the
+reference of report_data.py, which stores and replicates nothing.
 
 asyncio.json: the same herd against benchmark/asyncio_herd.py, the classic
 Python design, on the standard event loop and on uvloop: IAMAT and WHATSAT
@@ -199,11 +200,13 @@ def replicated(procs, a, scratch):
             raise SystemExit("yardsticks: the herd did not converge after a run")
         redis = run_costed(redis_pids, ["--reference", f"SET k{{key}} {LOCATION}", "--target",
                                         f"127.0.0.1:{master}"] + common, scratch, caught_up)
-        rounds.append({"herd_iamat": herd, "redis_replicated_set": redis})
+        ping = run_costed(redis_pids, ["--reference", "PING", "--target", f"127.0.0.1:{master}"]
+                          + common, scratch)
+        rounds.append({"herd_iamat": herd, "redis_replicated_set": redis, "redis_ping": ping})
         print(f"replicated round {r + 1}: herd {herd['rps']:.0f}/s {herd['cpu_us']:.1f} us CPU/write "
               f"p99 {herd['p99_us']:.0f} us; redis {redis['rps']:.0f}/s {redis['cpu_us']:.1f} us "
               f"CPU/write p99 {redis['p99_us']:.0f} us (replicas caught up in "
-              f"{redis['catch_up_ms']:.0f} ms)", flush=True)
+              f"{redis['catch_up_ms']:.0f} ms); redis PING {ping['rps']:.0f}/s", flush=True)
     return {"command": command(),
             "machine": machine(), "concurrency": 20, "duration_s": a.duration, "repeat": a.repeat,
             "redis_version": subprocess.run(["redis-server", "--version"], capture_output=True,
