@@ -8,7 +8,7 @@ architecture diagram (graphviz), the text with its {{...}} figures filled
 in from the JSON, HTML (pandoc), PDF (weasyprint).  Every figure in the
 text comes from a file in docs/data/, never typed by hand:
 
-    {{machine}}                         the measuring machine
+    {{machine}} {{machine:replicated}}  the measuring machine (of the sweep, of a file)
     {{value:sweep.SERIES@C.KEY.KEY}}    a number from the concurrency sweep
     {{value:propagation.KEY.KEY}}       a number from the propagation run
     {{value:forwarding.KEY.KEY}}        a number from the forwarding A/B run
@@ -131,12 +131,18 @@ def replicated_table(rep):
     h, r = rep["median"]["herd_iamat"], rep["median"]["redis_replicated_set"]
     rows = ["| c=20, medians of the rounds | writes/s | CPU per write (five processes) "
             "| p50 | p99 |", "|---|---:|---:|---:|---:|"]
+    p = rep["median"]["redis_ping"]
+
+    def ratios(label, a, b):
+        return (f"| {label} | {a['rps'] / b['rps']:.2f}x | {a['cpu_us'] / b['cpu_us']:.2f}x "
+                f"| {a['p50_us'] / b['p50_us']:.2f}x | {a['p99_us'] / b['p99_us']:.2f}x |")
     for label, m in (("herd IAMAT (five servers, trees)", h),
-                     ("redis SET (master and four replicas)", r)):
+                     ("redis SET (master and four replicas)", r),
+                     ("redis PING (to the master: nothing stored)", p)):
         rows.append(f"| {label} | {fmt(m['rps'])} | {m['cpu_us']:.1f} µs | {m['p50_us']:.0f} µs "
                     f"| {m['p99_us']:.0f} µs |")
-    rows.append(f"| herd / redis | {h['rps'] / r['rps']:.2f}x | {h['cpu_us'] / r['cpu_us']:.2f}x "
-                f"| {h['p50_us'] / r['p50_us']:.2f}x | {h['p99_us'] / r['p99_us']:.2f}x |")
+    rows.append(ratios("herd / redis SET", h, r))
+    rows.append(ratios("herd / redis PING", h, p))
     return "\n".join(rows)
 
 
@@ -177,7 +183,7 @@ def fill(text, data, measured):
     def one(m):
         kind, _, arg = m.group(1).partition(":")
         if kind == "machine":
-            mc = data["sweep"]["machine"]
+            mc = data[arg or "sweep"]["machine"]
             return f"{mc['cpus']} vCPU ({mc['cpu']}), Linux {mc['kernel']}, measured {mc['date']}"
         if kind == "value":
             return fmt(lookup(data, arg))
@@ -224,10 +230,10 @@ def write_dat(data, work):
             f.write(f"{n} {mean[0]:.3f} {mean[1]:.3f}\n")
     # the herd against redis with four replicas (benchmark/yardsticks.py)
     with open(os.path.join(work, "replicated.dat"), "w") as f:
-        f.write("# round herd_rps redis_rps herd_cpu_us redis_cpu_us\n")
+        f.write("# round herd_rps redis_set_rps redis_ping_rps\n")
         for i, r in enumerate(data["replicated"]["rounds"]):
-            h, s = r["herd_iamat"], r["redis_replicated_set"]
-            f.write(f"{i + 1} {h['rps']} {s['rps']} {h['cpu_us']:.2f} {s['cpu_us']:.2f}\n")
+            f.write(f"{i + 1} {r['herd_iamat']['rps']} {r['redis_replicated_set']['rps']} "
+                    f"{r['redis_ping']['rps']}\n")
     # the C herd and the asyncio yardstick, medians
     js = data["asyncio"]
     with open(os.path.join(work, "asyncio.dat"), "w") as f:

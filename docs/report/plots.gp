@@ -64,13 +64,14 @@ plot f("forwarding_cpu.dat") u 2:xtic(1) lc rgb "#2060a0" t "flooding", \
      f("forwarding_cpu.dat") u 3 lc rgb "#c04020" t "trees"
 
 set output f("replicated.svg")
-set xlabel "round (herd, then redis, in turn)"
-set ylabel "writes per second, c=20"
+set xlabel "round (herd, redis SET, redis PING, in turn)"
+set ylabel "requests per second, c=20"
 set format y "%.0s%c"
 set yrange [0:*]
 set xrange [0.5:*]
 set xtics 1
-plot f("replicated.dat") u 1:3 w l ls 1 t "redis-server SET, master and four replicas", \
+plot f("replicated.dat") u 1:4 w l ls 1 t "redis-server PING (stores nothing)", \
+     f("replicated.dat") u 1:3 w l ls 4 t "redis-server SET, master and four replicas", \
      f("replicated.dat") u 1:2 w l ls 3 t "herd IAMAT, five servers (each update reaches all five)"
 
 set output f("asyncio.svg")
