@@ -284,15 +284,18 @@ benchmark: all
 
 # The report: text in docs/report.md, figures from the JSON in docs/data/,
 # which make report-data measures (the sweep against redis-server, the
-# propagation run, then the chaos, multi-host and abuse tests' figures).
+# propagation run, the yardsticks: redis with four replicas taking SET and
+# the asyncio herd on both event loops, then the chaos, multi-host and abuse
+# tests' figures).
 report: deps
 	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(REPORT_PACKAGES)"
 	@/usr/bin/python3 docs/report/build.py
 
 report-data: all
-	@$(MAKE) --no-print-directory deps DEB_PACKAGES=redis-server
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="redis-server python3-uvloop"
 	/usr/bin/python3 benchmark/report_data.py
 	/usr/bin/python3 benchmark/forwarding_ab.py --json docs/data/forwarding_ab.json
+	/usr/bin/python3 benchmark/yardsticks.py
 	rm -f docs/data/resilience.jsonl
 	HERD_MEASURED_FILE=$(abspath docs/data/resilience.jsonl) CHAOS_SECONDS=$(CHAOS_SECONDS) \
 	  HERD_BIN_DIR=$(abspath $(BIN)) $(PYTEST) -q -rs \

@@ -10,7 +10,8 @@
  *
  * Modes: the herd mix of IAMAT (fresh timestamps, so each one floods) and
  * WHATSAT; --reference LINE (count one reply line per request, e.g. PING to
- * redis-server); --propagation N (time until each server holds an update
+ * redis-server; each {key} in LINE becomes CONN-N, a key of its own per
+ * request, e.g. SET k{key} v on a replicated redis); --propagation N (time until each server holds an update
  * given to the first one).  --converge: after the load, time until every
  * server holds the newest update of every client id the run used.
  */
@@ -55,6 +56,8 @@ typedef struct {
 typedef struct {
     int fd;
     int target;
+    int id;                     /* its index, for --reference's {key} */
+    unsigned long long sent;    /* requests it sent, for --reference's {key} */
     buf_t in;
     int busy;                   /* a request is out */
     req_kind kind;
@@ -73,6 +76,8 @@ static struct {
     const char *json_path, *reference;
     char *reference_line;       /* reference + CRLF, any length */
     size_t reference_len;
+    int reference_keyed;        /* reference holds {key}: built per request */
+    buf_t reference_out;        /* that request */
     int propagation;
     int converge;
     char (*newest)[40];         /* per client id: the time of its newest IAMAT */
@@ -157,18 +162,44 @@ static void send_all(conn *c, const char *p, size_t n) {
     }
 }
 
+#define REFERENCE_KEY "{key}"
+
+/* The reference request c sends next: LINE and CRLF, each {key} in LINE
+ * replaced by "ID-N" (c's index, then how many it sent before), so every
+ * request of the run names a key of its own.  The bytes stay valid until
+ * the next call; *len is their length. */
+static const char *reference_request(conn *c, size_t *len) {
+    if (!B.reference_keyed) {
+        *len = B.reference_len;
+        return B.reference_line;
+    }
+    buf_t *b = &B.reference_out;
+    const char *s = B.reference, *k;
+    buf_clear(b);
+    while ((k = strstr(s, REFERENCE_KEY))) {
+        buf_append(b, s, (size_t)(k - s));
+        buf_printf(b, "%d-%llu", c->id, c->sent);
+        s = k + strlen(REFERENCE_KEY);
+    }
+    buf_append_str(b, s);
+    buf_append(b, "\r\n", 2);
+    *len = buf_pending(b);
+    return buf_data(b);
+}
+
 static void send_request(conn *c, int64_t due) {
     char line[512];
     const char *data = line;
-    int n = 0;
+    size_t len = 0;
     c->due_ns = due;
     if (B.reference) {
         c->kind = REQ_REFERENCE;
-        data = B.reference_line;
+        data = reference_request(c, &len);
     } else if (c->last_iamat[0] && (int)(random() % 100) >= B.iamat_pct) {
         c->kind = REQ_WHATSAT;
         snprintf(c->client, sizeof c->client, "%s", c->last_iamat);
-        n = snprintf(line, sizeof line, "WHATSAT %s %g %d\n", c->client, B.radius_km, B.bound);
+        len = (size_t)snprintf(line, sizeof line, "WHATSAT %s %g %d\n", c->client, B.radius_km,
+                               B.bound);
     } else {
         c->kind = REQ_IAMAT;
         uint64_t k = B.seq++ % (uint64_t)B.clients;
@@ -179,13 +210,15 @@ static void send_request(conn *c, int64_t due) {
         snprintf(c->location, sizeof c->location, "%+.6f%+.6f", 34.068930 + dlat,
                  -118.445127 - dlng);
         snprintf(c->time, sizeof c->time, "%lld.%09ld", (long long)ts.tv_sec, ts.tv_nsec);
-        n = snprintf(line, sizeof line, "IAMAT %s %s %s\n", c->client, c->location, c->time);
+        len = (size_t)snprintf(line, sizeof line, "IAMAT %s %s %s\n", c->client, c->location,
+                               c->time);
         if (B.newest) snprintf(B.newest[k], sizeof B.newest[k], "%s", c->time);
     }
     c->busy = 1;
+    c->sent++;
     c->sent_ns = now_ns();
     if (!due) c->due_ns = c->sent_ns;
-    send_all(c, data, B.reference ? B.reference_len : (size_t)n);
+    send_all(c, data, len);
 }
 
 /* Parse the AT line a reply begins with, line[0..len) without its LF, by
@@ -334,6 +367,7 @@ static void run_load(void) {
     struct pollfd *pfd = xcalloc((size_t)n, sizeof *pfd);
     for (int i = 0; i < n; i++) {
         B.conns[i].target = i % B.n_targets;
+        B.conns[i].id = i;
         B.conns[i].fd = -1;
         if (open_conn(&B.conns[i]) < 0) {
             fprintf(stderr, "herd-benchmark: cannot connect to %s:%d\n",
@@ -735,7 +769,10 @@ static void usage(FILE *f) {
           "      --rate R           open loop: R requests/s in total, latency from\n"
           "                         when each request was due\n"
           "      --reference LINE   send LINE and count one reply line per request\n"
-          "                         (e.g. --reference PING --target 127.0.0.1:6379)\n"
+          "                         (e.g. --reference PING --target 127.0.0.1:6379);\n"
+          "                         each {key} in LINE becomes ID-N, the connection's\n"
+          "                         index and its request count, a key per request\n"
+          "                         (e.g. --reference 'SET k{key} v')\n"
           "      --propagation N    give N updates to the first server and time\n"
           "                         until each other server holds them\n"
           "      --converge         after the load, time until every server holds the\n"
@@ -861,6 +898,7 @@ int main(int argc, char **argv) {
         B.reference_len = strlen(B.reference) + 2;
         B.reference_line = xmalloc(B.reference_len + 1);
         snprintf(B.reference_line, B.reference_len + 1, "%s\r\n", B.reference);
+        B.reference_keyed = strstr(B.reference, REFERENCE_KEY) != NULL;
     }
     if (B.converge && !B.reference) B.newest = xcalloc((size_t)B.clients, sizeof *B.newest);
     run_load();
@@ -868,6 +906,7 @@ int main(int argc, char **argv) {
     report();
     free(B.newest);
     free(B.reference_line);
+    buf_free(&B.reference_out);
     free(B.lat);
     for (size_t k = 0; k < JSON_MEMO; k++) free(memo[k].json);
     return 0;

@@ -8,12 +8,15 @@ architecture diagram (graphviz), the text with its {{...}} figures filled
 in from the JSON, HTML (pandoc), PDF (weasyprint).  Every figure in the
 text comes from a file in docs/data/, never typed by hand:
 
-    {{machine}}                         the measuring machine
+    {{machine}} {{machine:replicated}}  the measuring machine (of the sweep, of a file)
     {{value:sweep.SERIES@C.KEY.KEY}}    a number from the concurrency sweep
     {{value:propagation.KEY.KEY}}       a number from the propagation run
     {{value:forwarding.KEY.KEY}}        a number from the forwarding A/B run
+    {{value:replicated.KEY.KEY}}        the herd against redis with four replicas
+    {{value:asyncio.KEY.KEY}}           the herd against the asyncio yardstick
     {{ratio:A/B}}                       two such numbers divided
-    {{table:throughput}} {{table:latency}}
+    {{table:throughput}} {{table:latency}} {{table:cpu}}
+    {{table:replicated}} {{table:asyncio}}
     {{measured:TEST}}                   what a test reported (resilience.jsonl)
     {{command:NAME}}                    the command that made a figure
 """
@@ -118,7 +121,60 @@ def tables(data):
                         + f" | {c['server_wait_us']:.1f} µs | {c['client_cpu_us']:.1f} µs "
                         f"| {fmt(ceiling)}/s | {fmt(c['rps'])}/s |")
     out["cpu"] = "\n".join(rows)
+    out["replicated"] = replicated_table(data["replicated"])
+    out["asyncio"] = asyncio_table(data["asyncio"])
     return out
+
+
+def replicated_table(rep):
+    """The herd against redis-server with four replicas, medians of the rounds."""
+    h, r = rep["median"]["herd_iamat"], rep["median"]["redis_replicated_set"]
+    rows = ["| c=20, medians of the rounds | writes/s | CPU per write (five processes) "
+            "| p50 | p99 |", "|---|---:|---:|---:|---:|"]
+    p = rep["median"]["redis_ping"]
+
+    def ratios(label, a, b):
+        return (f"| {label} | {a['rps'] / b['rps']:.2f}x | {a['cpu_us'] / b['cpu_us']:.2f}x "
+                f"| {a['p50_us'] / b['p50_us']:.2f}x | {a['p99_us'] / b['p99_us']:.2f}x |")
+    for label, m in (("herd IAMAT (five servers, trees)", h),
+                     ("redis SET (master and four replicas)", r),
+                     ("redis PING (to the master: nothing stored)", p)):
+        rows.append(f"| {label} | {fmt(m['rps'])} | {m['cpu_us']:.1f} µs | {m['p50_us']:.0f} µs "
+                    f"| {m['p99_us']:.0f} µs |")
+    rows.append(ratios("herd / redis SET", h, r))
+    rows.append(ratios("herd / redis PING", h, p))
+    return "\n".join(rows)
+
+
+ASYNCIO_KINDS = (("c", "C herd"), ("asyncio", "asyncio herd"), ("uvloop", "asyncio herd, uvloop"))
+
+
+def asyncio_table(js):
+    """The C herd beside the asyncio yardstick: medians, and ratios to C."""
+    med, c = js["median"], js["median"]["c_iamat"]
+    rows = ["| five servers, c=20 | IAMAT/s | p50 / p99 | CPU per IAMAT | WHATSAT/s | p50 / p99 "
+            "| CPU per WHATSAT | propagation p50 / p99 | bytes per client |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind, label in ASYNCIO_KINDS:
+        if kind not in js["kinds"]:
+            continue
+        i, w = med[f"{kind}_iamat"], med[f"{kind}_whatsat"]
+        p, m = js["propagation"][kind], js["memory"][kind]
+        rows.append(f"| {label} | {fmt(i['rps'])} | {i['p50_us']:.0f} / {i['p99_us']:.0f} µs "
+                    f"| {i['cpu_us']:.0f} µs | {fmt(w['rps'])} | {w['p50_us']:.0f} / "
+                    f"{w['p99_us']:.0f} µs | {w['cpu_us']:.0f} µs | {p['p50']:.0f} / "
+                    f"{p['p99']:.0f} µs | {m['bytes_per_client']:.0f} |")
+    for kind, label in ASYNCIO_KINDS[1:]:
+        if kind not in js["kinds"]:
+            continue
+        i, w = med[f"{kind}_iamat"], med[f"{kind}_whatsat"]
+        cw, p, m = med["c_whatsat"], js["propagation"], js["memory"]
+        rows.append(f"| {label} / C | {i['rps'] / c['rps']:.2f}x | {i['p99_us'] / c['p99_us']:.1f}x p99 "
+                    f"| {i['cpu_us'] / c['cpu_us']:.1f}x | {w['rps'] / cw['rps']:.2f}x "
+                    f"| {w['p99_us'] / cw['p99_us']:.1f}x p99 | {w['cpu_us'] / cw['cpu_us']:.1f}x "
+                    f"| {p[kind]['p50'] / p['c']['p50']:.1f}x / {p[kind]['p99'] / p['c']['p99']:.1f}x "
+                    f"| {m[kind]['bytes_per_client'] / m['c']['bytes_per_client']:.1f}x |")
+    return "\n".join(rows)
 
 
 def fill(text, data, measured):
@@ -127,7 +183,7 @@ def fill(text, data, measured):
     def one(m):
         kind, _, arg = m.group(1).partition(":")
         if kind == "machine":
-            mc = data["sweep"]["machine"]
+            mc = data[arg or "sweep"]["machine"]
             return f"{mc['cpus']} vCPU ({mc['cpu']}), Linux {mc['kernel']}, measured {mc['date']}"
         if kind == "value":
             return fmt(lookup(data, arg))
@@ -172,6 +228,21 @@ def write_dat(data, work):
         for n in runs["flood"][0]["cpu_s"]:
             mean = [sum(r["cpu_s"][n] for r in runs[m]) / len(runs[m]) for m in ("flood", "tree")]
             f.write(f"{n} {mean[0]:.3f} {mean[1]:.3f}\n")
+    # the herd against redis with four replicas (benchmark/yardsticks.py)
+    with open(os.path.join(work, "replicated.dat"), "w") as f:
+        f.write("# round herd_rps redis_set_rps redis_ping_rps\n")
+        for i, r in enumerate(data["replicated"]["rounds"]):
+            f.write(f"{i + 1} {r['herd_iamat']['rps']} {r['redis_replicated_set']['rps']} "
+                    f"{r['redis_ping']['rps']}\n")
+    # the C herd and the asyncio yardstick, medians
+    js = data["asyncio"]
+    with open(os.path.join(work, "asyncio.dat"), "w") as f:
+        f.write("# kind iamat_rps whatsat_rps (uvloop: NaN when not measured)\n")
+        for kind, label in ASYNCIO_KINDS:
+            med = js["median"]
+            i, w = (med[f"{kind}_{m}"]["rps"] if f"{kind}_{m}" in med else "NaN"
+                    for m in ("iamat", "whatsat"))
+            f.write(f'"{label}" {i} {w}\n')
     samples = data["propagation"]["all_sorted_us"]
     with open(os.path.join(work, "propagation.dat"), "w") as f:
         f.write("# microseconds fraction_of_updates\n")
@@ -222,7 +293,8 @@ def main():
             fail(f"{tool} is not installed (make deps installs it)")
     os.makedirs(a.work, exist_ok=True)
     data = {"sweep": load("sweep.json"), "propagation": load("propagation.json"),
-            "resources": load("resources.json"), "forwarding": load("forwarding_ab.json")}
+            "resources": load("resources.json"), "forwarding": load("forwarding_ab.json"),
+            "replicated": load("replicated.json"), "asyncio": load("asyncio.json")}
     data["open"] = data["sweep"]["open"]
     data["forwarding"]["median"] = {   # rps, per mode, over the interleaved rounds
         m: sorted(r["rps"] for r in runs)[len(runs) // 2]

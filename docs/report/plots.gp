@@ -62,3 +62,24 @@ set style histogram clustered gap 1
 set style fill solid 1.0 noborder
 plot f("forwarding_cpu.dat") u 2:xtic(1) lc rgb "#2060a0" t "flooding", \
      f("forwarding_cpu.dat") u 3 lc rgb "#c04020" t "trees"
+
+set output f("replicated.svg")
+set xlabel "round (herd, redis SET, redis PING, in turn)"
+set ylabel "requests per second, c=20"
+set format y "%.0s%c"
+set yrange [0:*]
+set xrange [0.5:*]
+set xtics 1
+plot f("replicated.dat") u 1:4 w l ls 1 t "redis-server PING (stores nothing)", \
+     f("replicated.dat") u 1:3 w l ls 4 t "redis-server SET, master and four replicas", \
+     f("replicated.dat") u 1:2 w l ls 3 t "herd IAMAT, five servers (each update reaches all five)"
+
+set output f("asyncio.svg")
+set xlabel ""
+set ylabel "requests per second, five servers, c=20"
+set xrange [*:*]
+set style data histogram
+set style histogram clustered gap 1
+set style fill solid 1.0 noborder
+plot f("asyncio.dat") u 2:xtic(1) lc rgb "#c04020" t "IAMAT (each floods)", \
+     f("asyncio.dat") u 3 lc rgb "#30a050" t "WHATSAT (local places)"

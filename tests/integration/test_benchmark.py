@@ -116,3 +116,29 @@ def test_real_herd_propagation(tmp_path, herd):
     samples = js["all_sorted_us"]
     assert len(samples) == 20 and samples == sorted(samples)
     assert samples[-1] == js["servers_us"]["all"]["max"]
+
+
+def test_reference_key_placeholder_names_a_key_per_request(tmp_path):
+    # --reference 'SET k{key} v' (a replicated redis as the yardstick): each
+    # request gets its own key, CONN-N, the connection's index and its count.
+    fake = FakeLineServer("ok")
+    try:
+        _, js = bench(tmp_path, "--target", f"127.0.0.1:{fake.port}", "--reference",
+                      "SET k{key} v{key}", "--requests", "300", "--concurrency", "3",
+                      "--warmup", "0")
+        assert js["errors"] == 0 and js["requests"] >= 300, js
+        keys = []
+        for line in fake.lines:
+            verb, key, val = line.split(b" ")
+            assert verb == b"SET" and key[:1] == b"k" and val == b"v" + key[1:], line
+            keys.append(key[1:])
+        assert len(keys) == len(set(keys)) >= 300
+        per_conn = {}
+        for k in keys:
+            conn, n = k.split(b"-")
+            per_conn.setdefault(int(conn), []).append(int(n))
+        assert sorted(per_conn) == [0, 1, 2]
+        for counts in per_conn.values():
+            assert counts == list(range(len(counts))), counts[:10]
+    finally:
+        fake.close()
