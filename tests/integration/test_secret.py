@@ -1,7 +1,10 @@
-"""The herd secret (docs/PROTOCOL.md, "Between servers" and "Processes and
-files"): HERD_SECRET or the secret file, its creation by --init-secret and
-start_servers.sh, and the files refused (empty, blank, readable by others,
-another user's, a FIFO, a dangling link).
+"""The herd secret (docs/PROTOCOL.md, "Between servers", "The herd secret"
+and "Processes and files"): HERD_SECRET or the secret file, its creation
+by --init-secret and start_servers.sh, and the files refused (empty,
+blank, readable by others, another user's, a FIFO, a dangling link).  The
+key ring of a secret rotation (README, "Rotating the herd secret"): two
+hosts a step apart link whichever dials, rings sharing no secret never
+do.
 """
 import os
 import re
@@ -9,7 +12,8 @@ import subprocess
 
 import pytest
 
-from harness import free_port, one_server, one_server_config, program, supervisor_cmd, write_config
+from harness import (configured_server, free_port, key_id, one_server, one_server_config, program,
+                     supervisor_cmd, write_config)
 
 
 def test_secret_from_the_file_trimmed(herd):
@@ -229,3 +233,69 @@ def test_init_secret_once(tmp_path):
         f.write("herd:\n  secret_file: blocked/herd.secret\n")
     r = supervisor_cmd(cfg, "--init-secret", env=env)
     assert r.returncode == 1 and "blocked/herd.secret: Not a directory" in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------ the key ring
+
+OLD, NEW = "old-secret-0123456789", "new-secret-0123456789"
+# a host's ring at each step of a rotation (README, "Rotating the herd secret")
+STEPS = {"before": [OLD], "installed": [OLD, NEW], "used": [NEW, OLD], "removed": [NEW]}
+# one host a step ahead of the other, either of them the one that dials
+AHEAD = [("before", "installed"), ("installed", "used"), ("used", "removed")]
+PAIRS = [p for a, b in AHEAD for p in ((a, b), (b, a))]
+
+
+def ring_pair(tmp_path, monkeypatch, rings):
+    """Bailey (it dials: its name sorts first) and Bona, not started, each
+    in its own folder with its own secret file holding rings[name]."""
+    monkeypatch.delenv("HERD_SECRET", raising=False)
+    ports = {"Bailey": free_port(), "Bona": free_port()}
+    servers = {"Bailey": (ports["Bailey"], ["Bona"]), "Bona": (ports["Bona"], ["Bailey"])}
+    pair = {}
+    for name, ring in rings.items():
+        s = configured_server(tmp_path, name, servers)
+        os.makedirs(os.path.join(s.dir, "state"))
+        path = os.path.join(s.dir, "state", "herd.secret")
+        with open(path, "w") as f:
+            f.write("# the herd's key ring\n" + "".join(k + "\n" for k in ring))
+        os.chmod(path, 0o600)
+        pair[name] = s
+    return pair
+
+
+def start_pair(pair, started_servers):
+    for name in ("Bona", "Bailey"):
+        started_servers.append(pair[name].start())
+
+
+@pytest.mark.parametrize("dialer,acceptor", PAIRS, ids=[f"{a}-dials-{b}" for a, b in PAIRS])
+def test_hosts_a_rotation_step_apart_link(tmp_path, monkeypatch, started_servers, dialer,
+                                          acceptor):
+    """Between any two steps of the rotation one host may be reloaded and
+    the other not yet: whichever of the two dials, the link comes up."""
+    pair = ring_pair(tmp_path, monkeypatch, {"Bailey": STEPS[dialer], "Bona": STEPS[acceptor]})
+    start_pair(pair, started_servers)
+    for name, peer in (("Bailey", "Bona"), ("Bona", "Bailey")):
+        log = pair[name].read_log(wait_for=f"link-up peer={peer}", timeout=10)
+        assert f"link-up peer={peer}" in log and "peer-refused" not in log, log
+        ring = STEPS[dialer if name == "Bailey" else acceptor]
+        assert f"secret-ring keys={','.join(key_id(k) for k in ring)}\n" in log, log
+
+
+@pytest.mark.parametrize("ring,why", [
+    (["other-secret"], "peer=Bailey addr=127.0.0.1:\\S+ reason=TLS: the PSK does not "
+                       "match \\(wrong secret\\?\\)"),
+    (["other-secret", OLD + "-not"], "peer=\\? addr=127.0.0.1:\\S+ reason=PSK identity "
+                                     "names a key id not in our ring"),
+], ids=["one-secret", "two-secrets"])
+def test_rings_sharing_no_secret_never_link(tmp_path, monkeypatch, started_servers, ring, why):
+    """A dialer holding none of the acceptor's secrets is refused, whether
+    it names its key (a ring of several) or not (a ring of one)."""
+    pair = ring_pair(tmp_path, monkeypatch, {"Bailey": ring, "Bona": STEPS["installed"]})
+    start_pair(pair, started_servers)
+    bona = pair["Bona"].read_log(wait_for="peer-refused", timeout=10)
+    assert re.search("peer-refused " + why, bona), bona
+    bailey = pair["Bailey"].read_log(wait_for="peer-refused", timeout=10)
+    assert "peer-refused peer=Bona" in bailey and "refused our PSK" in bailey, bailey
+    assert "link-up" not in bona + bailey
+
