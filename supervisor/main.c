@@ -12,6 +12,8 @@
 static void usage(FILE *f) {
     fputs("Usage: herd-supervisor [-c FILE] [--status [--wait SECONDS] [--wait-links] [--rates]]\n"
           "                      [--local] [--init-secret]\n"
+          "       herd-supervisor [-c FILE] --secret-install [--random] | --secret-use KEYID\n"
+          "                      | --secret-remove KEYID | --secret-list\n"
           "\n"
           "Run this machine's part of the herd: one herd-server per server in the\n"
           "config whose host is an address of this machine (loopback, or an address\n"
@@ -40,6 +42,18 @@ static void usage(FILE *f) {
           "                     other users may read\n"
           "  -h, --help         show this help and exit\n"
           "\n"
+          "The key ring, herd.secret_file: one secret a line, the first dials, any is\n"
+          "accepted.  Each command rewrites the file atomically (mode 0600); a server\n"
+          "takes the change when it is reloaded (docs/PROTOCOL.md, \"The herd secret\"):\n"
+          "      --secret-install [--random]\n"
+          "                     append the secret read from stdin (one line), or with\n"
+          "                     --random a new random one, and print its key id\n"
+          "      --secret-use KEYID\n"
+          "                     make that key first: this host dials with it\n"
+          "      --secret-remove KEYID\n"
+          "                     remove that key (never the first)\n"
+          "      --secret-list  the key ids in order, the first marked (never a secret)\n"
+          "\n"
           "Signals: TERM or INT stop every server, then the supervisor; HUP makes\n"
           "every process reopen its log.  Logs: LOGDIR/supervisor.log.\n"
           "HERD_BIN_DIR names the folder of herd-server (default: beside this program).\n",
@@ -49,6 +63,8 @@ static void usage(FILE *f) {
 int main(int argc, char **argv) {
     const char *cfg_path = "config.yml";
     int status = 0, wait_s = 0, wait_links = 0, init_secret = 0, rates = 0, list_local = 0;
+    int random = 0;
+    const char *ring_cmd = NULL, *ring_arg = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -66,6 +82,13 @@ int main(int argc, char **argv) {
             status = wait_links = 1;
         } else if (!strcmp(a, "--init-secret")) {
             init_secret = 1;
+        } else if (!strcmp(a, "--secret-install") || !strcmp(a, "--secret-list")) {
+            ring_cmd = a;
+        } else if ((!strcmp(a, "--secret-use") || !strcmp(a, "--secret-remove")) && i + 1 < argc) {
+            ring_cmd = a;
+            ring_arg = argv[++i];
+        } else if (!strcmp(a, "--random")) {
+            random = 1;
         } else if (!strcmp(a, "--local")) {
             list_local = 1;
         } else {
@@ -79,7 +102,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "herd-supervisor: %s\n", err);
         return 1;
     }
+    if (random && (!ring_cmd || strcmp(ring_cmd, "--secret-install"))) {
+        fprintf(stderr, "herd-supervisor: --random goes with --secret-install\n");
+        return 2;
+    }
     if (init_secret) return supervisor_init_secret(&cfg) < 0 ? 1 : 0;
+    if (ring_cmd) return supervisor_secret_ring(&cfg, ring_cmd, ring_arg, random);
     if (list_local) return supervisor_list_local(&cfg);
     if (status) {
         int rc = supervisor_status(&cfg, wait_s, wait_links);

@@ -4,7 +4,7 @@ by --init-secret and start_servers.sh, and the files refused (empty,
 blank, readable by others, another user's, a FIFO, a dangling link).  The
 key ring of a secret rotation (README, "Rotating the herd secret"): two
 hosts a step apart link whichever dials, rings sharing no secret never
-do.
+do, and the --secret-* commands rewrite the file as documented.
 """
 import os
 import re
@@ -299,3 +299,94 @@ def test_rings_sharing_no_secret_never_link(tmp_path, monkeypatch, started_serve
     assert "peer-refused peer=Bona" in bailey and "refused our PSK" in bailey, bailey
     assert "link-up" not in bona + bailey
 
+
+def ring_cmd(cfg, *args, stdin="", env=None):
+    """herd-supervisor -c cfg ARGS with stdin, HERD_SECRET unset unless env has it."""
+    env = env or {k: v for k, v in os.environ.items() if k != "HERD_SECRET"}
+    return subprocess.run([program("herd-supervisor"), "-c", cfg, *args], input=stdin,
+                          capture_output=True, text=True, timeout=20, env=env)
+
+
+def listed(cfg):
+    r = ring_cmd(cfg, "--secret-list")
+    assert r.returncode == 0 and r.stderr == "", r
+    return r.stdout.splitlines()
+
+
+def test_ring_commands_walk_a_rotation(tmp_path):
+    """The three steps on one host, by the commands: install the new secret
+    second, make it first, remove the old one.  Each rewrites the file (mode
+    0600, comments kept, no temporary file left) and says what it did;
+    --secret-list shows key ids, never a secret."""
+    cfg, _ = one_server(tmp_path)
+    path = tmp_path / "state" / "herd.secret"
+    os.makedirs(path.parent, mode=0o700)
+    path.write_text("# herd ring\n" + OLD + "\n")
+    os.chmod(path, 0o600)
+    old, new = key_id(OLD), key_id(NEW)
+    assert listed(cfg) == [f"{old} first"]
+
+    r = ring_cmd(cfg, "--secret-install", stdin=NEW + " \n")
+    assert (r.returncode, r.stderr) == (0, ""), r
+    assert r.stdout == (f"installed {new} in {path} (key 2 of 2): after a reload this host "
+                        f"accepts it; once every host has it, make it first "
+                        f"(--secret-use {new})\n")
+    assert path.read_text() == f"# herd ring\n{OLD}\n{NEW}\n"
+    assert listed(cfg) == [f"{old} first", new]
+
+    r = ring_cmd(cfg, "--secret-use", new)
+    assert r.returncode == 0 and r.stdout == (
+        f"{new} is now first in {path}: after a reload this host dials with it\n"), r
+    assert path.read_text() == f"# herd ring\n{NEW}\n{OLD}\n"
+
+    r = ring_cmd(cfg, "--secret-remove", old)
+    assert r.returncode == 0 and r.stdout == (
+        f"removed {old} from {path} (1 key left): after a reload this host no longer "
+        f"accepts it\n"), r
+    assert path.read_text() == f"# herd ring\n{NEW}\n"
+    assert listed(cfg) == [f"{new} first"]
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.listdir(path.parent) == ["herd.secret"]
+    assert OLD not in r.stdout + r.stderr and NEW not in "".join(listed(cfg))
+
+
+def test_ring_commands_refuse_what_would_break_the_herd(tmp_path):
+    """Refused, with the file unchanged: removing the first (or only) key,
+    a key id not in the ring, a secret already in it, a bad secret on
+    stdin, a ninth secret, any change while HERD_SECRET is set (the servers
+    would not read the file), and a secret file that is a symbolic link."""
+    cfg, _ = one_server(tmp_path)
+    path = tmp_path / "state" / "herd.secret"
+    r = ring_cmd(cfg, "--secret-install", "--random")         # no file yet: made, 0600
+    assert r.returncode == 0 and "the only key" in r.stdout, r
+    first = re.match(r"installed ([0-9a-f]{8}) in ", r.stdout).group(1)
+    assert re.fullmatch(r"[0-9a-f]{64}\n", path.read_text())
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    text = path.read_text()
+
+    def refused(*args, stdin="", env=None, says):
+        r = ring_cmd(cfg, *args, stdin=stdin, env=env)
+        assert r.returncode == 1 and r.stdout == "" and says in r.stderr, (args, r)
+        assert path.read_text() == text, args
+
+    refused("--secret-remove", first, says=f"{first} is the first key of {path}")
+    refused("--secret-use", "0badc0de", says=f"no key 0badc0de in {path}; its keys: {first}")
+    for bad, why in (("", "an empty secret"), ("#x", "a secret starting with '#'"),
+                     ("a\nb", "a secret of more than one line"),
+                     ("x" * 256, "a secret longer than 255 bytes")):
+        refused("--secret-install", stdin=bad, says=f"the secret on stdin: {why}")
+    for k in range(7):
+        assert ring_cmd(cfg, "--secret-install", stdin=f"s-{k}").returncode == 0
+    text = path.read_text()
+    refused("--secret-install", stdin="s-3", says=f"key {key_id('s-3')} is already in {path}")
+    refused("--secret-install", "--random", says=f"{path}:9: more than 8 secrets")
+    env = dict(os.environ, HERD_SECRET="from-the-environment")
+    refused("--secret-use", key_id("s-1"), env=env, says="HERD_SECRET is set")
+    r = ring_cmd(cfg, "--secret-list", env=env)
+    assert r.stdout == f"{key_id('from-the-environment')} first (HERD_SECRET)\n", r
+
+    real = tmp_path / "real.secret"
+    os.rename(path, real)
+    os.symlink(real, path)
+    refused("--secret-use", key_id("s-1"), says=f"{path} is a symbolic link")
+    assert real.read_text() == text and os.path.islink(path)
