@@ -512,7 +512,7 @@ void forward_log_stats(server *s) {
 }
 
 int64_t forward_next_due(const server *s) {
-    if (!s->secret_len) return -1;
+    if (!s->secrets.n) return -1;
     if (s->fw.announce) return s->now_ms;
     int64_t due = s->fw.next_stats_ms;
     for (int li = 0; li < s->n_links; li++) {
@@ -525,7 +525,7 @@ int64_t forward_next_due(const server *s) {
 }
 
 void forward_tick(server *s) {
-    if (!s->secret_len) return;
+    if (!s->secrets.n) return;
     if (s->fw.announce) {
         s->fw.announce = 0;
         announce(s);

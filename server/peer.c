@@ -53,12 +53,49 @@ static const char *peer_name(const server *s, const peer_link *L) {
 
 /* ---------------------------------------------------------------- secret */
 
+/* The ring's key ids, first first, comma-separated, into out (for the log). */
+static const char *ring_ids(const secret_ring *ring, char *out, size_t cap) {
+    size_t used = 0;
+    out[0] = '\0';
+    for (int i = 0; i < ring->n && used < cap; i++)
+        used += (size_t)snprintf(out + used, cap - used, "%s%s", i ? "," : "", ring->keys[i].id);
+    return out;
+}
+
 /* HERD_SECRET, else the secret file (common/secret.c: refused when open to
- * other users or empty); no secret when neither exists. */
+ * other users, empty or not in the ring's format); no secret when neither
+ * exists. */
 static int load_secret(server *s, char *err, size_t errlen) {
-    int n = secret_load(s->cfg->herd.secret_file, s->secret, sizeof s->secret, err, errlen);
-    if (n < 0) return -1;
-    s->secret_len = (size_t)n;
+    char ids[SECRET_RING_MAX * (HS_KEY_ID_LEN + 1) + 1];
+    if (secret_ring_load(s->cfg->herd.secret_file, &s->secrets, err, errlen) < 0) return -1;
+    if (s->secrets.n)
+        log_msg(LOG_INFO, "secret-ring", "keys=%s",
+                ring_ids(&s->secrets, ids, sizeof ids));
+    return 0;
+}
+
+int peer_secrets_reload(server *s, char *err, size_t errlen) {
+    secret_ring ring;
+    char ids[SECRET_RING_MAX * (HS_KEY_ID_LEN + 1) + 1];
+    const char *path = s->cfg->herd.secret_file;
+    int n = secret_ring_load(path, &ring, err, errlen);
+    if (n == 0 && s->secrets.n) {
+        snprintf(err, errlen, "%s is gone (and HERD_SECRET is unset): keeping the %d "
+                 "secret(s) loaded", path, s->secrets.n);
+        n = -1;
+    }
+    if (n >= 0) {
+        explicit_bzero(&s->secrets, sizeof s->secrets);
+        s->secrets = ring;
+    }
+    explicit_bzero(&ring, sizeof ring);
+    if (n <= 0) return n;
+    /* links were off for want of a secret: they start now */
+    if (!s->tls_ctx && tls_init(s, err, errlen) < 0) {
+        explicit_bzero(&s->secrets, sizeof s->secrets);
+        return -1;
+    }
+    log_msg(LOG_INFO, "secret-ring", "keys=%s reloaded", ring_ids(&s->secrets, ids, sizeof ids));
     return 0;
 }
 
@@ -72,7 +109,7 @@ int peer_init(server *s, char *err, size_t errlen) {
         L->dialer = strcmp(s->me->name, peer_name(s, L)) < 0;
         L->backoff_ms = BACKOFF_MIN_MS;
     }
-    if (s->n_links && !s->secret_len)
+    if (s->n_links && !s->secrets.n)
         log_msg(LOG_WARN, "links-disabled",
                 "no secret (set HERD_SECRET or create %s): serving clients only",
                 s->cfg->herd.secret_file);
@@ -466,14 +503,14 @@ static int dial_waits(const peer_link *L) {
 }
 
 int peer_connecting(const server *s, const peer_link *L) {
-    if (!s->secret_len || (L->conn && L->conn->state != CONN_DEAD)) return 0;
+    if (!s->secrets.n || (L->conn && L->conn->state != CONN_DEAD)) return 0;
     return L->dialing || L->resolving || L->accepting || (L->dialer && !L->failures);
 }
 
 void peer_tick(server *s) {
     for (int li = 0; li < s->n_links; li++) {
         peer_link *L = &s->links[li];
-        if (!s->secret_len) continue;
+        if (!s->secrets.n) continue;
         if (dial_waits(L) && s->now_ms >= L->next_dial_ms) dial(s, li);
         if (stream_ready(L)) pump_stream(s, L);
     }
@@ -488,7 +525,7 @@ void peer_flush(server *s) {
 
 int64_t peer_next_due(const server *s) {
     int64_t due = -1;
-    if (!s->secret_len) return -1;
+    if (!s->secrets.n) return -1;
     for (int li = 0; li < s->n_links; li++) {
         const peer_link *L = &s->links[li];
         if (stream_ready(L)) return s->now_ms;

@@ -60,7 +60,7 @@ typedef struct {
     unsigned mismatch;          /* AGREE_KEY_* bits that differ */
 } peer_link;
 
-/* At start (server_init): the secret, one link per neighbour.  0, or -1
+/* At start (server_init): the key ring, one link per neighbour.  0, or -1
  * with a message in err. */
 int peer_init(struct server *s, char *err, size_t errlen);
 
@@ -73,6 +73,12 @@ int peer_init(struct server *s, char *err, size_t errlen);
  * config the links were numbered by. */
 void peer_drop_removed(struct server *s, const config *next, int me);
 void peer_reconfigure(struct server *s, const config *old);
+
+/* Read the key ring again (HERD_SECRET, else herd.secret_file) and key
+ * every handshake from now on with it; links that are up stay up.  0, or
+ * -1 with a message in err when the file cannot be read, breaks the
+ * format, or is gone while a ring is loaded: the old ring stays. */
+int peer_secrets_reload(struct server *s, char *err, size_t errlen);
 
 /* Write what each link has pending, now (the loop, before clients' replies). */
 void peer_flush(struct server *s);

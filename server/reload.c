@@ -38,8 +38,6 @@ typedef struct {
     int me;
     places_local places;
     int new_places;             /* places holds a new file to swap in */
-    char secret[sizeof ((server *)0)->secret];
-    int secret_len;
 } staged;
 
 /* The local places file, read again when its path, size or time changed. */
@@ -72,9 +70,15 @@ static int stage(server *s, staged *st, char *err, size_t errlen) {
         snprintf(err, errlen, "%s: a restart applies it, a reload cannot", why);
         return -1;
     }
-    st->secret_len = secret_load(st->cfg->herd.secret_file, st->secret, sizeof st->secret,
-                                 err, errlen);
-    if (st->secret_len < 0) return -1;
+    secret_ring ring;                   /* checked here, swapped in by apply() */
+    int n = secret_ring_load(st->cfg->herd.secret_file, &ring, err, errlen);
+    explicit_bzero(&ring, sizeof ring);
+    if (n < 0) return -1;
+    if (n == 0 && s->secrets.n) {
+        snprintf(err, errlen, "%s is gone (and HERD_SECRET is unset): the links need it",
+                 st->cfg->herd.secret_file);
+        return -1;
+    }
     return stage_places(s, st, err, errlen);
 }
 
@@ -104,13 +108,11 @@ static void apply(server *s, staged *st) {
     s->cfg_owned = 1;
     s->me = &st->cfg->servers[st->me];
     st->cfg = NULL;
-    if (st->secret_len != (int)s->secret_len || memcmp(st->secret, s->secret, s->secret_len)) {
-        memcpy(s->secret, st->secret, sizeof s->secret);   /* links up stay up */
-        s->secret_len = (size_t)st->secret_len;
-    }
     peer_reconfigure(s, old);
     forward_reconfigure(s, old);
-    char err[512];
+    char err[4400];
+    if (peer_secrets_reload(s, err, sizeof err) < 0)      /* links up stay up */
+        log_msg(LOG_ERROR, "reload", "the key ring stays as it was: %s", err);
     if (!s->tls_ctx && tls_init(s, err, sizeof err) < 0)   /* links where there were none */
         log_msg(LOG_ERROR, "reload", "links stay off: %s", err);
     if (st->new_places) {

@@ -24,6 +24,7 @@
 #include "net.h"
 #include "peer.h"
 #include "places.h"
+#include "secret.h"
 #include "table.h"
 
 struct ssl_st;
@@ -164,9 +165,8 @@ typedef struct server {
     unsigned links_gen;         /* links renumbered (a reload): resolver answers
                                  * asked before are dropped */
     forward_state fw;
-    char secret[256];           /* empty: links are disabled */
+    secret_ring secrets;        /* the first dials, any accepts; none: links are disabled */
     struct ssl_ctx_st *tls_ctx; /* with a secret and links (server/tls.c) */
-    size_t secret_len;
     int table_dirty;            /* changed since the last snapshot */
     int64_t next_snapshot_ms;
     pid_t snapshot_pid;         /* a child writing a snapshot, or 0 */

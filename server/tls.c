@@ -1,12 +1,17 @@
 /* tls.c -- see tls.h.
  *
- * The dialer A of the link A-B offers one external PSK, identity
- * "proxyherd-v1 A B"; the acceptor B looks the identity up (its own name
- * second, a configured neighbour that dials it first) and derives the same
- * key.  A peer with another secret fails the PSK binder check, a peer
- * offering any other identity finds no key and, having no certificate to
- * fall back on, no handshake either: both are refused by OpenSSL before a
- * byte of data flows, and logged by peer.c.
+ * The dialer A of the link A-B offers one external PSK, keyed by the first
+ * secret of its ring: identity "proxyherd-v1 A B" when its ring holds one
+ * secret, "proxyherd-v1 A B KEYID" when it holds more.  The acceptor B
+ * looks the identity up (its own name second, a configured neighbour that
+ * dials it first), takes the secret of its ring the key id names (its
+ * first without one) and derives the same key.  A peer with another
+ * secret fails the PSK binder check, a peer offering any other identity
+ * or a key id B does not hold finds no key and, having no certificate to
+ * fall back on, no handshake either: all are refused by OpenSSL before a
+ * byte of data flows, and logged by peer.c.  The callbacks read the ring
+ * at each handshake, so a reload (peer_secrets_reload) takes effect at the
+ * next one and leaves the links that are up alone.
  */
 #include "tls.h"
 
@@ -27,13 +32,13 @@ static const char *name_of(const server *s, int li) {
 }
 
 /* A session carrying the link's key, for TLS_AES_128_GCM_SHA256. */
-static SSL_SESSION *psk_session(SSL *ssl, const server *s, const char *dialer,
+static SSL_SESSION *psk_session(SSL *ssl, const secret_key *k, const char *dialer,
                                 const char *acceptor) {
     static const unsigned char aes128gcm_sha256[] = {0x13, 0x01};
     unsigned char key[HS_PSK_LEN];
     const SSL_CIPHER *cipher = SSL_CIPHER_find(ssl, aes128gcm_sha256);
     SSL_SESSION *sess = SSL_SESSION_new();
-    hs_psk_key(s->secret, s->secret_len, dialer, acceptor, key);
+    hs_psk_key(k->key, k->len, dialer, acceptor, key);
     int ok = cipher && sess && SSL_SESSION_set1_master_key(sess, key, sizeof key) &&
              SSL_SESSION_set_cipher(sess, cipher) &&
              SSL_SESSION_set_protocol_version(sess, TLS1_3_VERSION);
@@ -45,23 +50,37 @@ static SSL_SESSION *psk_session(SSL *ssl, const server *s, const char *dialer,
     return sess;
 }
 
-/* Dialer: the PSK of our link (OpenSSL copies the identity). */
+/* Dialer: the PSK of our link with our first secret, named by its key id
+ * when the ring holds more than one (OpenSSL copies the identity). */
 static int use_psk(SSL *ssl, const EVP_MD *md, const unsigned char **id, size_t *idlen,
                    SSL_SESSION **sess) {
-    static char ident[2 * CONFIG_MAX_NAME + sizeof HS_PSK_PREFIX];
+    static char ident[2 * CONFIG_MAX_NAME + sizeof HS_PSK_PREFIX + 1 + HS_KEY_ID_LEN];
     const client *c = SSL_get_app_data(ssl);
     const server *s = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    const secret_ring *ring = &s->secrets;
     *sess = NULL;
     if (md && EVP_MD_get_type(md) != NID_sha256) return 1;   /* not ours: no PSK */
-    if (c->link < 0) return 0;
+    if (c->link < 0 || !ring->n) return 0;
     const char *them = name_of(s, c->link);
-    int n = hs_psk_identity(s->me->name, them, ident, sizeof ident);
+    const secret_key *k = &ring->keys[0];
+    int n = hs_psk_identity(s->me->name, them, ring->n > 1 ? k->id : NULL, ident,
+                            sizeof ident);
     if (n < 0) return 0;
-    *sess = psk_session(ssl, s, s->me->name, them);
+    *sess = psk_session(ssl, k, s->me->name, them);
     if (!*sess) return 0;
     *id = (const unsigned char *)ident;
     *idlen = (size_t)n;
     return 1;
+}
+
+/* The secret of our ring an identity's key id names (its first without
+ * one), or NULL. */
+static const secret_key *ring_key(const server *s, proto_str key_id) {
+    char want[HS_KEY_ID_LEN + 1];
+    if (!key_id.len) return s->secrets.n ? &s->secrets.keys[0] : NULL;
+    memcpy(want, key_id.p, HS_KEY_ID_LEN);
+    want[HS_KEY_ID_LEN] = '\0';
+    return secret_find(&s->secrets, want);
 }
 
 /* Acceptor: the key for an identity, and so which link this is.  An
@@ -70,9 +89,9 @@ static int use_psk(SSL *ssl, const EVP_MD *md, const unsigned char **id, size_t 
 static int find_psk(SSL *ssl, const unsigned char *id, size_t len, SSL_SESSION **sess) {
     client *c = SSL_get_app_data(ssl);
     const server *s = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
-    proto_str dialer, acceptor;
+    proto_str dialer, acceptor, key_id;
     *sess = NULL;
-    if (hs_parse_psk_identity(id, len, &dialer, &acceptor) < 0 ||
+    if (hs_parse_psk_identity(id, len, &dialer, &acceptor, &key_id) < 0 ||
         acceptor.len != strlen(s->me->name) ||
         memcmp(acceptor.p, s->me->name, acceptor.len) != 0) {
         c->tls_why = "unknown PSK identity";
@@ -83,14 +102,19 @@ static int find_psk(SSL *ssl, const unsigned char *id, size_t len, SSL_SESSION *
         c->tls_why = "PSK identity of a server that does not dial us";
         return 1;
     }
-    *sess = psk_session(ssl, s, name_of(s, li), s->me->name);
+    const secret_key *k = ring_key(s, key_id);
+    if (!k) {
+        c->tls_why = "PSK identity names a key id not in our ring";
+        return 1;
+    }
+    *sess = psk_session(ssl, k, name_of(s, li), s->me->name);
     if (!*sess) return 0;
     c->link = li;
     return 1;
 }
 
 int tls_init(server *s, char *err, size_t errlen) {
-    if (!s->secret_len || !s->n_links) return 0;
+    if (!s->secrets.n || !s->n_links) return 0;
     SSL_CTX *ctx = SSL_CTX_new(TLS_method());
     if (!ctx || !SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) ||
         !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) ||

@@ -1,8 +1,9 @@
 /* tls.h -- TLS 1.3 for the links between servers (OpenSSL's libssl).
  *
  * No certificates: every link is keyed by an external pre-shared key derived
- * from the herd secret and the two names (common/handshake.h), so one secret
- * keeps serving the whole herd and there is no PKI to run.  Only
+ * from a secret of the herd's key ring (server.secrets: the first dials, any
+ * is accepted) and the two names (common/handshake.h), so one secret keeps
+ * serving the whole herd and there is no PKI to run.  Only
  * TLS_AES_128_GCM_SHA256 with an (EC)DHE exchange is offered, so a recorded
  * link stays secret even if the herd secret leaks later.
  *

@@ -12,6 +12,8 @@
 static void usage(FILE *f) {
     fputs("Usage: herd-supervisor [-c FILE] [--status [--wait SECONDS] [--wait-links] [--rates]]\n"
           "                      [--local] [--init-secret] [--reload] [--restart [NAME...]]\n"
+          "       herd-supervisor [-c FILE] --secret-install [--random] | --secret-use KEYID\n"
+          "                      | --secret-remove KEYID | --secret-list\n"
           "\n"
           "Run this machine's part of the herd: one herd-server per server in the\n"
           "config whose host is an address of this machine (loopback, or an address\n"
@@ -52,6 +54,18 @@ static void usage(FILE *f) {
           "                     runs its new binary in place, keeping its pid and servers\n"
           "  -h, --help         show this help and exit\n"
           "\n"
+          "The key ring, herd.secret_file: one secret a line, the first dials, any is\n"
+          "accepted.  Each command rewrites the file atomically (mode 0600); a server\n"
+          "takes the change when it is reloaded (docs/PROTOCOL.md, \"The herd secret\"):\n"
+          "      --secret-install [--random]\n"
+          "                     append the secret read from stdin (one line), or with\n"
+          "                     --random a new random one, and print its key id\n"
+          "      --secret-use KEYID\n"
+          "                     make that key first: this host dials with it\n"
+          "      --secret-remove KEYID\n"
+          "                     remove that key (never the first)\n"
+          "      --secret-list  the key ids in order, the first marked (never a secret)\n"
+          "\n"
           "Signals: TERM or INT stop every server, then the supervisor; HUP makes\n"
           "every process reopen its log.  --reload and --restart reach the running\n"
           "supervisor through its socket STATE_DIR/supervisor.sock.\n"
@@ -65,6 +79,8 @@ int main(int argc, char **argv) {
     int status = 0, wait_s = -1, wait_links = 0, init_secret = 0, rates = 0, list_local = 0;
     int reload = 0, restart = 0, nnames = 0;
     char *names[CONFIG_MAX_SERVERS];
+    int random = 0;
+    const char *ring_cmd = NULL, *ring_arg = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -82,6 +98,13 @@ int main(int argc, char **argv) {
             status = wait_links = 1;
         } else if (!strcmp(a, "--init-secret")) {
             init_secret = 1;
+        } else if (!strcmp(a, "--secret-install") || !strcmp(a, "--secret-list")) {
+            ring_cmd = a;
+        } else if ((!strcmp(a, "--secret-use") || !strcmp(a, "--secret-remove")) && i + 1 < argc) {
+            ring_cmd = a;
+            ring_arg = argv[++i];
+        } else if (!strcmp(a, "--random")) {
+            random = 1;
         } else if (!strcmp(a, "--local")) {
             list_local = 1;
         } else if (!strcmp(a, "--reload")) {
@@ -102,9 +125,14 @@ int main(int argc, char **argv) {
                 err);
         return 1;
     }
+    if (random && (!ring_cmd || strcmp(ring_cmd, "--secret-install"))) {
+        fprintf(stderr, "herd-supervisor: --random goes with --secret-install\n");
+        return 2;
+    }
     if (init_secret) return supervisor_init_secret(&cfg) < 0 ? 1 : 0;
     if (reload) return supervisor_ctl_reload(&cfg, wait_s < 0 ? 30 : wait_s);
     if (restart) return supervisor_ctl_restart(&cfg, names, nnames, wait_s < 0 ? 30 : wait_s);
+    if (ring_cmd) return supervisor_secret_ring(&cfg, ring_cmd, ring_arg, random);
     if (list_local) return supervisor_list_local(&cfg);
     if (status) {
         int rc = supervisor_status(&cfg, wait_s < 0 ? 0 : wait_s, wait_links);

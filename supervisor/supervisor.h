@@ -52,6 +52,12 @@ void supervisor_rates(const config *cfg);
  * message on stderr. */
 int supervisor_init_secret(const config *cfg);
 
+/* init_secret.c: a key ring command on the secret file, what one of
+ * "--secret-install" (the secret from stdin, or with random a new one),
+ * "--secret-use", "--secret-remove" (arg: a key id) or "--secret-list".
+ * Returns the exit status (0, or 1 with a message on stderr). */
+int supervisor_secret_ring(const config *cfg, const char *what, const char *arg, int random);
+
 /* local.c: set local[i] (CONFIG_MAX_SERVERS entries) for each server whose
  * host is an address of this machine; returns how many.  Unless quiet, says
  * on stderr which hosts cannot be resolved, and why none is here. */

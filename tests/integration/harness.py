@@ -1362,6 +1362,13 @@ def psk_key(secret, dialer, acceptor):
     HMAC-SHA256(secret, "proxyherd-v1 psk DIALER ACCEPTOR")."""
     return hmac.new(secret.encode(), f"proxyherd-v1 psk {dialer} {acceptor}".encode(),
                     hashlib.sha256).hexdigest()
+
+
+def key_id(secret):
+    """A secret's key id, as docs/PROTOCOL.md gives it: the first 8 hex
+    digits of HMAC-SHA256(secret, "proxyherd-v1 key id")."""
+    return hmac.new(secret.encode(), b"proxyherd-v1 key id", hashlib.sha256).hexdigest()[:8]
+
 class FakePeer:
     """A neighbour's end of a TLS link, played by openssl s_client (Python's
     ssl module has TLS 1.3 external PSKs only from 3.13): sendall() goes

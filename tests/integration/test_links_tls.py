@@ -18,7 +18,8 @@ import time
 import pytest
 
 from harness import (ALL, LOC, SERVER_SECRET, TRUST_SECRET, configured_server, connect, exchange,
-                     free_port, herd_iamat, hold_clients, linked, log_mark, Pair, program, psk_key,
+                     free_port, herd_iamat, hold_clients, key_id, linked, log_mark, Pair, program,
+                     psk_key,
                      read_log, recv_until_eof, start_server, stop_server, wait_for, wait_listening,
                      wait_log, whatsat_reply, with_secret, write_config)
 
@@ -437,6 +438,9 @@ IDENTITIES = [
      "PSK identity of a server that does not dial us"),                        # no such neighbour
     ("proxyherd-v1 Zed Bona", ("Zed", "Bona"),
      "PSK identity of a server that does not dial us"),                        # Bona dials Zed
+    ("proxyherd-v1 Bailey Bona 0000000G", ("Bailey", "Bona"), "unknown PSK identity"),
+    ("proxyherd-v1 Bailey Bona " + key_id("another-secret"), ("Bailey", "Bona"),
+     "PSK identity names a key id not in our ring"),                           # another ring
     ("proxyherd-v1 Bailey Bona", ("Bailey", "Bona", "another-secret"),
      "TLS: the PSK does not match (wrong secret?)"),
 ]
@@ -526,6 +530,20 @@ def test_psk_identities_that_name_no_link_here_are_refused(bona):
         c.stdin.flush()
         assert wait_for(lambda: exchange(bona.port, b"WHATSAT via-link 1 1\n").startswith(
             b"AT Bailey +0.100000000 via-link +2.0+2.0 7\n"), 10)
+    finally:
+        end(c)
+
+
+@OPENSSL
+def test_an_identity_naming_the_key_id_of_our_secret_opens_the_link(bona):
+    """The identity a dialer whose ring holds several secrets offers,
+    "proxyherd-v1 A B KEYID", with the key of the secret KEYID names,
+    opens the link on a server whose ring holds that secret (here its only
+    one, from HERD_SECRET)."""
+    bona.start()
+    c = linked_client(bona.port, identity=f"proxyherd-v1 Bailey Bona {key_id(SECRET)}")
+    try:
+        assert bona.wait_log("link-up peer=Bailey addr=127.0.0.1:")
     finally:
         end(c)
 

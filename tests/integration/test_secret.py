@@ -1,7 +1,10 @@
-"""The herd secret (docs/PROTOCOL.md, "Between servers" and "Processes and
-files"): HERD_SECRET or the secret file, its creation by --init-secret and
-start_servers.sh, and the files refused (empty, blank, readable by others,
-another user's, a FIFO, a dangling link).
+"""The herd secret (docs/PROTOCOL.md, "Between servers", "The herd secret"
+and "Processes and files"): HERD_SECRET or the secret file, its creation
+by --init-secret and start_servers.sh, and the files refused (empty,
+blank, readable by others, another user's, a FIFO, a dangling link).  The
+key ring of a secret rotation (README, "Rotating the herd secret"): two
+hosts a step apart link whichever dials, rings sharing no secret never
+do, and the --secret-* commands rewrite the file as documented.
 """
 import os
 import re
@@ -9,7 +12,8 @@ import subprocess
 
 import pytest
 
-from harness import free_port, one_server, one_server_config, program, supervisor_cmd, write_config
+from harness import (configured_server, free_port, key_id, one_server, one_server_config, program,
+                     supervisor_cmd, write_config)
 
 
 def test_secret_from_the_file_trimmed(herd):
@@ -229,3 +233,160 @@ def test_init_secret_once(tmp_path):
         f.write("herd:\n  secret_file: blocked/herd.secret\n")
     r = supervisor_cmd(cfg, "--init-secret", env=env)
     assert r.returncode == 1 and "blocked/herd.secret: Not a directory" in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------ the key ring
+
+OLD, NEW = "old-secret-0123456789", "new-secret-0123456789"
+# a host's ring at each step of a rotation (README, "Rotating the herd secret")
+STEPS = {"before": [OLD], "installed": [OLD, NEW], "used": [NEW, OLD], "removed": [NEW]}
+# one host a step ahead of the other, either of them the one that dials
+AHEAD = [("before", "installed"), ("installed", "used"), ("used", "removed")]
+PAIRS = [p for a, b in AHEAD for p in ((a, b), (b, a))]
+
+
+def ring_pair(tmp_path, monkeypatch, rings):
+    """Bailey (it dials: its name sorts first) and Bona, not started, each
+    in its own folder with its own secret file holding rings[name]."""
+    monkeypatch.delenv("HERD_SECRET", raising=False)
+    ports = {"Bailey": free_port(), "Bona": free_port()}
+    servers = {"Bailey": (ports["Bailey"], ["Bona"]), "Bona": (ports["Bona"], ["Bailey"])}
+    pair = {}
+    for name, ring in rings.items():
+        s = configured_server(tmp_path, name, servers)
+        os.makedirs(os.path.join(s.dir, "state"))
+        path = os.path.join(s.dir, "state", "herd.secret")
+        with open(path, "w") as f:
+            f.write("# the herd's key ring\n" + "".join(k + "\n" for k in ring))
+        os.chmod(path, 0o600)
+        pair[name] = s
+    return pair
+
+
+def start_pair(pair, started_servers):
+    for name in ("Bona", "Bailey"):
+        started_servers.append(pair[name].start())
+
+
+@pytest.mark.parametrize("dialer,acceptor", PAIRS, ids=[f"{a}-dials-{b}" for a, b in PAIRS])
+def test_hosts_a_rotation_step_apart_link(tmp_path, monkeypatch, started_servers, dialer,
+                                          acceptor):
+    """Between any two steps of the rotation one host may be reloaded and
+    the other not yet: whichever of the two dials, the link comes up."""
+    pair = ring_pair(tmp_path, monkeypatch, {"Bailey": STEPS[dialer], "Bona": STEPS[acceptor]})
+    start_pair(pair, started_servers)
+    for name, peer in (("Bailey", "Bona"), ("Bona", "Bailey")):
+        log = pair[name].read_log(wait_for=f"link-up peer={peer}", timeout=10)
+        assert f"link-up peer={peer}" in log and "peer-refused" not in log, log
+        ring = STEPS[dialer if name == "Bailey" else acceptor]
+        assert f"secret-ring keys={','.join(key_id(k) for k in ring)}\n" in log, log
+
+
+@pytest.mark.parametrize("ring,why", [
+    (["other-secret"], "peer=Bailey addr=127.0.0.1:\\S+ reason=TLS: the PSK does not "
+                       "match \\(wrong secret\\?\\)"),
+    (["other-secret", OLD + "-not"], "peer=\\? addr=127.0.0.1:\\S+ reason=PSK identity "
+                                     "names a key id not in our ring"),
+], ids=["one-secret", "two-secrets"])
+def test_rings_sharing_no_secret_never_link(tmp_path, monkeypatch, started_servers, ring, why):
+    """A dialer holding none of the acceptor's secrets is refused, whether
+    it names its key (a ring of several) or not (a ring of one)."""
+    pair = ring_pair(tmp_path, monkeypatch, {"Bailey": ring, "Bona": STEPS["installed"]})
+    start_pair(pair, started_servers)
+    bona = pair["Bona"].read_log(wait_for="peer-refused", timeout=10)
+    assert re.search("peer-refused " + why, bona), bona
+    bailey = pair["Bailey"].read_log(wait_for="peer-refused", timeout=10)
+    assert "peer-refused peer=Bona" in bailey and "refused our PSK" in bailey, bailey
+    assert "link-up" not in bona + bailey
+
+
+def ring_cmd(cfg, *args, stdin="", env=None):
+    """herd-supervisor -c cfg ARGS with stdin, HERD_SECRET unset unless env has it."""
+    env = env or {k: v for k, v in os.environ.items() if k != "HERD_SECRET"}
+    return subprocess.run([program("herd-supervisor"), "-c", cfg, *args], input=stdin,
+                          capture_output=True, text=True, timeout=20, env=env)
+
+
+def listed(cfg):
+    r = ring_cmd(cfg, "--secret-list")
+    assert r.returncode == 0 and r.stderr == "", r
+    return r.stdout.splitlines()
+
+
+def test_ring_commands_walk_a_rotation(tmp_path):
+    """The three steps on one host, by the commands: install the new secret
+    second, make it first, remove the old one.  Each rewrites the file (mode
+    0600, comments kept, no temporary file left) and says what it did;
+    --secret-list shows key ids, never a secret."""
+    cfg, _ = one_server(tmp_path)
+    path = tmp_path / "state" / "herd.secret"
+    os.makedirs(path.parent, mode=0o700)
+    path.write_text("# herd ring\n" + OLD + "\n")
+    os.chmod(path, 0o600)
+    old, new = key_id(OLD), key_id(NEW)
+    assert listed(cfg) == [f"{old} first"]
+
+    r = ring_cmd(cfg, "--secret-install", stdin=NEW + " \n")
+    assert (r.returncode, r.stderr) == (0, ""), r
+    assert r.stdout == (f"installed {new} in {path} (key 2 of 2): after a reload this host "
+                        f"accepts it; once every host has it, make it first "
+                        f"(--secret-use {new})\n")
+    assert path.read_text() == f"# herd ring\n{OLD}\n{NEW}\n"
+    assert listed(cfg) == [f"{old} first", new]
+
+    r = ring_cmd(cfg, "--secret-use", new)
+    assert r.returncode == 0 and r.stdout == (
+        f"{new} is now first in {path}: after a reload this host dials with it\n"), r
+    assert path.read_text() == f"# herd ring\n{NEW}\n{OLD}\n"
+
+    r = ring_cmd(cfg, "--secret-remove", old)
+    assert r.returncode == 0 and r.stdout == (
+        f"removed {old} from {path} (1 key left): after a reload this host no longer "
+        f"accepts it\n"), r
+    assert path.read_text() == f"# herd ring\n{NEW}\n"
+    assert listed(cfg) == [f"{new} first"]
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.listdir(path.parent) == ["herd.secret"]
+    assert OLD not in r.stdout + r.stderr and NEW not in "".join(listed(cfg))
+
+
+def test_ring_commands_refuse_what_would_break_the_herd(tmp_path):
+    """Refused, with the file unchanged: removing the first (or only) key,
+    a key id not in the ring, a secret already in it, a bad secret on
+    stdin, a ninth secret, any change while HERD_SECRET is set (the servers
+    would not read the file), and a secret file that is a symbolic link."""
+    cfg, _ = one_server(tmp_path)
+    path = tmp_path / "state" / "herd.secret"
+    r = ring_cmd(cfg, "--secret-install", "--random")         # no file yet: made, 0600
+    assert r.returncode == 0 and "the only key" in r.stdout, r
+    first = re.match(r"installed ([0-9a-f]{8}) in ", r.stdout).group(1)
+    assert re.fullmatch(r"[0-9a-f]{64}\n", path.read_text())
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    text = path.read_text()
+
+    def refused(*args, stdin="", env=None, says):
+        r = ring_cmd(cfg, *args, stdin=stdin, env=env)
+        assert r.returncode == 1 and r.stdout == "" and says in r.stderr, (args, r)
+        assert path.read_text() == text, args
+
+    refused("--secret-remove", first, says=f"{first} is the first key of {path}")
+    refused("--secret-use", "0badc0de", says=f"no key 0badc0de in {path}; its keys: {first}")
+    for bad, why in (("", "an empty secret"), ("#x", "a secret starting with '#'"),
+                     ("a\nb", "a secret of more than one line"),
+                     ("x" * 256, "a secret longer than 255 bytes")):
+        refused("--secret-install", stdin=bad, says=f"the secret on stdin: {why}")
+    for k in range(7):
+        assert ring_cmd(cfg, "--secret-install", stdin=f"s-{k}").returncode == 0
+    text = path.read_text()
+    refused("--secret-install", stdin="s-3", says=f"key {key_id('s-3')} is already in {path}")
+    refused("--secret-install", "--random", says=f"{path}:9: more than 8 secrets")
+    env = dict(os.environ, HERD_SECRET="from-the-environment")
+    refused("--secret-use", key_id("s-1"), env=env, says="HERD_SECRET is set")
+    r = ring_cmd(cfg, "--secret-list", env=env)
+    assert r.stdout == f"{key_id('from-the-environment')} first (HERD_SECRET)\n", r
+
+    real = tmp_path / "real.secret"
+    os.rename(path, real)
+    os.symlink(real, path)
+    refused("--secret-use", key_id("s-1"), says=f"{path} is a symbolic link")
+    assert real.read_text() == text and os.path.islink(path)

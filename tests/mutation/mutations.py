@@ -453,10 +453,22 @@ MUTATIONS = [
 
     # ------------------------------------------------------------- tls.c
     dict(id="psk-ignores-the-secret", file="server/tls.c",
-         original="hs_psk_key(s->secret, s->secret_len, dialer, acceptor, key);",
-         mutant="hs_psk_key(\"x\", s->secret_len ? 1 : 0, dialer, acceptor, key);",
+         original="hs_psk_key(k->key, k->len, dialer, acceptor, key);",
+         mutant="hs_psk_key(\"x\", k->len ? 1 : 0, dialer, acceptor, key);",
          breaks="every herd's links share one key: a server with another secret gets a link",
          tests=["tests/integration/test_links_tls.py::test_wrong_secret_is_refused_and_logged"]),
+    dict(id="ring-dialer-names-no-key", file="server/tls.c",
+         original="ring->n > 1 ? k->id : NULL",
+         mutant="NULL",
+         breaks="a dialer whose ring holds several secrets does not name its key: a host that "
+                "made the new secret first cannot dial one that has not yet",
+         tests=["tests/integration/test_secret.py::test_hosts_a_rotation_step_apart_link"]),
+    dict(id="ring-acceptor-takes-only-its-first", file="server/tls.c",
+         original="return secret_find(&s->secrets, want);",
+         mutant="return s->secrets.n ? &s->secrets.keys[0] : NULL;",
+         breaks="an acceptor keys every link with its first secret, ignoring the key id: "
+                "hosts a rotation step apart cannot link",
+         tests=["tests/integration/test_secret.py::test_hosts_a_rotation_step_apart_link"]),
 
     # --------------------------------------------------------------- net.c
     dict(id="no-reuseaddr", file="common/net.c",
