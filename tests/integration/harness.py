@@ -704,10 +704,10 @@ def script_env(start_timeout="15"):
     return env
 
 
-def run_script(name, config, prefix=(), env=None, timeout=60):
+def run_script(name, config, *args, prefix=(), env=None, timeout=60):
     """start_servers.sh or stop_servers.sh (name) of the repository with -c
-    config, behind prefix (ip netns exec NS); the CompletedProcess."""
-    return subprocess.run([*prefix, os.path.join(ROOT, name), "-c", config],
+    config and args, behind prefix (ip netns exec NS); the CompletedProcess."""
+    return subprocess.run([*prefix, os.path.join(ROOT, name), "-c", config, *args],
                           capture_output=True, text=True, env=env or script_env(),
                           timeout=timeout)
 

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from harness import (DEFAULT_LINKS, PLACES, TRIO, alive, config_text, exchange, free_port, kill_all,
+from harness import (DEFAULT_LINKS, HOSTS_SECRET, PLACES, TRIO, alive, config_text, exchange,
+                     free_port, key_id, kill_all,
                      listens, Namespaces, netns_available, pcap_tcp_packets, program, read_log,
                      read_pids, run_script, script_env, supervisor_problems, wait_for,
                      write_herd_dir)
@@ -429,6 +430,40 @@ def test_each_host_runs_its_own_servers_and_an_iamat_reaches_all(net):
     net.wait_all(b"mh", at)
     # a server listens on what its name resolves to, and says both
     assert f"addr={net.addr['B']}:{PORTS['Campbell']} host=host-b.herd" in net.log("Campbell")
+
+
+def test_the_secret_rotates_in_three_reloads_with_no_link_down(net):
+    """README, "Rotating the herd secret": on every host install the new
+    secret second and reload, make it first and reload, remove the old one
+    and reload.  No link goes down on any of the three hosts meanwhile,
+    updates flow throughout, and a server restarted at the end links up on
+    the new secret alone."""
+    new = secrets.token_hex(32)
+    old_id, new_id = key_id(HOSTS_SECRET.strip()), key_id(new)
+    steps = [("--secret-install", new + "\n"), ("--secret-use", new_id),
+             ("--secret-remove", old_id)]
+    for k, (cmd, arg) in enumerate(steps):
+        for h in net.hosts:
+            argv = [program("herd-supervisor"), "-c", net.config[h], cmd]
+            if cmd == "--secret-install":
+                r = subprocess.run([*net.in_ns(h), *argv], input=arg, capture_output=True,
+                                   text=True, timeout=30)
+            else:
+                r = net.run(h, argv + [arg], timeout=30)
+            assert r.returncode == 0, f"{cmd} on {h}: {r.stdout}{r.stderr}"
+            r = run_script("start_servers.sh", net.config[h], "--reload", prefix=net.in_ns(h))
+            assert r.returncode == 0, f"reload on {h} after {cmd}: {r.stdout}{r.stderr}"
+        at = net.send("Jaquez", b"IAMAT rot%d +1.0+1.0 %.9f\n" % (k, time.time()))[:-1]
+        net.wait_all(b"rot%d" % k, at)
+    for n in LINKS:
+        log = net.log(n)
+        assert "link-down" not in log and "peer-refused" not in log, log[-3000:]
+        assert log.count(" reloaded ") == 3, log[-3000:]
+        assert f"secret-ring keys={new_id} reloaded" in log, log[-3000:]
+    # the old secret is gone everywhere: a restarted server links on the new one
+    r = run_script("start_servers.sh", net.config["C"], "--restart", "Jaquez",
+                   prefix=net.in_ns("C"), timeout=90)
+    assert r.returncode == 0 and "Jaquez: pid" in r.stdout, r.stdout + r.stderr
 
 
 def test_a_host_cut_off_and_healed_converges(net, report):
