@@ -261,11 +261,13 @@ def test_a_hog_past_the_table_does_not_keep_a_neighbours_link_down(pair, case):
         # The hog sends its first bytes after its connect returns.  A
         # connection the server accepted before they came, and refused for
         # a newer one (Bailey's dial) before they came, began no handshake
-        # as far as the server could see, and gets the line: a loaded run
-        # saw it once in about 40.  A TLS handshake begun never does.
-        late = [g for g in wrong if g == busy]
-        assert len(late) <= 1, f"{len(late)} of {len(got)} hog connections got the line"
-        wrong = [g for g in wrong if g != busy]
+        # as far as the server could see, and gets the line, or a reset when
+        # the bytes came between the server's last read and its close: a
+        # loaded run saw each once in about 40.  A TLS handshake begun never
+        # gets the line.
+        late = [g for g in wrong if g in (busy, b"<reset>")]
+        assert len(late) <= 1, f"{len(late)} of {len(got)} hog connections got {late!r}"
+        wrong = [g for g in wrong if g not in (busy, b"<reset>")]
     assert not wrong, f"{len(wrong)} of {len(got)} hog connections got {wrong[:3]!r}"
     assert "link-up peer=Bailey" in h.log("Bona")
     for c in idle:
