@@ -469,14 +469,19 @@ client *client_add(server *s, int fd, const char *addr) {
     return c;
 }
 
-/* Send a refused connection its "? " line and close it.  What it has sent
- * so far is read first (up to 16 KiB), so the close is a FIN, not a reset
- * that could throw the line away before the client reads it. */
-static void refuse_fd(int fd, const char *line, size_t len) {
+/* A refused connection's line is out: our side is shut and what it has
+ * sent so far is read (up to 16 KiB), so the close that follows is a FIN,
+ * not a reset that could throw the line away before the client reads it. */
+static void shut_and_drain(int fd) {
     char sink[4096];
-    if (send(fd, line, len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* best effort */ }
     shutdown(fd, SHUT_WR);
     for (int i = 0; i < 4 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++) {}
+}
+
+/* Send a refused connection its "? " line and close it. */
+static void refuse_fd(int fd, const char *line, size_t len) {
+    if (send(fd, line, len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* best effort */ }
+    shut_and_drain(fd);
     close(fd);
 }
 
@@ -489,6 +494,7 @@ void client_refuse_busy(server *s, client *c) {
     if (c->ssl) return;                /* a TLS handshake: no plain line into it */
     buf_append(&c->out, c->busy_line, strlen(c->busy_line));
     client_write(s, c);
+    if (!buf_pending(&c->out)) shut_and_drain(c->fd);   /* closed after this round */
 }
 
 /* Out of descriptors after all (EMFILE): the spare one is given up for a
