@@ -127,20 +127,20 @@ static int neighbour_in(const config *cfg, int me, const char *name) {
 }
 
 void peer_drop_removed(server *s, const config *next, int me) {
-    for (int li = 0; li < s->n_links; li++) {
-        peer_link *L = &s->links[li];
-        if (neighbour_in(next, me, peer_name(s, L))) continue;
-        client *gone[3] = {L->conn, L->accepting, L->dialing};
-        for (int i = 0; i < 3; i++)
-            if (gone[i]) client_kill(s, gone[i], "no longer a neighbour (config reloaded)");
-        L->resolving = 0;               /* its answer, if it comes, finds no link */
+    for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd; i++) {   /* handshakes are never cold */
+        client *c = s->conn[i];
+        if (c->link >= 0 && !neighbour_in(next, me, peer_name(s, &s->links[c->link])))
+            client_kill(s, c, "no longer a neighbour (config reloaded)");
     }
+    for (int li = 0; li < s->n_links; li++)   /* its answer, if it comes, finds no link */
+        if (!neighbour_in(next, me, peer_name(s, &s->links[li]))) s->links[li].resolving = 0;
 }
 
 void peer_reconfigure(server *s, const config *old) {
     peer_link was[CONFIG_MAX_SERVERS];
-    int n_was = s->n_links;
+    int n_was = s->n_links, moved[CONFIG_MAX_SERVERS];
     memcpy(was, s->links, (size_t)n_was * sizeof *was);
+    for (int j = 0; j < n_was; j++) moved[j] = -1;
     s->n_links = 0;
     s->links_gen++;                     /* answers to earlier questions: dropped */
     for (int k = 0; k < s->me->n_neighbors; k++) {
@@ -149,11 +149,9 @@ void peer_reconfigure(server *s, const config *old) {
         const char *name = s->cfg->servers[srv].name;
         int j = 0;
         while (j < n_was && strcmp(old->servers[was[j].server].name, name)) j++;
-        if (j < n_was) {                /* kept: its connections follow it */
+        if (j < n_was) {                /* kept, with its state */
             *L = was[j];
-            client *mine[3] = {L->conn, L->accepting, L->dialing};
-            for (int i = 0; i < 3; i++)
-                if (mine[i]) mine[i]->link = li;
+            moved[j] = li;
             if (L->resolving) {         /* asked under the old numbering: ask again */
                 L->resolving = 0;
                 L->next_dial_ms = s->now_ms;
@@ -165,6 +163,13 @@ void peer_reconfigure(server *s, const config *old) {
             L->next_dial_ms = s->now_ms;
         }
         L->server = srv;
+    }
+    /* every connection of a kept link follows it: the link itself, our dial,
+     * and each handshake that named it, whether it holds the link's place
+     * or goes on beside the one that does */
+    for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd; i++) {
+        client *c = s->conn[i];
+        if (c->link >= 0) c->link = c->link < n_was ? moved[c->link] : -1;
     }
 }
 
