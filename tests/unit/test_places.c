@@ -137,6 +137,45 @@ static void test_bad_files(void) {
           strstr(err, "cannot open"), "missing file: %s", err);
 }
 
+/* The file is read as a stream: an error names the line it is on, JSON
+ * is refused wherever it breaks, and what cJSON accepted still loads. */
+static void test_stream_errors_and_lines(void) {
+    static const struct { const char *text, *want; size_t places; } cases[] = {
+        {"{\"features\":[\n" FEATURE("a", 1, 1) ",\n"
+         "{\"geometry\":{\"type\":\"Point\",\"coordinates\":[1]}}]}", ":3: feature 2: coordinates", 0},
+        {"{\"type\":\"FeatureCollection\",\n\"features\":[\n" FEATURE("a", 1, 1) ",\n]}",
+         ":4: not valid JSON", 0},
+        {"{\"features\":[" FEATURE("a", 1, 1), ":1: not valid JSON", 0},
+        {"{\"features\":[" FEATURE("a", 1, 1) "]", ":1: not valid JSON", 0},
+        {"{\"features\":[12abc]}", ":1: not valid JSON", 0},
+        {"{\"features\":[" FEATURE("a", 1, 1) "],\n\"bbox\":[1,2,}", ":2: not valid JSON", 0},
+        {"{\"features\":[" FEATURE("a", 1, 1) "] \"x\":1}", ":1: not valid JSON", 0},
+        {"{\"features\":{}}", "\"features\" list", 0},
+        {"[" FEATURE("a", 1, 1) "]", "\"features\" list", 0},
+        {"", ":1: not valid JSON", 0},
+        /* accepted: a BOM, other members before and after, a second
+         * "features" (only the first counts), anything after the object */
+        {"\xEF\xBB\xBF{\"type\":\"FeatureCollection\",\"features\":[" FEATURE("a", 1, 1) ","
+         FEATURE("b", 2, 2) "],\"features\":[7],\"crs\":{\"x\":[\"]}\"]}} trailing", NULL, 2},
+        {"{\"features\":[ ]}", NULL, 0},
+        {"{\"f\\u0065atures\":[" FEATURE("a", 1, 1) "]}", NULL, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *path = write_tmp(cases[i].text);
+        places_local pl;
+        char err[256] = "";
+        int rc = places_local_load(&pl, path, err, sizeof err);
+        if (cases[i].want) {
+            CHECK(rc < 0 && strstr(err, cases[i].want) && !strncmp(err, path, strlen(path)),
+                  "case %zu: '%s'", i, err);
+        } else {
+            CHECK(rc == 0 && pl.n == cases[i].places, "case %zu: %zu places: %s", i, pl.n, err);
+            places_local_free(&pl);
+        }
+        unlink(path);
+    }
+}
+
 /* A file past the 256 MiB bound is refused before a byte is read (a sparse
  * file: no disk used), with a message naming it and the bound. */
 static void test_file_too_large(void) {
@@ -291,6 +330,7 @@ int main(void) {
     test_distance();
     test_order_and_bound();
     test_bad_files();
+    test_stream_errors_and_lines();
     test_file_too_large();
     test_feature_properties();
     test_printer_odd_values();
