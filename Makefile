@@ -10,6 +10,8 @@
 #   make status     this host's servers: pid, uptime, restarts, listening, links,
 #                   then their rates (updates, link messages, requests per second)
 #   make benchmark  load the running herd (CONCURRENCY=N DURATION=S MIX=...)
+#   make places-sample  write a test GeoJSON of N places (default 100000; SEED=S,
+#                   default 26) to build/places-N.geojson, or to OUT=FILE
 #   make fuzz       run each libFuzzer harness for FUZZ_SECONDS (default 60),
 #                   or FUZZ_RUNS executions each when that is set
 #   make test-chaos kill servers under load for CHAOS_SECONDS (default 60)
@@ -81,7 +83,7 @@ PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor $(BIN)/herd-benchmark
 .PHONY: all deps check-deps test check check-normal unit integration asan-build asan-test fuzz fuzz-build test-chaos test-nemesis \
         test-valgrind test-soak \
         test-mutation run stop status \
-        benchmark report report-data install clean coverage
+        benchmark places-sample report report-data install clean coverage
 
 all: check-deps $(PROGRAMS) $(UNIT_BIN)
 
@@ -272,6 +274,12 @@ benchmark: all
 	  echo "make benchmark: no herd is running; start one with: make run" >&2; exit 1; }
 	$(BIN)/herd-benchmark -c config.yml $(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) \
 	  $(if $(DURATION),--duration $(DURATION)) $(if $(MIX),--mix $(MIX)) $(BENCH_ARGS)
+
+N ?= 100000
+OUT ?= $(B)/places-$(N).geojson
+places-sample:
+	@mkdir -p $(dir $(OUT))
+	/usr/bin/python3 benchmark/places_sample.py $(N) $(OUT) $(if $(SEED),--seed $(SEED))
 
 # The report: text in docs/report.md, figures from the JSON in docs/data/,
 # which make report-data measures (the sweep against redis-server, the
