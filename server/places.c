@@ -130,92 +130,44 @@ double places_distance_km(double lat1, double lng1, double lat2, double lng2) {
     return 2 * r * asin(sqrt(a));
 }
 
-static void unit_vector(double lat, double lng, double *x, double *y, double *z) {
+static void unit_vector(double lat, double lng, double u[3]) {
     const double rad = M_PI / 180.0;
     double cl = cos(lat * rad);
-    *x = cl * cos(lng * rad);
-    *y = cl * sin(lng * rad);
-    *z = sin(lat * rad);
+    u[0] = cl * cos(lng * rad);
+    u[1] = cl * sin(lng * rad);
+    u[2] = sin(lat * rad);
 }
 
 /* Places are ranked by the squared chord between unit vectors, which grows
  * with the great-circle distance, so a query costs one sin/cos set and no
- * trigonometry per place (the haversine per place was 18% of a WHATSAT).
- * The scan and the index measure with this one function, so they agree to
- * the last bit. */
-static double chord2(const place *p, const double q[3]) {
-    double dx = p->x - q[0], dy = p->y - q[1], dz = p->z - q[2];
-    return dx * dx + dy * dy + dz * dz;
-}
-
-/* The best 'bound' places so far, nearest first; equal distances in file
- * order, as a scan in file order keeps them. */
-typedef struct {
-    const place *v;
-    double q[3], max2;
-    int n, bound;
-    double d[20];
-    size_t id[20];
-} top;
-
-static void top_init(top *t, const places_local *pl, double lat, double lng,
-                     double radius_km, int bound) {
-    t->v = pl->v;
-    t->n = 0;
-    t->bound = bound > 20 ? 20 : bound;
-    unit_vector(lat, lng, &t->q[0], &t->q[1], &t->q[2]);
+ * trigonometry per place (the haversine per place was 18% of a WHATSAT). */
+static void top_init(placesidx_top *t, double lat, double lng, double radius_km, int bound) {
+    double q[3];
+    unit_vector(lat, lng, q);
     double angle = radius_km / EARTH_KM;
     if (angle > M_PI) angle = M_PI;
     double chord = 2 * sin(angle / 2);
-    t->max2 = chord * chord * (1 + 1e-12);
+    placesidx_top_init(t, q, chord * chord * (1 + 1e-12), bound);
 }
 
-static int top_before(double d, size_t id, double d2, size_t id2) {
-    return d < d2 || (d == d2 && id < id2);
-}
-
-static void top_offer(top *t, size_t id) {
-    double d = chord2(&t->v[id], t->q);
-    if (d > t->max2 || t->bound < 1) return;
-    if (t->n == t->bound && !top_before(d, id, t->d[t->n - 1], t->id[t->n - 1])) return;
-    int k = t->n < t->bound ? t->n++ : t->n - 1;     /* insertion into a sorted top-k */
-    while (k > 0 && top_before(d, id, t->d[k - 1], t->id[k - 1])) {
-        t->d[k] = t->d[k - 1];
-        t->id[k] = t->id[k - 1];
-        k--;
-    }
-    t->d[k] = d;
-    t->id[k] = id;
-}
-
-static void top_offer_run(void *arg, const uint32_t *ids, size_t n) {
-    for (size_t i = 0; i < n; i++) top_offer(arg, ids[i]);
-}
-
-static int top_result(const top *t, size_t *idx) {
+static int top_result(const placesidx_top *t, size_t *idx) {
     memcpy(idx, t->id, (size_t)t->n * sizeof *idx);
     return t->n;
 }
 
 int places_local_search_scan(const places_local *pl, double lat, double lng,
                              double radius_km, int bound, size_t *idx) {
-    top t;
-    top_init(&t, pl, lat, lng, radius_km, bound);
-    for (size_t i = 0; i < pl->n; i++) top_offer(&t, i);
+    placesidx_top t;
+    top_init(&t, lat, lng, radius_km, bound);
+    for (size_t i = 0; i < pl->n; i++) placesidx_top_offer(&t, pl->v[i].u, i);
     return top_result(&t, idx);
 }
 
-/* The cubes reached from the query hold every place the scan would keep:
- * a computed chord2 <= max2 bounds each coordinate's difference by
- * sqrt(max2) to within a few units in the last place, which the relative
- * and absolute margins cover many times over. */
 int places_local_search(const places_local *pl, double lat, double lng,
                         double radius_km, int bound, size_t *idx) {
-    top t;
-    top_init(&t, pl, lat, lng, radius_km, bound);
-    double reach = sqrt(t.max2) * (1 + 1e-9) + 1e-12;
-    if (placesidx_visit(&pl->idx, t.q, reach, top_offer_run, &t) < 0)
-        for (size_t i = 0; i < pl->n; i++) top_offer(&t, i);
+    placesidx_top t;
+    top_init(&t, lat, lng, radius_km, bound);
+    placesidx_search(&pl->idx, &t);
     return top_result(&t, idx);
 }
 
@@ -378,7 +330,7 @@ static const char *feature_to_place(const cJSON *feat, place *pl, buf_t *text) {
     if (!cJSON_IsObject(props) ||
         !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(props, "name")))
         return "properties.name is missing";
-    unit_vector(pl->lat, pl->lng, &pl->x, &pl->y, &pl->z);
+    unit_vector(pl->lat, pl->lng, pl->u);
     size_t at = text->len;
     render_place(props, pl->lat, pl->lng, text);
     pl->json_off = at;
@@ -503,12 +455,13 @@ static const char *map_file(const char *path, size_t *len, char *err, size_t err
 /* Keep the text and the places at their size, and index them. */
 static void finish_load(places_local *pl, buf_t *text) {
     pl->text = xrealloc(text->p, text->len);
-    uint64_t *key = xmalloc(pl->n * sizeof *key);
-    for (size_t i = 0; i < pl->n; i++)
-        key[i] = placesidx_key(pl->v[i].x, pl->v[i].y, pl->v[i].z);
-    placesidx_build(&pl->idx, key, pl->n);
-    free(key);
     pl->v = xrealloc(pl->v, pl->n * sizeof *pl->v);
+    placesidx_node *nodes = xmalloc(pl->n * sizeof *nodes);
+    for (size_t i = 0; i < pl->n; i++) {
+        memcpy(nodes[i].u, pl->v[i].u, sizeof nodes[i].u);
+        nodes[i].id = (uint32_t)i;
+    }
+    placesidx_build(&pl->idx, nodes, pl->n);
 }
 
 int places_local_load(places_local *pl, const char *path, char *err, size_t errlen) {

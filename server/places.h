@@ -11,8 +11,9 @@
  *   }
  *
  * The 'local' provider reads a GeoJSON FeatureCollection of Point places at
- * start and renders each place's JSON once; a query measures only the
- * places of the index's cubes near it (placesidx.h), then a few memcpy()s.
+ * start, renders each place's JSON once and indexes the places in a k-d
+ * tree (placesidx.h); a query walks a few branches of the tree, then a few
+ * memcpy()s.
  */
 #ifndef HERD_PLACES_H
 #define HERD_PLACES_H
@@ -25,7 +26,7 @@
 
 typedef struct {
     double lat, lng;
-    double x, y, z;             /* unit vector: distances without trigonometry */
+    double u[3];                /* unit vector: distances without trigonometry */
     size_t json_off, json_len;  /* the rendered result object, indented, in text */
 } place;
 
@@ -46,8 +47,7 @@ double places_distance_km(double lat1, double lng1, double lat2, double lng2);
 
 /* Indexes of the places within radius_km of (lat, lng), nearest first
  * (equal distances in file order), at most 'bound' of them (bound <= 20)
- * into idx.  Returns how many.  Uses the index; a radius past about 200 km
- * scans every place. */
+ * into idx.  Returns how many. */
 int places_local_search(const places_local *pl, double lat, double lng,
                         double radius_km, int bound, size_t *idx);
 

@@ -1,19 +1,19 @@
-/* placesidx.h -- a cell index over the local places' unit vectors.
+/* placesidx.h -- nearest places first: the ranking the local provider
+ * answers WHATSAT with, and a k-d tree over the places' unit vectors that
+ * finds the same answer as a scan of every place.
  *
- * Space around the unit sphere is cut into cubes of side PLACESIDX_CELL
- * (in unit-vector coordinates, about 6.4 km of the Earth's surface); each
- * place belongs to the cube holding its unit vector.  A place within chord
- * c of a query point has each coordinate within c of the query's, so the
- * cubes meeting [q - c, q + c]^3 hold every place a search may return: the
- * caller measures and ranks those exactly as a full scan would.  Poles and
- * the antimeridian need no special case (no angle is ever cut), and a
- * cube's number needs no trigonometry.
+ * Ranking: by the squared chord between unit vectors (placesidx_chord2),
+ * within a bound on it (the radius's chord), equal distances in file order,
+ * at most 'bound' places: placesidx_top.  A scan offers every place to a
+ * top; the tree offers every place it cannot rule out.
  *
- * The non-empty cubes are kept as sorted 64-bit keys (x, y, z cell numbers,
- * z last), each with the run of place indexes it holds, in file order.  A
- * query binary-searches once per (x, y) column of the box and walks the
- * keys of its z range: 3 x 3 columns for the 5 km of the benchmarks, 17 x
- * 17 for the protocol's 50 km.
+ * The tree: the places' unit vectors in one array, each range split at its
+ * median on the axis where the range spreads most (a node is the middle of
+ * its range; the left half is <= it on that axis, the right half >=).  A
+ * search goes down the side of the query first, and into the other side
+ * only when the distance to the splitting plane could still beat what the
+ * top would keep, so it stops early in a dense town (the few nearest are
+ * close) and in an empty ocean (nothing within the radius) alike.
  */
 #ifndef HERD_PLACESIDX_H
 #define HERD_PLACESIDX_H
@@ -21,28 +21,45 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PLACESIDX_CELL 0.001    /* cube side, in unit-vector coordinates */
+/* The one measure: the scan and the tree compute it alike, to the bit. */
+static inline double placesidx_chord2(const double p[3], const double q[3]) {
+    double dx = p[0] - q[0], dy = p[1] - q[1], dz = p[2] - q[2];
+    return dx * dx + dy * dy + dz * dz;
+}
+
+#define PLACESIDX_MAX_BOUND 20
+
+/* The best places offered so far, nearest first. */
+typedef struct {
+    double q[3];                /* the query's unit vector */
+    double max2;                /* places farther than this are not kept */
+    int n, bound;
+    double d[PLACESIDX_MAX_BOUND];
+    size_t id[PLACESIDX_MAX_BOUND];
+} placesidx_top;
+
+/* At most 'bound' (1..20; more is 20) places within max2 of q. */
+void placesidx_top_init(placesidx_top *t, const double q[3], double max2, int bound);
+/* Offer place 'id' at unit vector u: kept if within max2 and before the
+ * worst kept one (nearer, or as near and earlier in the file). */
+void placesidx_top_offer(placesidx_top *t, const double u[3], size_t id);
 
 typedef struct {
-    uint64_t *keys;             /* non-empty cubes, ascending */
-    uint32_t *start;            /* cube c holds ids[start[c] .. start[c+1]) */
-    uint32_t *ids;              /* place indexes, grouped by cube */
-    size_t ncells;
+    double u[3];
+    uint32_t id;                /* the place's index in the file */
+} placesidx_node;
+
+typedef struct {
+    placesidx_node *node;       /* in tree order */
+    unsigned char *axis;        /* the splitting axis of each node */
+    size_t n;
 } placesidx;
 
-/* The cube of unit vector (x, y, z), as a key. */
-uint64_t placesidx_key(double x, double y, double z);
-
-/* Index n places, key[i] being place i's placesidx_key() (n < 2^32). */
-void placesidx_build(placesidx *ix, const uint64_t *key, size_t n);
+/* Build the tree over n nodes (n < 2^32), taking the array (malloc'ed). */
+void placesidx_build(placesidx *ix, placesidx_node *nodes, size_t n);
 void placesidx_free(placesidx *ix);
 
-/* Call visit() with the run of place indexes of each cube that may hold a
- * point within 'reach' (a chord) of q, in no particular order of cubes.
- * Returns 0, or -1 without a call when the box spans more than
- * PLACESIDX_MAX_SPAN cubes on an axis (a scan then costs less). */
-#define PLACESIDX_MAX_SPAN 64
-int placesidx_visit(const placesidx *ix, const double q[3], double reach,
-                    void (*visit)(void *arg, const uint32_t *ids, size_t n), void *arg);
+/* Offer t every place that could be in its answer. */
+void placesidx_search(const placesidx *ix, placesidx_top *t);
 
 #endif

@@ -1,4 +1,4 @@
-/* test_places_index.c -- the local provider's cell index answers exactly as
+/* test_places_index.c -- the local provider's k-d tree answers exactly as
  * the full scan does: the same places in the same order, on random queries
  * over uniform and clustered place sets, near the poles and the
  * antimeridian, with duplicate coordinates and places on the radius. */
@@ -161,9 +161,9 @@ static void compare_on(size_t nplaces, int clustered, int queries) {
     unlink(path);
 }
 
-/* Places at the same distance in four different cubes, listed in the file
- * in the reverse of the index's order of cubes: ties still come out in
- * file order, whatever the bound. */
+/* Places at the same distance on four sides of the query, so in four
+ * branches of the tree, listed in several orders: ties come out in file
+ * order, whatever the bound. */
 static void test_ties_across_cubes(void) {
     const char *path = write_places(0, 0);
     FILE *f = fopen(path, "w");
@@ -189,77 +189,55 @@ static void test_ties_across_cubes(void) {
     unlink(path);
 }
 
-/* Lines across cube faces near 0 on each axis: t moves a point along a
- * great circle (the equator near lng 0, 90 and 180, a meridian near the
- * equator). */
-static void along(int family, double t, double *lat, double *lng) {
-    static const double base[][2] = {{0, 0}, {0, 90}, {0, -90}, {0, 180}, {0, 0}, {0, 180}};
-    *lat = base[family][0];
-    *lng = base[family][1];
-    if (family >= 4) *lat += t;
-    else *lng += t;
-    fold(lat, lng);
-}
-#define NFAMILIES 6
-
-static uint64_t key_at(int family, double t) {
-    double lat, lng, rad = M_PI / 180.0;    /* as places.c makes unit vectors */
-    along(family, t, &lat, &lng);
-    double cl = cos(lat * rad);
-    return placesidx_key(cl * cos(lng * rad), cl * sin(lng * rad), sin(lat * rad));
-}
-
-/* The two neighbouring values of t around 0 where the cube changes. */
-static void face(int family, double *lo, double *hi) {
-    *lo = -1e-3;
-    *hi = 1e-3;
-    while (nextafter(*lo, *hi) < *hi) {
-        double mid = *lo + (*hi - *lo) / 2;
-        if (mid == *lo || mid == *hi) break;
-        if (key_at(family, mid) == key_at(family, *lo)) *lo = mid;
-        else *hi = mid;
-    }
-}
-
-/* A place just past a cube face, a query 0.001 degrees before it with the
- * place on the radius: the box must reach past the face (the rounding
- * margin), on every axis and from both sides.  A box short by one part in
- * a billion misses it. */
-static void test_place_on_radius_across_a_face(void) {
+/* Places on lines where a unit-vector coordinate is the same for all of
+ * them (the equator: z = 0; meridians 0 and 180: y = sin(0) and
+ * sin(pi)), many at the same point, so that the tree splits on values
+ * that many places share; queries beside the lines, each with a place on
+ * its radius.  The index must find what the scan finds, the place on the
+ * radius included. */
+static void test_places_on_shared_planes(void) {
     const char *path = write_places(0, 0);
     FILE *f = fopen(path, "w");
-    double q[2 * NFAMILIES][2], p[2 * NFAMILIES][2];
+    double ll[1200][2];
     fputs("{\"features\":[", f);
-    for (int i = 0; i < 2 * NFAMILIES; i++) {
-        int fam = i / 2;
-        double lo, hi;
-        face(fam, &lo, &hi);
-        CHECK(key_at(fam, lo) != key_at(fam, hi), "family %d: a face near 0", fam);
-        double at = i % 2 ? lo : hi, from = i % 2 ? lo + 0.001 : hi - 0.001;
-        along(fam, at, &p[i][0], &p[i][1]);
-        along(fam, from, &q[i][0], &q[i][1]);
+    for (int i = 0; i < 1200; i++) {
+        int point = i / 3;                                  /* three places at each point */
+        double t = (double)(point / 4) * 0.006 - 0.3;
+        switch (point % 4) {
+        case 0: ll[i][0] = 0; ll[i][1] = t; break;
+        case 1: ll[i][0] = 0; ll[i][1] = t >= 0 ? 180 - t : -180 - t; break;
+        case 2: ll[i][0] = t; ll[i][1] = 0; break;
+        default: ll[i][0] = t; ll[i][1] = 180; break;
+        }
         fprintf(f, "%s{\"geometry\":{\"type\":\"Point\",\"coordinates\":[%.17g,%.17g]},"
-                "\"properties\":{\"name\":\"f%d\"}}", i ? "," : "", p[i][1], p[i][0], i);
+                "\"properties\":{\"name\":\"l%d\"}}", i ? "," : "", ll[i][1], ll[i][0], i);
     }
     fputs("]}", f);
     fclose(f);
     places_local pl;
     char err[256] = "";
-    CHECK(places_local_load(&pl, path, err, sizeof err) == 0, "load: %s", err);
-    for (int i = 0; i < 2 * NFAMILIES && pl.n == 2 * NFAMILIES; i++) {
-        /* on the radius to 1e-10: the chords of 111 m near lng 180 are
-         * only that exact (the angle in radians rounds near pi) */
-        double r = places_distance_km(q[i][0], q[i][1], p[i][0], p[i][1]) * (1 + 1e-10);
+    CHECK(places_local_load(&pl, path, err, sizeof err) == 0 && pl.n == 1200, "load: %s", err);
+    int mismatches = 0, missed = 0;
+    for (int q = 0; q < 3000 && pl.n == 1200; q++) {
+        size_t target = rng() % 1200;
+        double lat = ll[target][0] + uniform(-0.01, 0.01), lng = ll[target][1] + uniform(-0.01, 0.01);
+        fold(&lat, &lng);
+        /* on the radius to 1e-10: chords of a few hundred metres near lng
+         * 180 are only that exact (the angle in radians rounds near pi) */
+        double r = places_distance_km(lat, lng, ll[target][0], ll[target][1]) * (1 + 1e-10);
+        int bound = 1 + (int)(rng() % 20);
         size_t a[20], b[20];
-        int na = places_local_search(&pl, q[i][0], q[i][1], r, 20, a);
-        int nb = places_local_search_scan(&pl, q[i][0], q[i][1], r, 20, b);
-        int found = 0;
-        for (int k = 0; k < nb; k++) found |= b[k] == (size_t)i;
-        CHECK(found, "case %d: the scan finds the place on the radius", i);
-        CHECK(na == nb && !memcmp(a, b, (size_t)na * sizeof a[0]),
-              "case %d (%.17g, %.17g) r=%.17g: index %d places, scan %d", i, q[i][0], q[i][1],
-              r, na, nb);
+        int na = places_local_search(&pl, lat, lng, r, bound, a);
+        int nb = places_local_search_scan(&pl, lat, lng, r, bound, b);
+        mismatches += na != nb || memcmp(a, b, (size_t)na * sizeof a[0]);
+        if (nb < bound) {
+            int found = 0;
+            for (int k = 0; k < nb; k++) found |= b[k] == target;
+            missed += !found;
+        }
     }
+    CHECK(mismatches == 0, "%d of 3000 queries differ", mismatches);
+    CHECK(missed == 0, "the place on the radius missed %d times", missed);
     places_local_free(&pl);
     unlink(path);
 }
@@ -279,7 +257,7 @@ static void test_empty(void) {
 
 int main(void) {
     test_ties_across_cubes();
-    test_place_on_radius_across_a_face();
+    test_places_on_shared_planes();
     test_empty();
     compare_on(30000, 0, 10000);
     compare_on(30000, 1, 10000);
