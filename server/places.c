@@ -51,6 +51,33 @@ static void put_string(buf_t *out, const char *s) {
     buf_append_char(out, '"');
 }
 
+/* d as "%.15g" prints it, when that is d's shortest decimal with at most
+ * 15 digits, 1e-4 <= |d| < 1e15 and a fraction: the integer m = d * 10^k
+ * for the least k with m / 10^k == d (both exact, the division rounded
+ * once, so that is reading the text back), its point put in by hand.
+ * Returns 0 when d is not such a number.  The coordinates of a million
+ * places are printed at start; snprintf("%g") was a fifth of it. */
+static int put_short_decimal(buf_t *out, double d) {
+    static const double p10[16] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8,
+                                   1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
+    double a = fabs(d);
+    if (!(a >= 1e-4 && a < 1e15)) return 0;
+    for (int k = 1; k < 16; k++) {
+        double m = nearbyint(a * p10[k]);
+        if (m >= 1e15) return 0;
+        if (m / p10[k] != a) continue;
+        char tmp[40], *e = tmp + sizeof tmp, *s = e;
+        long long v = (long long)m;
+        for (int i = 0; i < k; i++, v /= 10) *--s = (char)('0' + v % 10);
+        *--s = '.';
+        do *--s = (char)('0' + v % 10); while (v /= 10);
+        if (d < 0) *--s = '-';
+        buf_append(out, s, (size_t)(e - s));
+        return 1;
+    }
+    return 0;
+}
+
 /* The shortest text that reads back as the same double. */
 static void put_number(buf_t *out, double d) {
     char tmp[40];
@@ -60,6 +87,8 @@ static void put_number(buf_t *out, double d) {
     }
     if (fabs(d) < 1e15 && d == (double)(long long)d) {   /* no cast out of range */
         snprintf(tmp, sizeof tmp, "%lld", (long long)d);
+    } else if (put_short_decimal(out, d)) {
+        return;
     } else {
         for (int prec = 15; prec <= 17; prec++) {
             snprintf(tmp, sizeof tmp, "%.*g", prec, d);

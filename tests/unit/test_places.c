@@ -325,8 +325,58 @@ static void test_printer_numbers(void) {
     }
 }
 
+/* The shortest text of a double, the slow way: "%.15g", 16, 17 digits,
+ * the first that reads back. */
+static void shortest_reference(double d, char *out, size_t len) {
+    if (fabs(d) < 1e15 && d == (double)(long long)d) {
+        snprintf(out, len, "%lld", (long long)d);
+        return;
+    }
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(out, len, "%.*g", prec, d);
+        if (strtod(out, NULL) == d) return;
+    }
+}
+
+/* The printer's fast path for short decimals prints what the slow way
+ * prints: decimals of 1 to 15 digits at every magnitude, both signs, the
+ * ends of the fast path's range, and doubles with no short decimal. */
+static void test_printer_numbers_as_slow_way(void) {
+    unsigned long long x = 88172645463325252ull;
+    int bad = 0;
+    for (int i = 0; i < 200000; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        double d;
+        char text[64];
+        if (i % 4 == 3) {
+            memcpy(&d, &x, sizeof d);
+            if (!isfinite(d)) continue;
+        } else {
+            int digits = 1 + (int)(x % 15), exp = (int)(x >> 8) % 24 - 8;
+            long long m = (long long)((x >> 16) % 1000000000000000ull);
+            while (m >= 10 && (int)log10((double)m) + 1 > digits) m /= 10;
+            snprintf(text, sizeof text, "%s%llde%d", x >> 63 ? "-" : "", m, exp);
+            d = strtod(text, NULL);
+        }
+        static const double ends[] = {1e-4, 0.00010000000000000002, 9.9999999999999e-5,
+                                      999999999999999.9, 1e15 - 0.5, 0.1, 0.3, 1.0 / 3};
+        if (i < 8) d = ends[i];
+        char want[64];
+        shortest_reference(d, want, sizeof want);
+        cJSON *n = cJSON_CreateNumber(d);
+        buf_t b = {0};
+        places_json_pretty(n, 0, &b);
+        buf_append_char(&b, '\0');
+        if (strcmp(b.p, want) && bad++ < 5) fprintf(stderr, "%.17g: got %s, want %s\n", d, b.p, want);
+        buf_free(&b);
+        cJSON_Delete(n);
+    }
+    CHECK(bad == 0, "%d numbers printed otherwise than the slow way", bad);
+}
+
 int main(void) {
     test_printer_numbers();
+    test_printer_numbers_as_slow_way();
     test_distance();
     test_order_and_bound();
     test_bad_files();
