@@ -75,10 +75,13 @@ static void select_nth(placesidx_node *v, size_t n, size_t k, int a) {
     }
 }
 
+/* The axis the range spreads most on, judged from about 1,000 of its
+ * places (the choice only makes searches faster or slower). */
 static int widest_axis(const placesidx_node *v, size_t n) {
     double lo[3], hi[3];
+    size_t step = n / 1024 + 1;
     for (int a = 0; a < 3; a++) lo[a] = hi[a] = v[0].u[a];
-    for (size_t i = 1; i < n; i++)
+    for (size_t i = step; i < n; i += step)
         for (int a = 0; a < 3; a++) {
             if (v[i].u[a] < lo[a]) lo[a] = v[i].u[a];
             if (v[i].u[a] > hi[a]) hi[a] = v[i].u[a];
