@@ -10,6 +10,8 @@
 #   make status     this host's servers: pid, uptime, restarts, listening, links,
 #                   then their rates (updates, link messages, requests per second)
 #   make benchmark  load the running herd (CONCURRENCY=N DURATION=S MIX=...)
+#   make places-sample  write a test GeoJSON of N places (default 100000; SEED=S,
+#                   default 26) to build/places-N.geojson, or to OUT=FILE
 #   make fuzz       run each libFuzzer harness for FUZZ_SECONDS (default 60),
 #                   or FUZZ_RUNS executions each when that is set
 #   make test-chaos kill servers under load for CHAOS_SECONDS (default 60)
@@ -61,7 +63,7 @@ JOBS    ?= 4
 
 COMMON_SRC := common/buf.c common/clock.c common/config.c common/folder.c common/handshake.c common/log.c \
               common/net.c common/ports.c common/protocol.c common/secret.c common/siphash.c common/signals.c
-SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c \
+SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c server/placesidx.c \
               server/peer.c server/forward.c server/snapshot.c server/http.c server/google.c \
               server/addrcap.c server/metrics.c server/tls.c server/resolver.c server/reload.c
 BENCH_SRC  := benchmark/benchmark.c
@@ -82,7 +84,7 @@ PROGRAMS := $(BIN)/herd-server $(BIN)/herd-supervisor $(BIN)/herd-benchmark
 .PHONY: all reload restart deps check-deps test check check-normal unit integration asan-build asan-test fuzz fuzz-build test-chaos test-nemesis \
         test-valgrind test-soak \
         test-mutation run stop status \
-        benchmark report report-data install clean coverage
+        benchmark places-sample report report-data install clean coverage
 
 all: check-deps $(PROGRAMS) $(UNIT_BIN)
 
@@ -281,6 +283,12 @@ benchmark: all
 	  echo "make benchmark: no herd is running; start one with: make run" >&2; exit 1; }
 	$(BIN)/herd-benchmark -c config.yml $(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) \
 	  $(if $(DURATION),--duration $(DURATION)) $(if $(MIX),--mix $(MIX)) $(BENCH_ARGS)
+
+N ?= 100000
+OUT ?= $(B)/places-$(N).geojson
+places-sample:
+	@mkdir -p $(dir $(OUT))
+	/usr/bin/python3 benchmark/places_sample.py $(N) $(OUT) $(if $(SEED),--seed $(SEED))
 
 # The report: text in docs/report.md, figures from the JSON in docs/data/,
 # which make report-data measures (the sweep against redis-server, the

@@ -11,8 +11,9 @@
  *   }
  *
  * The 'local' provider reads a GeoJSON FeatureCollection of Point places at
- * start and renders each place's JSON once, so a query is a distance scan
- * and a few memcpy()s.
+ * start, renders each place's JSON once and indexes the places in a k-d
+ * tree (placesidx.h); a query walks a few branches of the tree, then a few
+ * memcpy()s.
  */
 #ifndef HERD_PLACES_H
 #define HERD_PLACES_H
@@ -21,30 +22,39 @@
 #include <stddef.h>
 
 #include "buf.h"
+#include "placesidx.h"
 
 typedef struct {
     double lat, lng;
-    double x, y, z;             /* unit vector: distances without trigonometry */
-    char *json;                 /* the rendered result object, indented */
-    size_t json_len;
+    double u[3];                /* unit vector: distances without trigonometry */
+    size_t json_off, json_len;  /* the rendered result object, indented, in text */
 } place;
 
 typedef struct {
-    place *v;
+    place *v;                   /* in file order */
     size_t n;
+    char *text;                 /* every place's JSON, one after the other */
+    placesidx idx;
 } places_local;
 
-/* Read a GeoJSON file.  Returns 0, or -1 with "FILE: reason" in err. */
+/* Read a GeoJSON file (at most 256 MiB) and index it.  Returns 0, or -1
+ * with "FILE: reason" or "FILE:LINE: reason" in err. */
 int places_local_load(places_local *pl, const char *path, char *err, size_t errlen);
 void places_local_free(places_local *pl);
 
 /* Great-circle distance in km (haversine, mean Earth radius 6371.0088 km). */
 double places_distance_km(double lat1, double lng1, double lat2, double lng2);
 
-/* Indexes of the places within radius_km of (lat, lng), nearest first, at
- * most 'bound' of them (bound <= 20) into idx.  Returns how many. */
+/* Indexes of the places within radius_km of (lat, lng), nearest first
+ * (equal distances in file order), at most 'bound' of them (bound <= 20)
+ * into idx.  Returns how many. */
 int places_local_search(const places_local *pl, double lat, double lng,
                         double radius_km, int bound, size_t *idx);
+
+/* The same answer from a scan of every place: the reference the index is
+ * tested against. */
+int places_local_search_scan(const places_local *pl, double lat, double lng,
+                             double radius_km, int bound, size_t *idx);
 
 /* Append the whole reply JSON for a local search to out.  Returns the
  * number of results. */

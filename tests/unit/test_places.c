@@ -137,6 +137,45 @@ static void test_bad_files(void) {
           strstr(err, "cannot open"), "missing file: %s", err);
 }
 
+/* The file is read as a stream: an error names the line it is on, JSON
+ * is refused wherever it breaks, and what cJSON accepted still loads. */
+static void test_stream_errors_and_lines(void) {
+    static const struct { const char *text, *want; size_t places; } cases[] = {
+        {"{\"features\":[\n" FEATURE("a", 1, 1) ",\n"
+         "{\"geometry\":{\"type\":\"Point\",\"coordinates\":[1]}}]}", ":3: feature 2: coordinates", 0},
+        {"{\"type\":\"FeatureCollection\",\n\"features\":[\n" FEATURE("a", 1, 1) ",\n]}",
+         ":4: not valid JSON", 0},
+        {"{\"features\":[" FEATURE("a", 1, 1), ":1: not valid JSON", 0},
+        {"{\"features\":[" FEATURE("a", 1, 1) "]", ":1: not valid JSON", 0},
+        {"{\"features\":[12abc]}", ":1: not valid JSON", 0},
+        {"{\"features\":[" FEATURE("a", 1, 1) "],\n\"bbox\":[1,2,}", ":2: not valid JSON", 0},
+        {"{\"features\":[" FEATURE("a", 1, 1) "] \"x\":1}", ":1: not valid JSON", 0},
+        {"{\"features\":{}}", "\"features\" list", 0},
+        {"[" FEATURE("a", 1, 1) "]", "\"features\" list", 0},
+        {"", ":1: not valid JSON", 0},
+        /* accepted: a BOM, other members before and after, a second
+         * "features" (only the first counts), anything after the object */
+        {"\xEF\xBB\xBF{\"type\":\"FeatureCollection\",\"features\":[" FEATURE("a", 1, 1) ","
+         FEATURE("b", 2, 2) "],\"features\":[7],\"crs\":{\"x\":[\"]}\"]}} trailing", NULL, 2},
+        {"{\"features\":[ ]}", NULL, 0},
+        {"{\"f\\u0065atures\":[" FEATURE("a", 1, 1) "]}", NULL, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *path = write_tmp(cases[i].text);
+        places_local pl;
+        char err[256] = "";
+        int rc = places_local_load(&pl, path, err, sizeof err);
+        if (cases[i].want) {
+            CHECK(rc < 0 && strstr(err, cases[i].want) && !strncmp(err, path, strlen(path)),
+                  "case %zu: '%s'", i, err);
+        } else {
+            CHECK(rc == 0 && pl.n == cases[i].places, "case %zu: %zu places: %s", i, pl.n, err);
+            places_local_free(&pl);
+        }
+        unlink(path);
+    }
+}
+
 /* A file past the 256 MiB bound is refused before a byte is read (a sparse
  * file: no disk used), with a message naming it and the bound. */
 static void test_file_too_large(void) {
@@ -286,11 +325,62 @@ static void test_printer_numbers(void) {
     }
 }
 
+/* The shortest text of a double, the slow way: "%.15g", 16, 17 digits,
+ * the first that reads back. */
+static void shortest_reference(double d, char *out, size_t len) {
+    if (fabs(d) < 1e15 && d == (double)(long long)d) {
+        snprintf(out, len, "%lld", (long long)d);
+        return;
+    }
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(out, len, "%.*g", prec, d);
+        if (strtod(out, NULL) == d) return;
+    }
+}
+
+/* The printer's fast path for short decimals prints what the slow way
+ * prints: decimals of 1 to 15 digits at every magnitude, both signs, the
+ * ends of the fast path's range, and doubles with no short decimal. */
+static void test_printer_numbers_as_slow_way(void) {
+    unsigned long long x = 88172645463325252ull;
+    int bad = 0;
+    for (int i = 0; i < 200000; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        double d;
+        char text[64];
+        if (i % 4 == 3) {
+            memcpy(&d, &x, sizeof d);
+            if (!isfinite(d)) continue;
+        } else {
+            int digits = 1 + (int)(x % 15), exp = (int)(x >> 8) % 24 - 8;
+            long long m = (long long)((x >> 16) % 1000000000000000ull);
+            while (m >= 10 && (int)log10((double)m) + 1 > digits) m /= 10;
+            snprintf(text, sizeof text, "%s%llde%d", x >> 63 ? "-" : "", m, exp);
+            d = strtod(text, NULL);
+        }
+        static const double ends[] = {1e-4, 0.00010000000000000002, 9.9999999999999e-5,
+                                      999999999999999.9, 1e15 - 0.5, 0.1, 0.3, 1.0 / 3};
+        if (i < 8) d = ends[i];
+        char want[64];
+        shortest_reference(d, want, sizeof want);
+        cJSON *n = cJSON_CreateNumber(d);
+        buf_t b = {0};
+        places_json_pretty(n, 0, &b);
+        buf_append_char(&b, '\0');
+        if (strcmp(b.p, want) && bad++ < 5) fprintf(stderr, "%.17g: got %s, want %s\n", d, b.p, want);
+        buf_free(&b);
+        cJSON_Delete(n);
+    }
+    CHECK(bad == 0, "%d numbers printed otherwise than the slow way", bad);
+}
+
 int main(void) {
     test_printer_numbers();
+    test_printer_numbers_as_slow_way();
     test_distance();
     test_order_and_bound();
     test_bad_files();
+    test_stream_errors_and_lines();
     test_file_too_large();
     test_feature_properties();
     test_printer_odd_values();
