@@ -148,6 +148,7 @@ void server_reload(server *s) {
         log_msg(LOG_ERROR, "reload-failed", "%s; nothing changed", err);
         s->metrics.reload_ok = 0;
         unstage(&st);
+        log_flush();                    /* the reason on disk before the metrics say */
         metrics_tick(s);
         return;
     }
@@ -161,5 +162,6 @@ void server_reload(server *s) {
             "max_stored_clients=%zu places=%zu%s", s->cfg->path, nb, s->max_clients,
             s->cfg->limits.max_stored_clients, s->places.n,
             reread ? " (places file read again)" : "");
+    log_flush();
     metrics_tick(s);
 }

@@ -1,6 +1,7 @@
 """Operations without downtime (docs/PROTOCOL.md, "Reloading the config"
 and "Rolling restart"): ./start_servers.sh --reload and --restart on a
 running herd, as an operator runs them, under load."""
+import json
 import os
 import re
 import shutil
@@ -327,3 +328,44 @@ def test_the_supervisor_restarts_in_place_with_its_new_binary(sup_herd, tmp_path
     assert r.returncode == 1 and "exit status 7" in r.stderr, r.stdout + r.stderr
     assert h.pids()["supervisor"] == sup and os.stat(f"/proc/{sup}/exe").st_ino == new_inode
     shutil.copy2(BIN_DIR + "/herd-supervisor", bindir / "herd-supervisor")   # for the stop
+
+
+def test_a_reload_reads_a_changed_places_file_and_refuses_a_bad_one(sup_herd, tmp_path):
+    h = sup_herd({"Alpha": []})
+    mine = tmp_path / "places.geojson"
+    def place(name, lat, lng):
+        return {"type": "Feature", "geometry": {"type": "Point", "coordinates": [lng, lat]},
+                "properties": {"name": name}}
+    def write(*places):
+        mine.write_text(json.dumps({"type": "FeatureCollection", "features": list(places)}))
+    write(place("First", 34.068930, -118.445127))
+    rewrite_places = lambda: write_config(h.dir, {"Alpha": (h.ports["Alpha"], [])},
+                                          places={"local_file": str(mine)}, extra=NO_HANG)
+    rewrite_places()
+    h.start()
+    pid = h.pids()["Alpha"]
+    c = socket.create_connection(("127.0.0.1", h.ports["Alpha"]))
+    f = c.makefile("rb")
+
+    def names():
+        c.sendall(b"WHATSAT kiwi 10 5\n")
+        f.readline()
+        text = b""
+        while not text.endswith(b"}\n\n"):
+            text += f.readline()
+        return [p["name"] for p in json.loads(text)["results"]]
+
+    c.sendall(b"IAMAT kiwi +34.068930-118.445127 1621464827.5\n")
+    f.readline()
+    assert names() == ["First"]
+    write(place("Second", 34.068930, -118.445127), place("Third", 34.06893, -118.4451))
+    r = h.script("start_servers.sh", "--reload")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert names() == ["Second", "Third"]              # the same connection, the new file
+    assert h.wait_log("Alpha", "(places file read again)")
+    mine.write_text('{"type": "FeatureCollection", "features": [')
+    r = h.script("start_servers.sh", "--reload")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(r"Alpha refused the reload and runs as before: .* reload-failed .*"
+                     r"places\.geojson", r.stdout), r.stdout
+    assert names() == ["Second", "Third"] and h.pids()["Alpha"] == pid
