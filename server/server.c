@@ -682,13 +682,21 @@ static int fit_fd_limit(server *s, long *limit, char *err, size_t errlen) {
 
 /* Per-address counts under a new cap: the connections counted so far stay
  * counted (even past a lower cap: nobody is closed), none is added. */
+static client *any_client(const server *s, size_t i) {   /* polled, then cold */
+    return i < s->npfd ? s->conn[i] : s->cold[i - s->npfd];
+}
+
 static void refit_per_address(server *s) {
     addrcap next;
     unsigned cap = (unsigned)s->cfg->limits.max_clients_per_address;
-    addrcap_init(&next, cap, (size_t)s->max_clients);
+    size_t counted = 0;                        /* the table must hold them all, */
+    for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd + s->ncold; i++)
+        counted += any_client(s, i)->addr_counted;
+    size_t room = counted > (size_t)s->max_clients ? counted : (size_t)s->max_clients;
+    addrcap_init(&next, cap, room);            /* even past a lower max_clients */
     next.cap = cap ? UINT_MAX : 0;             /* take them all back */
     for (size_t i = SERVER_FIRST_CLIENT; i < s->npfd + s->ncold; i++) {
-        client *c = i < s->npfd ? s->conn[i] : s->cold[i - s->npfd];
+        client *c = any_client(s, i);
         if (!c->addr_counted) continue;
         if (cap) addrcap_take(&next, &c->addr_key);
         else c->addr_counted = 0;

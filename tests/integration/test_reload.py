@@ -12,7 +12,7 @@ import threading
 import time
 
 from harness import (BIN_DIR, NO_HANG, exchange, free_port, listens, program, read_metrics,
-                     value, wait_for, write_config)
+                     recv_until_eof, value, wait_for, write_config)
 
 
 class Load:
@@ -369,3 +369,36 @@ def test_a_reload_reads_a_changed_places_file_and_refuses_a_bad_one(sup_herd, tm
     assert re.search(r"Alpha refused the reload and runs as before: .* reload-failed .*"
                      r"places\.geojson", r.stdout), r.stdout
     assert names() == ["Second", "Third"] and h.pids()["Alpha"] == pid
+
+
+def test_a_lower_max_clients_keeps_every_client_of_many_addresses(sup_herd):
+    """A reload that lowers max_clients below the clients connected from
+    as many addresses, with a per-address cap: nobody is closed, the server
+    answers at once (its per-address table once had no room for them all,
+    and the reload spun), and new clients are refused until some leave."""
+    h = sup_herd({"Alpha": []})
+    write_config(h.dir, {"Alpha": (h.ports["Alpha"], [])}, extra=NO_HANG,
+                 limits={"max_clients": 100, "max_clients_per_address": 2})
+    h.start()
+    pid = h.pids()["Alpha"]
+    held = []
+    for k in range(20):
+        c = socket.socket()
+        c.bind((f"127.0.0.{k + 2}", 0))
+        c.connect(("127.0.0.1", h.ports["Alpha"]))
+        c.sendall(b"PING\n")
+        assert c.recv(100) == b"? PING\n"
+        held.append(c)
+    write_config(h.dir, {"Alpha": (h.ports["Alpha"], [])}, extra=NO_HANG,
+                 limits={"max_clients": 4, "max_clients_per_address": 2})
+    r = h.script("start_servers.sh", "--reload")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for c in held:                                    # all still served
+        c.settimeout(5)
+        c.sendall(b"PING\n")
+        assert c.recv(100) == b"? PING\n"
+    with socket.create_connection(("127.0.0.1", h.ports["Alpha"]), timeout=5) as c:
+        assert recv_until_eof(c) == b"? too many connections, try again later\n"   # at once
+    assert h.pids()["Alpha"] == pid
+    for c in held:
+        c.close()
