@@ -24,10 +24,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "supervisor.h"
 
 #define CONTROL_NAME "supervisor.sock"
-#define CONTROL_READ_MS 1000      /* a client sends its line at once */
+#define CONTROL_READ_MS 200       /* a client sends its whole line at once */
+#define CONTROL_PER_ROUND 8       /* connections served per call: the loop goes on */
 
 /* addr for the socket in cfg's state folder, through dirfd (the caller
  * closes it after bind or connect).  Returns 0, or -1 with why. */
@@ -66,13 +68,15 @@ void control_unlink(const config *cfg) {
     unlink(path);
 }
 
-/* Read one line (without its LF) from fd within CONTROL_READ_MS.  Returns
- * its length, or -1. */
+/* Read one line (without its LF) from fd within CONTROL_READ_MS in all.
+ * Returns its length, or -1. */
 static int read_line(int fd, char *line, size_t cap) {
     size_t n = 0;
+    int64_t deadline = mono_ms() + CONTROL_READ_MS;
     while (n + 1 < cap) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
-        if (poll(&p, 1, CONTROL_READ_MS) <= 0) return -1;
+        int64_t left = deadline - mono_ms();
+        if (left <= 0 || poll(&p, 1, (int)left) <= 0) return -1;
         ssize_t r = read(fd, line + n, 1);
         if (r < 0 && (errno == EINTR || errno == EAGAIN)) continue;
         if (r <= 0) return -1;
@@ -85,7 +89,8 @@ static int read_line(int fd, char *line, size_t cap) {
 
 void control_serve(int lfd, control_handler *handle) {
     int fd;
-    while ((fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+    for (int served = 0; served < CONTROL_PER_ROUND &&
+                         (fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0; served++) {
         char line[256], reply[8192];
         reply[0] = '\0';
         if (read_line(fd, line, sizeof line) < 0)

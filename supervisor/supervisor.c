@@ -185,24 +185,24 @@ static void heartbeat_started(child *k) {
     k->hb_w = -1;
 }
 
-/* The read ends of the running children, after pfd[0] (the self-pipe);
- * who[i] is the child of pfd[1 + i].  Returns the number of entries. */
-static int heartbeat_pollset(struct pollfd *pfd, int *who) {
+/* The read ends of the running children, after pfd[0] (the self-pipe):
+ * a beat wakes the loop.  Returns the number of entries. */
+static int heartbeat_pollset(struct pollfd *pfd) {
     int n = 1;
     for (int i = 0; i < S.n; i++)
-        if (S.kids[i].state == CH_RUNNING && S.kids[i].hb_r >= 0) {
-            who[n - 1] = i;
+        if (S.kids[i].state == CH_RUNNING && S.kids[i].hb_r >= 0)
             pfd[n++] = (struct pollfd){.fd = S.kids[i].hb_r, .events = POLLIN};
-        }
     return n;
 }
 
-/* Record the beats that came; a closed pipe (the child is exiting) is not
- * watched any more. */
-static void heartbeat_read(const struct pollfd *pfd, int n, const int *who, int64_t now) {
-    for (int j = 1; j < n; j++) {
-        if (!pfd[j].revents) continue;
-        child *k = &S.kids[who[j - 1]];
+/* Record the beats that came, from every pipe, just before they are
+ * checked: however long this round took (a slow control client, a slow
+ * name lookup), a child that beat meanwhile is not taken for hung.  A
+ * closed pipe (the child is exiting) is not watched any more. */
+static void heartbeat_drain(int64_t now) {
+    for (int i = 0; i < S.n; i++) {
+        child *k = &S.kids[i];
+        if (k->state != CH_RUNNING || k->hb_r < 0) continue;
         char buf[64];
         ssize_t r;
         while ((r = read(k->hb_r, buf, sizeof buf)) > 0) k->last_beat_ms = now;
@@ -795,7 +795,6 @@ int supervisor_run(const config *cfg, const char *server_path) {
     S.dirty = 0;   /* written: a second write a round later could replace a file
                     * someone else wrote meanwhile, which the exit then removes */
     struct pollfd pfd[2 + CONFIG_MAX_SERVERS];
-    int who[CONFIG_MAX_SERVERS];
     pfd[0] = (struct pollfd){.fd = S.sig_r, .events = POLLIN};
     for (;;) {
         cfg = S.cfg;                    /* a reload may have replaced it */
@@ -810,11 +809,10 @@ int supervisor_run(const config *cfg, const char *server_path) {
         for (int i = 0; i < S.n; i++)
             if (S.kids[i].kill_at_ms && S.kids[i].kill_at_ms < wake) wake = S.kids[i].kill_at_ms;
         int timeout = wake > now ? (int)(wake - now) : 0;
-        int npfd = heartbeat_pollset(pfd, who);
+        int npfd = heartbeat_pollset(pfd);
         pfd[npfd] = (struct pollfd){.fd = S.stopping ? -1 : S.ctl_fd, .events = POLLIN};
         if (poll(pfd, (nfds_t)npfd + 1, timeout) > 0) {
             if (pfd[0].revents) handle_signals();
-            heartbeat_read(pfd, npfd, who, mono_ms());
             if (pfd[npfd].revents && !S.stopping) control_serve(S.ctl_fd, command);
         }
         if (S.reexec_due && !S.stopping) {
@@ -825,6 +823,7 @@ int supervisor_run(const config *cfg, const char *server_path) {
         forget_retired();
         now = mono_ms();
         keep_lock(now);
+        heartbeat_drain(now);
         heartbeat_check(now);
         if (!S.stopping) kill_overdue(now);
         for (int i = 0; i < S.n && !S.stopping; i++) {

@@ -402,3 +402,37 @@ def test_a_lower_max_clients_keeps_every_client_of_many_addresses(sup_herd):
     assert h.pids()["Alpha"] == pid
     for c in held:
         c.close()
+
+
+def test_silent_control_clients_neither_stall_the_supervisor_nor_get_servers_killed(sup_herd):
+    """Clients of supervisor.sock that connect and say nothing: each is given
+    up after a moment, a real request is still answered, and no server is
+    taken for hung (the supervisor once waited a second per byte and then
+    blamed its own stall on every server's heartbeat)."""
+    h = sup_herd({"Alpha": ["Beta"], "Beta": ["Alpha"]})
+    write_config(h.dir, {n: (h.ports[n], [m for m in ("Alpha", "Beta") if m != n])
+                         for n in ("Alpha", "Beta")},
+                 extra="supervisor:\n  hang_timeout_s: 3\n  stop_timeout_s: 5\n")
+    h.start()
+    pids = h.pids()
+    sock = h.path("state", "supervisor.sock")
+    silent = []
+    for _ in range(25):
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(sock)
+        silent.append(c)
+    t0 = time.time()
+    r = subprocess.run([program("herd-supervisor"), "-c", h.config, "--restart", "Nobody"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2                     # answered by the client itself: no socket
+    c = socket.socket(socket.AF_UNIX)
+    c.connect(sock)
+    c.sendall(b"ping\n")
+    c.settimeout(20)
+    assert c.recv(100).startswith(b"ok pid %d " % pids["supervisor"])
+    took = time.time() - t0         # behind 25 x 200 ms of silence: past hang_timeout_s
+    for s in silent + [c]:
+        s.close()
+    assert "child-hung" not in h.log("supervisor"), h.log("supervisor")
+    assert h.pids() == pids
+    print(f"a ping behind 25 silent clients answered in {took:.1f} s")
