@@ -14,6 +14,13 @@
 
 #include "xalloc.h"
 
+#define PROGRESS_EVERY 16384     /* places between two progress calls */
+
+static struct {
+    void (*fn)(void *);
+    void *arg;
+} progress;                      /* places_set_progress */
+
 #define PLACES_MAX_FILE (256u << 20)
 #define INDENT 3
 #define EARTH_KM 6371.0088      /* mean radius */
@@ -390,7 +397,7 @@ static const char *load_features(places_local *pl, const source *s, const char *
             snprintf(what, sizeof what, "feature %zu: %s", i, why);
             return fail_at(s, p, what), NULL;
         }
-        pl->n++;
+        if (++pl->n % PROGRESS_EVERY == 0 && progress.fn) progress.fn(progress.arg);
         p = skip_ws(vend, s->end);
         if (p < s->end && *p == ']') return p + 1;
         if (p >= s->end || *p != ',') return fail_at(s, p, "not valid JSON"), NULL;
@@ -491,6 +498,11 @@ static void finish_load(places_local *pl, buf_t *text) {
         nodes[i].id = (uint32_t)i;
     }
     placesidx_build(&pl->idx, nodes, pl->n);
+}
+
+void places_set_progress(void (*fn)(void *), void *arg) {
+    progress.fn = fn;
+    progress.arg = arg;
 }
 
 int places_local_load(places_local *pl, const char *path, char *err, size_t errlen) {

@@ -42,6 +42,11 @@ typedef struct {
 int places_local_load(places_local *pl, const char *path, char *err, size_t errlen);
 void places_local_free(places_local *pl);
 
+/* While a file loads, fn(arg) every few thousand places (fn NULL: none):
+ * a reload on the server's loop keeps its heartbeat going through a large
+ * file. */
+void places_set_progress(void (*fn)(void *), void *arg);
+
 /* Great-circle distance in km (haversine, mean Earth radius 6371.0088 km). */
 double places_distance_km(double lat1, double lng1, double lat2, double lng2);
 

@@ -40,6 +40,10 @@ typedef struct {
     int new_places;             /* places holds a new file to swap in */
 } staged;
 
+static void beat(void *s) {
+    server_beat(s);
+}
+
 /* The local places file, read again when its path, size or time changed. */
 static int stage_places(server *s, staged *st, char *err, size_t errlen) {
     const config_places *o = &s->cfg->places, *n = &st->cfg->places;
@@ -50,7 +54,10 @@ static int stage_places(server *s, staged *st, char *err, size_t errlen) {
                     now.st_mtim.tv_sec == s->places_mtime.tv_sec &&
                     now.st_mtim.tv_nsec == s->places_mtime.tv_nsec;
     if (same_file) return 0;
-    if (places_local_load(&st->places, n->local_file, err, errlen) < 0) return -1;
+    places_set_progress(beat, s);       /* on the loop: a large file takes seconds */
+    int rc = places_local_load(&st->places, n->local_file, err, errlen);
+    places_set_progress(NULL, NULL);
+    if (rc < 0) return -1;
     st->new_places = 1;
     return 0;
 }

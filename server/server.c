@@ -739,10 +739,18 @@ static void heartbeat_open(server *s) {
  * timers: while the loop turns, the beats come.  Never blocks; a full pipe
  * holds beats enough, and with no supervisor left the byte goes nowhere
  * (EPIPE). */
-static void heartbeat(server *s) {
-    if (s->hb_fd < 0 || s->now_ms < s->next_beat_ms) return;
-    s->next_beat_ms = s->now_ms + BEAT_MS;
+static void beat_at(server *s, int64_t now) {
+    if (s->hb_fd < 0 || now < s->next_beat_ms) return;
+    s->next_beat_ms = now + BEAT_MS;
     if (write(s->hb_fd, ".", 1) < 0) { /* EAGAIN or EPIPE: nothing to do */ }
+}
+
+static void heartbeat(server *s) {
+    beat_at(s, s->now_ms);
+}
+
+void server_beat(server *s) {
+    beat_at(s, mono_ms());
 }
 
 int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) {

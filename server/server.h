@@ -205,6 +205,11 @@ int server_refit_limits(server *s, char *err, size_t errlen);
 /* reload.c (SIGUSR1): read the config file again and apply it in place. */
 void server_reload(server *s);
 
+/* server.c: a heartbeat now if one is due, from long work on the loop (a
+ * reload reading a large places file), which the supervisor must not take
+ * for a hang. */
+void server_beat(server *s);
+
 /* reload.c: remember the local places file's size and time (just read). */
 void server_note_places_file(server *s);
 

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -30,6 +31,7 @@
 #define CONTROL_NAME "supervisor.sock"
 #define CONTROL_READ_MS 200       /* a client sends its whole line at once */
 #define CONTROL_PER_ROUND 8       /* connections served per call: the loop goes on */
+#define CONTROL_ANSWER_S 30       /* a client waits this long for the answer */
 
 /* addr for the socket in cfg's state folder, through dirfd (the caller
  * closes it after bind or connect).  Returns 0, or -1 with why. */
@@ -120,6 +122,9 @@ int control_request(const config *cfg, const char *request, char *reply, size_t 
         return -1;
     }
     close(dirfd);
+    struct timeval tv = {.tv_sec = CONTROL_ANSWER_S};   /* a stopped supervisor: give up */
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     char line[300];
     int n = snprintf(line, sizeof line, "%s\n", request);
     size_t got = 0;
@@ -132,7 +137,8 @@ int control_request(const config *cfg, const char *request, char *reply, size_t 
     }
     close(fd);
     if (got == (size_t)-1 || got == 0) {
-        snprintf(err, errlen, "the supervisor closed the control socket without an answer");
+        snprintf(err, errlen, "the supervisor gave no answer within %d s (stopped or stuck?)",
+                 CONTROL_ANSWER_S);
         return -1;
     }
     reply[got] = '\0';

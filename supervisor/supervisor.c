@@ -441,6 +441,14 @@ static child *find_kid(const char *name) {
     return NULL;
 }
 
+/* A child removed from the config that is still stopping. */
+static child *find_retiring(const char *name) {
+    for (int i = 0; i < S.n; i++)
+        if (S.kids[i].retiring && S.kids[i].state == CH_RUNNING && !strcmp(S.kids[i].name, name))
+            return &S.kids[i];
+    return NULL;
+}
+
 /* SIGTERM, and SIGKILL after stop_timeout_s (kill_overdue). */
 static void ask_to_stop(child *k) {
     kill(k->pid, SIGTERM);
@@ -506,8 +514,8 @@ static void apply_config(const config *next, const int *local, char *reply, size
             if (k->state == CH_RUNNING) ask_to_stop(k);
             else k->state = CH_STOPPED;
             snprintf(reply + len, n - len, "stop %s\n", k->name);
-        } else if (k->state == CH_GIVEN_UP) {
-            restart_kid(k, NULL, reply, n);
+        } else if (k->state == CH_GIVEN_UP || k->state == CH_WAITING) {
+            restart_kid(k, NULL, reply, n);     /* at once, its crashes forgotten */
         } else if (config_needs_restart(S.cfg, next, k->name, why, sizeof why)) {
             restart_kid(k, why, reply, n);
         } else if (k->state == CH_RUNNING) {
@@ -516,7 +524,17 @@ static void apply_config(const config *next, const int *local, char *reply, size
         }
     }
     for (int j = 0; j < next->n_servers; j++) {
-        if (!local[j] || find_kid(next->servers[j].name) || S.n == CONFIG_MAX_SERVERS) continue;
+        if (!local[j] || find_kid(next->servers[j].name)) continue;
+        child *old = find_retiring(next->servers[j].name);
+        if (old) {                      /* removed by the last reload, not gone yet: */
+            old->retiring = 0;          /* it starts again once it has exited */
+            old->restart_asked = 1;
+            size_t len = strlen(reply);
+            snprintf(reply + len, n - len, "restart %s pid %ld (it was stopping)\n", old->name,
+                     (long)old->pid);
+            continue;
+        }
+        if (S.n == CONFIG_MAX_SERVERS) continue;
         child *k = &S.kids[S.n++];
         memset(k, 0, sizeof *k);
         snprintf(k->name, sizeof k->name, "%s", next->servers[j].name);
@@ -567,7 +585,10 @@ static void command_reload(char *reply, size_t n) {
  * and keeps its pid, so the servers stay its children.  What it knows of
  * them and the descriptors it keeps (servers.lock, the control socket, the
  * heartbeat pipes) cross the exec in HERD_SUPERVISOR_RESUME:
- *   "EXECS LOCKFD CTLFD;NAME PID STATE STARTED_MS RESTARTS HBFD;..."
+ *   "EXECS LOCKFD CTLFD;NAME PID STATE STARTED_MS RESTARTS HBFD FLAGS KILL_IN_MS;..."
+ * (FLAGS: 1 retiring, 2 restart asked; KILL_IN_MS: -1, or when a stop asked
+ * turns into SIGKILL).  A signal that came before the exec, still in the
+ * self-pipe, is raised again while blocked, so the new image gets it.
  * Before it goes, the new binary is tried (--local on the config): one that
  * does not run, or refuses the config, leaves this supervisor as it was.
  * TERM, INT, HUP, USR1 and CHLD stay blocked across the exec; the new image
@@ -576,6 +597,7 @@ static void command_reload(char *reply, size_t n) {
  */
 
 #define RESUME_ENV "HERD_SUPERVISOR_RESUME"
+#define TRY_BINARY_MS 10000       /* the new binary's --local must end by then */
 
 /* Does the program at S.self_path run and accept our config?  0, or -1
  * with why. */
@@ -588,7 +610,19 @@ static int try_new_binary(char *why, size_t n) {
         _exit(127);
     }
     int st = 0;
-    if (pid < 0 || waitpid(pid, &st, 0) < 0) {
+    pid_t done = 0;
+    for (int64_t until = mono_ms() + TRY_BINARY_MS; pid > 0 && !done && mono_ms() < until;) {
+        done = waitpid(pid, &st, WNOHANG);
+        if (!done) usleep(10 * 1000);
+    }
+    if (pid > 0 && !done) {             /* it hangs: not the binary to run */
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+        snprintf(why, n, "%s --local did not finish in %d s: not re-executed", S.self_path,
+                 TRY_BINARY_MS / 1000);
+        return -1;
+    }
+    if (pid < 0 || done < 0) {
         snprintf(why, n, "cannot try %s: %s", S.self_path, strerror(errno));
         return -1;
     }
@@ -607,12 +641,14 @@ static void reexec(void) {
     char state[CONFIG_MAX_SERVERS * (CONFIG_MAX_NAME + 80) + 64];
     size_t k = (size_t)snprintf(state, sizeof state, "%d %d %d;", S.execs + 1, S.lock_fd,
                                 S.ctl_fd);
+    int64_t now = mono_ms();
     for (int i = 0; i < S.n; i++) {
         child *c = &S.kids[i];
-        if (c->retiring) continue;
-        k += (size_t)snprintf(state + k, sizeof state - k, "%s %ld %d %lld %d %d;", c->name,
-                              (long)c->pid, (int)c->state, (long long)c->started_ms,
-                              c->restarts, c->hb_r);
+        if (c->retiring && c->state != CH_RUNNING) continue;
+        k += (size_t)snprintf(state + k, sizeof state - k, "%s %ld %d %lld %d %d %d %lld;",
+                              c->name, (long)c->pid, (int)c->state, (long long)c->started_ms,
+                              c->restarts, c->hb_r, c->retiring | c->restart_asked << 1,
+                              c->kill_at_ms ? (long long)(c->kill_at_ms - now) : -1LL);
         keep_across_exec(c->hb_r, 1);
     }
     keep_across_exec(S.lock_fd, 1);
@@ -622,6 +658,10 @@ static void reexec(void) {
     int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGCHLD};
     for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaddset(&block, sigs[i]);
     sigprocmask(SIG_BLOCK, &block, &old);
+    unsigned char sigs_in[64];         /* caught before the block: pending again */
+    ssize_t got;
+    while ((got = read(S.sig_r, sigs_in, sizeof sigs_in)) > 0)
+        for (ssize_t i = 0; i < got; i++) raise(sigs_in[i]);
     setenv(RESUME_ENV, state, 1);
     log_msg(LOG_INFO, "reexec", "pid=%ld binary=%s servers=%d", (long)getpid(), S.self_path,
             S.n);
@@ -666,13 +706,17 @@ static int resume(void) {
     while ((part = strtok_r(NULL, ";", &save)) && S.n < CONFIG_MAX_SERVERS) {
         child *c = &S.kids[S.n];
         long pid;
-        int state;
-        long long started;
+        int state, flags;
+        long long started, kill_in;
         memset(c, 0, sizeof *c);
         c->hb_w = -1;
-        if (sscanf(part, "%63s %ld %d %lld %d %d", c->name, &pid, &state, &started,
-                   &c->restarts, &c->hb_r) != 6 || state < CH_RUNNING || state > CH_STOPPED)
+        if (sscanf(part, "%63s %ld %d %lld %d %d %d %lld", c->name, &pid, &state, &started,
+                   &c->restarts, &c->hb_r, &flags, &kill_in) != 8 ||
+            state < CH_RUNNING || state > CH_STOPPED)
             continue;
+        c->retiring = flags & 1;
+        c->restart_asked = flags >> 1 & 1;
+        if (kill_in >= 0) c->kill_at_ms = mono_ms() + kill_in;
         c->pid = (pid_t)pid;
         c->state = (child_state)state;
         c->started_ms = started;
