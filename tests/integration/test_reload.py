@@ -436,3 +436,57 @@ def test_silent_control_clients_neither_stall_the_supervisor_nor_get_servers_kil
     assert "child-hung" not in h.log("supervisor"), h.log("supervisor")
     assert h.pids() == pids
     print(f"a ping behind 25 silent clients answered in {took:.1f} s")
+
+
+def reply_lines(r):
+    return [l[len("reload: "):] for l in r.stdout.splitlines() if l.startswith("reload: ")]
+
+
+def control(h, request):
+    """One request to the supervisor's control socket; its answer's lines."""
+    with socket.socket(socket.AF_UNIX) as c:
+        c.connect(h.path("state", "supervisor.sock"))
+        c.sendall(request.encode() + b"\n")
+        c.settimeout(30)
+        return recv_until_eof(c).decode().splitlines()
+
+
+def test_a_server_removed_and_added_back_before_it_stopped_is_restarted_once(sup_herd):
+    """Two reloads in a row, the first removing Gamma and the second putting
+    it back while Gamma (stopped by a signal here, as a slow final snapshot
+    would be) has not exited: no second Gamma beside it (it would find its
+    port taken and crash); Gamma starts again once it exits."""
+    h = started(sup_herd)
+    gamma = h.pids()["Gamma"]
+    os.kill(gamma, signal.SIGSTOP)                    # its stop will wait
+    try:
+        rewrite(h, {"Alpha": ["Beta"], "Beta": ["Alpha"]})
+        assert "stop Gamma" in control(h, "reload")
+        rewrite(h, TRIANGLE)
+        assert f"restart Gamma pid {gamma} (it was stopping)" in control(h, "reload")
+    finally:
+        os.kill(gamma, signal.SIGCONT)                # now it stops, and starts again
+    new = h.wait_restarted("Gamma", gamma)
+    sup = h.log("supervisor")
+    assert "child-crash" not in sup and sup.count("child-start server=Gamma") == 2, sup
+    wait_for(lambda: links_in_metrics(h, "Gamma") == {"Alpha": 1, "Beta": 1}, 10,
+             what="Gamma's links again")
+    assert h.pids()["Gamma"] == new
+
+
+def test_a_reload_starts_a_server_waiting_out_its_back_off_at_once(sup_herd):
+    h = sup_herd({"Alpha": []})
+    write_config(h.dir, {"Alpha": (h.ports["Alpha"], [])},
+                 extra="supervisor:\n  hang_timeout_s: 120\n  stop_timeout_s: 5\n"
+                       "  restart_max: 100\n  backoff_initial_ms: 60000\n"
+                       "  backoff_max_ms: 60000\n")
+    h.start()
+    first = h.pids()["Alpha"]
+    h.kill(first)                                    # restarted at once
+    second = h.wait_restarted("Alpha", first)
+    h.kill(second)                                   # now it waits a minute
+    assert h.wait_log("supervisor", "restart 2 in 60000 ms")
+    r = h.script("start_servers.sh", "--reload")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "start Alpha (it was waiting)" in reply_lines(r), r.stdout
+    assert listens(h.ports["Alpha"])
