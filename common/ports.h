@@ -16,7 +16,7 @@
 
 #define PORTS_RANGE_FILE "/proc/sys/net/ipv4/ip_local_port_range"
 #define PORTS_MAX_LINES 200000   /* of each of /proc/net/tcp and tcp6 */
-#define PORTS_HOLDER_MS 250      /* for the walk of /proc/PID/fd */
+#define PORTS_HOLDER_MS 2000     /* for the walk of /proc/PID/fd (a failed start only) */
 
 /* "LOW HIGH" (the range file's text, tabs or spaces, a newline or not) into
  * *lo and *hi: 0, or -1 when it is not two ports with lo <= hi. */
