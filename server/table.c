@@ -332,6 +332,7 @@ void table_init(table *t) {
     memset(t, 0, sizeof *t);
     t->cap = 1024;
     t->slots = xcalloc(t->cap, sizeof *t->slots);
+    t->tags = xcalloc(t->cap, sizeof *t->tags);
     t->max = TABLE_DEFAULT_MAX;
     uint64_t key[2];
     siphash_random_key(key);
@@ -342,6 +343,7 @@ void table_init(table *t) {
 void table_free(table *t) {
     free_records(t);
     free(t->slots);
+    free(t->tags);
     free(t->heap);
     memset(t, 0, sizeof *t);
 }
@@ -361,6 +363,9 @@ static uint64_t client_hash(const table *t, const char *client, size_t len) {
     return siphash24(client, len, t->k0, t->k1);
 }
 
+/* A slot's tag: hash bits the slot index does not use (see find_slot). */
+static uint8_t tag_of(uint64_t h) { return (uint8_t)(h >> 56); }
+
 static uint64_t entry_hash(const table *t, const table_entry *e) {
     proto_str c = table_entry_client(e);
     return client_hash(t, c.p, c.len);
@@ -368,15 +373,17 @@ static uint64_t entry_hash(const table *t, const table_entry *e) {
 
 /* Slot holding the client; when it is absent, the slot a new entry for it
  * takes: the first removed mark on its probe path, else the free slot that
- * ends the path. */
+ * ends the path.  An entry is read only when its slot's tag matches: most
+ * other keys on the path cost no cache miss. */
 static size_t find_slot(const table *t, uint64_t h, const char *client, size_t len) {
     size_t mask = t->cap - 1, i = (size_t)h & mask, reuse = SIZE_MAX;
+    uint8_t tag = tag_of(h);
     for (;;) {
         uint32_t ref = t->slots[i];
         if (ref == SLOT_FREE) return reuse != SIZE_MAX ? reuse : i;
         if (ref == SLOT_REMOVED) {
             if (reuse == SIZE_MAX) reuse = i;
-        } else {
+        } else if (t->tags[i] == tag) {
             const table_entry *e = entry_at(t, ref);
             if (e->client_len == len && memcmp(e->line + e->client_off, client, len) == 0)
                 return i;
@@ -396,12 +403,16 @@ static void rebuild(table *t, size_t new_cap) {
     uint32_t *old = t->slots;
     t->cap = new_cap;
     t->slots = xcalloc(t->cap, sizeof *t->slots);
+    free(t->tags);
+    t->tags = xcalloc(t->cap, sizeof *t->tags);
     size_t mask = t->cap - 1;
     for (size_t i = 0; i < old_cap; i++) {
         if (!live(old[i])) continue;
-        size_t j = (size_t)entry_hash(t, entry_at(t, old[i])) & mask;
+        uint64_t h = entry_hash(t, entry_at(t, old[i]));
+        size_t j = (size_t)h & mask;
         while (t->slots[j]) j = (j + 1) & mask;
         t->slots[j] = old[i];
+        t->tags[j] = tag_of(h);
     }
     free(old);
     t->removed = 0;
@@ -545,6 +556,7 @@ table_entry *table_offer(table *t, const table_update *u) {
     digest_flip(t, e);
     if (t->slots[i] == SLOT_REMOVED) t->removed--;
     t->slots[i] = ref;
+    t->tags[i] = tag_of(h);
     heap_reserve(t);
     heap_put(t, t->count, heap_slot(ref, u->t));
     t->count++;

@@ -9,8 +9,8 @@
  * multiple of 8 bytes), not one malloc each (see table.c).  Keys are hashed with
  * SipHash-2-4 under a random key, so client-chosen ids cannot be picked to
  * collide.  A client costs its record (16 bytes and its line, rounded up
- * to 8), 4 bytes a slot and 12 a heap place: about 120 bytes with a
- * million typical clients (docs/BENCHMARKS.md).
+ * to 8), 5 bytes a slot (a reference and a hash tag) and 12 a heap place:
+ * about 120 bytes with a million typical clients (docs/BENCHMARKS.md).
  *
  * The table holds at most 'max' clients (limits.max_stored_clients).  A
  * binary min-heap of the entries, in the herd's newer order, finds the
@@ -82,6 +82,7 @@ typedef struct {
 
 typedef struct {
     uint32_t *slots;            /* 0 free, 1 removed, else an entry's reference */
+    uint8_t *tags;              /* per slot: 8 bits of its entry's hash */
     size_t cap;                 /* power of two */
     size_t count;               /* entries */
     size_t removed;             /* slots marked "removed" (see table.c) */
