@@ -135,8 +135,8 @@ MUTATIONS = [
                 "the client's lookup reads a free record",
          tests=["unit/test_table"]),
     dict(id="table-grow-rehash-wrong", file="server/table.c",
-         original="size_t j = (size_t)entry_hash(t, entry_at(t, old[i])) & mask;",
-         mutant="size_t j = (size_t)entry_hash(t, entry_at(t, old[i])) & (old_cap - 1);",
+         original="size_t j = (size_t)h & mask;",
+         mutant="size_t j = (size_t)h & (old_cap - 1);",
          breaks="after the table grows, clients are filed in the wrong slots and get lost",
          tests=["unit/test_table"]),
 
