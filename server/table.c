@@ -517,7 +517,7 @@ static uint32_t make_entry(table *t, const table_update *u) {
     e->line[len] = '\0';
     e->line_len = len & 0x1ff;
     e->bucket = table_bucket_of(u->client.p, u->client.len) & 0xfff;
-    e->gen = ++t->gen;
+    e->gen = ++t->gen & ((UINT64_C(1) << 57) - 1);
     return ref;
 }
 

@@ -44,14 +44,15 @@
  * origin starts after "AT ", the client at client_off, the location one
  * byte after the client, the time one byte after the location.  The
  * protocol's limits (protocol.h) bound every width below; table_offer
- * refuses an update past them. */
+ * refuses an update past them.  heap_pos is a whole word: the heap writes
+ * it at every step without reading the entry first. */
 typedef struct {
-    uint64_t gen;               /* table.gen when stored */
-    uint64_t heap_pos : 27;     /* index in table.heap (TABLE_MAX_MAX < 2^27) */
-    uint64_t bucket : 12;       /* digest bucket (fixed-key hash of the client) */
-    uint64_t line_len : 9;      /* "AT origin diff client location time" < 512 */
-    uint64_t client_len : 9;    /* 1 to PROTO_MAX_CLIENT_LEN */
+    uint64_t gen : 57;          /* table.gen when stored (4 centuries at 10M a second) */
     uint64_t client_off : 7;    /* "AT ", origin, diff, two spaces: < 128 */
+    uint32_t heap_pos;          /* index in table.heap */
+    uint32_t bucket : 12;       /* digest bucket (fixed-key hash of the client) */
+    uint32_t line_len : 9;      /* "AT origin diff client location time" < 512 */
+    uint32_t client_len : 9;    /* 1 to PROTO_MAX_CLIENT_LEN */
     char line[];                /* NUL-terminated for convenience */
 } table_entry;
 
