@@ -2,7 +2,7 @@
 """Resident memory per stored client of one herd-server, and its IAMAT rate.
 
     benchmark/memory_per_client.py [--clients N] [--bound N] [--prefix ID] [--repeat R]
-                                   [--against BIN_DIR [--duration S]] [--json FILE]
+                                   [--against BIN_DIR [--duration S] [--rate-clients N]] [--json FILE]
 
 Starts one herd-server with no neighbours on a free loopback port, a table
 bound of --bound clients and log_lines off; sends it --clients IAMATs for
@@ -19,6 +19,8 @@ one server of each, filled with --clients ids "bench-0", "bench-1", ...
 with old times, takes --repeat runs of this build's herd-benchmark
 (--mix iamat=100 --concurrency 20 --clients N: every IAMAT replaces a
 stored client) in turn, reading each server's CPU time around each run.
+--rate-clients M, more than --bound, makes nearly every IAMAT a new client
+that evicts the oldest instead.
 Every process it starts is stopped when it ends.
 """
 import argparse
@@ -77,7 +79,8 @@ def rate_runs(builds, tmp, a):
             cfgs[name] = (cfg, p.pid)
             rd.fill_clients(port, a.clients, b"bench-")
         scratch = os.path.join(tmp, "run.json")
-        args = ["--mix", "iamat=100", "--concurrency", "20", "--clients", str(a.clients),
+        args = ["--mix", "iamat=100", "--concurrency", "20",
+                "--clients", str(a.rate_clients or a.clients),
                 "--duration", str(a.duration), "--warmup", "0"]
         for r in range(a.repeat):
             order = list(builds) if r % 2 == 0 else list(reversed(builds))
@@ -107,6 +110,8 @@ def main():
     ap.add_argument("--against", metavar="BIN_DIR", help="another build to compare with")
     ap.add_argument("--duration", type=float, default=3.0,
                     help="seconds per rate run, with --against (default 3)")
+    ap.add_argument("--rate-clients", type=int,
+                    help="client ids in the rate runs (default --clients)")
     ap.add_argument("--json", help="also write the figures to this file")
     a = ap.parse_args()
     if a.bound < a.clients:
@@ -137,6 +142,7 @@ def main():
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"machine": rd.machine(), "clients": a.clients, "bound": a.bound,
+                       "rate_clients": a.rate_clients or a.clients,
                        "prefix": a.prefix, "memory": memory, "median_bytes_per_client": mid,
                        "rate": rate}, f, indent=1)
 
