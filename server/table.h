@@ -6,9 +6,9 @@
  * exactly as first produced by the server that received the IAMAT, with
  * the lengths that find its fields, so a WHATSAT reply copies it without
  * formatting.  Records live in 64 KiB blocks of records of one size (a
- * multiple of 8 bytes), not one malloc each (see table.c).  Keys are hashed with
- * SipHash-2-4 under a random key, so client-chosen ids cannot be picked to
- * collide.  A client costs its record (16 bytes and its line, rounded up
+ * multiple of 8 bytes), not one malloc each (see table.c).  Keys are
+ * hashed with SipHash-2-4 under a random key, so client-chosen ids cannot
+ * be picked to collide.  A client costs its record (16 bytes and its line, rounded up
  * to 8), 5 bytes a slot (a reference and a hash tag) and 12 a heap place:
  * about 120 bytes with a million typical clients (docs/BENCHMARKS.md).
  *
