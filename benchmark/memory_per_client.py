@@ -2,7 +2,7 @@
 """Resident memory per stored client of one herd-server, and its IAMAT rate.
 
     benchmark/memory_per_client.py [--clients N] [--bound N] [--prefix ID] [--repeat R]
-                                   [--against BIN_DIR [--duration S] [--rate-clients N]] [--json FILE]
+        [--against BIN_DIR [--duration S] [--rate-clients N]] [--json FILE]
 
 Starts one herd-server with no neighbours on a free loopback port, a table
 bound of --bound clients and log_lines off; sends it --clients IAMATs for
@@ -136,9 +136,10 @@ def main():
     for name in builds:
         print(f"memory_per_client: {name:7s} median {mid[name]:.1f} bytes per client")
     if rate:
-        print(f"memory_per_client: IAMAT rate this/against {rate['this']['rps'] / rate['against']['rps']:.3f}"
-              f" ({rate['this']['rps']:.0f} / {rate['against']['rps']:.0f}), server CPU per IAMAT "
-              f"{rate['this']['server_cpu_us']:.2f} / {rate['against']['server_cpu_us']:.2f} us")
+        this, other = rate["this"], rate["against"]
+        print(f"memory_per_client: IAMAT rate this/against {this['rps'] / other['rps']:.3f} "
+              f"({this['rps']:.0f} / {other['rps']:.0f}), server CPU per IAMAT "
+              f"{this['server_cpu_us']:.2f} / {other['server_cpu_us']:.2f} us")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"machine": rd.machine(), "clients": a.clients, "bound": a.bound,
