@@ -146,8 +146,9 @@ def cpu_per_request(pids, args, out_json):
             "client_cpu_us": (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) * 1e6 / n}
 
 
-def fill_clients(port, n):
-    """n IAMATs for distinct ids over one pipelined connection; every reply read."""
+def fill_clients(port, n, prefix=b"mem"):
+    """n IAMATs for distinct ids (prefix and a number) over one pipelined
+    connection; every reply read."""
     import threading
     sock = socket.create_connection(("127.0.0.1", port))
     got = [0]
@@ -162,7 +163,7 @@ def fill_clients(port, n):
     t.start()
     chunk = 10_000
     for base in range(0, n, chunk):
-        sock.sendall(b"".join(b"IAMAT mem%d +34.068930-118.445127 %d.5\n" % (i, 1700000000 + i)
+        sock.sendall(b"".join(b"IAMAT %s%d +34.068930-118.445127 %d.5\n" % (prefix, i, 1700000000 + i)
                               for i in range(base, min(n, base + chunk))))
     t.join()
     sock.close()

@@ -137,7 +137,8 @@ static void compute_tree(server *s, int o) {
 static int tree_children(server *s, const table_entry *e, int from_link, uint64_t *kids) {
     if (s->cfg->herd.forwarding == FORWARD_FLOOD || s->now_ms < s->fw.flux_until_ms)
         return -1;
-    int o = server_index(s, e->line + e->origin_off, e->origin_len), me = me_index(s);
+    proto_str origin = table_entry_origin(e);
+    int o = server_index(s, origin.p, origin.len), me = me_index(s);
     if (o < 0) return -1;
     for (int li = 0; li < s->n_links; li++)      /* a neighbour that never says LINK */
         if (link_ready(s, li) && !s->fw.seq[s->links[li].server]) return -1;

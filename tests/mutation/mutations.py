@@ -118,13 +118,25 @@ MUTATIONS = [
 
     # ------------------------------------------------------------- table.c
     dict(id="identical-update-accepted", file="server/table.c",
-         original="return update_cmp(u, old) > 0 ? replace(t, i, u) : NULL;",
-         mutant="return update_cmp(u, old) >= 0 ? replace(t, i, u) : NULL;",
+         original="return update_cmp(t, u, entry_at(t, old)) > 0 ? replace(t, i, u) : NULL;",
+         mutant="return update_cmp(t, u, entry_at(t, old)) >= 0 ? replace(t, i, u) : NULL;",
          breaks="an update equal to the stored one counts as newer (floods it again)",
          tests=["unit/test_table"]),
+    dict(id="moved-record-keeps-old-heap-ref", file="server/table.c",
+         original="        t->heap[e->heap_pos].ref = to;\n",
+         mutant="        (void)to;\n",
+         breaks="a record moved by a compaction is still named by its old place in the heap: "
+                "the oldest client is read from a free record",
+         tests=["unit/test_table"]),
+    dict(id="moved-record-keeps-old-slot-ref", file="server/table.c",
+         original="        t->slots[find_slot(t, client_hash(t, id.p, id.len), id.p, id.len)] = to;\n",
+         mutant="        (void)to;\n",
+         breaks="a record moved by a compaction is still named by its old place in its slot: "
+                "the client's lookup reads a free record",
+         tests=["unit/test_table"]),
     dict(id="table-grow-rehash-wrong", file="server/table.c",
-         original="size_t j = (size_t)e->hash & mask;",
-         mutant="size_t j = (size_t)e->hash & (old_cap - 1);",
+         original="size_t j = (size_t)h & mask;",
+         mutant="size_t j = (size_t)h & (old_cap - 1);",
          breaks="after the table grows, clients are filed in the wrong slots and get lost",
          tests=["unit/test_table"]),
 
@@ -342,9 +354,9 @@ MUTATIONS = [
 
     # ---------------------------------------------------------- forward.c (issue 24)
     dict(id="whole-line-tie-ignored", file="server/table.c",
-         original="    return proto_bytes_cmp(line, len, e->line, e->line_len);\n",
-         mutant="    (void)len;\n    return proto_bytes_cmp(u->client.p, u->client.len, "
-                "e->line + e->client_off, e->client_len);\n",
+         original="    return proto_bytes_cmp(aline, alen, b->line, b->line_len);\n",
+         mutant="    (void)alen;\n    return proto_bytes_cmp(a->client.p, a->client.len, "
+                "b->line + b->client_off, b->client_len);\n",
          breaks="two lines equal in time, location and origin but not in bytes compare equal: "
                 "servers keep different lines for one update and resend them for ever",
          tests=["unit/test_table"]),

@@ -24,6 +24,13 @@ static const char *stored(table *t, const char *client) {
     return e ? e->line : "(none)";
 }
 
+static proto_time time_of(const table_entry *e) {
+    proto_time tm = {-1, 0};
+    proto_str s = table_entry_time(e);
+    proto_parse_time(s.p, s.len, &tm);
+    return tm;
+}
+
 /* Every entry is in the heap at its recorded place, the heap is ordered,
  * every heap entry is findable, and the counts add up. */
 static int consistent(const table *t) {
@@ -34,15 +41,14 @@ static int consistent(const table *t) {
     }
     if (live != t->count || marks != t->removed || t->count > t->max) return 0;
     for (size_t i = 0; i < t->count; i++) {
-        const table_entry *e = t->heap[i].e;
+        const table_entry *e = table_heap_entry(t, i);
         if (e->heap_pos != i) return 0;
-        if (table_get(t, e->line + e->client_off, e->client_len) != e) return 0;
+        proto_str id = table_entry_client(e);
+        if (table_get(t, id.p, id.len) != e) return 0;
         if (i == 0) continue;
-        const table_entry *p = t->heap[(i - 1) / 2].e;
-        int c = proto_update_cmp(p->t, entry_field(p, p->location_off, p->location_len),
-                                 entry_field(p, p->origin_off, p->origin_len), e->t,
-                                 entry_field(e, e->location_off, e->location_len),
-                                 entry_field(e, e->origin_off, e->origin_len));
+        const table_entry *p = table_heap_entry(t, (i - 1) / 2);
+        int c = proto_update_cmp(time_of(p), table_entry_location(p), table_entry_origin(p),
+                                 time_of(e), table_entry_location(e), table_entry_origin(e));
         if (!c) c = proto_bytes_cmp(p->line, p->line_len, e->line, e->line_len);
         if (c > 0) return 0;
     }
@@ -329,7 +335,140 @@ static void test_ties_at_the_bound(void) {
     table_free(&b);
 }
 
+/* The fields of the longest entry the protocol's limits allow, found again
+ * from the line; an update past a limit is not stored. */
+static void test_longest_fields(void) {
+    char origin[64], diff[31], client[257], loc[71], tm[50];
+    memset(origin, 'o', 63);
+    origin[63] = '\0';
+    snprintf(diff, sizeof diff, "+%s.123456789", "1234567890123456789");
+    memset(client, 'c', 256);
+    client[256] = '\0';
+    snprintf(loc, sizeof loc, "+123.%s-123.%s", "123456789012345678901234567890",
+             "123456789012345678901234567890");
+    snprintf(tm, sizeof tm, "123456789012345678.%s", "123456789012345678901234567890");
+    table t;
+    table_init(&t);
+    table_update u = upd(origin, client, loc, tm);
+    u.diff = (proto_str){diff, strlen(diff)};
+    CHECK(strlen(diff) == 30 && strlen(loc) == 70 && strlen(tm) == 49, "the limits");
+    table_entry *e = table_offer(&t, &u);
+    CHECK(e != NULL && e->line_len == 475, "stored, %d bytes", e ? (int)e->line_len : -1);
+    if (e) {
+        proto_str o = table_entry_origin(e), c = table_entry_client(e);
+        proto_str l = table_entry_location(e), w = table_entry_time(e);
+        CHECK(o.len == 63 && memcmp(o.p, origin, 63) == 0, "origin");
+        CHECK(c.len == 256 && memcmp(c.p, client, 256) == 0, "client");
+        CHECK(l.len == 70 && memcmp(l.p, loc, 70) == 0, "location");
+        CHECK(w.len == 49 && memcmp(w.p, tm, 49) == 0 && e->line[475] == '\0', "time");
+    }
+    char longer[258];
+    memset(longer, 'c', 257);
+    longer[257] = '\0';
+    u = upd("Bailey", longer, "+1.0+1.0", "1");
+    CHECK(table_offer(&t, &u) == NULL && t.count == 1, "a 257-byte id is not stored");
+    table_free(&t);
+}
+
+/* Times past 2^34 seconds share one heap key: the order reads them from
+ * the lines, at the bound and for a stored client alike. */
+static void test_far_times(void) {
+    table t;
+    table_init(&t);
+    table_set_max(&t, 2);
+    table_update u = upd("Bailey", "x", "+1.0+1.0", "20000000000.5");
+    CHECK(table_offer(&t, &u) != NULL, "x stored");
+    u = upd("Bailey", "y", "+1.0+1.0", "20000000000.25");
+    CHECK(table_offer(&t, &u) != NULL, "y stored");
+    u = upd("Bailey", "z", "+1.0+1.0", "20000000000.1");
+    CHECK(table_offer(&t, &u) == NULL && t.refused == 1, "z, older than both, refused");
+    u = upd("Bailey", "z", "+1.0+1.0", "30000000000");
+    CHECK(table_offer(&t, &u) != NULL && !table_get(&t, "y", 1) && table_get(&t, "x", 1),
+          "a newer z evicts y, the oldest");
+    u = upd("Bailey", "x", "+1.0+1.0", "20000000000.4");
+    CHECK(table_offer(&t, &u) == NULL, "an older x refused");
+    u = upd("Bailey", "x", "+1.0+1.0", "20000000000.6");
+    CHECK(table_offer(&t, &u) != NULL, "a newer x stored");
+    u = upd("Bailey", "w", "+1.0+1.0", "20000000000.55");
+    CHECK(table_offer(&t, &u) == NULL, "w, older than both, refused");
+    CHECK(consistent(&t), "consistent");
+    table_free(&t);
+}
+
+/* Blocks of records in use (not given back). */
+static size_t blocks_in_use(const table *t) { return t->n_blocks - t->n_spare; }
+
+/* Lines that change length for good leave their old size's records free;
+ * the next offer moves that size's live records into the holes and gives
+ * the emptied blocks back.  Entries keep their slots (the catch-up cursor
+ * needs no restart), their lines and digests. */
+static void test_compaction(void) {
+    enum { N = 20000 };
+    static const char *locs[] = {"+1.0+1.0", "+12.123456789-120.123456789",
+                                 "+12.1234567890123456789-120.1234567890123456789"};
+    static char ids[N][16];
+    static size_t slot_of[N];
+    table t;
+    table_init(&t);
+    table_set_max(&t, 2 * N);
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "m%d", i);
+        table_update u = upd("Bailey", ids[i], locs[0], "100");
+        table_offer(&t, &u);
+    }
+    size_t full = blocks_in_use(&t);
+    for (int i = 0; i < N; i++)
+        slot_of[i] = table_index(&t, table_get(&t, ids[i], strlen(ids[i])));
+    uint64_t layout = t.layout;
+    /* three quarters take a longer line: the short size turns mostly holes,
+     * and its every block keeps a live record, which must move */
+    for (int i = 0; i < N; i++) {
+        if (i % 4 == 0) continue;
+        table_update u = upd("Bailey", ids[i], locs[1], "200");
+        CHECK(table_offer(&t, &u) != NULL, "m%d longer", i);
+    }
+    table_update u = upd("Bailey", ids[0], locs[2], "50");   /* older: refused */
+    CHECK(table_offer(&t, &u) == NULL && !t.compact_due, "nothing left due");
+    CHECK(t.n_spare > 0, "blocks given back");
+    CHECK(t.layout == layout && consistent(&t), "same slots, consistent");
+    int ok = 1;
+    for (int i = 0; i < N; i++) {
+        table_entry *e = table_get(&t, ids[i], strlen(ids[i]));
+        char want[96];
+        snprintf(want, sizeof want, "AT Bailey +0.000000001 %s %s %s", ids[i],
+                 locs[i % 4 ? 1 : 0], i % 4 ? "200" : "100");
+        ok &= e && strcmp(e->line, want) == 0 && table_slot(&t, slot_of[i]) == e;
+    }
+    CHECK(ok, "every entry in its slot with its line after the moves");
+    table b;                   /* digests as if the entries had never moved */
+    table_init(&b);
+    for (int i = 0; i < N; i++) {
+        u = upd("Bailey", ids[i], locs[i % 4 ? 1 : 0], i % 4 ? "200" : "100");
+        table_offer(&b, &u);
+    }
+    CHECK(same_digests(&t, &b), "same digests");
+    table_free(&b);
+    /* shifting every client through the sizes keeps the memory bounded */
+    for (int round = 0; round < 6; round++) {
+        for (int i = 0; i < N; i++) {
+            char tm[16];
+            snprintf(tm, sizeof tm, "%d", 300 + round);
+            u = upd("Bailey", ids[i], locs[round % 3], tm);
+            table_offer(&t, &u);
+        }
+    }
+    u = upd("Bailey", "last", locs[0], "1000");
+    table_offer(&t, &u);
+    CHECK(t.count == N + 1 && consistent(&t), "all there");
+    CHECK(blocks_in_use(&t) <= 2 * full + 3 * 4 + 3, "%zu blocks in use, %zu for the first fill",
+          blocks_in_use(&t), full);
+    table_free(&t);
+}
+
 int main(void) {
+    test_longest_fields();
+    test_far_times();
+    test_compaction();
     test_ties_at_the_bound();
     test_whole_line_ties();
     test_digests();
