@@ -145,7 +145,7 @@ def forwarded_only(h, names, base, sent, report, what):
 def stats(folder, names):
     """Sums of the last forward-stats line of each server's log."""
     total = {"client_updates": 0, "link_updates_sent": 0, "tree": 0, "flood": 0,
-             "ctl_lines": 0, "ctl_bytes": 0, "announced": 0}
+             "ctl_lines": 0, "ctl_bytes": 0, "announced": 0, "repairs_sent": 0}
     for n in names:
         lines = [l for l in read_log(folder, n).splitlines() if "forward-stats" in l]
         assert lines, f"{n} logged no forward-stats"
@@ -922,7 +922,12 @@ def test_big_herd_n_minus_1_per_update_and_converges_after_cuts_and_kills(tmp_pa
                f"(N-1 = {n - 1}, flooding would cost {2 * h.links - (n - 1)}); {st}; "
                f"all held after {took:.2f} s")
         assert st["client_updates"] == 40
-        assert st["link_updates_sent"] == 40 * (n - 1), st
+        # forwarded along the trees: exactly N-1 each.  Anti-entropy may
+        # resend an update still on its way when a loaded machine makes it
+        # take more than a period (SYNC lines, counted apart): seen 2 and 5
+        # of 1240 with both cores busy; never more than one per update.
+        assert st["link_updates_sent"] - st["repairs_sent"] == 40 * (n - 1), st
+        assert st["repairs_sent"] <= 40, st
         assert st["flood"] == 0, st
 
         # now cut links and kill servers under updates: kill -9 a few servers
