@@ -161,18 +161,25 @@ static void forward(server *s, const table_entry *e, int from_link) {
         if (flood ? li != from_link : (kids >> li & 1)) peer_send(s, e, li);
 }
 
+/* "update from=NAME \"AT ...\"": the prefix by hand, as it is logged for
+ * every update a link brings (snprintf was a visible part of that). */
+static void log_update(const server *s, const table_entry *e, int from_link) {
+    const char *name = s->cfg->servers[s->links[from_link].server].name;
+    size_t n = strlen(name);                   /* < CONFIG_MAX_NAME */
+    char prefix[CONFIG_MAX_NAME + 8];
+    memcpy(prefix, "from=", 5);
+    memcpy(prefix + 5, name, n);
+    memcpy(prefix + 5 + n, " ", 2);
+    log_data(LOG_INFO, "update", prefix, e->line, e->line_len, NULL);
+}
+
 table_entry *update_apply(server *s, const table_update *u, int from_link) {
     table_entry *e = table_offer(&s->tab, u);
     if (!e) return NULL;
     s->table_dirty = 1;
     if (from_link < 0) s->metrics.client_updates++;
     else s->metrics.link_updates_stored++;
-    if (from_link >= 0 && s->cfg->logging.log_lines) {
-        char prefix[96];
-        snprintf(prefix, sizeof prefix, "from=%s ",
-                 s->cfg->servers[s->links[from_link].server].name);
-        log_data(LOG_INFO, "update", prefix, e->line, e->line_len, NULL);
-    }
+    if (from_link >= 0 && s->cfg->logging.log_lines) log_update(s, e, from_link);
     forward(s, e, from_link);
     return e;
 }
