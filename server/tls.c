@@ -174,6 +174,13 @@ int tls_handshake(server *s, client *c, const char **why) {
     }
 }
 
+/* The error queue must be empty before an I/O call, for SSL_get_error();
+ * ERR_clear_error() frees every slot (16 free() calls) even when it is, so
+ * it runs only when something is there: once per record, it showed. */
+static void clear_errors(void) {
+    if (ERR_peek_error()) ERR_clear_error();
+}
+
 /* Map a failed SSL_read/SSL_write to errno; 0 for the end of the stream. */
 static ssize_t io_error(client *c, int r) {
     switch (SSL_get_error(c->ssl, r)) {
@@ -196,7 +203,7 @@ static ssize_t io_error(client *c, int r) {
 }
 
 ssize_t tls_recv(client *c, void *p, size_t n) {
-    ERR_clear_error();
+    clear_errors();
     c->tls_want_write = 0;
     errno = 0;
     int r = SSL_read(c->ssl, p, n > INT_MAX ? INT_MAX : (int)n);
@@ -204,7 +211,7 @@ ssize_t tls_recv(client *c, void *p, size_t n) {
 }
 
 ssize_t tls_send(client *c, const void *p, size_t n) {
-    ERR_clear_error();
+    clear_errors();
     c->tls_want_write = 0;
     errno = 0;
     int r = SSL_write(c->ssl, p, n > INT_MAX ? INT_MAX : (int)n);
