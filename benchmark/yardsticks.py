@@ -117,9 +117,9 @@ class Procs:
         wait_port(port, p)
         return p.pid
 
-    def herd(self, kind, servers=TOPOLOGY, log_lines=True):
-        """A herd in its own folder: kind c (herd-server), asyncio or uvloop
-        (benchmark/asyncio_herd.py).  Returns (config path, [pids])."""
+    def herd(self, kind, servers=TOPOLOGY, log_lines=True, bin_dir=BIN):
+        """A herd in its own folder: kind c (bin_dir's herd-server), asyncio
+        or uvloop (benchmark/asyncio_herd.py).  Returns (config path, [pids])."""
         d = tempfile.mkdtemp(prefix=f"{kind}-", dir=self.tmp)
         ports = {n: free_port() for n in servers}
         cfg = write_config(d, {n: (ports[n], servers[n]) for n in servers})
@@ -128,7 +128,7 @@ class Procs:
                 f.write("  log_lines: false\n")
         pids = []
         for n in servers:
-            argv = ([os.path.join(BIN, "herd-server"), n, "-c", cfg] if kind == "c" else
+            argv = ([os.path.join(bin_dir, "herd-server"), n, "-c", cfg] if kind == "c" else
                     ["/usr/bin/python3", ASYNCIO_HERD, n, "-c", cfg, "--loop", kind])
             pids.append(self.start(argv, ports[n]))
         return cfg, pids
@@ -153,17 +153,30 @@ class Procs:
         return master, ports, pids
 
 
+def redis_caught_up(master, replicas):
+    """Wait until every replica holds what the master holds; what it took."""
+    t = time.monotonic()
+    wait_until(lambda: replicas_caught_up(master, replicas), 30, "replicas caught up")
+    keys = [int(redis_command(p, "DBSIZE")) for p in [master] + replicas]
+    if len(set(keys)) != 1:
+        raise SystemExit(f"yardsticks: redis key counts differ: {keys}")
+    return {"catch_up_ms": (time.monotonic() - t) * 1e3, "keys": keys[0],
+            "master_repl_offset": int(replication(master)["master_repl_offset"])}
+
+
 def run_costed(pids, args, scratch, after=None):
     """One benchmark run and the CPU it cost the processes pids, per request
-    (read after `after` returns, when given)."""
-    t0 = ticks(pids)
+    (read after `after` returns, when given), and the time they waited for a
+    CPU while runnable (/proc/PID/schedstat), per request too."""
+    t0, w0 = ticks(pids), cpu_of(pids)[1]
     js = bench(args, scratch)
     extra = after() if after else {}
-    used = ticks(pids) - t0
+    used, waited = ticks(pids) - t0, cpu_of(pids)[1] - w0
     if js["errors"]:
         raise SystemExit(f"yardsticks: {js['errors']} errors in {js['command']}")
     return dict(extra, rps=js["rps"], requests=js["requests"], p50_us=js["latency_us"]["p50"],
                 p99_us=js["latency_us"]["p99"], cpu_us=used / TICK * 1e6 / js["requests"],
+                runq_wait_us=waited / 1e3 / js["requests"],
                 converged=js.get("converged"), command=js["command"])
 
 
@@ -183,15 +196,6 @@ def replicated(procs, a, scratch):
     time.sleep(3)            # links up, and past the 2 s of flooding after link changes
     common = ["--concurrency", "20", "--duration", str(a.duration), "--warmup", "0"]
 
-    def caught_up():
-        t = time.monotonic()
-        wait_until(lambda: replicas_caught_up(master, replicas), 30, "replicas caught up")
-        keys = [int(redis_command(p, "DBSIZE")) for p in [master] + replicas]
-        if len(set(keys)) != 1:
-            raise SystemExit(f"yardsticks: redis key counts differ: {keys}")
-        return {"catch_up_ms": (time.monotonic() - t) * 1e3, "keys": keys[0],
-                "master_repl_offset": int(replication(master)["master_repl_offset"])}
-
     rounds = []
     for r in range(a.repeat):
         herd = run_costed(herd_pids, ["-c", cfg, "--mix", "iamat=100", "--converge"] + common,
@@ -199,7 +203,8 @@ def replicated(procs, a, scratch):
         if not herd["converged"]:
             raise SystemExit("yardsticks: the herd did not converge after a run")
         redis = run_costed(redis_pids, ["--reference", f"SET k{{key}} {LOCATION}", "--target",
-                                        f"127.0.0.1:{master}"] + common, scratch, caught_up)
+                                        f"127.0.0.1:{master}"] + common, scratch,
+                           lambda: redis_caught_up(master, replicas))
         ping = run_costed(redis_pids, ["--reference", "PING", "--target", f"127.0.0.1:{master}"]
                           + common, scratch)
         rounds.append({"herd_iamat": herd, "redis_replicated_set": redis, "redis_ping": ping})

@@ -45,10 +45,12 @@ static struct {
     int64_t first_ms;        /* when the oldest buffered line was added */
     time_t stamp_sec;        /* second the cached stamp is for */
     char stamp[32];          /* "2026-11-24T19:55:02." */
+    size_t stamp_len;
 } L = {.fd = -1, .flush_ms = 200, .stamp_sec = -1,
        .max_bytes = LOG_DEFAULT_MAX_FILE_BYTES, .keep = LOG_DEFAULT_KEEP_FILES};
 
 static const char *level_name[] = {"DEBUG", "INFO", "WARN", "ERROR"};
+static const size_t level_len[] = {5, 4, 4, 5};
 
 int64_t log_now_ms(void) {
     struct timespec ts;
@@ -176,11 +178,11 @@ static size_t format_head(char *o, const struct timespec *ts, log_level lvl,
     if (ts->tv_sec != L.stamp_sec) {
         struct tm tm;
         gmtime_r(&ts->tv_sec, &tm);
-        strftime(L.stamp, sizeof L.stamp, "%Y-%m-%dT%H:%M:%S.", &tm);
+        L.stamp_len = strftime(L.stamp, sizeof L.stamp, "%Y-%m-%dT%H:%M:%S.", &tm);
         L.stamp_sec = ts->tv_sec;
     }
     char *start = o;
-    size_t sl = strlen(L.stamp), ll = strlen(level_name[lvl]), el = strlen(event);
+    size_t sl = L.stamp_len, ll = level_len[lvl], el = strlen(event);
     memcpy(o, L.stamp, sl);
     o += sl;
     long ms = ts->tv_nsec / 1000000;
@@ -270,26 +272,44 @@ void log_msg(log_level lvl, const char *event, const char *fmt, ...) {
     end_line();
 }
 
+/* Bytes a log line shows as \xNN: control bytes, DEL, '"' and '\'. */
+static int escaped(unsigned char c) {
+    return c < 0x20 || c == 0x7f || c == '"' || c == '\\';
+}
+
+/* data at o, escaped; returns the end.  Runs of plain bytes (a whole
+ * client line, as a rule) are copied at once: this runs for every line a
+ * client or a link sends. */
+static char *put_escaped(char *o, const char *data, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    size_t i = 0;
+    while (i < len) {
+        size_t run = i;
+        while (run < len && !escaped((unsigned char)data[run])) run++;
+        memcpy(o, data + i, run - i);
+        o += run - i;
+        if (run == len) break;
+        unsigned char c = (unsigned char)data[run];
+        *o++ = '\\';
+        *o++ = 'x';
+        *o++ = hex[c >> 4];
+        *o++ = hex[c & 15];
+        i = run + 1;
+    }
+    return o;
+}
+
 void log_data(log_level lvl, const char *event, const char *prefix,
               const char *data, size_t len, const char *suffix) {
-    static const char hex[] = "0123456789abcdef";
+    size_t plen = strlen(prefix);
     begin_line(lvl, event);
-    buf_append_char(&L.buf, ' ');
-    buf_append_str(&L.buf, prefix);
-    buf_reserve(&L.buf, len * 4 + 2);
+    buf_reserve(&L.buf, 1 + plen + len * 4 + 2);
     char *o = L.buf.p + L.buf.len;
+    *o++ = ' ';
+    memcpy(o, prefix, plen);
+    o += plen;
     *o++ = '"';
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)data[i];
-        if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') {
-            *o++ = '\\';
-            *o++ = 'x';
-            *o++ = hex[c >> 4];
-            *o++ = hex[c & 15];
-        } else {
-            *o++ = (char)c;
-        }
-    }
+    o = put_escaped(o, data, len);
     *o++ = '"';
     L.buf.len = (size_t)(o - L.buf.p);
     if (suffix) buf_append_str(&L.buf, suffix);

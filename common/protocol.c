@@ -189,7 +189,7 @@ proto_kind proto_parse(const char *line, size_t len, proto_iamat *ia,
         ia->client = f[1];
         ia->location = f[2];
         ia->time = f[3];
-        if (proto_parse_location(f[2].p, f[2].len, &ia->lat, &ia->lng) < 0) {
+        if (proto_parse_location(f[2].p, f[2].len, NULL, NULL) < 0) {
             *why = "bad location";
             return PROTO_INVALID;
         }
@@ -227,7 +227,6 @@ int proto_parse_at(const char *line, size_t len, proto_at *at, const char **why)
     if (f[1].len == 0 || f[1].len > PROTO_MAX_ORIGIN_LEN) { *why = "bad origin"; return -1; }
     if (!valid_diff(f[2])) { *why = "bad diff"; return -1; }
     if (f[3].len > PROTO_MAX_CLIENT_LEN) { *why = "client id too long"; return -1; }
-    at->u.lat = at->u.lng = 0;   /* not computed: WHATSAT parses the stored text */
     if (proto_parse_location(f[4].p, f[4].len, NULL, NULL) < 0) {
         *why = "bad location";
         return -1;
@@ -263,6 +262,17 @@ int proto_update_cmp(proto_time ta, proto_str loca, proto_str origa,
     return proto_bytes_cmp(origa.p, origa.len, origb.p, origb.len);
 }
 
+/* v in decimal at o, at least 'width' digits (zeros in front); returns
+ * how many.  By hand: it runs for every IAMAT, and snprintf is the slow
+ * part. */
+static size_t put_digits(char *o, uint64_t v, int width) {
+    char tmp[20];
+    int n = 0;
+    do tmp[n++] = (char)('0' + v % 10); while ((v /= 10) || n < width);
+    for (int k = 0; k < n; k++) o[k] = tmp[n - 1 - k];
+    return (size_t)n;
+}
+
 size_t proto_format_diff(char *out, proto_time now, proto_time t) {
     int64_t s = now.sec - t.sec;
     int64_t ns = (int64_t)now.nsec - t.nsec;
@@ -271,7 +281,11 @@ size_t proto_format_diff(char *out, proto_time now, proto_time t) {
     char sign = (s < 0 || ns < 0) ? '-' : '+';
     if (s < 0) s = -s;
     if (ns < 0) ns = -ns;
-    int n = snprintf(out, PROTO_DIFF_MAX, "%c%lld.%09lld", sign, (long long)s,
-                     (long long)ns);
-    return (size_t)n;
+    char *o = out;
+    *o++ = sign;
+    o += put_digits(o, (uint64_t)s, 1);       /* at most 19 digits: |s| < 2^63 */
+    *o++ = '.';
+    o += put_digits(o, (uint64_t)ns, 9);
+    *o = '\0';
+    return (size_t)(o - out);
 }

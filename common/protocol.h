@@ -40,9 +40,10 @@ typedef struct {
     int32_t nsec;
 } proto_time;
 
+/* The location is validated, not converted: only a WHATSAT needs degrees,
+ * and it takes them from the stored text (proto_parse_location). */
 typedef struct {
     proto_str client, location, time;
-    double lat, lng;                 /* degrees, for distances only */
     proto_time t;                    /* exact, for comparisons */
 } proto_iamat;
 
@@ -109,12 +110,12 @@ typedef struct {
  * client, location, time: 475 bytes), rounded up. */
 #define PROTO_AT_MAX 512
 
-/* Parse an AT line.  Returns 0, or -1 with a static reason in *why.  The
- * location is validated but at->u.lat/lng are left 0. */
+/* Parse an AT line.  Returns 0, or -1 with a static reason in *why. */
 int proto_parse_at(const char *line, size_t len, proto_at *at, const char **why);
 
-/* Write now - t as a sign and 9 decimals ("+0.263873386") into out, which
- * must hold at least PROTO_DIFF_MAX bytes.  Returns the length written. */
+/* Write now - t as a sign and 9 decimals ("+0.263873386"), and a NUL, into
+ * out, which must hold at least PROTO_DIFF_MAX bytes.  Returns the length
+ * written (without the NUL). */
 #define PROTO_DIFF_MAX 32
 size_t proto_format_diff(char *out, proto_time now, proto_time t);
 

@@ -387,6 +387,14 @@ static int sniff_tls(server *s, client *c) {
     return b == 0x16 && peer_tls_accept(s, c) == 0;
 }
 
+/* A read that gave n of the 'asked' bytes emptied what there was to read,
+ * so the next would only say EAGAIN: a plain socket gave less than asked;
+ * OpenSSL, which reads ahead, holds no byte more (it took what the socket
+ * had, or more waits there and poll() says so next round). */
+static int read_drained(const client *c, size_t n, size_t asked) {
+    return c->ssl ? !tls_pending(c) : n < asked;
+}
+
 static void client_read(server *s, client *c) {
     if (sniff_tls(s, c)) return;
     /* a TLS read returns one record (16 KiB at most): more turns, same bytes */
@@ -395,13 +403,14 @@ static void client_read(server *s, client *c) {
     for (turn = 0; turn < turns && conn_reads(c); turn++) {
         if (conn_discards(c)) buf_clear(&c->in);   /* read only to throw away */
         buf_reserve(&c->in, READ_CHUNK);
-        ssize_t n = conn_recv(c, c->in.p + c->in.len, c->in.cap - c->in.len);
+        size_t asked = c->in.cap - c->in.len;
+        ssize_t n = conn_recv(c, c->in.p + c->in.len, asked);
         if (n > 0) {
             c->in.len += (size_t)n;
             c->last_ms = s->now_ms;
             clock_gettime(CLOCK_REALTIME, &c->rx_time);   /* IAMAT diffs count from here */
             if (c->state == CONN_OPEN) process_input(s, c, 0);
-            if (!c->ssl && (size_t)n < READ_CHUNK) break;   /* drained the socket */
+            if (read_drained(c, (size_t)n, asked)) break;
         } else if (n == 0) {
             client_at_eof(s, c);
         } else if (errno == EINTR) {

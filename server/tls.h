@@ -11,7 +11,8 @@
  * from tls_handshake) with c->tls_want_write telling the loop whether to
  * wait for POLLOUT or POLLIN.  OpenSSL reads ahead, so records may wait
  * inside it (tls_pending) with nothing left on the socket; the loop reads
- * those without waiting for poll() (client.tls_more).
+ * those without waiting for poll() (client.tls_more).  When it holds
+ * nothing, the socket gave all it had: the loop reads no more this round.
  */
 #ifndef HERD_TLS_H
 #define HERD_TLS_H

@@ -20,8 +20,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (k == PROTO_IAMAT) {
         if (ia.client.p < line || ia.time.p + ia.time.len > line + size) abort();
         if (ia.t.nsec < 0 || ia.t.nsec > 999999999 || ia.t.sec < 0) abort();
-        if (proto_parse_location(ia.location.p, ia.location.len, NULL, NULL) < 0) abort();
-        if (ia.lat < -90 || ia.lat > 90 || ia.lng < -180 || ia.lng > 180) abort();
+        double lat, lng;
+        if (proto_parse_location(ia.location.p, ia.location.len, &lat, &lng) < 0) abort();
+        if (lat < -90 || lat > 90 || lng < -180 || lng > 180) abort();
         char diff[PROTO_DIFF_MAX];
         proto_time now = {1700000000, 5};
         if (proto_format_diff(diff, now, ia.t) >= PROTO_DIFF_MAX) abort();

@@ -224,6 +224,41 @@ def test_after_a_kill_and_restart_only_the_catch_up_is_a_repair(tmp_path, report
         h.stop()
 
 
+def test_bucket_digests_add_up_to_the_sum(herd):
+    """Bona's SUMS lines carry its 4096 bucket digests as 16 lowercase hex
+    digits each, in the form its SUM line carries the root: the digests
+    XOR to the root (each is the XOR of its bucket's entries' hashes), so a
+    digest written any other way, which a neighbour would read as a
+    difference, fails here."""
+    herd.start("Bona")
+    for i in range(40):
+        herd.send("Bona", b"IAMAT digest%d +1.0+2.0 %d.5\n" % (i, 100 + i))
+    peer = fake_peer(herd, "Bailey", "Bona")
+    try:
+        link = LinkLines(peer)
+        assert link.next().startswith(b"AGREE ")
+        peer.sendall(b"AGREE version=2 max_stored_clients=1000000 forwarding=tree\n"
+                     b"SUM 1 0123456789abcdef\n")
+        digests, root = {}, None
+        while len(digests) < 4096 or root is None:
+            line = link.next()
+            if line.startswith(b"SUMS "):
+                first, hexes = line.split()[1:]
+                assert len(hexes) == 32 * 16 and hexes == hexes.lower(), line
+                for i in range(32):
+                    digests[int(first) + i] = int(hexes[16 * i:16 * i + 16], 16)
+            elif line.startswith(b"SUM "):
+                count, root = line.split()[1:]
+                assert count == b"40", line
+        xor = 0
+        for d in digests.values():
+            xor ^= d
+        assert b"%016x" % xor == root, (xor, root)
+        assert sum(1 for d in digests.values() if d) >= 20     # the clients' buckets
+    finally:
+        peer.close()
+
+
 def test_a_bucket_that_differs_in_one_round_only_is_not_repaired(herd, report):
     """The two-round rule of anti-entropy, line by line: a fake Bailey
     answers each of Bona's SUMs with Bona's own bucket digests but one, that

@@ -19,9 +19,9 @@ import pytest
 
 from harness import (ALL, LOC, SERVER_SECRET, TRUST_SECRET, configured_server, connect, exchange,
                      free_port, herd_iamat, hold_clients, key_id, linked, log_mark, Pair, program,
-                     psk_key,
-                     read_log, recv_until_eof, start_server, stop_server, wait_for, wait_listening,
-                     wait_log, whatsat_reply, with_secret, write_config)
+                     psk_key, read_log, recv_exact_lines, recv_until_eof, start_server,
+                     stop_server, wait_for, wait_listening, wait_log, whatsat_reply, with_secret,
+                     write_config)
 
 
 OPENSSL = pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed")
@@ -34,6 +34,34 @@ def test_tls_herd_passes_updates(herd):
         assert "tls=1" in h.log(n), n
     at = herd_iamat(h, "Bailey", b"tlsclient", LOC)
     h.wait_stored(ALL, b"tlsclient", at)
+
+
+def read_calls(pid):
+    """How many read() calls process pid has made (/proc/PID/io, syscr)."""
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("syscr:"))
+
+
+def test_an_update_alone_on_a_link_costs_its_receiver_one_read(herd):
+    """OpenSSL reads ahead: once it holds no byte more, the socket gave all
+    it had, and another read() would only return EAGAIN (a quarter of the
+    herd's read calls did).  Each IAMAT to Bailey reaches Bona as a record
+    of its own: one read() each, not two."""
+    h = herd
+    h.start("Bailey", "Bona").wait_links()
+    n = 300
+    with connect(h.ports["Bailey"]) as c:
+        c.sendall(b"IAMAT reads-warm %s %.9f\n" % (LOC, time.time()))
+        recv_exact_lines(c, 1)
+        h.wait_log("Bona", "reads-warm")      # the link's first lines are behind us
+        before = read_calls(h.procs["Bona"].pid)
+        for i in range(n):
+            c.sendall(b"IAMAT reads-%d %s %.9f\n" % (i, LOC, time.time()))
+            assert recv_exact_lines(c, 1).startswith(b"AT Bailey ")
+    h.wait_log("Bona", f"reads-{n - 1} ")           # Bona has read them all
+    reads = read_calls(h.procs["Bona"].pid) - before
+    # n, and a few for the anti-entropy lines of a second; two per update before
+    assert reads <= n + 20, f"{reads} read calls for {n} updates"
 
 
 def test_wrong_secret_is_refused_and_logged(herd):

@@ -236,6 +236,34 @@ static void case_formats(void) {
     CHECK_FILE(at("f.log"), want);
 }
 
+/* log_data: every byte value, with control bytes, DEL, '"' and '\' as
+ * \xNN and the rest as is, between the prefix and the suffix; runs of
+ * plain bytes of every length between escaped ones. */
+static void case_data(void) {
+    open_log_or_fail("q", 1 << 20, 1);
+    char all[256], mixed[64];
+    for (int i = 0; i < 256; i++) all[i] = (char)i;
+    for (int i = 0; i < 64; i++) mixed[i] = i % 7 == 3 ? '"' : (char)('a' + i % 26);
+    log_data(LOG_INFO, "bytes", "id=7 ", all, sizeof all, " tail=1");
+    log_data(LOG_WARN, "mixed", "", mixed, sizeof mixed, NULL);
+    log_data(LOG_INFO, "none", "p=", "", 0, NULL);
+    log_flush();
+    static char want[4096];
+    size_t n = (size_t)snprintf(want, sizeof want, "INFO bytes id=7 \"");
+    for (int i = 0; i < 256; i++) {
+        int esc = i < 0x20 || i == 0x7f || i == '"' || i == '\\';
+        if (esc) n += (size_t)snprintf(want + n, sizeof want - n, "\\x%02x", i);
+        else want[n++] = (char)i;
+    }
+    n += (size_t)snprintf(want + n, sizeof want - n, "\" tail=1\nWARN mixed \"");
+    for (int i = 0; i < 64; i++) {
+        if (mixed[i] == '"') n += (size_t)snprintf(want + n, sizeof want - n, "\\x22");
+        else want[n++] = mixed[i];
+    }
+    snprintf(want + n, sizeof want - n, "\"\nINFO none p=\"\"\n");
+    CHECK_FILE(at("q.log"), want);
+}
+
 /* A folder name too long is refused with a message; flush_ms 0 means
  * 200 ms; a line is due then, not before. */
 static void case_path_and_flush_default(void) {
@@ -714,6 +742,7 @@ static const struct {
 } cases[] = {
     {"before-open", case_before_open},
     {"formats", case_formats},
+    {"data", case_data},
     {"defaults", case_path_and_flush_default},
     {"tiny-max", case_tiny_max},
     {"keep-blocked", case_keep_blocked_by_folder},

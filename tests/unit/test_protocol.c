@@ -192,8 +192,10 @@ static void test_fields(void) {
     CHECK(ia.time.len == 20 && !memcmp(ia.time.p, "1621464827.959498503", 20), "time");
     CHECK(ia.t.sec == 1621464827 && ia.t.nsec == 959498503, "time %lld.%d",
           (long long)ia.t.sec, ia.t.nsec);
-    CHECK(ia.lat > 34.06892999 && ia.lat < 34.06893001, "lat %.9f", ia.lat);
-    CHECK(ia.lng > -118.44512701 && ia.lng < -118.44512699, "lng %.9f", ia.lng);
+    double lat = 0, lng = 0;
+    CHECK(proto_parse_location(ia.location.p, ia.location.len, &lat, &lng) == 0, "degrees");
+    CHECK(lat > 34.06892999 && lat < 34.06893001, "lat %.9f", lat);
+    CHECK(lng > -118.44512701 && lng < -118.44512699, "lng %.9f", lng);
 
     static const struct { const char *s; int64_t sec; int32_t nsec; } times[] = {
         {"0", 0, 0}, {"0.5", 0, 500000000}, {"1.1234567891234", 1, 123456789},
@@ -215,7 +217,7 @@ static void test_fields(void) {
     memset(tinier + 2, '0', 599);
     strcpy(tinier + 601, "1");
     CHECK(proto_parse_radius(tinier, strlen(tinier), &km) == 0 && km > 0, "tinier %g", km);
-    double lat = 0, lng = 0;
+    lat = lng = 0;
     const char *tiny_lat = "+0.000000000000000000000000000001-0.5";   /* 30 digits */
     CHECK(proto_parse_location(tiny_lat, strlen(tiny_lat), &lat, &lng) == 0 && lat > 0 &&
           lat < 1e-29, "tiny latitude %g", lat);
@@ -284,6 +286,11 @@ static void test_diff(void) {
     check_diff((proto_time){1700000000, 0}, (proto_time){999999999999999999LL, 999999999},
                "-999999998299999999.999999999");
     check_diff((proto_time){1700000000, 5}, (proto_time){0, 0}, "+1700000000.000000005");
+    check_diff((proto_time){0, 0}, (proto_time){999999999999999999LL, 999999999},
+               "-999999999999999999.999999999");      /* the longest */
+    check_diff((proto_time){999999999999999999LL, 0}, (proto_time){0, 1},
+               "+999999999999999998.999999999");
+    check_diff((proto_time){10, 0}, (proto_time){0, 0}, "+10.000000000");
 }
 
 int main(void) {
