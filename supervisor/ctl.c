@@ -88,6 +88,22 @@ static void unreachable(const config *cfg, const char *why) {
             "running? (start it with start_servers.sh)\n", cfg->path, why);
 }
 
+/* Send request.  0 with the answer ("ok" and its lines) in reply; 3 when
+ * no supervisor answers, or 1 when it refused, each said on stderr (the
+ * refusal after 'refused: '). */
+static int ask(const config *cfg, const char *request, char *reply, size_t cap,
+               const char *refused) {
+    char err[4400];
+    if (control_request(cfg, request, reply, cap, err, sizeof err) < 0) {
+        unreachable(cfg, err);
+        return 3;
+    }
+    if (!strncmp(reply, "ok\n", 3)) return 0;
+    fprintf(stderr, "herd-supervisor: %s: %s", refused,
+            strncmp(reply, "error ", 6) ? reply : reply + 6);
+    return 1;
+}
+
 /* Wait for server name (reloaded in place after 'asked') to report it.
  * 0 when it applied the reload, 1 (said why) when not. */
 static int wait_reloaded(const config *cfg, const char *name, double asked, int64_t deadline) {
@@ -111,19 +127,11 @@ static int wait_reloaded(const config *cfg, const char *name, double asked, int6
 }
 
 int supervisor_ctl_reload(const config *cfg, int wait_s) {
-    char reply[8192], err[4400];
+    char reply[8192];
     double asked = wall_s();
     int64_t deadline = mono_ms() + (int64_t)wait_s * 1000;
-    if (control_request(cfg, "reload", reply, sizeof reply, err, sizeof err) < 0) {
-        unreachable(cfg, err);
-        return 3;
-    }
-    if (strncmp(reply, "ok\n", 3)) {
-        fprintf(stderr, "herd-supervisor: reload refused, nothing changed: %s",
-                strncmp(reply, "error ", 6) ? reply : reply + 6);
-        return 1;
-    }
-    int rc = 0;
+    int rc = ask(cfg, "reload", reply, sizeof reply, "reload refused, nothing changed");
+    if (rc) return rc;
     for (char *p = reply + 3, *nl; (nl = strchr(p, '\n')); p = nl + 1) {
         *nl = '\0';
         char name[CONFIG_MAX_NAME];
@@ -161,10 +169,10 @@ static int links_back(const config *cfg, int i, const int *up, int *k) {
     return 1;
 }
 
-/* Restart server i and wait for it.  0, or 1 (said why). */
+/* Restart server i and wait for it.  0, or 1 or 3 (said why). */
 static int restart_one(const config *cfg, int i, int wait_s) {
     const config_server *c = &cfg->servers[i];
-    char reply[1024], err[4400], label[CONFIG_MAX_NAME + 16];
+    char reply[1024], label[CONFIG_MAX_NAME + 16];
     int up[CONFIG_MAX_SERVERS], k;
     long old, pid = 0;
     herd_server_serving(cfg, i, &old);
@@ -177,14 +185,8 @@ static int restart_one(const config *cfg, int i, int wait_s) {
     int64_t t0 = mono_ms(), deadline = t0 + (int64_t)wait_s * 1000;
     double asked = wall_s();
     snprintf(label, sizeof label, "restart %s", c->name);
-    if (control_request(cfg, label, reply, sizeof reply, err, sizeof err) < 0) {
-        unreachable(cfg, err);
-        return 3;
-    }
-    if (strncmp(reply, "ok\n", 3)) {
-        fprintf(stderr, "herd-supervisor: %s", reply);
-        return 1;
-    }
+    int rc = ask(cfg, label, reply, sizeof reply, "not restarted");
+    if (rc) return rc;
     while (mono_ms() < deadline && !(herd_server_serving(cfg, i, &pid) && pid != old))
         usleep(50 * 1000);
     if (!pid || pid == old || !herd_server_serving(cfg, i, &pid)) {
@@ -230,15 +232,8 @@ static int restart_supervisor(const config *cfg, int wait_s) {
     printf("restarting the supervisor (pid %ld) in place: its servers keep running\n", pid);
     fflush(stdout);
     int64_t t0 = mono_ms(), deadline = t0 + (int64_t)wait_s * 1000;
-    if (control_request(cfg, "reexec", reply, sizeof reply, err, sizeof err) < 0) {
-        unreachable(cfg, err);
-        return 3;
-    }
-    if (strncmp(reply, "ok\n", 3)) {
-        fprintf(stderr, "herd-supervisor: the supervisor was not restarted: %s",
-                strncmp(reply, "error ", 6) ? reply : reply + 6);
-        return 1;
-    }
+    int rc = ask(cfg, "reexec", reply, sizeof reply, "the supervisor was not restarted");
+    if (rc) return rc;
     while (mono_ms() < deadline &&
            (ping(cfg, &now_pid, &now_execs, err, sizeof err) < 0 || now_execs <= execs))
         usleep(50 * 1000);
@@ -274,8 +269,10 @@ int supervisor_ctl_restart(const config *cfg, char **names, int n, int wait_s) {
         int rc = restart_supervisor(cfg, wait_s);
         if (rc) return rc;
     }
-    for (int j = 0; j < m; j++)
-        if (restart_one(cfg, order[j], wait_s)) return 1;
+    for (int j = 0; j < m; j++) {
+        int rc = restart_one(cfg, order[j], wait_s);
+        if (rc) return rc;
+    }
     if (m) printf("restarted %d server%s, one at a time\n", m, m == 1 ? "" : "s");
     return 0;
 }
