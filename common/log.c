@@ -225,7 +225,7 @@ int log_open(const char *dir, const char *name, int flush_ms, char *err,
         return -1;
     }
     snprintf(L.dir, sizeof L.dir, "%s", dir);
-    L.flush_ms = flush_ms > 0 ? flush_ms : 200;
+    log_set_flush_ms(flush_ms);
     if (open_log() < 0) {
         snprintf(err, errlen, "cannot open %s: %s", L.path, open_reason(errno));
         return -1;

@@ -442,8 +442,8 @@ MUTATIONS = [
 
     # --------------------------------------------------------------- log.c
     dict(id="log-quote-not-escaped", file="common/log.c",
-         original="if (c < 0x20 || c == 0x7f || c == '\"' || c == '\\\\') {",
-         mutant="if (c < 0x20 || c == 0x7f || c == '\\\\') {",
+         original="return c < 0x20 || c == 0x7f || c == '\"' || c == '\\\\';",
+         mutant="return c < 0x20 || c == 0x7f || c == '\\\\';",
          breaks="a '\"' in logged data is written raw, so a log line can be forged",
          tests=["tests/integration/test_logs.py::test_log_escapes_control_bytes"]),
     dict(id="log-flush-delayed", file="common/log.c",
