@@ -63,11 +63,32 @@ else
 fi
 sup="$bindir/herd-supervisor"
 
+# The LOG column of --status rows: what follows the first seven columns
+# (none of which holds a space), spaces in the path included.
+log_column() {
+    sed -E 's/^([^ ]+ +){7}//'
+}
+
+# The last lines of the log of each server a --status table (on stdin)
+# shows not listening: why it did not come up.
+explain_not_listening() {
+    awk 'NR > 2 && $6 != "yes"' | log_column | while read -r log; do
+        if [ -f "$log" ]; then
+            echo "--- last lines of $log:" >&2
+            tail -n 5 "$log" >&2
+        fi
+    done
+}
+
 # --reload and --restart: the running supervisor does the work, the client
 # waits for it and says what happened (exit 3: no herd runs here).
 case "$action" in
     reload)
-        "$sup" -c "$config" --reload --wait "$wait_s"; exit $? ;;
+        out=$("$sup" -c "$config" --reload --wait "$wait_s") && { echo "$out"; exit 0; }
+        rc=$?
+        echo "$out"
+        [ "$rc" -eq 3 ] || echo "$out" | sed -n '/^supervisor pid /,$p' | explain_not_listening
+        exit "$rc" ;;
     restart)
         # shellcheck disable=SC2086 # names: server names, one word each
         "$sup" -c "$config" --restart $names --wait "$wait_s"; exit $? ;;
@@ -99,12 +120,6 @@ if [ -f "$pidfile" ]; then
 fi
 
 "$sup" -c "$config" --init-secret
-
-# The LOG column of --status rows: what follows the first seven columns
-# (none of which holds a space), spaces in the path included.
-log_column() {
-    sed -E 's/^([^ ]+ +){7}//'
-}
 
 errfile=$(mktemp)
 trap 'rm -f "$errfile"' EXIT
@@ -142,11 +157,6 @@ if [ -s "$errfile" ]; then
 fi
 status=$("$sup" -c "$config" --status 2>&1 || true)
 echo "$status" >&2
-echo "$status" | awk 'NR > 2 && $6 != "yes"' | log_column | while read -r log; do
-    if [ -f "$log" ]; then
-        echo "--- last lines of $log:" >&2
-        tail -n 5 "$log" >&2
-    fi
-done
+echo "$status" | explain_not_listening
 "$here/stop_servers.sh" -c "$config" >/dev/null 2>&1 || true
 exit 1

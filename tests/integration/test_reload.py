@@ -490,3 +490,21 @@ def test_a_reload_starts_a_server_waiting_out_its_back_off_at_once(sup_herd):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "start Alpha (it was waiting)" in reply_lines(r), r.stdout
     assert listens(h.ports["Alpha"])
+
+
+def test_a_reload_says_which_server_did_not_come_up_and_why(sup_herd):
+    h = sup_herd({"Alpha": []})
+    h.start()
+    h.may_crash.add("Beta")
+    with socket.socket() as blocker:                   # Beta's port is taken
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        h.ports["Beta"] = blocker.getsockname()[1]
+        write_config(h.dir, {"Alpha": (h.ports["Alpha"], []), "Beta": (h.ports["Beta"], [])},
+                     extra=NO_HANG)
+        h.env["HERD_START_TIMEOUT"] = "3"
+        r = h.script("start_servers.sh", "--reload")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "reload: start Beta" in r.stdout and "1 of 2 servers listening" in r.stdout, r.stdout
+    assert re.search(r"--- last lines of .*Beta\.log:", r.stderr), r.stderr
+    assert "Address already in use" in r.stderr, r.stderr
