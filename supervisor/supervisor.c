@@ -841,7 +841,6 @@ int supervisor_run(const config *cfg, const char *server_path) {
     struct pollfd pfd[2 + CONFIG_MAX_SERVERS];
     pfd[0] = (struct pollfd){.fd = S.sig_r, .events = POLLIN};
     for (;;) {
-        cfg = S.cfg;                    /* a reload may have replaced it */
         int64_t now = mono_ms(), wake = now + 1000;
         for (int i = 0; i < S.n && !S.stopping; i++)
             if (S.kids[i].state == CH_WAITING && S.kids[i].next_start_ms < wake)
@@ -881,7 +880,7 @@ int supervisor_run(const config *cfg, const char *server_path) {
             if (running_children() == 0) break;
             if (now >= S.stop_deadline) {
                 log_msg(LOG_WARN, "stop-timeout", "%d servers did not stop in %d s: SIGKILL",
-                        running_children(), cfg->supervisor.stop_timeout_s);
+                        running_children(), S.cfg->supervisor.stop_timeout_s);
                 signal_children(SIGKILL);
                 S.stop_deadline = now + 60000;
             }
@@ -894,7 +893,7 @@ int supervisor_run(const config *cfg, const char *server_path) {
     }
     if (S.ctl_fd >= 0) {
         close(S.ctl_fd);
-        control_unlink(cfg);
+        control_unlink(S.cfg);
     }
     int removed = remove_own_pid_file();
     for (int i = 0; i < S.n; i++)
