@@ -820,6 +820,19 @@ class SupervisedHerd:
                  what="servers.pid to name every server")
         return self
 
+    def start_with_port_held(self, name):
+        """The supervisor, started directly (self.proc) while a socket of the
+        test holds name's port, so name crashes at each start (it may: see
+        may_crash); returns that socket, listening, for the test to close."""
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", self.ports[name]))
+        blocker.listen()
+        self.may_crash.add(name)
+        self.proc = subprocess.Popen([program("herd-supervisor"), "-c", self.config],
+                                     env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        return blocker
+
     def start_supervisor(self):
         """A supervisor started directly that the test stops itself; returns
         (process, the servers' pids) once each listens."""

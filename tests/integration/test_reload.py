@@ -203,12 +203,7 @@ def test_an_invalid_config_changes_nothing(sup_herd):
 def test_a_reload_starts_a_given_up_server_again(sup_herd):
     h = sup_herd({"Alpha": ["Beta"], "Beta": ["Alpha"]},
                  extra="  restart_max: 1\n  restart_window_s: 60\n  backoff_initial_ms: 50\n")
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", h.ports["Beta"]))
-    blocker.listen()
-    h.may_crash.add("Beta")
-    h.proc = subprocess.Popen([program("herd-supervisor"), "-c", h.config], env=h.env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    blocker = h.start_with_port_held("Beta")
     try:
         assert h.wait_log("supervisor", "child-given-up server=Beta", timeout=15)
     finally:

@@ -303,12 +303,7 @@ def test_a_link_being_dialled_reads_connecting_then_down(sup_herd):
     refused: 0, and Zulu:down."""
     h = sup_herd({"Alpha": ["Zulu"], "Zulu": ["Alpha"]},
                  extra="  restart_max: 1\n  restart_window_s: 60\n")
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", h.ports["Zulu"]))
-    blocker.listen()
-    h.may_crash.add("Zulu")
-    h.proc = subprocess.Popen([program("herd-supervisor"), "-c", h.config], env=h.env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    blocker = h.start_with_port_held("Zulu")
 
     def gauges(m):
         return tuple(value(m["Alpha"], f"proxyherd_link_{g}", peer="Zulu")
