@@ -27,10 +27,10 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "buf.h"
+#include "clock.h"
 #include "log.h"
 #include "server.h"
 
@@ -247,9 +247,7 @@ void metrics_tick(server *s) {
 }
 
 void metrics_start(server *s) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    s->metrics.start_time_s = (double)ts.tv_sec + ts.tv_nsec / 1e9;
+    s->metrics.start_time_s = wall_s();
     metrics_tick(s);
 }
 

@@ -30,12 +30,6 @@
 #include "clock.h"
 #include "supervisor.h"
 
-static double wall_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* The value of the sample of 'family' in server name's metrics file whose
  * labels contain 'label' (NULL: any), or NAN when there is none. */
 static double prom_value(const config *cfg, const char *name, const char *family,
