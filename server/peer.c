@@ -74,29 +74,37 @@ static int load_secret(server *s, char *err, size_t errlen) {
     return 0;
 }
 
-int peer_secrets_reload(server *s, char *err, size_t errlen) {
-    secret_ring ring;
-    char ids[SECRET_RING_MAX * (HS_KEY_ID_LEN + 1) + 1];
-    const char *path = s->cfg->herd.secret_file;
-    int n = secret_ring_load(path, &ring, err, errlen);
+int peer_secrets_read(const server *s, const char *path, secret_ring *ring, char *err,
+                      size_t errlen) {
+    int n = secret_ring_load(path, ring, err, errlen);
     if (n == 0 && s->secrets.n) {
         snprintf(err, errlen, "%s is gone (and HERD_SECRET is unset): keeping the %d "
                  "secret(s) loaded", path, s->secrets.n);
         n = -1;
     }
-    if (n >= 0) {
-        explicit_bzero(&s->secrets, sizeof s->secrets);
-        s->secrets = ring;
-    }
-    explicit_bzero(&ring, sizeof ring);
-    if (n <= 0) return n;
-    /* links were off for want of a secret: they start now */
+    if (n < 0) explicit_bzero(ring, sizeof *ring);
+    return n;
+}
+
+int peer_secrets_use(server *s, secret_ring *ring, char *err, size_t errlen) {
+    char ids[SECRET_RING_MAX * (HS_KEY_ID_LEN + 1) + 1];
+    explicit_bzero(&s->secrets, sizeof s->secrets);
+    s->secrets = *ring;
+    explicit_bzero(ring, sizeof *ring);
+    if (!s->secrets.n) return 0;
+    /* links were off for want of a secret (or of a neighbour): they start now */
     if (!s->tls_ctx && tls_init(s, err, errlen) < 0) {
         explicit_bzero(&s->secrets, sizeof s->secrets);
         return -1;
     }
     log_msg(LOG_INFO, "secret-ring", "keys=%s reloaded", ring_ids(&s->secrets, ids, sizeof ids));
     return 0;
+}
+
+int peer_secrets_reload(server *s, char *err, size_t errlen) {
+    secret_ring ring;
+    if (peer_secrets_read(s, s->cfg->herd.secret_file, &ring, err, errlen) < 0) return -1;
+    return peer_secrets_use(s, &ring, err, errlen);
 }
 
 int peer_init(server *s, char *err, size_t errlen) {

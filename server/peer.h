@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 
 #include "config.h"
+#include "secret.h"
 #include "table.h"
 
 struct server;
@@ -79,6 +80,16 @@ void peer_reconfigure(struct server *s, const config *old);
  * -1 with a message in err when the file cannot be read, breaks the
  * format, or is gone while a ring is loaded: the old ring stays. */
 int peer_secrets_reload(struct server *s, char *err, size_t errlen);
+
+/* Its two steps, for a reload that checks everything before it changes
+ * anything (reload.c).  peer_secrets_read: the ring of the file at path (or
+ * HERD_SECRET) into *ring; its size, or -1 with a message in err (as above;
+ * *ring then holds nothing).  peer_secrets_use: key every handshake from
+ * now on with *ring (which it wipes), starting links that had no secret;
+ * 0, or -1 with why when their TLS cannot be set up. */
+int peer_secrets_read(const struct server *s, const char *path, secret_ring *ring, char *err,
+                      size_t errlen);
+int peer_secrets_use(struct server *s, secret_ring *ring, char *err, size_t errlen);
 
 /* Write what each link has pending, now (the loop, before clients' replies). */
 void peer_flush(struct server *s);

@@ -7,10 +7,11 @@
  * its table.  Links to servers no longer its neighbours close, links to
  * new ones are dialled (or awaited), the kept ones stay up.
  *
- * All or nothing: the new config is read and checked, and everything that
- * can fail (the places file, the secret, the descriptor limit) is done
- * into temporaries, before anything changes; a failure logs
- * "reload-failed" with the reason and the server goes on as it was.  A
+ * All or nothing: the new config, the places file and the key ring are
+ * read and checked into temporaries before anything changes; a failure
+ * logs "reload-failed" with the reason and the server goes on as it was
+ * (what can still fail after, setting up TLS or fitting max_clients under
+ * the descriptor limit, is logged and leaves the old setting).  A
  * change only a restart can apply (config_needs_restart: the address or
  * port, logging.dir, herd.state_dir, a provider to or from Google) is
  * refused the same way; the supervisor restarts such a server instead.
@@ -24,18 +25,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
+#include "clock.h"
 #include "log.h"
 #include "secret.h"
 #include "server.h"
-#include "tls.h"
 #include "xalloc.h"
 
 /* The parts of a reload that can fail, prepared before anything changes. */
 typedef struct {
     config *cfg;
     int me;
+    secret_ring ring;           /* the key ring, read again */
     places_local places;
     int new_places;             /* places holds a new file to swap in */
 } staged;
@@ -77,19 +78,13 @@ static int stage(server *s, staged *st, char *err, size_t errlen) {
         snprintf(err, errlen, "%s: a restart applies it, a reload cannot", why);
         return -1;
     }
-    secret_ring ring;                   /* checked here, swapped in by apply() */
-    int n = secret_ring_load(st->cfg->herd.secret_file, &ring, err, errlen);
-    explicit_bzero(&ring, sizeof ring);
-    if (n < 0) return -1;
-    if (n == 0 && s->secrets.n) {
-        snprintf(err, errlen, "%s is gone (and HERD_SECRET is unset): the links need it",
-                 st->cfg->herd.secret_file);
+    if (peer_secrets_read(s, st->cfg->herd.secret_file, &st->ring, err, errlen) < 0)
         return -1;
-    }
     return stage_places(s, st, err, errlen);
 }
 
 static void unstage(staged *st) {
+    explicit_bzero(&st->ring, sizeof st->ring);
     if (st->new_places) places_local_free(&st->places);
     free(st->cfg);
 }
@@ -118,9 +113,7 @@ static void apply(server *s, staged *st) {
     peer_reconfigure(s, old);
     forward_reconfigure(s, old);
     char err[4400];
-    if (peer_secrets_reload(s, err, sizeof err) < 0)      /* links up stay up */
-        log_msg(LOG_ERROR, "reload", "the key ring stays as it was: %s", err);
-    if (!s->tls_ctx && tls_init(s, err, sizeof err) < 0)   /* links where there were none */
+    if (peer_secrets_use(s, &st->ring, err, sizeof err) < 0)   /* links up stay up */
         log_msg(LOG_ERROR, "reload", "links stay off: %s", err);
     if (st->new_places) {
         places_local_free(&s->places);
@@ -148,9 +141,7 @@ void server_reload(server *s) {
     char err[4400], nb[CONFIG_MAX_SERVERS * (CONFIG_MAX_NAME + 1)];
     staged st;
     memset(&st, 0, sizeof st);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    s->metrics.reload_time_s = (double)ts.tv_sec + ts.tv_nsec / 1e9;
+    s->metrics.reload_time_s = wall_s();
     if (stage(s, &st, err, sizeof err) < 0) {
         log_msg(LOG_ERROR, "reload-failed", "%s; nothing changed", err);
         s->metrics.reload_ok = 0;
