@@ -263,7 +263,17 @@ static void child_stderr(const char *name) {
     }
 }
 
-/* In a new child: default handlers, TERM, INT and HUP left blocked across
+/* The signals held while a process changes hands -- around a fork, across
+ * a server's exec until its handlers are in place, across our own re-exec:
+ * TERM, INT, HUP and USR1, and CHLD with 'chld'. */
+static void held_signals(sigset_t *set, int chld) {
+    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
+    sigemptyset(set);
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaddset(set, sigs[i]);
+    if (chld) sigaddset(set, SIGCHLD);
+}
+
+/* In a new child: default handlers, TERM, INT, HUP and USR1 left blocked across
  * exec (herd-server unblocks them once its handlers are in place), die with
  * the supervisor, become herd-server. */
 static void exec_server(const child *k, pid_t parent) {
@@ -273,12 +283,8 @@ static void exec_server(const child *k, pid_t parent) {
     signal(SIGUSR1, SIG_DFL);
     signal(SIGCHLD, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
-    sigset_t keep;
-    sigemptyset(&keep);
-    sigaddset(&keep, SIGTERM);
-    sigaddset(&keep, SIGINT);
-    sigaddset(&keep, SIGHUP);
-    sigaddset(&keep, SIGUSR1);          /* a reload before its handler: held */
+    sigset_t keep;                      /* a reload before its handler: held */
+    held_signals(&keep, 0);
     sigprocmask(SIG_SETMASK, &keep, NULL);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent) _exit(1);   /* the supervisor is already gone */
@@ -293,12 +299,7 @@ static void start_child(child *k) {
     pid_t parent = getpid();
     heartbeat_prepare(k);
     sigset_t block, old;   /* no signal reaches the child before exec_server() */
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigaddset(&block, SIGINT);
-    sigaddset(&block, SIGHUP);
-    sigaddset(&block, SIGUSR1);
-    sigaddset(&block, SIGCHLD);
+    held_signals(&block, 1);
     sigprocmask(SIG_BLOCK, &block, &old);
     pid_t pid = fork();
     if (pid == 0) exec_server(k, parent);
@@ -654,9 +655,7 @@ static void reexec(void) {
     keep_across_exec(S.lock_fd, 1);
     keep_across_exec(S.ctl_fd, 1);
     sigset_t block, old;
-    sigemptyset(&block);
-    int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGCHLD};
-    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaddset(&block, sigs[i]);
+    held_signals(&block, 1);
     sigprocmask(SIG_BLOCK, &block, &old);
     unsigned char sigs_in[64];         /* caught before the block: pending again */
     ssize_t got;
