@@ -63,7 +63,7 @@ JOBS    ?= 4
 
 COMMON_SRC := common/buf.c common/clock.c common/config.c common/folder.c common/handshake.c common/log.c \
               common/net.c common/ports.c common/protocol.c common/secret.c common/siphash.c common/signals.c
-SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c server/placesidx.c \
+SERVER_SRC := server/main.c server/server.c server/commands.c server/table.c server/places.c server/placesidx.c server/placescache.c \
               server/peer.c server/forward.c server/snapshot.c server/http.c server/google.c \
               server/addrcap.c server/metrics.c server/tls.c server/resolver.c server/reload.c
 BENCH_SRC  := benchmark/benchmark.c

@@ -492,7 +492,7 @@ static const char *map_file(const char *path, size_t *len, char *err, size_t err
 static void finish_load(places_local *pl, buf_t *text) {
     pl->text = xrealloc(text->p, text->len);
     pl->v = xrealloc(pl->v, pl->n * sizeof *pl->v);
-    placesidx_node *nodes = xmalloc(pl->n * sizeof *nodes);
+    placesidx_node *nodes = xcalloc(pl->n, sizeof *nodes);    /* padding zeroed: a cache writes it */
     for (size_t i = 0; i < pl->n; i++) {
         memcpy(nodes[i].u, pl->v[i].u, sizeof nodes[i].u);
         nodes[i].id = (uint32_t)i;
@@ -524,6 +524,11 @@ int places_local_load(places_local *pl, const char *path, char *err, size_t errl
 }
 
 void places_local_free(places_local *pl) {
+    if (pl->map) {
+        munmap(pl->map, pl->map_len);
+        memset(pl, 0, sizeof *pl);
+        return;
+    }
     free(pl->v);
     free(pl->text);
     placesidx_free(&pl->idx);

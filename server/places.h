@@ -35,6 +35,8 @@ typedef struct {
     size_t n;
     char *text;                 /* every place's JSON, one after the other */
     placesidx idx;
+    void *map;                  /* non-NULL: v, text and idx point into this */
+    size_t map_len;             /* read-only mapping of a cache (placescache.h) */
 } places_local;
 
 /* Read a GeoJSON file (at most 256 MiB) and index it.  Returns 0, or -1

@@ -28,6 +28,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "placescache.h"
 #include "secret.h"
 #include "server.h"
 #include "xalloc.h"
@@ -56,7 +57,9 @@ static int stage_places(server *s, staged *st, char *err, size_t errlen) {
                     now.st_mtim.tv_nsec == s->places_mtime.tv_nsec;
     if (same_file) return 0;
     places_set_progress(beat, s);       /* on the loop: a large file takes seconds */
-    int rc = places_local_load(&st->places, n->local_file, err, errlen);
+    /* never waits for the cache's lock: another server building holds it */
+    int rc = places_cache_load(&st->places, n->local_file, st->cfg->herd.state_dir, 0,
+                               err, errlen);
     places_set_progress(NULL, NULL);
     if (rc < 0) return -1;
     st->new_places = 1;

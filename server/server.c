@@ -51,6 +51,7 @@
 #include "log.h"
 #include "net.h"
 #include "peer.h"
+#include "placescache.h"
 #include "resolver.h"
 #include "signals.h"
 #include "snapshot.h"
@@ -777,8 +778,11 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
         folder_check(cfg->logging.dir, "logging.dir", 0750, err, errlen) < 0 ||
         log_open(cfg->logging.dir, s->me->name, cfg->logging.flush_ms, err, errlen) < 0)
         return -1;
+    /* before the port: waiting for another server's cache build is allowed
+     * (the supervisor watches the heartbeat from the first beat on) */
     if (cfg->places.provider == PLACES_LOCAL &&
-        places_local_load(&s->places, cfg->places.local_file, err, errlen) < 0)
+        places_cache_load(&s->places, cfg->places.local_file, cfg->herd.state_dir,
+                          PLACES_CACHE_WAIT_MS, err, errlen) < 0)
         return -1;
     server_note_places_file(s);
     if (cfg->places.provider != PLACES_LOCAL && google_init(s, err, errlen) < 0) return -1;
