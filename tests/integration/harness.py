@@ -521,13 +521,13 @@ class Herd:
     """The five servers of the default herd (docs/PROTOCOL.md) on free ports,
     in one folder, started directly (no supervisor)."""
 
-    def __init__(self, path, secret="test-secret-0123456789", logging=None):
+    def __init__(self, path, secret="test-secret-0123456789", logging=None, places=None):
         self.dir = str(path)
         self.secret = secret
         self.ports = {name: free_port() for name in DEFAULT_LINKS}
         self.config = write_config(
             self.dir, {n: (self.ports[n], DEFAULT_LINKS[n]) for n in DEFAULT_LINKS},
-            logging=logging, extra="herd:\n  snapshot_interval_s: 1\n")
+            places=places, logging=logging, extra="herd:\n  snapshot_interval_s: 1\n")
         self.procs = {}
         self.stderr = {}
 

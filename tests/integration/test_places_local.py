@@ -46,10 +46,12 @@ def scan(places, lat, lng, radius_km, bound):
     return [places[i]["id"] for _, i in near[:bound]]
 
 
-def generate(tmp_path, n):
-    path = str(tmp_path / f"places-{n}.geojson")
+def generate(tmp_path, n, seed=7, path=None):
+    """A places_sample.py file of n places (at path, else in tmp_path), and
+    its places as the server computes them."""
+    path = path or str(tmp_path / f"places-{n}-{seed}.geojson")
     subprocess.run([sys.executable, os.path.join(ROOT, "benchmark", "places_sample.py"),
-                    str(n), path, "--seed", "7"], check=True, capture_output=True)
+                    str(n), path, "--seed", str(seed)], check=True, capture_output=True)
     with open(path) as f:
         feats = json.load(f)["features"]
     places = []

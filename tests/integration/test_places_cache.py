@@ -1,0 +1,190 @@
+"""The places cache (docs/PROTOCOL.md, "Places"): the servers of a host
+share one prepared copy of the local places file, <state_dir>/places.cache,
+built once under <state_dir>/places.lock and mapped by the others; a
+changed places file makes it stale, a damaged one is logged, ignored and
+rebuilt; a reload never waits for the lock.  Whatever the cache did, every
+WHATSAT answer is byte for byte the answer of the file read into memory."""
+import fcntl
+import os
+import re
+import signal
+import struct
+import subprocess
+
+from harness import Herd, Server, exchange, program, wait_for
+from test_places_local import generate, location, queries, scan
+
+CACHE = "places.cache"
+
+
+def results(log):
+    """The places-cache results a log holds, in order."""
+    return re.findall(r" places-cache result=(\w+)", log)
+
+
+def bodies(port, qs, tag):
+    """The JSON of the WHATSAT answer to each query (an IAMAT first, client
+    tag+k), without its first line (the AT line names the server)."""
+    out = []
+    for k, (lat, lng, radius, bound) in enumerate(qs):
+        client = b"%s%d" % (tag, k)
+        at = exchange(port, b"IAMAT %s %s 1700000000.5\n" % (client, location(lat, lng)))
+        assert at.startswith(b"AT "), at
+        reply = exchange(port, b"WHATSAT %s %s %d\n" % (client, radius, bound))
+        first, body = reply.split(b"\n", 1)
+        assert first.startswith(b"AT ") and body.endswith(b"}\n\n"), reply[-60:]
+        out.append(body)
+    return out
+
+
+def private_server(tmp_path, path):
+    """A server that cannot have a cache (a folder is in its place): its
+    places are read into memory, as before the cache."""
+    state = tmp_path / "ref" / "state"
+    os.makedirs(state / CACHE)
+    os.chmod(state, 0o700)
+    s = Server(tmp_path / "ref", places={"local_file": path}).start()
+    log = s.read_log(wait_for="cannot write")
+    assert "places held privately" in log and "result=used" not in log, log
+    return s
+
+
+def test_a_herd_started_at_once_builds_the_cache_once_and_answers_as_without_it(tmp_path):
+    path, places = generate(tmp_path, 20000)
+    qs = queries(places)
+    ref = private_server(tmp_path, path)
+    try:
+        want = bodies(ref.port, qs, b"r")
+    finally:
+        ref.stop()
+    assert sum(b"\"place_id\"" in b for b in want) > 40
+    os.makedirs(tmp_path / "h")
+    h = Herd(tmp_path / "h", places={"local_file": path})
+    try:
+        h.start()
+        assert wait_for(lambda: all(results(h.log(n)) for n in h.procs), 5)
+        got = {n: results(h.log(n)) for n in h.procs}
+        assert sorted(got.values()) == [["built"]] + [["used"]] * 4, got
+        for n in h.procs:
+            assert bodies(h.ports[n], qs, n.encode()) == want, n
+        assert sorted(f for f in os.listdir(tmp_path / "h" / "state") if "places" in f) == \
+            [CACHE, "places.lock"]
+    finally:
+        h.stop()
+
+
+def test_a_changed_places_file_makes_the_cache_stale(tmp_path):
+    """Touched: the next start rebuilds it (the same answers); rewritten
+    with other places and reloaded: rebuilt, the new places answer."""
+    path, places = generate(tmp_path, 5000)
+    qs = queries(places)[:60]
+    s = Server(tmp_path, places={"local_file": path}).start()
+    try:
+        first = bodies(s.port, qs, b"a")
+        s.stop()
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+        s.start()
+        log = s.read_log(wait_for="the places file changed")
+        assert results(log) == ["built", "built"], log
+        assert 'reason="stale: the places file changed"' in log, log
+        assert bodies(s.port, qs, b"b") == first
+
+        _, places = generate(tmp_path, 5000, seed=8, path=path)
+        os.kill(s.proc.pid, signal.SIGUSR1)
+        assert s.read_log(wait_for="(places file read again)", timeout=10)
+        assert results(s.read_log()) == ["built"] * 3
+        for k, (lat, lng, radius, bound) in enumerate(qs):
+            body = bodies(s.port, [(lat, lng, radius, bound)], b"c%d" % k)[0]
+            qlat, qlng = float(b"%.6f" % lat), float(b"%.6f" % lng)
+            got = re.findall(rb'"place_id" : "([^"]+)"', body)
+            assert [g.decode() for g in got] == scan(places, qlat, qlng, float(radius), bound)
+    finally:
+        s.stop()
+
+
+def damage(cache, how):
+    """Change the cache file the way 'how' says (the header's fields:
+    server/placescache.h, places_cache_head)."""
+    with open(cache, "rb") as f:
+        data = bytearray(f.read())
+    n, _text_len, v_off, node_off = struct.unpack_from("<QQQQ", data, 72)
+    if how == "truncated":
+        del data[len(data) // 2:]
+    elif how == "magic":
+        data[0] ^= 0x20
+    elif how == "version":
+        data[8] += 1
+    elif how == "node id":          # the high byte of the middle node's id
+        data[node_off + 32 * (n // 2) + 24 + 3] ^= 0x80
+    elif how == "text offset":      # a place's json_off
+        data[v_off + 56 * 5 + 40 + 4] ^= 0x01
+    with open(cache, "wb") as f:
+        f.write(data)
+
+
+def test_a_damaged_cache_is_logged_ignored_and_rebuilt(tmp_path):
+    path, places = generate(tmp_path, 5000)
+    qs = queries(places)[:40]
+    s = Server(tmp_path, places={"local_file": path}).start()
+    cache = os.path.join(s.dir, "state", CACHE)
+    leftover = os.path.join(s.dir, "state", CACHE + ".tmp.424242")
+    try:
+        want = bodies(s.port, qs, b"a")
+        cases = [("truncated", "truncated"), ("magic", "magic"), ("version", "version"),
+                 ("node id", "checksum mismatch"), ("text offset", "checksum mismatch")]
+        for how, reason in cases:
+            s.stop()
+            damage(cache, how)
+            with open(leftover, "w") as f:
+                f.write("a writer that died")
+            mark = len(s.read_log())
+            s.start()
+            assert wait_for(lambda: " listening " in s.read_log()[mark:], 5)
+            log = s.read_log()[mark:]
+            assert re.search(r"WARN places-cache result=ignored cache=\S+/state/places\.cache "
+                             r'reason="[^"]*%s' % reason, log), (how, log)
+            assert "result=built" in log and "result=used" not in log, (how, log)
+            assert f"places-cache-leftover-removed file={leftover}" in log, log
+            assert not os.path.exists(leftover)
+            assert bodies(s.port, qs, how.replace(" ", "-").encode()) == want, how
+    finally:
+        s.stop()
+
+
+def test_a_reload_does_not_wait_for_a_lock_another_server_holds(tmp_path):
+    """The lock held (another server building): the reload reads the new
+    file into memory at once, the loop answers meanwhile; later, with the
+    lock free, a start builds the cache and answers the same bytes."""
+    path, places = generate(tmp_path, 20000)
+    s = Server(tmp_path, places={"local_file": path}).start()
+    lock = open(os.path.join(s.dir, "state", "places.lock"), "rb")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _, places = generate(tmp_path, 20000, seed=9, path=path)
+        qs = queries(places)[:50]
+        os.kill(s.proc.pid, signal.SIGUSR1)
+        assert s.read_log(wait_for="(places file read again)", timeout=10)
+        log = s.read_log()
+        assert re.search(r"places-cache result=ignored reason=\"\S+/places\.lock held by another "
+                         r"server \(waited 0 ms\); places read privately", log), log
+        at = exchange(s.port, b"IAMAT kiwi +34.068930-118.445127 1700000000.5\n", timeout=5)
+        assert at.startswith(b"AT Bailey "), at
+        private = bodies(s.port, qs, b"p")          # still under the held lock
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        s.stop()
+        s.start()
+        assert results(s.read_log(wait_for="stale"))[-1] == "built"
+        assert bodies(s.port, qs, b"m") == private
+    finally:
+        lock.close()
+        s.stop()
+
+
+def test_check_writes_no_cache(tmp_path):
+    path, _ = generate(tmp_path, 2000)
+    s = Server(tmp_path, places={"local_file": path})
+    r = subprocess.run([program("herd-server"), "Bailey", "-c", s.config, "--check"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "(2000 places)" in r.stdout, r
+    assert not os.path.exists(os.path.join(s.dir, "state", CACHE))
