@@ -2,11 +2,14 @@
  * in; see folder.h. */
 #include "folder.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "log.h"
 
 void folder_make(const char *dir, mode_t mode) {
     char tmp[4096];
@@ -44,4 +47,27 @@ int folder_check(const char *dir, const char *setting, mode_t mode, char *err,
         return -1;
     }
     return 0;
+}
+
+void folder_remove_leftovers(const char *dir, const char *prefix, const char *event,
+                             const char *why) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    size_t plen = strlen(prefix);
+    char removed[128];
+    snprintf(removed, sizeof removed, "%s-removed", event);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *pid = e->d_name + plen;     /* PREFIXPID: digits only */
+        if (strncmp(e->d_name, prefix, plen) != 0 || !*pid ||
+            strspn(pid, "0123456789") != strlen(pid))
+            continue;
+        char path[4400];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (unlink(path) == 0)
+            log_msg(LOG_WARN, removed, "file=%s (%s)", path, why);
+        else
+            log_msg(LOG_WARN, event, "file=%s cannot be removed: %s", path, strerror(errno));
+    }
+    closedir(d);
 }

@@ -39,4 +39,10 @@ void folder_make(const char *dir, mode_t mode);
 int folder_check(const char *dir, const char *setting, mode_t mode, char *err,
                  size_t errlen);
 
+/* Remove the files in 'dir' named 'prefix' and digits (PREFIXPID: the
+ * temporary files of a writer that died), each logged as "EVENT-removed
+ * file=PATH (WHY)", or "EVENT file=PATH cannot be removed: REASON". */
+void folder_remove_leftovers(const char *dir, const char *prefix, const char *event,
+                             const char *why);
+
 #endif

@@ -2,7 +2,6 @@
  * placescache.h. */
 #include "placescache.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -14,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "folder.h"
 #include "log.h"
 
 #define CACHE_MAGIC "HERDPLC\n"
@@ -221,7 +221,7 @@ static int write_sections(int fd, const places_cache_head *h, const places_local
  * with errno set. */
 static int cache_write(const places_local *pl, const char *file, const struct stat *src,
                        const char *path) {
-    static places_cache_head h;        /* 4 KiB of path: not on the stack */
+    places_cache_head h;
     memset(&h, 0, sizeof h);
     memcpy(h.magic, CACHE_MAGIC, sizeof h.magic);
     h.version = CACHE_VERSION;
@@ -275,23 +275,6 @@ static int lock_take(const char *dir, int wait_ms, char *why, size_t whylen) {
     return -1;
 }
 
-/* Remove places.cache.tmp.* (a writer that died); run under the lock, so
- * no writer is at work. */
-static void remove_leftovers(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    size_t plen = strlen(CACHE_TMP);
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (strncmp(e->d_name, CACHE_TMP, plen) != 0) continue;
-        char path[4400];
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        if (unlink(path) == 0)
-            log_msg(LOG_WARN, "places-cache-leftover-removed", "file=%s", path);
-    }
-    closedir(d);
-}
-
 /* ----------------------------------------------------------------- load */
 
 /* Under the lock: the cache if it is good, else the file read and the cache
@@ -334,7 +317,9 @@ int places_cache_load(places_local *pl, const char *path, const char *dir, int w
         log_msg(LOG_INFO, "places-cache", "result=ignored reason=\"%s\"", why);
         return places_local_load(pl, path, err, errlen);
     }
-    remove_leftovers(dir);
+    /* under the lock no writer is at work: a temporary file is a dead one's */
+    folder_remove_leftovers(dir, CACHE_TMP, "places-cache-leftover",
+                            "a cache writer stopped while writing it");
     snprintf(file, sizeof file, "%s/%s", dir, PLACES_CACHE_FILE);
     int rc = load_locked(pl, path, file, err, errlen);
     close(lock);

@@ -28,7 +28,6 @@
  */
 #include "snapshot.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -41,6 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "folder.h"
 #include "log.h"
 #include "protocol.h"
 #include "server.h"
@@ -212,26 +212,10 @@ static void set_aside(server *s, const char *path, const char *why, long line) {
 
 /* Remove NAME.snap.tmp.* left by a snapshot child killed while writing. */
 static void remove_leftovers(server *s) {
-    DIR *d = opendir(s->cfg->herd.state_dir);
-    if (!d) return;
     char prefix[200];
-    int plen = snprintf(prefix, sizeof prefix, "%s.snap.tmp.", s->me->name);
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        const char *pid = e->d_name + plen;   /* NAME.snap.tmp.PID: digits only */
-        if (strncmp(e->d_name, prefix, (size_t)plen) != 0 || !*pid ||
-            strspn(pid, "0123456789") != strlen(pid))
-            continue;
-        char path[4400];
-        snprintf(path, sizeof path, "%s/%s", s->cfg->herd.state_dir, e->d_name);
-        if (unlink(path) == 0)
-            log_msg(LOG_WARN, "snapshot-leftover-removed", "file=%s (a snapshot child "
-                    "stopped while writing it)", path);
-        else
-            log_msg(LOG_WARN, "snapshot-leftover", "file=%s cannot be removed: %s", path,
-                    strerror(errno));
-    }
-    closedir(d);
+    snprintf(prefix, sizeof prefix, "%s.snap.tmp.", s->me->name);
+    folder_remove_leftovers(s->cfg->herd.state_dir, prefix, "snapshot-leftover",
+                            "a snapshot child stopped while writing it");
 }
 
 void snapshot_load(server *s) {
