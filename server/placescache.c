@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "folder.h"
 #include "log.h"
 
@@ -22,13 +23,14 @@
 #define CACHE_ALIGN 64
 #define CACHE_TMP PLACES_CACHE_FILE ".tmp."
 #define LOCK_POLL_MS 5
-
+#define WHY_NONE "none yet"
+#define WHY_STALE "stale: the places file changed"
 
 /* ------------------------------------------------------------- checksum */
 
 /* Four independent lanes of multiply-rotate over 8-byte words: it finds a
  * torn or flipped file (it is no defence against a forger: the folder is
- * the user's own) at memory speed, a few hundred MB in a tenth of a second. */
+ * the user's own) at about memory speed. */
 static uint64_t mix(uint64_t h, uint64_t w) {
     h ^= w * 0x9E3779B97F4A7C15ull;
     h = (h << 31) | (h >> 33);
@@ -167,7 +169,7 @@ static const char *map_checked(places_local *pl, int fd, const char *path,
     }
     const places_cache_head *h = m;
     const char *bad = check_head(h, len);
-    if (!bad && !same_source(h, &src, path)) bad = "stale: the places file changed";
+    if (!bad && !same_source(h, &src, path)) bad = WHY_STALE;
     places_local got = {.map = m, .map_len = len};
     if (!bad) {                 /* the offsets are the layout's: within the file */
         sections(&got, m);
@@ -186,7 +188,7 @@ int places_cache_map(places_local *pl, const char *file, const char *path, char 
                      size_t whylen) {
     int fd = open(file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
-        snprintf(why, whylen, "%s", errno == ENOENT ? "none yet" : strerror(errno));
+        snprintf(why, whylen, "%s", errno == ENOENT ? WHY_NONE : strerror(errno));
         return -1;
     }
     const char *bad = map_checked(pl, fd, path, why, whylen);
@@ -259,12 +261,13 @@ static int lock_take(const char *dir, int wait_ms, char *why, size_t whylen) {
         snprintf(why, whylen, "cannot open %s: %s", path, strerror(errno));
         return -1;
     }
-    for (int waited = 0;; waited += LOCK_POLL_MS) {
+    for (int64_t start = mono_ms();;) {
         if (flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
         if (errno != EWOULDBLOCK && errno != EINTR) break;
+        int64_t waited = mono_ms() - start;
         if (waited >= wait_ms) {
-            snprintf(why, whylen, "%s held by another server (waited %d ms); "
-                     "places read privately", path, waited);
+            snprintf(why, whylen, "%s held by another server (waited %lld ms); "
+                     "places read privately", path, (long long)waited);
             close(fd);
             return -1;
         }
@@ -288,7 +291,7 @@ static int load_locked(places_local *pl, const char *path, const char *file,
         log_msg(LOG_INFO, "places-cache", "result=used cache=%s places=%zu", file, pl->n);
         return 0;
     }
-    int damaged = strcmp(why, "none yet") && strncmp(why, "stale", 5);
+    int damaged = strcmp(why, WHY_NONE) && strcmp(why, WHY_STALE);
     if (damaged) log_msg(LOG_WARN, "places-cache", "result=ignored cache=%s reason=\"%s\"; "
                          "rebuilt", file, why);
     if (places_local_load(pl, path, err, errlen) < 0) return -1;
