@@ -462,6 +462,9 @@ def test_a_server_removed_and_added_back_before_it_stopped_is_restarted_once(sup
     finally:
         os.kill(gamma, signal.SIGCONT)                # now it stops, and starts again
     new = h.wait_restarted("Gamma", gamma)
+    # the supervisor's log reaches its file within logging.flush_ms
+    wait_for(lambda: h.log("supervisor").count("child-start server=Gamma") >= 2, 10,
+             what="the second child-start of Gamma in the supervisor's log")
     sup = h.log("supervisor")
     assert "child-crash" not in sup and sup.count("child-start server=Gamma") == 2, sup
     wait_for(lambda: links_in_metrics(h, "Gamma") == {"Alpha": 1, "Beta": 1}, 10,
