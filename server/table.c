@@ -12,7 +12,11 @@
  * The heap orders entries by the herd's newer order (whose last step, the
  * whole line, tells two clients apart), so two servers holding the same
  * updates agree on which is the oldest.  An entry's time is its heap key
- * (exact before the year 2514; the line's text is parsed after it).
+ * (exact before the year 2514; the line's text is parsed after it).  The
+ * order is only needed once the table is full, so until then an update
+ * just writes its key in its place (no sifting: most tables never fill);
+ * the first eviction orders the heap at once (Floyd's build, O(n)), and
+ * from then on every change keeps it ordered.
  *
  * Records: an entry is a record of its size class (its header and line
  * rounded up to 8 bytes), carved out of 64 KiB blocks of that class; a
@@ -311,6 +315,13 @@ static void sift_down(table *t, size_t i, size_t n) {
     heap_put(t, i, h);
 }
 
+/* The oldest entry is at heap[0] from now on (see the top of the file). */
+static void heap_order(table *t) {
+    if (t->heap_ordered) return;
+    for (size_t i = t->count / 2; i-- > 0;) sift_down(t, i, t->count);
+    t->heap_ordered = 1;
+}
+
 /* Room for one more entry: doubling, but never past the bound. */
 static void heap_reserve(table *t) {
     if (t->count < t->heap_cap) return;
@@ -458,6 +469,7 @@ static void compact_due_classes(table *t) {
 
 /* Take the oldest entry out of the table and free it. */
 static void evict_oldest(table *t) {
+    heap_order(t);
     uint32_t ref = t->heap[0].ref;
     table_entry *e = entry_at(t, ref);
     size_t mask = t->cap - 1, i = table_index(t, e);
@@ -522,7 +534,7 @@ static uint32_t make_entry(table *t, const table_update *u) {
 }
 
 /* A newer update for a stored client: same slot, same heap place, then down
- * the heap (it only got newer). */
+ * the heap (it only got newer) once the heap is kept ordered. */
 static table_entry *replace(table *t, size_t i, const table_update *u) {
     uint32_t old_ref = t->slots[i], ref = make_entry(t, u);
     table_entry *old = entry_at(t, old_ref), *e = entry_at(t, ref);
@@ -530,7 +542,7 @@ static table_entry *replace(table *t, size_t i, const table_update *u) {
     digest_flip(t, e);
     t->slots[i] = ref;
     heap_put(t, old->heap_pos, heap_slot(ref, u->t));
-    sift_down(t, e->heap_pos, t->count);
+    if (t->heap_ordered) sift_down(t, e->heap_pos, t->count);
     record_free(t, old_ref);
     return e;
 }
@@ -544,6 +556,7 @@ table_entry *table_offer(table *t, const table_update *u) {
     if (live(old))
         return update_cmp(t, u, entry_at(t, old)) > 0 ? replace(t, i, u) : NULL;
     if (t->count >= t->max) {
+        heap_order(t);
         if (update_cmp(t, u, table_heap_entry(t, 0)) < 0) {
             t->refused++;              /* older than all we keep: never stored */
             return NULL;
@@ -560,7 +573,7 @@ table_entry *table_offer(table *t, const table_update *u) {
     heap_reserve(t);
     heap_put(t, t->count, heap_slot(ref, u->t));
     t->count++;
-    sift_up(t, e->heap_pos);
+    if (t->heap_ordered) sift_up(t, e->heap_pos);
     if ((t->count + t->removed) * 4 > t->cap * 3)
         rebuild(t, t->count * 2 > t->cap ? t->cap * 2 : t->cap);
     return e;

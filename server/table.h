@@ -13,7 +13,8 @@
  * about 120 bytes with a million typical clients (docs/BENCHMARKS.md).
  *
  * The table holds at most 'max' clients (limits.max_stored_clients).  A
- * binary min-heap of the entries, in the herd's newer order, finds the
+ * binary min-heap of the entries, in the herd's newer order (ordered
+ * only from the first time the table is full), finds the
  * oldest in O(1); a new client past the bound replaces the oldest entry
  * when it is newer than it, and is refused otherwise (docs/PROTOCOL.md,
  * "Stored clients"), so every server of a herd ends with the same newest
@@ -89,7 +90,8 @@ typedef struct {
     size_t removed;             /* slots marked "removed" (see table.c) */
     uint64_t layout;            /* changes whenever entries change slots */
     table_heap_slot *heap;      /* count entries; heap[0] is the oldest */
-    size_t heap_cap;
+    size_t heap_cap;            /* ...once heap_ordered: */
+    int heap_ordered;           /* the table was full once (see table.c) */
     size_t max;                 /* at most this many entries */
     uint64_t evicted, refused;  /* totals since the start */
     uint64_t evicted_logged, refused_logged;
@@ -144,7 +146,8 @@ table_entry *table_offer(table *t, const table_update *u);
 size_t table_at_len(const table_update *u);
 size_t table_format_at(char *out, const table_update *u, table_entry *e);
 
-/* The entry at heap place i (i < count); place 0 holds the oldest. */
+/* The entry at heap place i (i < count); place 0 holds the oldest once
+ * the heap is ordered (heap_ordered: the table was full once). */
 table_entry *table_heap_entry(const table *t, size_t i);
 
 /* The slot index holding e (which must be in the table). */

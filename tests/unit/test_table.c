@@ -31,7 +31,8 @@ static proto_time time_of(const table_entry *e) {
     return tm;
 }
 
-/* Every entry is in the heap at its recorded place, the heap is ordered,
+/* Every entry is in the heap at its recorded place, the heap is ordered
+ * (once the table was full),
  * every heap entry is findable, and the counts add up. */
 static int consistent(const table *t) {
     size_t live = 0, marks = 0;
@@ -45,7 +46,7 @@ static int consistent(const table *t) {
         if (e->heap_pos != i) return 0;
         proto_str id = table_entry_client(e);
         if (table_get(t, id.p, id.len) != e) return 0;
-        if (i == 0) continue;
+        if (i == 0 || !t->heap_ordered) continue;   /* not full yet: no order kept */
         const table_entry *p = table_heap_entry(t, (i - 1) / 2);
         int c = proto_update_cmp(time_of(p), table_entry_location(p), table_entry_origin(p),
                                  time_of(e), table_entry_location(e), table_entry_origin(e));
@@ -61,6 +62,58 @@ static uint64_t next_rand(void) {   /* xorshift64: the same sequence every run *
     rng ^= rng >> 7;
     rng ^= rng << 17;
     return rng;
+}
+
+/* Until the table is full its heap keeps no order (table.c): N clients
+ * stored in random time order, then newer updates for some of them, still
+ * leave, once the table is full, the oldest to go first, one by one, and
+ * an update older than every kept one refused. */
+static void test_order_at_first_fill(void) {
+    enum { N = 500 };
+    static long when[N];            /* each client's time, in ms */
+    table t;
+    table_init(&t);
+    table_set_max(&t, N);
+    char id[32], tm[32];
+    for (int i = 0; i < N; i++) {
+        when[i] = 1000000 + (long)(next_rand() % 1000000);
+        snprintf(id, sizeof id, "r%d", i);
+        snprintf(tm, sizeof tm, "%ld.%03ld", when[i] / 1000, when[i] % 1000);
+        table_update u = upd("Bailey", id, "+1.0+1.0", tm);
+        CHECK(table_offer(&t, &u) != NULL, "client %d stored", i);
+    }
+    for (int k = 0; k < 300; k++) {     /* newer, but not the newest of all */
+        int i = (int)(next_rand() % N);
+        when[i] += 1 + (long)(next_rand() % 300000);
+        snprintf(id, sizeof id, "r%d", i);
+        snprintf(tm, sizeof tm, "%ld.%03ld", when[i] / 1000, when[i] % 1000);
+        table_update u = upd("Bailey", id, "+1.0+1.0", tm);
+        CHECK(table_offer(&t, &u) != NULL, "client %d updated", i);
+    }
+    CHECK(!t.heap_ordered && consistent(&t), "no order kept before the table is full");
+    int wrong = 0;
+    for (int k = 0; k < 200; k++) {     /* each new client evicts the oldest */
+        int oldest = -1;
+        for (int i = 0; i < N; i++)
+            if (when[i] >= 0 && (oldest < 0 || when[i] < when[oldest])) oldest = i;
+        if (k == 0) {
+            snprintf(tm, sizeof tm, "%ld.%03ld", (when[oldest] - 1) / 1000,
+                     (when[oldest] - 1) % 1000);
+            table_update u = upd("Bona", "too-old", "+1.0+1.0", tm);
+            CHECK(table_offer(&t, &u) == NULL && t.refused == 1, "older than all: refused");
+        }
+        snprintf(id, sizeof id, "n%d", k);
+        snprintf(tm, sizeof tm, "%d", 5000 + k);
+        table_update u = upd("Bona", id, "+1.0+1.0", tm);
+        CHECK(table_offer(&t, &u) != NULL, "new client %d stored", k);
+        snprintf(id, sizeof id, "r%d", oldest);
+        wrong += table_get(&t, id, strlen(id)) != NULL;
+        when[oldest] = -1;
+    }
+    CHECK(wrong == 0 && t.evicted == 200 && t.heap_ordered && consistent(&t),
+          "the oldest went first: %d wrong, %llu evicted", wrong,
+          (unsigned long long)t.evicted);
+    table_free(&t);
 }
 
 /* With max N and 2N clients in time order, the newest N stay. */
@@ -473,6 +526,7 @@ int main(void) {
     test_whole_line_ties();
     test_digests();
     test_bound();
+    test_order_at_first_fill();
     test_ties();
     test_any_order();
     test_churn();
