@@ -1002,3 +1002,53 @@ def test_an_update_reaches_every_server_before_anti_entropy_could(herd):
     time.sleep(FLUX_S)                  # link states settled: the trees are in use
     at = exchange(herd.ports["Bailey"], b"IAMAT swift +1.0+1.0 %.9f\n" % time.time())[:-1]
     herd.wait_stored(DEFAULT_LINKS, b"swift", at, timeout=0.8)
+
+
+def test_a_relay_holds_its_writes_but_a_reply_never_waits(tmp_path):
+    """Beta relays Alpha's updates to Gamma (docs/PROTOCOL.md, "Batching").
+    With herd.link_batch_us at 10 s, twenty updates given to Alpha one
+    after another (each answered, so each reaches Beta in a write of its
+    own) leave Beta in at most one write to Gamma: the links were written
+    less than 10 s ago, and Beta owes no client a reply.  Then an IAMAT to
+    Beta is answered at once, and its forwarding takes the held ones along:
+    Gamma holds them all long before the 10 s are up."""
+    names = ("Alpha", "Beta", "Gamma")
+    ports = {n: free_port() for n in names}
+    servers = {"Alpha": (ports["Alpha"], ["Beta"]), "Beta": (ports["Beta"], ["Alpha", "Gamma"]),
+               "Gamma": (ports["Gamma"], ["Beta"])}
+    extra = "herd:\n  link_batch_us: 10000000\n  anti_entropy_ms: 600000\n"
+    procs = {n: start_server(tmp_path, n, servers=servers, env=with_secret(), extra=extra)
+             for n in names}
+    beta_dir = procs["Beta"].dir
+
+    def beta(check):
+        return wait_metrics(beta_dir, ["Beta"], lambda got: check(got["Beta"]))["Beta"]
+    try:
+        m = beta(lambda f: all(value(f, "proxyherd_link_caught_up", peer=p) == 1
+                               for p in ("Alpha", "Gamma")))
+        writes = value(m, "proxyherd_link_writes_total")
+        received = value(m, "proxyherd_link_updates_received_total")
+        sent = {}
+        for i in range(20):
+            client = b"relayed-%d" % i
+            reply = exchange(ports["Alpha"], b"IAMAT %s +1.0+2.0 %.9f\n" % (client, time.time()))
+            assert reply.startswith(b"AT Alpha "), reply
+            sent[client] = reply[:-1]
+        m = beta(lambda f: value(f, "proxyherd_link_updates_received_total") >= received + 20)
+        assert value(m, "proxyherd_link_writes_total") - writes <= 1, m
+        assert exchange(ports["Gamma"], b"WHATSAT relayed-19 1 1\n").startswith(b"? "), \
+            "Gamma got the last relayed update while Beta should hold it"
+
+        t = time.monotonic()
+        reply = exchange(ports["Beta"], b"IAMAT at-beta +1.0+2.0 %.9f\n" % time.time())
+        assert reply.startswith(b"AT Beta ") and time.monotonic() - t < 5, reply
+        sent[b"at-beta"] = reply[:-1]
+
+        def gamma_holds_all():
+            return all(exchange(ports["Gamma"], b"WHATSAT %s 1 1\n" % c).split(b"\n", 1)[0] == at
+                       for c, at in sent.items())
+        wait_for(gamma_holds_all, 5, what="Gamma holding every update after Beta's reply")
+        assert time.monotonic() - t < 8
+    finally:
+        for s in procs.values():
+            assert stop_server(s) == 0
