@@ -13,7 +13,8 @@
  * redis-server; each {key} in LINE becomes CONN-N, a key of its own per
  * request, e.g. SET k{key} v on a replicated redis); --propagation N (time until each server holds an update
  * given to the first one).  --converge: after the load, time until every
- * server holds the newest update of every client id the run used.
+ * server holds the newest update of every client id the run used (every
+ * server of the config, --servers or not: those take the load).
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -70,6 +71,7 @@ typedef struct {
 static struct {
     target targets[MAX_TARGETS];
     int n_targets;
+    int n_load;                 /* the first n_load targets take the load */
     int concurrency, clients, iamat_pct, bound, json_out_set;
     double duration_s, warmup_s, rate, radius_km;
     long long max_requests;
@@ -366,7 +368,7 @@ static void run_load(void) {
     B.conns = xcalloc((size_t)n, sizeof *B.conns);
     struct pollfd *pfd = xcalloc((size_t)n, sizeof *pfd);
     for (int i = 0; i < n; i++) {
-        B.conns[i].target = i % B.n_targets;
+        B.conns[i].target = i % B.n_load;
         B.conns[i].id = i;
         B.conns[i].fd = -1;
         if (open_conn(&B.conns[i]) < 0) {
@@ -700,7 +702,7 @@ static void report(void) {
     }
     printf("requests     %lld in %.2f s (%s, concurrency %d, %d servers)\n", B.requests,
            B.duration_s, B.reference ? "reference" : B.rate > 0 ? "open loop" : "closed loop",
-           B.concurrency, B.n_targets);
+           B.concurrency, B.n_load);
     printf("rps          %.0f\n", rps);
     printf("errors       %lld", B.total_errors);
     for (int k = 0; k < E_COUNT; k++)
@@ -727,7 +729,7 @@ static void report(void) {
             "  \"duration_s\": %.3f,\n  \"iamat_pct\": %d,\n  \"requests\": %lld,\n"
             "  \"errors\": %lld,\n  \"errors_by_kind\": {",
             B.reference ? "reference" : B.rate > 0 ? "open" : "closed", B.concurrency,
-            B.n_targets, B.duration_s, B.iamat_pct, B.requests, B.total_errors);
+            B.n_load, B.duration_s, B.iamat_pct, B.requests, B.total_errors);
     for (int k = 0; k < E_COUNT; k++)
         fprintf(f, "%s\"%s\": %lld", k ? ", " : "", err_name[k], B.errors[k]);
     fprintf(f, "},\n  \"rps\": %.1f,\n  \"latency_us\": {\"min\": %.1f, \"p50\": %.1f, "
@@ -776,7 +778,8 @@ static void usage(FILE *f) {
           "      --propagation N    give N updates to the first server and time\n"
           "                         until each other server holds them\n"
           "      --converge         after the load, time until every server holds the\n"
-          "                         newest update of every client id used\n"
+          "                         newest update of every client id used (every\n"
+          "                         server of the config, even those --servers left out)\n"
           "      --json FILE        write the figures as JSON\n"
           "      --quiet            no progress line\n"
           "  -h, --help             show this help and exit\n",
@@ -868,22 +871,30 @@ int main(int argc, char **argv) {
             return 2;
         }
     if (!n_extra) {
-        for (int i = 0; i < cfg.n_servers; i++) {
-            const config_server *c = &cfg.servers[i];
-            if (servers) {
-                char list[1024];
-                snprintf(list, sizeof list, ",%s,", servers);
-                char want[80];
-                snprintf(want, sizeof want, ",%s,", c->name);
-                if (!strstr(list, want)) continue;
+        /* the servers that take the load first; with --converge the rest
+         * after them, checked but not loaded */
+        for (int pass = 0; pass < (B.converge ? 2 : 1); pass++) {
+            if (pass == 1) B.n_load = B.n_targets;
+            for (int i = 0; i < cfg.n_servers; i++) {
+                const config_server *c = &cfg.servers[i];
+                if (servers) {
+                    char list[1024];
+                    snprintf(list, sizeof list, ",%s,", servers);
+                    char want[80];
+                    snprintf(want, sizeof want, ",%s,", c->name);
+                    if ((strstr(list, want) != NULL) == pass) continue;
+                } else if (pass == 1) {
+                    break;
+                }
+                target *t = &B.targets[B.n_targets++];
+                snprintf(t->host, sizeof t->host, "%s", c->host);
+                t->port = c->port;
+                snprintf(t->name, sizeof t->name, "%s", c->name);
             }
-            target *t = &B.targets[B.n_targets++];
-            snprintf(t->host, sizeof t->host, "%s", c->host);
-            t->port = c->port;
-            snprintf(t->name, sizeof t->name, "%s", c->name);
         }
     }
-    if (!B.n_targets) {
+    if (!B.converge || n_extra || !servers) B.n_load = B.n_targets;
+    if (!B.n_load) {
         fprintf(stderr, "herd-benchmark: no server to load (check --servers)\n");
         return 2;
     }
@@ -893,7 +904,7 @@ int main(int argc, char **argv) {
     if (B.propagation > 0) return run_propagation();
     if (!B.quiet && isatty(STDERR_FILENO))
         fprintf(stderr, "herd-benchmark: %d connections over %d servers, %.0f s warm-up, %.0f s\n",
-                B.concurrency, B.n_targets, B.warmup_s, B.duration_s);
+                B.concurrency, B.n_load, B.warmup_s, B.duration_s);
     if (B.reference) {         /* built once: a long LINE must not meet a fixed buffer */
         B.reference_len = strlen(B.reference) + 2;
         B.reference_line = xmalloc(B.reference_len + 1);

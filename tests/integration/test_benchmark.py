@@ -105,6 +105,23 @@ def test_real_herd_short_run_has_no_errors(tmp_path, herd, conc):
     assert js["converged"] is True, out
 
 
+def test_converge_checks_every_server_when_one_takes_the_load(tmp_path, herd):
+    # all writes into Bona, as all of redis's go to its master: the run
+    # counts as converged only once the other four hold them too
+    herd.start().wait_links()
+    out, js = bench(tmp_path, "-c", herd.config, "--servers", "Bona", "--concurrency", "4",
+                    "--duration", "1", "--warmup", "0", "--mix", "iamat=100", "--converge")
+    assert js["errors"] == 0 and js["servers"] == 1 and js["converged"] is True, out
+    assert "all 5 servers hold the newest update" in out, out
+    newest = {}
+    for name in herd.ports:
+        for k in range(20):
+            at = herd.stored(name, b"bench-%d" % k)
+            if at:
+                newest.setdefault(k, set()).add(at.split(b" ")[-1])
+    assert newest and all(len(times) == 1 for times in newest.values()), newest
+
+
 def test_real_herd_propagation(tmp_path, herd):
     herd.start().wait_links()
     out, js = bench(tmp_path, "-c", herd.config, "--propagation", "20")
