@@ -10,7 +10,9 @@ twice (the base build's and this one's, logging as shipped) and a redis
 master with four replicas (benchmark/yardsticks.py); then REPEAT rounds,
 each running the three sides once, in an order rotated every round: IAMAT
 at c=20 over the five servers of each herd (--converge) and SET to the
-master (replicas caught up, key counts equal).  Per run: requests/s, CPU
+master (replicas caught up, key counts equal); and this build's herd again
+with all 20 connections on Bona ("one": one server takes every write and
+the links carry it to four, as redis's master does).  Per run: requests/s, CPU
 per request summed over the five processes of the side, the time they
 waited for a CPU while runnable, p50 and p99.  Prints each round with its
 ratios (this herd over redis, over the base herd) and the range of each
@@ -31,6 +33,8 @@ from report_data import BIN, machine, stop_all  # noqa: E402
 from yardsticks import LOCATION, Procs, redis_caught_up, run_costed  # noqa: E402
 
 RATIOS = (("rps", "rate"), ("cpu_us", "CPU per write"), ("p99_us", "p99"))
+PAIRS = (("new", "redis"), ("one", "redis"), ("new", "base"), ("base", "redis"))
+ENTRY = "Bona"          # three links: the nearest the default herd has to a master
 
 
 def ratios(r, a, b):
@@ -56,15 +60,16 @@ def main():
         master, replicas, redis_pids = procs.redis(4)
         time.sleep(3)        # links up, and past the 2 s of flooding after link changes
 
-        def herd_run(side):
+        def herd_run(side, only=()):
             cfg, pids = herds[side]
-            r = run_costed(pids, ["-c", cfg, "--mix", "iamat=100", "--converge"] + common,
-                           scratch)
+            r = run_costed(pids, ["-c", cfg, "--mix", "iamat=100", "--converge"] + list(only)
+                           + common, scratch)
             if not r["converged"]:
                 raise SystemExit(f"replicated_ab: the {side} herd did not converge")
             return r
 
         sides = {"base": lambda: herd_run("base"), "new": lambda: herd_run("new"),
+                 "one": lambda: herd_run("new", ("--servers", ENTRY)),
                  "redis": lambda: run_costed(
                      redis_pids, ["--reference", f"SET k{{key}} {LOCATION}", "--target",
                                   f"127.0.0.1:{master}"] + common, scratch,
@@ -72,24 +77,25 @@ def main():
         names = list(sides)
         rounds = []
         for i in range(a.repeat):
-            order = names[i % 3:] + names[:i % 3]
+            order = names[i % len(names):] + names[:i % len(names)]
             r = {"order": order}
             for side in order:
                 r[side] = sides[side]()
-            r["new_vs_redis"] = ratios(r, "new", "redis")
-            r["new_vs_base"] = ratios(r, "new", "base")
-            r["base_vs_redis"] = ratios(r, "base", "redis")
+            for a_, b_ in PAIRS:
+                r[f"{a_}_vs_{b_}"] = ratios(r, a_, b_)
             rounds.append(r)
             print(f"round {i + 1} ({', '.join(order)}): " + "; ".join(
                 f"{s} {r[s]['rps']:.0f}/s {r[s]['cpu_us']:.1f} us CPU "
                 f"(runq wait {r[s]['runq_wait_us']:.1f} us) p99 {r[s]['p99_us']:.0f} us"
                 for s in names), flush=True)
-            for pair in ("new_vs_redis", "new_vs_base", "base_vs_redis"):
+            for a_, b_ in PAIRS:
+                pair = f"{a_}_vs_{b_}"
                 print(f"  {pair}: " + ", ".join(f"{label} {r[pair][k]:.2f}x"
                                                 for k, label in RATIOS), flush=True)
-        summary = {pair: {k: [min(r[pair][k] for r in rounds), max(r[pair][k] for r in rounds)]
-                          for k, _ in RATIOS}
-                   for pair in ("new_vs_redis", "new_vs_base", "base_vs_redis")}
+        summary = {f"{a_}_vs_{b_}": {k: [min(r[f"{a_}_vs_{b_}"][k] for r in rounds),
+                                         max(r[f"{a_}_vs_{b_}"][k] for r in rounds)]
+                                     for k, _ in RATIOS}
+                   for a_, b_ in PAIRS}
         for pair, v in summary.items():
             print(f"{pair} over {a.repeat} rounds: " + ", ".join(
                 f"{label} {v[k][0]:.2f} to {v[k][1]:.2f}x" for k, label in RATIOS))
