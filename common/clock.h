@@ -8,8 +8,6 @@
 /* Milliseconds from the monotonic clock: never jumps with the wall clock,
  * so good for deadlines and intervals, meaningless as a date. */
 int64_t mono_ms(void);
-/* The same clock in microseconds. */
-int64_t mono_us(void);
 
 /* Seconds since the Unix epoch, from the wall clock: for dates that others
  * read (metrics, a reload's time), never for a deadline. */

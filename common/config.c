@@ -213,7 +213,6 @@ static const key_spec herd_keys[] = {
     {"metrics_server_label", K_BOOL, OFF(herd.metrics_server_label), 0, 0, 0},
     {"forwarding", K_FORWARDING, 0, 0, 0, 0},
     {"anti_entropy_ms", K_INT, OFF(herd.anti_entropy_ms), 0, 100, 600000},
-    {"link_batch_us", K_INT, OFF(herd.link_batch_us), 0, 0, 10000000},
     {NULL, 0, 0, 0, 0, 0},
 };
 
@@ -441,7 +440,6 @@ static void set_defaults(config *cfg) {
     cfg->herd.snapshot_interval_s = 5;
     cfg->herd.forwarding = FORWARD_TREE;
     cfg->herd.anti_entropy_ms = 1000;
-    cfg->herd.link_batch_us = 500;
     cfg->benchmark.concurrency = 20;
     cfg->benchmark.duration_s = 10;
     cfg->benchmark.iamat_pct = 50;

@@ -70,7 +70,6 @@ typedef struct {
     int metrics_server_label; /* 1: server="NAME" on every metrics sample */
     int forwarding;           /* FORWARD_TREE or FORWARD_FLOOD */
     int anti_entropy_ms;      /* neighbours compare table digests this often */
-    int link_batch_us;        /* relayed updates wait at most this long for company */
 } config_herd;
 
 /* herd.forwarding: along each origin's tree of live links, or to every

@@ -133,9 +133,6 @@ static void render(const server *s, buf_t *b) {
            "IAMATs from clients stored as newer than what the table held.", m->client_updates);
     single(b, s, "proxyherd_link_updates_sent_total", "counter",
            "AT lines sent to peers, catch-up included.", m->link_updates_sent);
-    single(b, s, "proxyherd_link_writes_total", "counter",
-           "Writes of queued lines to peers' sockets (each carries one line or many).",
-           m->link_writes);
     single(b, s, "proxyherd_link_updates_received_total", "counter",
            "AT lines received from peers.", m->link_updates_received);
     single(b, s, "proxyherd_link_updates_stored_total", "counter",

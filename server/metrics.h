@@ -26,7 +26,6 @@ typedef enum {
 typedef struct {
     uint64_t client_updates;        /* IAMATs stored as newer */
     uint64_t link_updates_sent;     /* AT lines queued to peers, catch-up included */
-    uint64_t link_writes;           /* flushes of a link's output to its socket */
     uint64_t link_updates_received; /* AT lines read from peers */
     uint64_t link_updates_stored;   /* ... of which stored as newer */
     uint64_t link_updates_repaired; /* ... of those, from a repair stream (SYNC) */

@@ -532,10 +532,7 @@ void peer_tick(server *s) {
 void peer_flush(server *s) {
     for (int li = 0; li < s->n_links; li++) {
         client *c = s->links[li].conn;
-        if (c && c->state != CONN_DEAD && buf_pending(&c->out)) {
-            s->metrics.link_writes++;
-            client_write(s, c);
-        }
+        if (c && c->state != CONN_DEAD && buf_pending(&c->out)) client_write(s, c);
     }
 }
 

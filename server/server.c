@@ -28,14 +28,6 @@
  * after acknowledging an update has still passed it on.  POLLOUT is asked
  * for only while something is left.  A
  * client whose unsent output passes limits.max_output_bytes is cut off.
- *
- * Batching: a round that owes no client a reply (it only relayed updates
- * from neighbours, or sent a digest) holds its link output when the links
- * were written less than herd.link_batch_us ago, and polls no longer than
- * until then; the next round that answers a client, or the end of the
- * wait, writes everything held.  Under load one write to a neighbour then
- * carries the relays of several rounds and the neighbour wakes once for
- * them; a reply never waits, and still follows its update's forwarding.
  */
 #include "server.h"
 
@@ -901,52 +893,6 @@ void server_timers_run(server *s) {
     }
 }
 
-/* ------------------------------------------------------------ batching */
-
-#define BATCH_MAX_BYTES (64 * 1024)   /* held for one link: written at once */
-
-/* Whether the link output this round ends with may wait (see the top of
- * the file): no reply is due, the links were written less than
- * link_batch_us ago, and no link holds much.  Never while stopping. */
-static int links_may_wait(const server *s, int64_t now_us) {
-    int64_t batch = s->cfg->herd.link_batch_us;
-    if (!batch || s->stop || now_us - s->links_written_us >= batch) return 0;
-    for (size_t i = 0; i < s->nwq; i++)
-        if (s->wq[i]->role != ROLE_PEER && buf_pending(&s->wq[i]->out)) return 0;
-    int pending = 0;
-    for (int li = 0; li < s->n_links; li++) {
-        const client *c = s->links[li].conn;
-        if (!c || c->state == CONN_DEAD) continue;
-        if (buf_pending(&c->out) >= BATCH_MAX_BYTES) return 0;
-        if (buf_pending(&c->out)) pending = 1;
-    }
-    return pending;
-}
-
-/* The end of a round: the links (unless they may wait), then the replies. */
-static void write_round(server *s) {
-    int64_t now = mono_us();
-    if (links_may_wait(s, now)) {
-        s->links_held_until_us = s->links_written_us + s->cfg->herd.link_batch_us;
-    } else {
-        uint64_t before = s->metrics.link_writes;
-        s->links_held_until_us = 0;
-        peer_flush(s);
-        if (s->metrics.link_writes != before) s->links_written_us = now;
-    }
-    write_queued(s);
-}
-
-/* poll(), to the microsecond while link output is held. */
-static int poll_round(server *s, size_t n, int timeout_ms) {
-    if (!s->links_held_until_us || timeout_ms == 0) return poll(s->pfd, n, timeout_ms);
-    int64_t left = s->links_held_until_us - mono_us();
-    if (left < 0) left = 0;
-    if (timeout_ms > 0 && (int64_t)timeout_ms * 1000 < left) left = (int64_t)timeout_ms * 1000;
-    struct timespec ts = {(time_t)(left / 1000000), (long)(left % 1000000) * 1000};
-    return ppoll(s->pfd, n, &ts, NULL);
-}
-
 int server_run(server *s) {
     s->now_ms = mono_ms();
     s->next_sweep_ms = s->now_ms + SWEEP_MS;
@@ -960,9 +906,7 @@ int server_run(server *s) {
             /* a dead one too: what it has to read ends the wait, so it is
              * reaped this round */
             else if (c->state != CONN_CLOSING && !c->waiting) ev |= POLLIN;
-            /* held link output waits for the end of the batch */
-            int held = s->links_held_until_us && c->role == ROLE_PEER;
-            if ((buf_pending(&c->out) && !held) || c->tls_want_write) ev |= POLLOUT;
+            if (buf_pending(&c->out) || c->tls_want_write) ev |= POLLOUT;
             if (c->tls_more && c->state != CONN_CLOSING) tls_ready = 1;
             s->pfd[i].events = ev;
         }
@@ -976,7 +920,7 @@ int server_run(server *s) {
             }
             nh = http_fill_poll(&s->http, s->pfd + s->npfd);
         }
-        int n = poll_round(s, s->npfd + nh, tls_ready ? 0 : server_timer_wait(s));
+        int n = poll(s->pfd, s->npfd + nh, tls_ready ? 0 : server_timer_wait(s));
         if (n < 0 && errno != EINTR) {
             log_msg(LOG_ERROR, "poll", "%s", strerror(errno));
             break;
@@ -1006,7 +950,8 @@ int server_run(server *s) {
             }
         }
         server_timers_run(s);
-        write_round(s);
+        peer_flush(s);
+        write_queued(s);
         reap_clients(s);
         /* after the reap, so closed connections free their slots first */
         if (n > 0 && (s->pfd[0].revents & POLLIN)) accept_clients(s);

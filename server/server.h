@@ -149,8 +149,6 @@ typedef struct server {
     size_t ndead;               /* marked dead this round */
     client **wq;                /* clients with replies to write after the */
     size_t nwq, wqcap;          /* links are flushed (so acks follow floods) */
-    int64_t links_held_until_us; /* link output held until then (batching); 0: not */
-    int64_t links_written_us;   /* when the links were last written */
     int cold_fd;                /* epoll set of idle clients */
     client **cold;
     size_t ncold, coldcap;

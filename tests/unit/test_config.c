@@ -208,21 +208,6 @@ static void test_forwarding(void) {
           !strncmp(err, "h.yml:5: ", 9) && strstr(err, "out of range"), "%s", err);
 }
 
-/* herd.link_batch_us: 500 by default, 0 (never held) to 10 s. */
-static void test_link_batch(void) {
-    static const char srv[] = "servers:\n  A: {port: 7001}\nherd:\n  snapshot_interval_s: 5\n";
-    char text[256], err[512];
-    config cfg;
-    CHECK(config_load_text("h.yml", srv, sizeof srv - 1, &cfg, err, sizeof err) == 0, "%s", err);
-    CHECK(cfg.herd.link_batch_us == 500, "500 us by default, found %d", cfg.herd.link_batch_us);
-    int n = snprintf(text, sizeof text, "%s  link_batch_us: 0\n", srv);
-    CHECK(config_load_text("h.yml", text, (size_t)n, &cfg, err, sizeof err) == 0 &&
-          cfg.herd.link_batch_us == 0, "0: off: %s", err);
-    n = snprintf(text, sizeof text, "%s  link_batch_us: 10000001\n", srv);
-    CHECK(config_load_text("h.yml", text, (size_t)n, &cfg, err, sizeof err) < 0 &&
-          !strncmp(err, "h.yml:5: ", 9) && strstr(err, "out of range"), "%s", err);
-}
-
 static void test_mix(void) {
     int p = -1;
     CHECK(config_parse_mix("iamat=30,whatsat=70", &p) == 0 && p == 30, "30/70");
@@ -276,7 +261,6 @@ int main(void) {
     test_default_file();
     test_load_text();
     test_forwarding();
-    test_link_batch();
     test_mix();
     test_logging_bounds();
     unlink(path);
