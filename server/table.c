@@ -520,15 +520,16 @@ size_t table_format_at(char *out, const table_update *u, table_entry *e) {
     return (size_t)(o - out);
 }
 
-/* A new entry for u, in a new record; returns its reference. */
-static uint32_t make_entry(table *t, const table_update *u) {
+/* A new entry for u, in a new record, in digest bucket 'bucket' (its
+ * client's: table_bucket_of); returns its reference. */
+static uint32_t make_entry(table *t, const table_update *u, unsigned bucket) {
     size_t len = table_at_len(u);
     uint32_t ref = record_alloc(t, len);
     table_entry *e = entry_at(t, ref);
     table_format_at(e->line, u, e);
     e->line[len] = '\0';
     e->line_len = len & 0x1ff;
-    e->bucket = table_bucket_of(u->client.p, u->client.len) & 0xfff;
+    e->bucket = bucket & 0xfff;
     e->gen = ++t->gen & ((UINT64_C(1) << 57) - 1);
     return ref;
 }
@@ -536,7 +537,8 @@ static uint32_t make_entry(table *t, const table_update *u) {
 /* A newer update for a stored client: same slot, same heap place, then down
  * the heap (it only got newer) once the heap is kept ordered. */
 static table_entry *replace(table *t, size_t i, const table_update *u) {
-    uint32_t old_ref = t->slots[i], ref = make_entry(t, u);
+    uint32_t old_ref = t->slots[i];
+    uint32_t ref = make_entry(t, u, entry_at(t, old_ref)->bucket);   /* the same client's */
     table_entry *old = entry_at(t, old_ref), *e = entry_at(t, ref);
     digest_flip(t, old);
     digest_flip(t, e);
@@ -564,7 +566,7 @@ table_entry *table_offer(table *t, const table_update *u) {
         evict_oldest(t);
         i = find_slot(t, h, u->client.p, u->client.len);   /* marks may have gone */
     }
-    uint32_t ref = make_entry(t, u);
+    uint32_t ref = make_entry(t, u, table_bucket_of(u->client.p, u->client.len));
     table_entry *e = entry_at(t, ref);
     digest_flip(t, e);
     if (t->slots[i] == SLOT_REMOVED) t->removed--;
