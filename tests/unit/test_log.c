@@ -264,6 +264,38 @@ static void case_data(void) {
     CHECK_FILE(at("q.log"), want);
 }
 
+/* log_data finds plain runs eight bytes at a time: every byte value at
+ * every place of a word (and in the tail past the last whole word), among
+ * ASCII and among UTF-8 lead bytes, is escaped exactly when it should be. */
+static void case_data_words(void) {
+    open_log_or_fail("w", 8 << 20, 1);
+    static const int places[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 21, 22};
+    static const unsigned char fillers[] = {'a', 0xc3};
+    size_t cap = 4u << 20, n = 0;
+    char *want = malloc(cap);
+    for (size_t f = 0; f < sizeof fillers; f++)
+        for (size_t p = 0; p < sizeof places / sizeof *places; p++)
+            for (int b = 0; b < 256; b++) {
+                char data[23];
+                memset(data, (char)fillers[f], sizeof data);
+                data[places[p]] = (char)b;
+                log_data(LOG_INFO, "w", "", data, sizeof data, NULL);
+                n += (size_t)snprintf(want + n, cap - n, "INFO w \"");
+                for (size_t i = 0; i < sizeof data; i++) {
+                    unsigned char c = (unsigned char)data[i];
+                    if (c < 0x20 || c == 0x7f || c == '"' || c == '\\')
+                        n += (size_t)snprintf(want + n, cap - n, "\\x%02x", c);
+                    else
+                        want[n++] = (char)c;
+                }
+                n += (size_t)snprintf(want + n, cap - n, "\"\n");
+            }
+    log_flush();
+    want[n] = '\0';
+    CHECK_FILE(at("w.log"), want);
+    free(want);
+}
+
 /* A folder name too long is refused with a message; flush_ms 0 means
  * 200 ms; a line is due then, not before. */
 static void case_path_and_flush_default(void) {
@@ -743,6 +775,7 @@ static const struct {
     {"before-open", case_before_open},
     {"formats", case_formats},
     {"data", case_data},
+    {"data in words", case_data_words},
     {"defaults", case_path_and_flush_default},
     {"tiny-max", case_tiny_max},
     {"keep-blocked", case_keep_blocked_by_folder},
