@@ -30,11 +30,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from report_data import BIN, machine, stop_all  # noqa: E402
-from yardsticks import LOCATION, Procs, redis_caught_up, run_costed  # noqa: E402
+from yardsticks import LOCATION, ONE_ENTRY, Procs, redis_caught_up, run_costed  # noqa: E402
 
 RATIOS = (("rps", "rate"), ("cpu_us", "CPU per write"), ("p99_us", "p99"))
 PAIRS = (("new", "redis"), ("one", "redis"), ("new", "base"), ("base", "redis"))
-ENTRY = "Bona"          # three links: the nearest the default herd has to a master
 
 
 def ratios(r, a, b):
@@ -69,7 +68,7 @@ def main():
             return r
 
         sides = {"base": lambda: herd_run("base"), "new": lambda: herd_run("new"),
-                 "one": lambda: herd_run("new", ("--servers", ENTRY)),
+                 "one": lambda: herd_run("new", ("--servers", ONE_ENTRY)),
                  "redis": lambda: run_costed(
                      redis_pids, ["--reference", f"SET k{{key}} {LOCATION}", "--target",
                                   f"127.0.0.1:{master}"] + common, scratch,
