@@ -18,7 +18,7 @@
 #include "log.h"
 
 #define CACHE_MAGIC "HERDPLC\n"
-#define CACHE_VERSION 1u
+#define CACHE_VERSION 2u      /* 2: the places file's ctime */
 #define CACHE_ORDER 0x01020304u     /* as this machine stores it */
 #define CACHE_ALIGN 64
 #define CACHE_TMP PLACES_CACHE_FILE ".tmp."
@@ -79,6 +79,8 @@ static void identity(places_cache_head *h, const struct stat *src, const char *p
     h->size = (uint64_t)src->st_size;
     h->mtime_s = (uint64_t)src->st_mtim.tv_sec;
     h->mtime_ns = (uint64_t)src->st_mtim.tv_nsec;
+    h->ctime_s = (uint64_t)src->st_ctim.tv_sec;
+    h->ctime_ns = (uint64_t)src->st_ctim.tv_nsec;
     snprintf(h->path, sizeof h->path, "%s", path);
 }
 
@@ -137,6 +139,7 @@ static int same_source(const places_cache_head *h, const struct stat *src, const
     identity(&now, src, path);
     return h->dev == now.dev && h->ino == now.ino && h->size == now.size &&
            h->mtime_s == now.mtime_s && h->mtime_ns == now.mtime_ns &&
+           h->ctime_s == now.ctime_s && h->ctime_ns == now.ctime_ns &&
            !strcmp(h->path, now.path);
 }
 

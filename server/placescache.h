@@ -9,7 +9,9 @@
  *
  * The file: a header (magic, format version, this machine's byte order and
  * struct sizes, the places file's identity -- device, inode, size, mtime
- * to the ns, its path as configured -- the counts, each section's offset,
+ * and ctime to the ns (a file rewritten in place with its size and mtime
+ * kept, cp -p or touch -r, still has a new ctime), its path as configured
+ * -- the counts, each section's offset,
  * a checksum of the whole) then the sections.  Everything read from it is
  * checked before it is used (offsets and lengths against the layout and
  * the file's size, the checksum, every node id < n, every axis < 3, every
@@ -43,6 +45,7 @@ typedef struct {
     uint32_t version, order;    /* order: 0x01020304 as the writer stores it */
     uint32_t size_place, size_node, size_word, reserved;
     uint64_t dev, ino, size, mtime_s, mtime_ns;     /* the places file's identity */
+    uint64_t ctime_s, ctime_ns;
     uint64_t n, text_len;
     uint64_t v_off, node_off, axis_off, text_off, total;
     uint64_t sum;               /* of the header (sum 0) and every section */

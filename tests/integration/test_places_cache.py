@@ -103,12 +103,45 @@ def test_a_changed_places_file_makes_the_cache_stale(tmp_path):
         s.stop()
 
 
+def rewrite_keeping_size_and_mtime(path):
+    """Every place_id changed in place to one of the same length, then the
+    old mtime put back (as cp -p or touch -r leave it): the same inode, size
+    and mtime, other places."""
+    st = os.stat(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "r+b") as f:
+        f.write(data.replace(b'"sample-', b'"SAMPLE-'))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now = os.stat(path)
+    assert (now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def test_a_file_rewritten_with_its_size_and_mtime_kept_makes_the_cache_stale(tmp_path):
+    """Its ctime is new: the next start rebuilds the cache and answers the
+    new places, never the old ones from the cache."""
+    path, places = generate(tmp_path, 2000)
+    qs = queries(places)[:30]
+    s = Server(tmp_path, places={"local_file": path}).start()
+    try:
+        assert b'"place_id" : "sample-' in b"".join(bodies(s.port, qs, b"a"))
+        s.stop()
+        rewrite_keeping_size_and_mtime(path)
+        s.start()
+        log = s.read_log(wait_for="the places file changed")
+        assert results(log) == ["built", "built"], log
+        got = b"".join(bodies(s.port, qs, b"b"))
+        assert b'"place_id" : "SAMPLE-' in got and b'"sample-' not in got
+    finally:
+        s.stop()
+
+
 def damage(cache, how):
     """Change the cache file the way 'how' says (the header's fields:
     server/placescache.h, places_cache_head)."""
     with open(cache, "rb") as f:
         data = bytearray(f.read())
-    n, _text_len, v_off, node_off = struct.unpack_from("<QQQQ", data, 72)
+    n, _text_len, v_off, node_off = struct.unpack_from("<QQQQ", data, 88)
     if how == "truncated":
         del data[len(data) // 2:]
     elif how == "magic":
