@@ -136,6 +136,24 @@ def test_a_file_rewritten_with_its_size_and_mtime_kept_makes_the_cache_stale(tmp
         s.stop()
 
 
+def test_a_reload_reads_a_file_rewritten_with_its_size_and_mtime_kept(tmp_path):
+    """The reload's own check (is it the file already read?) looks at the
+    inode and ctime too: the new places answer at once."""
+    path, places = generate(tmp_path, 2000)
+    qs = queries(places)[:30]
+    s = Server(tmp_path, places={"local_file": path}).start()
+    try:
+        assert b'"place_id" : "sample-' in b"".join(bodies(s.port, qs, b"a"))
+        rewrite_keeping_size_and_mtime(path)
+        os.kill(s.proc.pid, signal.SIGUSR1)
+        assert s.read_log(wait_for="(places file read again)", timeout=10)
+        assert results(s.read_log()) == ["built", "built"]
+        got = b"".join(bodies(s.port, qs, b"b"))
+        assert b'"place_id" : "SAMPLE-' in got and b'"sample-' not in got
+    finally:
+        s.stop()
+
+
 def damage(cache, how):
     """Change the cache file the way 'how' says (the header's fields:
     server/placescache.h, places_cache_head)."""
