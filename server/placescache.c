@@ -242,7 +242,9 @@ static int cache_write(const places_local *pl, const char *file, const struct st
     char tmp[4500];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", file, (long)getpid());
     unlink(tmp);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    /* read-only: a server that maps it dies of SIGBUS if it is cut short
+     * in place, so `> places.cache` or cp over it must fail */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0400);
     if (fd < 0) return -1;
     int rc = write_sections(fd, &h, pl);
     int saved = errno;

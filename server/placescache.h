@@ -21,7 +21,10 @@
  *
  * It is written to places.cache.tmp.PID and renamed into place, never
  * rewritten in place, so a server that maps the old one keeps a valid
- * mapping; one cache per state folder.  "Check, else build and write" runs
+ * mapping; one cache per state folder.  It is made mode 0400: a file
+ * mapped shared that is truncated in place (`> places.cache`, cp over it)
+ * kills every server that maps it with SIGBUS, so a user's write must
+ * fail (root's still succeeds: remove it instead, it is rebuilt).  "Check, else build and write" runs
  * under an flock() on <state_dir>/places.lock, so the servers of a herd
  * started at once build it once; under that lock leftover temporary files
  * (a writer that died) are removed.  A server that does not get the lock

@@ -8,6 +8,7 @@ import fcntl
 import os
 import re
 import signal
+import stat
 import struct
 import subprocess
 
@@ -69,6 +70,9 @@ def test_a_herd_started_at_once_builds_the_cache_once_and_answers_as_without_it(
             assert bodies(h.ports[n], qs, n.encode()) == want, n
         assert sorted(f for f in os.listdir(tmp_path / "h" / "state") if "places" in f) == \
             [CACHE, "places.lock"]
+        # read-only: a user's write in place (SIGBUS for every server that
+        # maps it) fails
+        assert stat.S_IMODE(os.stat(tmp_path / "h" / "state" / CACHE).st_mode) == 0o400
     finally:
         h.stop()
 
@@ -170,6 +174,7 @@ def damage(cache, how):
         data[node_off + 32 * (n // 2) + 24 + 3] ^= 0x80
     elif how == "text offset":      # a place's json_off
         data[v_off + 56 * 5 + 40 + 4] ^= 0x01
+    os.unlink(cache)                # read-only: a new file in its place
     with open(cache, "wb") as f:
         f.write(data)
 
