@@ -257,9 +257,11 @@ static int cache_write(const places_local *pl, const char *file, const struct st
 
 /* ----------------------------------------------------------------- lock */
 
-/* The lock, taken within wait_ms; its descriptor, or -1 with why. */
-static int lock_take(const char *dir, int wait_ms, char *why, size_t whylen) {
+/* The lock, taken within wait_ms; its descriptor, or -1 with why (*held:
+ * another server has it, else the lock file itself is at fault). */
+static int lock_take(const char *dir, int wait_ms, char *why, size_t whylen, int *held) {
     char path[4400];
+    *held = 0;
     snprintf(path, sizeof path, "%s/%s", dir, PLACES_CACHE_LOCK);
     int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
@@ -271,6 +273,7 @@ static int lock_take(const char *dir, int wait_ms, char *why, size_t whylen) {
         if (errno != EWOULDBLOCK && errno != EINTR) break;
         int64_t waited = mono_ms() - start;
         if (waited >= wait_ms) {
+            *held = 1;
             snprintf(why, whylen, "%s held by another server (waited %lld ms); "
                      "places read privately", path, (long long)waited);
             close(fd);
@@ -320,9 +323,9 @@ int places_cache_load(places_local *pl, const char *path, const char *dir, int w
                       char *err, size_t errlen) {
     char why[4600], file[4400];
     memset(pl, 0, sizeof *pl);
-    int lock = lock_take(dir, wait_ms, why, sizeof why);
-    if (lock < 0) {
-        log_msg(LOG_INFO, "places-cache", "result=ignored reason=\"%s\"", why);
+    int held, lock = lock_take(dir, wait_ms, why, sizeof why, &held);
+    if (lock < 0) {     /* a lock file that cannot be had keeps the cache off: a WARN */
+        log_msg(held ? LOG_INFO : LOG_WARN, "places-cache", "result=ignored reason=\"%s\"", why);
         return places_local_load(pl, path, err, errlen);
     }
     /* under the lock no writer is at work: a temporary file is a dead one's */

@@ -244,3 +244,26 @@ def test_check_writes_no_cache(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "(2000 places)" in r.stdout, r
     assert not os.path.exists(os.path.join(s.dir, "state", CACHE))
+
+
+def test_a_lock_file_that_cannot_be_had_is_a_warning(tmp_path):
+    """A directory or a symlink in the lock's place keeps the cache off for
+    good (the places are read privately, the same answers): a WARN, unlike
+    a lock another server holds for a while."""
+    path, places = generate(tmp_path, 2000)
+    qs = queries(places)[:20]
+    for how in ("directory", "symlink"):
+        state = os.path.join(tmp_path, how, "state")
+        os.makedirs(state, mode=0o700)
+        s = Server(tmp_path / how, places={"local_file": path})
+        lock = os.path.join(state, "places.lock")
+        os.mkdir(lock) if how == "directory" else os.symlink(path, lock)
+        try:
+            s.start()
+            log = s.read_log(wait_for=" listening ")
+            assert re.search(r'WARN places-cache result=ignored reason="cannot open '
+                             r'\S+/places\.lock: ', log), (how, log)
+            assert b'"place_id" : "sample-' in b"".join(bodies(s.port, qs, how[:3].encode()))
+            assert not os.path.exists(os.path.join(state, CACHE))
+        finally:
+            s.stop()
