@@ -257,11 +257,13 @@ static int cache_write(const places_local *pl, const char *file, const struct st
 
 /* ----------------------------------------------------------------- lock */
 
-/* The lock, taken within wait_ms; its descriptor, or -1 with why (*held:
- * another server has it, else the lock file itself is at fault). */
-static int lock_take(const char *dir, int wait_ms, char *why, size_t whylen, int *held) {
+/* The lock, taken within wait_ms; its descriptor (*waited: another server
+ * had it first), or -1 with why (*held: another server has it, else the
+ * lock file itself is at fault). */
+static int lock_take(const char *dir, int wait_ms, char *why, size_t whylen, int *held,
+                     int *waited) {
     char path[4400];
-    *held = 0;
+    *held = *waited = 0;
     snprintf(path, sizeof path, "%s/%s", dir, PLACES_CACHE_LOCK);
     int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
@@ -271,11 +273,12 @@ static int lock_take(const char *dir, int wait_ms, char *why, size_t whylen, int
     for (int64_t start = mono_ms();;) {
         if (flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
         if (errno != EWOULDBLOCK && errno != EINTR) break;
-        int64_t waited = mono_ms() - start;
-        if (waited >= wait_ms) {
+        *waited = 1;
+        int64_t ms = mono_ms() - start;
+        if (ms >= wait_ms) {
             *held = 1;
             snprintf(why, whylen, "%s held by another server (waited %lld ms); "
-                     "places read privately", path, (long long)waited);
+                     "places read privately", path, (long long)ms);
             close(fd);
             return -1;
         }
@@ -289,8 +292,11 @@ static int lock_take(const char *dir, int wait_ms, char *why, size_t whylen, int
 /* ----------------------------------------------------------------- load */
 
 /* Under the lock: the cache if it is good, else the file read and the cache
- * written (and mapped in place of what was read). */
-static int load_locked(places_local *pl, const char *path, const char *file,
+ * written (and mapped in place of what was read).  After a wait for the
+ * server that held the lock, no good cache means it could make none (no
+ * room, a folder in the way: it logged why, or it died): 1, the file is to
+ * be read after the lock, alongside the others, not once more in turn. */
+static int load_locked(places_local *pl, const char *path, const char *file, int waited,
                        char *err, size_t errlen) {
     char why[256], wrote[256];
     struct stat src;
@@ -298,6 +304,11 @@ static int load_locked(places_local *pl, const char *path, const char *file,
     if (places_cache_map(pl, file, path, why, sizeof why) == 0) {
         log_msg(LOG_INFO, "places-cache", "result=used cache=%s places=%zu", file, pl->n);
         return 0;
+    }
+    if (waited) {
+        log_msg(LOG_INFO, "places-cache", "result=ignored cache=%s reason=\"%s, after the "
+                "server that held the lock; places read privately\"", file, why);
+        return 1;
     }
     int damaged = strcmp(why, WHY_NONE) && strcmp(why, WHY_STALE);
     if (damaged) log_msg(LOG_WARN, "places-cache", "result=ignored cache=%s reason=\"%s\"; "
@@ -323,7 +334,7 @@ int places_cache_load(places_local *pl, const char *path, const char *dir, int w
                       char *err, size_t errlen) {
     char why[4600], file[4400];
     memset(pl, 0, sizeof *pl);
-    int held, lock = lock_take(dir, wait_ms, why, sizeof why, &held);
+    int held, waited, lock = lock_take(dir, wait_ms, why, sizeof why, &held, &waited);
     if (lock < 0) {     /* a lock file that cannot be had keeps the cache off: a WARN */
         log_msg(held ? LOG_INFO : LOG_WARN, "places-cache", "result=ignored reason=\"%s\"", why);
         return places_local_load(pl, path, err, errlen);
@@ -332,7 +343,7 @@ int places_cache_load(places_local *pl, const char *path, const char *dir, int w
     folder_remove_leftovers(dir, CACHE_TMP, "places-cache-leftover",
                             "a cache writer stopped while writing it");
     snprintf(file, sizeof file, "%s/%s", dir, PLACES_CACHE_FILE);
-    int rc = load_locked(pl, path, file, err, errlen);
+    int rc = load_locked(pl, path, file, waited, err, errlen);
     close(lock);
-    return rc;
+    return rc == 1 ? places_local_load(pl, path, err, errlen) : rc;
 }

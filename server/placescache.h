@@ -24,11 +24,16 @@
  * mapping; one cache per state folder.  It is made mode 0400: a file
  * mapped shared that is truncated in place (`> places.cache`, cp over it)
  * kills every server that maps it with SIGBUS, so a user's write must
- * fail (root's still succeeds: remove it instead, it is rebuilt).  "Check, else build and write" runs
- * under an flock() on <state_dir>/places.lock, so the servers of a herd
- * started at once build it once; under that lock leftover temporary files
- * (a writer that died) are removed.  A server that does not get the lock
- * in time reads the file privately, into memory, as without a cache.
+ * fail (root's still succeeds: remove it instead, it is rebuilt).
+ * "Check, else build and write" runs under an flock() on
+ * <state_dir>/places.lock, so the servers of a herd started at once build
+ * it once; under that lock leftover temporary files (a writer that died)
+ * are removed.  A server that does not get the lock
+ * in time reads the file privately, into memory, as without a cache; so
+ * does one that waited for the lock and finds no cache for its file after
+ * (the holder could write none: no room, a folder in the way), at once,
+ * rather than the herd's servers each reading the file and failing to
+ * write it in turn.
  */
 #ifndef HERD_PLACESCACHE_H
 #define HERD_PLACESCACHE_H

@@ -11,6 +11,7 @@ import signal
 import stat
 import struct
 import subprocess
+import threading
 
 from harness import Herd, Server, exchange, program, wait_for
 from test_places_local import generate, location, queries, scan
@@ -267,3 +268,50 @@ def test_a_lock_file_that_cannot_be_had_is_a_warning(tmp_path):
             assert not os.path.exists(os.path.join(state, CACHE))
         finally:
             s.stop()
+
+
+def waits_for_lock(pid, lock):
+    """The server has the lock file open and sleeps: in the lock's wait
+    (nothing between its open and its first try blocks)."""
+    fds = "/proc/%d/fd" % pid
+    try:
+        held = any(os.readlink(os.path.join(fds, fd)) == lock for fd in os.listdir(fds))
+        with open("/proc/%d/stat" % pid) as f:
+            return held and f.read().rsplit(")", 1)[1].split()[0] == "S"
+    except OSError:
+        return False
+
+
+def test_after_a_lock_holder_that_made_no_cache_the_others_read_at_once(tmp_path):
+    """A folder in the cache's place: no cache can be written.  The servers
+    that waited for the lock do not each read the file and fail to write it
+    in turn, one after the other (the last of a herd would listen after five
+    loads): they read it privately at once, and say so."""
+    path, places = generate(tmp_path, 2000)
+    qs = queries(places)[:5]
+    state = tmp_path / "h" / "state"
+    os.makedirs(state / CACHE)
+    os.chmod(state, 0o700)
+    lock_path = str(state / "places.lock")
+    h = Herd(tmp_path / "h", places={"local_file": path})
+    lock = open(lock_path, "ab")
+    fcntl.flock(lock, fcntl.LOCK_EX)            # a server that will make none
+    starting = threading.Thread(target=h.start)
+    try:
+        starting.start()
+        assert wait_for(lambda: len(h.procs) == 5 and
+                        all(waits_for_lock(p.pid, lock_path) for p in list(h.procs.values())), 10)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        starting.join()
+        assert wait_for(lambda: all(results(h.log(n)) for n in h.procs), 5)
+        for n in h.procs:
+            log = h.log(n)
+            assert "cannot write" not in log, (n, log)
+            assert re.search(r'INFO places-cache result=ignored cache=\S+/places\.cache '
+                             r'reason="[^"]*, after the server that held the lock; places '
+                             r'read privately"', log), (n, log)
+            assert b'"place_id" : "sample-' in b"".join(bodies(h.ports[n], qs, n.encode()))
+    finally:
+        lock.close()
+        starting.join()
+        h.stop()
