@@ -18,7 +18,10 @@
 #include "log.h"
 
 #define CACHE_MAGIC "HERDPLC\n"
-#define CACHE_VERSION 2u      /* 2: the places file's ctime */
+/* The format; bump it too when what places_local_load() makes of a file
+ * changes (the rendered text, a place's fields, the tree): a cache holds
+ * that, and an older build's cache would answer with it.  2: ctime. */
+#define CACHE_VERSION 2u
 #define CACHE_ORDER 0x01020304u     /* as this machine stores it */
 #define CACHE_ALIGN 64
 #define CACHE_TMP PLACES_CACHE_FILE ".tmp."
@@ -336,7 +339,8 @@ int places_cache_load(places_local *pl, const char *path, const char *dir, int w
     memset(pl, 0, sizeof *pl);
     int held, waited, lock = lock_take(dir, wait_ms, why, sizeof why, &held, &waited);
     if (lock < 0) {     /* a lock file that cannot be had keeps the cache off: a WARN */
-        log_msg(held ? LOG_INFO : LOG_WARN, "places-cache", "result=ignored reason=\"%s\"", why);
+        log_msg(held ? LOG_INFO : LOG_WARN, "places-cache", "result=ignored reason=\"%s\"",
+                why);
         return places_local_load(pl, path, err, errlen);
     }
     /* under the lock no writer is at work: a temporary file is a dead one's */
