@@ -285,6 +285,7 @@ static int lock_take(const char *dir, int wait_ms, char *why, size_t whylen, int
             close(fd);
             return -1;
         }
+        places_progress();
         nanosleep(&(struct timespec){0, LOCK_POLL_MS * 1000000L}, NULL);
     }
     snprintf(why, whylen, "cannot lock %s: %s", path, strerror(errno));

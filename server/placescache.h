@@ -60,9 +60,13 @@ typedef struct {
     char path[4096];            /* the places file as configured, NUL-terminated */
 } places_cache_head;
 
-/* How long a server waits for the lock at start (before it listens);
- * a reload on the loop never waits. */
+/* How long a server waits for the lock at start (before it listens), and
+ * a reload on the loop (its heartbeat going: places_progress()): the
+ * holder is most likely building the cache for the same file, which is
+ * then mapped at once; read privately instead, the file would block the
+ * loop as long and cost the server its own copy of the places. */
 #define PLACES_CACHE_WAIT_MS 30000
+#define PLACES_CACHE_RELOAD_WAIT_MS 10000
 
 /* Load the places file 'path' into pl through the cache in 'dir', waiting
  * at most wait_ms for the lock (0: only try).  Logs one "places-cache"

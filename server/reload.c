@@ -67,10 +67,11 @@ static int stage_places(server *s, staged *st, char *err, size_t errlen) {
     else if (o->provider == PLACES_LOCAL && !strcmp(o->local_file, n->local_file) &&
              same_file(&st->places_st, &s->places_st))
         return 0;
-    places_set_progress(beat, s);       /* on the loop: a large file takes seconds */
-    /* never waits for the cache's lock: another server building holds it */
-    int rc = places_cache_load(&st->places, n->local_file, st->cfg->herd.state_dir, 0,
-                               err, errlen);
+    /* on the loop: a large file takes seconds, and so may the wait for the
+     * cache's lock (a herd reloaded at once: one server builds it) */
+    places_set_progress(beat, s);
+    int rc = places_cache_load(&st->places, n->local_file, st->cfg->herd.state_dir,
+                               PLACES_CACHE_RELOAD_WAIT_MS, err, errlen);
     places_set_progress(NULL, NULL);
     if (rc < 0) return -1;
     st->new_places = 1;

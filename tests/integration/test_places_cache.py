@@ -2,7 +2,8 @@
 share one prepared copy of the local places file, <state_dir>/places.cache,
 built once under <state_dir>/places.lock and mapped by the others; a
 changed places file makes it stale, a damaged one is logged, ignored and
-rebuilt; a reload never waits for the lock.  Whatever the cache did, every
+rebuilt; a reload waits for the lock at most 10 s, its heartbeat going.
+Whatever the cache did, every
 WHATSAT answer is byte for byte the answer of the file read into memory."""
 import fcntl
 import os
@@ -13,7 +14,7 @@ import struct
 import subprocess
 import threading
 
-from harness import Herd, Server, exchange, program, wait_for
+from harness import Herd, Server, exchange, program, wait_for, write_config
 from test_places_local import generate, location, queries, scan
 
 CACHE = "places.cache"
@@ -209,33 +210,62 @@ def test_a_damaged_cache_is_logged_ignored_and_rebuilt(tmp_path):
         s.stop()
 
 
-def test_a_reload_does_not_wait_for_a_lock_another_server_holds(tmp_path):
-    """The lock held (another server building): the reload reads the new
-    file into memory at once, the loop answers meanwhile; later, with the
-    lock free, a start builds the cache and answers the same bytes."""
-    path, places = generate(tmp_path, 20000)
-    s = Server(tmp_path, places={"local_file": path}).start()
-    lock = open(os.path.join(s.dir, "state", "places.lock"), "rb")
+def test_a_herd_reloaded_at_once_maps_the_one_cache_built(tmp_path):
+    """The places file changed and every server reloaded at the same time:
+    one builds the cache, the others wait for it (their heartbeat going)
+    and map it -- none reads the file into a copy of its own."""
+    path, places = generate(tmp_path, 100000)
+    os.makedirs(tmp_path / "h")
+    h = Herd(tmp_path / "h", places={"local_file": path})
+    try:
+        h.start()
+        assert wait_for(lambda: all(results(h.log(n)) for n in h.procs), 5)
+        _, places = generate(tmp_path, 100000, seed=9, path=path)
+        for p in h.procs.values():
+            os.kill(p.pid, signal.SIGUSR1)
+        assert wait_for(lambda: all("(places file read again)" in h.log(n) for n in h.procs), 30)
+        got = sorted(results(h.log(n))[1:] for n in h.procs)
+        assert got == [["built"]] + [["used"]] * 4, {n: h.log(n) for n in h.procs}
+        lat, lng = places[7]["lat"], places[7]["lng"]
+        for n in h.procs:
+            body = bodies(h.ports[n], [(lat, lng, b"50", 20)], n.encode())[0]
+            qlat, qlng = float(b"%.6f" % lat), float(b"%.6f" % lng)
+            got = re.findall(rb'"place_id" : "([^"]+)"', body)
+            assert [g.decode() for g in got] == scan(places, qlat, qlng, 50.0, 20), n
+    finally:
+        h.stop()
+
+
+def test_a_reload_waits_for_a_held_lock_boundedly_with_its_heartbeat_going(sup_herd,
+                                                                           tmp_path):
+    """The lock held for good (a holder that hangs): the reload waits 10 s
+    for it, beating (hang_timeout_s 3: the supervisor does not take it for
+    hung), then reads the new file into memory; the new places answer."""
+    path, places = generate(tmp_path, 2000)
+    h = sup_herd({"Alpha": []})
+    write_config(h.dir, {"Alpha": (h.ports["Alpha"], [])}, places={"local_file": path},
+                 extra="supervisor:\n  hang_timeout_s: 3\n  stop_timeout_s: 5\n")
+    h.start()
+    pid = h.pids()["Alpha"]
+    lock = open(h.path("state", "places.lock"), "rb")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _, places = generate(tmp_path, 20000, seed=9, path=path)
-        qs = queries(places)[:50]
-        os.kill(s.proc.pid, signal.SIGUSR1)
-        assert s.read_log(wait_for="(places file read again)", timeout=10)
-        log = s.read_log()
-        assert re.search(r"places-cache result=ignored reason=\"\S+/places\.lock held by another "
-                         r"server \(waited \d+ ms\); places read privately", log), log
-        at = exchange(s.port, b"IAMAT kiwi +34.068930-118.445127 1700000000.5\n", timeout=5)
-        assert at.startswith(b"AT Bailey "), at
-        private = bodies(s.port, qs, b"p")          # still under the held lock
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        s.stop()
-        s.start()
-        assert results(s.read_log(wait_for="stale"))[-1] == "built"
-        assert bodies(s.port, qs, b"m") == private
+        _, places = generate(tmp_path, 2000, seed=9, path=path)
+        qs = queries(places)[:20]
+        os.kill(pid, signal.SIGUSR1)
+        assert h.wait_log("Alpha", "(places file read again)", timeout=30)
+        log = h.log("Alpha")
+        m = re.search(r'places-cache result=ignored reason="\S+/places\.lock held by another '
+                      r'server \(waited (\d+) ms\); places read privately', log)
+        assert m and 10000 <= int(m.group(1)) < 12000, log
+        assert "child-hung" not in h.log("supervisor") and h.pids()["Alpha"] == pid
+        for k, (lat, lng, radius, bound) in enumerate(qs):
+            body = bodies(h.ports["Alpha"], [(lat, lng, radius, bound)], b"c%d" % k)[0]
+            qlat, qlng = float(b"%.6f" % lat), float(b"%.6f" % lng)
+            got = re.findall(rb'"place_id" : "([^"]+)"', body)
+            assert [g.decode() for g in got] == scan(places, qlat, qlng, float(radius), bound)
     finally:
         lock.close()
-        s.stop()
 
 
 def test_check_writes_no_cache(tmp_path):
