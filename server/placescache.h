@@ -11,8 +11,8 @@
  * struct sizes, the places file's identity -- device, inode, size, mtime
  * and ctime to the ns (a file rewritten in place with its size and mtime
  * kept, cp -p or touch -r, still has a new ctime), its path as configured
- * -- the counts, each section's offset,
- * a checksum of the whole) then the sections.  Everything read from it is
+ * -- the counts, each section's offset, a checksum of the whole) then the
+ * sections.  Everything read from it is
  * checked before it is used (offsets and lengths against the layout and
  * the file's size, the checksum, every node id < n, every axis < 3, every
  * place's text within the text); a cache that fails is logged
@@ -28,10 +28,10 @@
  * "Check, else build and write" runs under an flock() on
  * <state_dir>/places.lock, so the servers of a herd started at once build
  * it once; under that lock leftover temporary files (a writer that died)
- * are removed.  A server that does not get the lock
- * in time reads the file privately, into memory, as without a cache; so
- * does one that waited for the lock and finds no cache for its file after
- * (the holder could write none: no room, a folder in the way), at once,
+ * are removed.  A server that does not get the lock in time reads the
+ * file privately, into memory, as without a cache; so does one that
+ * waited for the lock and finds no cache for its file after (the holder
+ * could write none: no room, a folder in the way; or it died), at once,
  * rather than the herd's servers each reading the file and failing to
  * write it in turn.
  */
