@@ -397,7 +397,7 @@ static const char *load_features(places_local *pl, const source *s, const char *
             snprintf(what, sizeof what, "feature %zu: %s", i, why);
             return fail_at(s, p, what), NULL;
         }
-        if (++pl->n % PROGRESS_EVERY == 0 && progress.fn) progress.fn(progress.arg);
+        if (++pl->n % PROGRESS_EVERY == 0) places_progress();
         p = skip_ws(vend, s->end);
         if (p < s->end && *p == ']') return p + 1;
         if (p >= s->end || *p != ',') return fail_at(s, p, "not valid JSON"), NULL;
@@ -503,6 +503,10 @@ static void finish_load(places_local *pl, buf_t *text) {
 void places_set_progress(void (*fn)(void *), void *arg) {
     progress.fn = fn;
     progress.arg = arg;
+}
+
+void places_progress(void) {
+    if (progress.fn) progress.fn(progress.arg);
 }
 
 int places_local_load(places_local *pl, const char *path, char *err, size_t errlen) {

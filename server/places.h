@@ -49,6 +49,10 @@ void places_local_free(places_local *pl);
  * file. */
 void places_set_progress(void (*fn)(void *), void *arg);
 
+/* fn(arg) now, if set: a long wait on the way to a load (the places
+ * cache's lock) keeps the heartbeat going too. */
+void places_progress(void);
+
 /* Great-circle distance in km (haversine, mean Earth radius 6371.0088 km). */
 double places_distance_km(double lat1, double lng1, double lat2, double lng2);
 

@@ -18,7 +18,10 @@
 #include "log.h"
 
 #define CACHE_MAGIC "HERDPLC\n"
-#define CACHE_VERSION 1u
+/* The format; bump it too when what places_local_load() makes of a file
+ * changes (the rendered text, a place's fields, the tree): a cache holds
+ * that, and an older build's cache would answer with it.  2: ctime. */
+#define CACHE_VERSION 2u
 #define CACHE_ORDER 0x01020304u     /* as this machine stores it */
 #define CACHE_ALIGN 64
 #define CACHE_TMP PLACES_CACHE_FILE ".tmp."
@@ -79,6 +82,8 @@ static void identity(places_cache_head *h, const struct stat *src, const char *p
     h->size = (uint64_t)src->st_size;
     h->mtime_s = (uint64_t)src->st_mtim.tv_sec;
     h->mtime_ns = (uint64_t)src->st_mtim.tv_nsec;
+    h->ctime_s = (uint64_t)src->st_ctim.tv_sec;
+    h->ctime_ns = (uint64_t)src->st_ctim.tv_nsec;
     snprintf(h->path, sizeof h->path, "%s", path);
 }
 
@@ -137,6 +142,7 @@ static int same_source(const places_cache_head *h, const struct stat *src, const
     identity(&now, src, path);
     return h->dev == now.dev && h->ino == now.ino && h->size == now.size &&
            h->mtime_s == now.mtime_s && h->mtime_ns == now.mtime_ns &&
+           h->ctime_s == now.ctime_s && h->ctime_ns == now.ctime_ns &&
            !strcmp(h->path, now.path);
 }
 
@@ -239,7 +245,9 @@ static int cache_write(const places_local *pl, const char *file, const struct st
     char tmp[4500];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", file, (long)getpid());
     unlink(tmp);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    /* read-only: a server that maps it dies of SIGBUS if it is cut short
+     * in place, so `> places.cache` or cp over it must fail */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0400);
     if (fd < 0) return -1;
     int rc = write_sections(fd, &h, pl);
     int saved = errno;
@@ -252,9 +260,13 @@ static int cache_write(const places_local *pl, const char *file, const struct st
 
 /* ----------------------------------------------------------------- lock */
 
-/* The lock, taken within wait_ms; its descriptor, or -1 with why. */
-static int lock_take(const char *dir, int wait_ms, char *why, size_t whylen) {
+/* The lock, taken within wait_ms; its descriptor (*waited: another server
+ * had it first), or -1 with why (*held: another server has it, else the
+ * lock file itself is at fault). */
+static int lock_take(const char *dir, int wait_ms, char *why, size_t whylen, int *held,
+                     int *waited) {
     char path[4400];
+    *held = *waited = 0;
     snprintf(path, sizeof path, "%s/%s", dir, PLACES_CACHE_LOCK);
     int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
@@ -264,13 +276,16 @@ static int lock_take(const char *dir, int wait_ms, char *why, size_t whylen) {
     for (int64_t start = mono_ms();;) {
         if (flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
         if (errno != EWOULDBLOCK && errno != EINTR) break;
-        int64_t waited = mono_ms() - start;
-        if (waited >= wait_ms) {
+        *waited = 1;
+        int64_t ms = mono_ms() - start;
+        if (ms >= wait_ms) {
+            *held = 1;
             snprintf(why, whylen, "%s held by another server (waited %lld ms); "
-                     "places read privately", path, (long long)waited);
+                     "places read privately", path, (long long)ms);
             close(fd);
             return -1;
         }
+        places_progress();
         nanosleep(&(struct timespec){0, LOCK_POLL_MS * 1000000L}, NULL);
     }
     snprintf(why, whylen, "cannot lock %s: %s", path, strerror(errno));
@@ -281,8 +296,11 @@ static int lock_take(const char *dir, int wait_ms, char *why, size_t whylen) {
 /* ----------------------------------------------------------------- load */
 
 /* Under the lock: the cache if it is good, else the file read and the cache
- * written (and mapped in place of what was read). */
-static int load_locked(places_local *pl, const char *path, const char *file,
+ * written (and mapped in place of what was read).  After a wait for the
+ * server that held the lock, no good cache means it could make none (no
+ * room, a folder in the way: it logged why, or it died): 1, the file is to
+ * be read after the lock, alongside the others, not once more in turn. */
+static int load_locked(places_local *pl, const char *path, const char *file, int waited,
                        char *err, size_t errlen) {
     char why[256], wrote[256];
     struct stat src;
@@ -290,6 +308,11 @@ static int load_locked(places_local *pl, const char *path, const char *file,
     if (places_cache_map(pl, file, path, why, sizeof why) == 0) {
         log_msg(LOG_INFO, "places-cache", "result=used cache=%s places=%zu", file, pl->n);
         return 0;
+    }
+    if (waited) {
+        log_msg(LOG_INFO, "places-cache", "result=ignored cache=%s reason=\"%s, after the "
+                "server that held the lock; places read privately\"", file, why);
+        return 1;
     }
     int damaged = strcmp(why, WHY_NONE) && strcmp(why, WHY_STALE);
     if (damaged) log_msg(LOG_WARN, "places-cache", "result=ignored cache=%s reason=\"%s\"; "
@@ -315,16 +338,17 @@ int places_cache_load(places_local *pl, const char *path, const char *dir, int w
                       char *err, size_t errlen) {
     char why[4600], file[4400];
     memset(pl, 0, sizeof *pl);
-    int lock = lock_take(dir, wait_ms, why, sizeof why);
-    if (lock < 0) {
-        log_msg(LOG_INFO, "places-cache", "result=ignored reason=\"%s\"", why);
+    int held, waited, lock = lock_take(dir, wait_ms, why, sizeof why, &held, &waited);
+    if (lock < 0) {     /* a lock file that cannot be had keeps the cache off: a WARN */
+        log_msg(held ? LOG_INFO : LOG_WARN, "places-cache", "result=ignored reason=\"%s\"",
+                why);
         return places_local_load(pl, path, err, errlen);
     }
     /* under the lock no writer is at work: a temporary file is a dead one's */
     folder_remove_leftovers(dir, CACHE_TMP, "places-cache-leftover",
                             "a cache writer stopped while writing it");
     snprintf(file, sizeof file, "%s/%s", dir, PLACES_CACHE_FILE);
-    int rc = load_locked(pl, path, file, err, errlen);
+    int rc = load_locked(pl, path, file, waited, err, errlen);
     close(lock);
-    return rc;
+    return rc == 1 ? places_local_load(pl, path, err, errlen) : rc;
 }

@@ -9,8 +9,10 @@
  *
  * The file: a header (magic, format version, this machine's byte order and
  * struct sizes, the places file's identity -- device, inode, size, mtime
- * to the ns, its path as configured -- the counts, each section's offset,
- * a checksum of the whole) then the sections.  Everything read from it is
+ * and ctime to the ns (a file rewritten in place with its size and mtime
+ * kept, cp -p or touch -r, still has a new ctime), its path as configured
+ * -- the counts, each section's offset, a checksum of the whole) then the
+ * sections.  Everything read from it is
  * checked before it is used (offsets and lengths against the layout and
  * the file's size, the checksum, every node id < n, every axis < 3, every
  * place's text within the text); a cache that fails is logged
@@ -19,11 +21,19 @@
  *
  * It is written to places.cache.tmp.PID and renamed into place, never
  * rewritten in place, so a server that maps the old one keeps a valid
- * mapping; one cache per state folder.  "Check, else build and write" runs
- * under an flock() on <state_dir>/places.lock, so the servers of a herd
- * started at once build it once; under that lock leftover temporary files
- * (a writer that died) are removed.  A server that does not get the lock
- * in time reads the file privately, into memory, as without a cache.
+ * mapping; one cache per state folder.  It is made mode 0400: a file
+ * mapped shared that is truncated in place (`> places.cache`, cp over it)
+ * kills every server that maps it with SIGBUS, so a user's write must
+ * fail (root's still succeeds: remove it instead, it is rebuilt).
+ * "Check, else build and write" runs under an flock() on
+ * <state_dir>/places.lock, so the servers of a herd started at once build
+ * it once; under that lock leftover temporary files (a writer that died)
+ * are removed.  A server that does not get the lock in time reads the
+ * file privately, into memory, as without a cache; so does one that
+ * waited for the lock and finds no cache for its file after (the holder
+ * could write none: no room, a folder in the way; or it died), at once,
+ * rather than the herd's servers each reading the file and failing to
+ * write it in turn.
  */
 #ifndef HERD_PLACESCACHE_H
 #define HERD_PLACESCACHE_H
@@ -43,15 +53,20 @@ typedef struct {
     uint32_t version, order;    /* order: 0x01020304 as the writer stores it */
     uint32_t size_place, size_node, size_word, reserved;
     uint64_t dev, ino, size, mtime_s, mtime_ns;     /* the places file's identity */
+    uint64_t ctime_s, ctime_ns;
     uint64_t n, text_len;
     uint64_t v_off, node_off, axis_off, text_off, total;
     uint64_t sum;               /* of the header (sum 0) and every section */
     char path[4096];            /* the places file as configured, NUL-terminated */
 } places_cache_head;
 
-/* How long a server waits for the lock at start (before it listens);
- * a reload on the loop never waits. */
+/* How long a server waits for the lock at start (before it listens), and
+ * a reload on the loop (its heartbeat going: places_progress()): the
+ * holder is most likely building the cache for the same file, which is
+ * then mapped at once; read privately instead, the file would block the
+ * loop as long and cost the server its own copy of the places. */
 #define PLACES_CACHE_WAIT_MS 30000
+#define PLACES_CACHE_RELOAD_WAIT_MS 10000
 
 /* Load the places file 'path' into pl through the cache in 'dir', waiting
  * at most wait_ms for the lock (0: only try).  Logs one "places-cache"

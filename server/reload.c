@@ -39,6 +39,7 @@ typedef struct {
     int me;
     secret_ring ring;           /* the key ring, read again */
     places_local places;
+    struct stat places_st;      /* its file's, taken before the read */
     int new_places;             /* places holds a new file to swap in */
 } staged;
 
@@ -46,20 +47,31 @@ static void beat(void *s) {
     server_beat(s);
 }
 
-/* The local places file, read again when its path, size or time changed. */
+/* The same file, unchanged: device, inode, size, modification and change
+ * time (a file rewritten in place with its size and mtime kept, cp -p or
+ * touch -r, has a new ctime). */
+static int same_file(const struct stat *a, const struct stat *b) {
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+           a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* The local places file, read again when its path or identity changed;
+ * the identity is taken before the read, so a change during it shows to
+ * the next reload. */
 static int stage_places(server *s, staged *st, char *err, size_t errlen) {
     const config_places *o = &s->cfg->places, *n = &st->cfg->places;
     if (n->provider != PLACES_LOCAL) return 0;
-    struct stat now;
-    int same_file = o->provider == PLACES_LOCAL && !strcmp(o->local_file, n->local_file) &&
-                    stat(n->local_file, &now) == 0 && now.st_size == s->places_size &&
-                    now.st_mtim.tv_sec == s->places_mtime.tv_sec &&
-                    now.st_mtim.tv_nsec == s->places_mtime.tv_nsec;
-    if (same_file) return 0;
-    places_set_progress(beat, s);       /* on the loop: a large file takes seconds */
-    /* never waits for the cache's lock: another server building holds it */
-    int rc = places_cache_load(&st->places, n->local_file, st->cfg->herd.state_dir, 0,
-                               err, errlen);
+    if (stat(n->local_file, &st->places_st) < 0)
+        memset(&st->places_st, 0, sizeof st->places_st);
+    else if (o->provider == PLACES_LOCAL && !strcmp(o->local_file, n->local_file) &&
+             same_file(&st->places_st, &s->places_st))
+        return 0;
+    /* on the loop: a large file takes seconds, and so may the wait for the
+     * cache's lock (a herd reloaded at once: one server builds it) */
+    places_set_progress(beat, s);
+    int rc = places_cache_load(&st->places, n->local_file, st->cfg->herd.state_dir,
+                               PLACES_CACHE_RELOAD_WAIT_MS, err, errlen);
     places_set_progress(NULL, NULL);
     if (rc < 0) return -1;
     st->new_places = 1;
@@ -122,7 +134,7 @@ static void apply(server *s, staged *st) {
         places_local_free(&s->places);
         s->places = st->places;
         st->new_places = 0;
-        server_note_places_file(s);
+        s->places_st = st->places_st;
     }
     table_set_max(&s->tab, s->cfg->limits.max_stored_clients);
     log_set_rotation(s->cfg->logging.max_file_bytes, s->cfg->logging.keep_files);
@@ -130,14 +142,6 @@ static void apply(server *s, staged *st) {
     if (server_refit_limits(s, err, sizeof err) < 0)
         log_msg(LOG_ERROR, "reload", "max_clients kept at %d: %s", s->max_clients, err);
     if (old_owned) free((config *)old);
-}
-
-void server_note_places_file(server *s) {
-    struct stat st;
-    if (s->cfg->places.provider != PLACES_LOCAL || stat(s->cfg->places.local_file, &st) < 0)
-        return;
-    s->places_size = st.st_size;
-    s->places_mtime = st.st_mtim;
 }
 
 void server_reload(server *s) {

@@ -780,11 +780,14 @@ int server_init(server *s, const config *cfg, int me, char *err, size_t errlen) 
         return -1;
     /* before the port: waiting for another server's cache build is allowed
      * (the supervisor watches the heartbeat from the first beat on) */
-    if (cfg->places.provider == PLACES_LOCAL &&
-        places_cache_load(&s->places, cfg->places.local_file, cfg->herd.state_dir,
-                          PLACES_CACHE_WAIT_MS, err, errlen) < 0)
-        return -1;
-    server_note_places_file(s);
+    if (cfg->places.provider == PLACES_LOCAL) {
+        /* before the read: a change during it shows to the next reload */
+        if (stat(cfg->places.local_file, &s->places_st) < 0)
+            memset(&s->places_st, 0, sizeof s->places_st);
+        if (places_cache_load(&s->places, cfg->places.local_file, cfg->herd.state_dir,
+                              PLACES_CACHE_WAIT_MS, err, errlen) < 0)
+            return -1;
+    }
     if (cfg->places.provider != PLACES_LOCAL && google_init(s, err, errlen) < 0) return -1;
     if (setup_signals(s, err, errlen) < 0) return -1;
     heartbeat_open(s);

@@ -12,6 +12,7 @@
 
 #include <poll.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -158,8 +159,8 @@ typedef struct server {
     int stop;
     table tab;
     places_local places;
-    off_t places_size;          /* the local file's, when read (a reload */
-    struct timespec places_mtime;   /* reads it again only when they change) */
+    struct stat places_st;      /* the local file's, taken before it was read: a
+                                 * reload reads it again when it differs */
     peer_link links[CONFIG_MAX_SERVERS];
     int n_links;
     unsigned links_gen;         /* links renumbered (a reload): resolver answers
@@ -209,9 +210,6 @@ void server_reload(server *s);
  * reload reading a large places file), which the supervisor must not take
  * for a hang. */
 void server_beat(server *s);
-
-/* reload.c: remember the local places file's size and time (just read). */
-void server_note_places_file(server *s);
 
 /* server.c: mark c to be closed after this round, with a reason to log. */
 void client_kill(server *s, client *c, const char *reason);

@@ -66,7 +66,9 @@ static char *read_all(const char *path, size_t *len) {
     return p;
 }
 
+/* A new file in path's place (a cache is read-only). */
 static void write_all(const char *path, const char *p, size_t len) {
+    unlink(path);
     FILE *f = fopen(path, "wb");
     fwrite(p, 1, len, f);
     fclose(f);
