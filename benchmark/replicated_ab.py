@@ -9,7 +9,7 @@ base commit, built with make).  Starts, on free ports, the default herd
 twice (the base build's and this one's, logging as shipped) and a redis
 master with four replicas (benchmark/yardsticks.py); then REPEAT rounds,
 each running the three sides once, in an order rotated every round: IAMAT
-at c=20 over the five servers of each herd (--converge) and SET to the
+at c=20 (--concurrency) over the five servers of each herd (--converge) and SET to the
 master (replicas caught up, key counts equal); and this build's herd again
 with all 20 connections on Bona ("one": one server takes every write and
 the links carry it to four, as redis's master does).  Per run: requests/s, CPU
@@ -46,12 +46,13 @@ def main():
     ap.add_argument("--base-bin", required=True, help="the earlier build's bin/")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--duration", type=float, default=4)
+    ap.add_argument("--concurrency", type=int, default=20)
     ap.add_argument("--json")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="replicated-ab-")
     procs = Procs(tmp)
     scratch = os.path.join(tmp, "run.json")
-    common = ["--concurrency", "20", "--duration", str(a.duration), "--warmup", "0"]
+    common = ["--concurrency", str(a.concurrency), "--duration", str(a.duration), "--warmup", "0"]
     load_at_start = os.getloadavg()
     try:
         herds = {"base": procs.herd("c", bin_dir=os.path.abspath(a.base_bin)),
