@@ -9,6 +9,7 @@
 #define HERD_CHECK_H
 
 #include <ftw.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -53,6 +54,22 @@ static inline const char *check_at(const char *dir, const char *name) {
     char *r = p[i++ % 4];
     snprintf(r, sizeof p[0], "%s/%s", dir, name);
     return r;
+}
+
+/* A test's random numbers: xorshift64*, the same runs everywhere; a test
+ * keeps its own seed in check_rng_state (any value but 0). */
+static uint64_t check_rng_state = 0x2545f4914f6cdd1du;
+
+static inline uint64_t check_rng(void) {
+    check_rng_state ^= check_rng_state >> 12;
+    check_rng_state ^= check_rng_state << 25;
+    check_rng_state ^= check_rng_state >> 27;
+    return check_rng_state * 2685821657736338717u;
+}
+
+/* Uniform in [lo, hi). */
+static inline double check_uniform(double lo, double hi) {
+    return lo + (hi - lo) * (double)(check_rng() >> 11) / 9007199254740992.0;
 }
 
 static inline int check_report(const char *name) {

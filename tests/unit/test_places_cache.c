@@ -14,30 +14,18 @@
 #include "check.h"
 #include "placescache.h"
 
-static uint64_t rng_state = 0x2545f4914f6cdd1du;
-
-static uint64_t rng(void) {             /* xorshift64*: the same runs everywhere */
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 2685821657736338717u;
-}
-
-static double uniform(double lo, double hi) {
-    return lo + (hi - lo) * (double)(rng() >> 11) / 9007199254740992.0;
-}
 
 /* n places around a few towns, with properties of every JSON kind. */
 static void write_places(const char *path, size_t n, int seed) {
     FILE *f = fopen(path, "w");
     fputs("{\"type\":\"FeatureCollection\",\"features\":[\n", f);
     for (size_t i = 0; i < n; i++) {
-        double lat = (double)(seed + (int)(i % 5) * 10) + uniform(-0.5, 0.5);
-        double lng = -118.4 + (double)(i % 3) + uniform(-0.5, 0.5);
+        double lat = (double)(seed + (int)(i % 5) * 10) + check_uniform(-0.5, 0.5);
+        double lng = -118.4 + (double)(i % 3) + check_uniform(-0.5, 0.5);
         fprintf(f, "%s{\"type\":\"Feature\",\"geometry\":{\"type\":\"Point\",\"coordinates\":"
                 "[%.17g,%.17g]},\"properties\":{\"name\":\"p%zu \\\"q\\\" \\u00e9\","
                 "\"rating\":%.1f,\"open\":%s,\"tags\":[\"a\",{\"k\":null}]}}\n",
-                i ? "," : "", lng, lat, i, uniform(0, 5), i % 2 ? "true" : "false");
+                i ? "," : "", lng, lat, i, check_uniform(0, 5), i % 2 ? "true" : "false");
     }
     fputs("]}\n", f);
     fclose(f);
@@ -45,14 +33,14 @@ static void write_places(const char *path, size_t n, int seed) {
 
 /* Every reply to a set of queries, one after the other. */
 static void replies(const places_local *pl, int seed, buf_t *out) {
-    uint64_t saved = rng_state;
-    rng_state = 0x9e3779b97f4a7c15u + (uint64_t)seed;
+    uint64_t saved = check_rng_state;
+    check_rng_state = 0x9e3779b97f4a7c15u + (uint64_t)seed;
     for (int q = 0; q < 300; q++) {
-        double lat = (double)(seed + (int)(rng() % 5) * 10) + uniform(-0.6, 0.6);
-        double lng = -118.4 + (double)(rng() % 3) + uniform(-0.6, 0.6);
-        places_local_render(pl, lat, lng, uniform(0.5, 40), 1 + (int)(rng() % 20), out);
+        double lat = (double)(seed + (int)(check_rng() % 5) * 10) + check_uniform(-0.6, 0.6);
+        double lng = -118.4 + (double)(check_rng() % 3) + check_uniform(-0.6, 0.6);
+        places_local_render(pl, lat, lng, check_uniform(0.5, 40), 1 + (int)(check_rng() % 20), out);
     }
-    rng_state = saved;
+    check_rng_state = saved;
 }
 
 static char *read_all(const char *path, size_t *len) {

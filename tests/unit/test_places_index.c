@@ -10,21 +10,9 @@
 #include "check.h"
 #include "places.h"
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15u;
-
-static uint64_t rng(void) {             /* xorshift64*: the same runs everywhere */
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 2685821657736338717u;
-}
-
-static double uniform(double lo, double hi) {
-    return lo + (hi - lo) * (double)(rng() >> 11) / 9007199254740992.0;
-}
 
 static double gauss(void) {
-    double u = uniform(1e-12, 1), v = uniform(0, 1);
+    double u = check_uniform(1e-12, 1), v = check_uniform(0, 1);
     return sqrt(-2 * log(u)) * cos(2 * M_PI * v);
 }
 
@@ -44,7 +32,7 @@ static const double spots[][2] = {
 #define NSPOTS (sizeof spots / sizeof spots[0])
 
 static void spot_near(double *lat, double *lng, double spread_deg) {
-    const double *s = spots[rng() % NSPOTS];
+    const double *s = spots[check_rng() % NSPOTS];
     *lat = s[0] + gauss() * spread_deg;
     *lng = s[1] + gauss() * spread_deg / fmax(cos(fmin(fabs(*lat), 89.9) * M_PI / 180), 0.01);
     fold(lat, lng);
@@ -62,16 +50,16 @@ static const char *write_places(size_t n, int clustered) {
     fputs("{\"type\":\"FeatureCollection\",\"features\":[\n", f);
     for (size_t i = 0; i < n; i++) {
         double lat, lng;
-        if (i > 0 && rng() % 20 == 0) {
-            size_t j = rng() % i;
+        if (i > 0 && check_rng() % 20 == 0) {
+            size_t j = check_rng() % i;
             lat = ll[2 * j];
             lng = ll[2 * j + 1];
         } else if (clustered) {
             static const double spreads[] = {0.0005, 0.02, 0.3, 2};
-            spot_near(&lat, &lng, spreads[rng() % 4]);
+            spot_near(&lat, &lng, spreads[check_rng() % 4]);
         } else {
-            lat = asin(uniform(-1, 1)) * 180 / M_PI;
-            lng = uniform(-180, 180);
+            lat = asin(check_uniform(-1, 1)) * 180 / M_PI;
+            lng = check_uniform(-180, 180);
         }
         ll[2 * i] = lat;
         ll[2 * i + 1] = lng;
@@ -87,25 +75,25 @@ static const char *write_places(size_t n, int clustered) {
 /* A query centre: at a place, near one, at or near a pole or the
  * antimeridian, or anywhere. */
 static void query_centre(const places_local *pl, double *lat, double *lng) {
-    const place *p = &pl->v[rng() % pl->n];
-    switch (rng() % 6) {
+    const place *p = &pl->v[check_rng() % pl->n];
+    switch (check_rng() % 6) {
     case 0: *lat = p->lat; *lng = p->lng; return;
     case 1:
-        *lat = p->lat + uniform(-0.2, 0.2);
-        *lng = p->lng + uniform(-0.2, 0.2);
+        *lat = p->lat + check_uniform(-0.2, 0.2);
+        *lng = p->lng + check_uniform(-0.2, 0.2);
         break;
     case 2:
-        *lat = (rng() & 1 ? 1 : -1) * (rng() % 4 ? 90 - uniform(0, 0.6) : 90);
-        *lng = uniform(-180, 180);
+        *lat = (check_rng() & 1 ? 1 : -1) * (check_rng() % 4 ? 90 - check_uniform(0, 0.6) : 90);
+        *lng = check_uniform(-180, 180);
         return;
     case 3:
-        *lat = uniform(-60, 60);
-        *lng = (rng() & 1 ? 1 : -1) * (rng() % 4 ? 180 - uniform(0, 0.4) : 180);
+        *lat = check_uniform(-60, 60);
+        *lng = (check_rng() & 1 ? 1 : -1) * (check_rng() % 4 ? 180 - check_uniform(0, 0.4) : 180);
         return;
     case 4: spot_near(lat, lng, 0.3); return;
     default:
-        *lat = asin(uniform(-1, 1)) * 180 / M_PI;
-        *lng = uniform(-180, 180);
+        *lat = asin(check_uniform(-1, 1)) * 180 / M_PI;
+        *lng = check_uniform(-180, 180);
     }
     fold(lat, lng);
 }
@@ -113,16 +101,16 @@ static void query_centre(const places_local *pl, double *lat, double *lng) {
 /* A radius: the protocol's range, tiny ones, exactly some place's
  * distance (a place on the radius), or past the index's reach. */
 static double query_radius(const places_local *pl, double lat, double lng) {
-    switch (rng() % 5) {
-    case 0: return uniform(0.0001, 1);
+    switch (check_rng() % 5) {
+    case 0: return check_uniform(0.0001, 1);
     case 1: {
-        const place *p = &pl->v[rng() % pl->n];
+        const place *p = &pl->v[check_rng() % pl->n];
         double d = places_distance_km(lat, lng, p->lat, p->lng);
         if (d > 0 && d <= 50) return d;
-        return uniform(1, 50);
+        return check_uniform(1, 50);
     }
-    case 2: return rng() % 10 ? uniform(50, 300) : 50;
-    default: return uniform(0.0001, 50);
+    case 2: return check_rng() % 10 ? check_uniform(50, 300) : 50;
+    default: return check_uniform(0.0001, 50);
     }
 }
 
@@ -140,7 +128,7 @@ static void compare_on(size_t nplaces, int clustered, int queries) {
         double lat, lng;
         query_centre(&pl, &lat, &lng);
         double r = query_radius(&pl, lat, lng);
-        int bound = 1 + (int)(rng() % 20);
+        int bound = 1 + (int)(check_rng() % 20);
         size_t a[20], b[20];
         int na = places_local_search(&pl, lat, lng, r, bound, a);
         int nb = places_local_search_scan(&pl, lat, lng, r, bound, b);
@@ -219,13 +207,13 @@ static void test_places_on_shared_planes(void) {
     CHECK(places_local_load(&pl, path, err, sizeof err) == 0 && pl.n == 1200, "load: %s", err);
     int mismatches = 0, missed = 0;
     for (int q = 0; q < 3000 && pl.n == 1200; q++) {
-        size_t target = rng() % 1200;
-        double lat = ll[target][0] + uniform(-0.01, 0.01), lng = ll[target][1] + uniform(-0.01, 0.01);
+        size_t target = check_rng() % 1200;
+        double lat = ll[target][0] + check_uniform(-0.01, 0.01), lng = ll[target][1] + check_uniform(-0.01, 0.01);
         fold(&lat, &lng);
         /* on the radius to 1e-10: chords of a few hundred metres near lng
          * 180 are only that exact (the angle in radians rounds near pi) */
         double r = places_distance_km(lat, lng, ll[target][0], ll[target][1]) * (1 + 1e-10);
-        int bound = 1 + (int)(rng() % 20);
+        int bound = 1 + (int)(check_rng() % 20);
         size_t a[20], b[20];
         int na = places_local_search(&pl, lat, lng, r, bound, a);
         int nb = places_local_search_scan(&pl, lat, lng, r, bound, b);
@@ -256,6 +244,7 @@ static void test_empty(void) {
 }
 
 int main(void) {
+    check_rng_state = 0x9e3779b97f4a7c15u;   /* this test's runs, as before */
     test_ties_across_cubes();
     test_places_on_shared_planes();
     test_empty();
