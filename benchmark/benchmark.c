@@ -14,7 +14,7 @@
  * request, e.g. SET k{key} v on a replicated redis); --propagation N (time until each server holds an update
  * given to the first one).  --converge: after the load, time until every
  * server holds the newest update of every client id the run used (every
- * server of the config, --servers or not: those take the load).
+ * server of the config: --servers only picks the ones that take the load).
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
