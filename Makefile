@@ -49,7 +49,7 @@ LIBS    = $(PKG_LIBS) -lm
 DEB_PACKAGES := gcc make libc6-dev pkg-config libcurl4-openssl-dev libyaml-dev \
                 libcjson-dev libssl-dev openssl python3 python3-pytest python3-pytest-xdist \
                 prometheus netcat-openbsd clang libclang-rt-14-dev valgrind iproute2 tcpdump \
-                gcovr shellcheck
+                gcovr shellcheck strace
 REPORT_PACKAGES := pandoc weasyprint gnuplot-nox graphviz fonts-dejavu-core poppler-utils
 
 # Where objects go: build/ for the normal build, build/asan/ for the

@@ -362,7 +362,9 @@ static void process_input(server *s, client *c, int at_eof) {
 void client_resume(server *s, client *c) {
     if (c->state == CONN_DEAD) return;
     process_input(s, c, c->state == CONN_CLOSING);
-    if (c->state != CONN_DEAD) client_write(s, c);
+    /* at the round's end, after the links: an IAMAT it served is handed
+     * to them before its reply goes (see the top of the file) */
+    if (c->state != CONN_DEAD) queue_write(s, c);
 }
 
 /* The other side half-closed (a read of 0): nothing more is read.  What is

@@ -1509,7 +1509,7 @@ def snapshot_count(path):
 
 
 def start_server(tmp_path, name="Bailey", servers=None, extra="", env=None, limits=None,
-                 logging=None, preexec=None):
+                 logging=None, preexec=None, places=None):
     """A herd-server for 'name' in tmp_path/name (config from servers,
     {name: (port, [neighbours])}, by default alone), started with an
     optional preexec_fn; stop_server it with stop_server()."""
@@ -1519,7 +1519,7 @@ def start_server(tmp_path, name="Bailey", servers=None, extra="", env=None, limi
     if servers:
         s.port = servers[name][0]
     s.config = write_config(s.dir, servers or {name: (s.port, [])}, limits=limits,
-                            logging=logging, extra=extra)
+                            logging=logging, extra=extra, places=places)
     s.stderr = open(s.stderr_path, "wb")
     s.proc = subprocess.Popen([program("herd-server"), name, "-c", s.config],
                               stdout=subprocess.DEVNULL, stderr=s.stderr,

@@ -5,6 +5,7 @@ off the server's loop by the resolver helper.
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from harness import (LOC, PLACES_KEY, config_text, connect, exchange, FakePlaces, free_port,
                      Namespaces, netns_available, places_opts, proc_kib, program, read_log,
-                     wait_for, wait_log)
+                     recv_until_eof, start_server, stop_server, wait_for, wait_log, with_secret)
 
 
 class ErrorPlaces(FakePlaces):
@@ -318,6 +319,59 @@ def test_pipelined_commands_wait_for_the_upstream_reply(make_server, fake):
     assert json.loads(body + b"}")["status"] == "OK"
     lines = tail.split(b"\n")
     assert lines[0].startswith(b"AT Bailey ") and lines[1] == b"? FOO"
+
+
+def test_an_iamat_behind_a_waited_whatsat_is_forwarded_before_it_is_answered(tmp_path, fake):
+    """Bona answers WHATSAT from Google; a client pipelines an IAMAT behind
+    one that waits upstream.  When the answer comes, the IAMAT is served
+    from what was held, and its reply still follows its forwarding
+    (docs/PROTOCOL.md, "Durability"): traced on Bona, the TLS record that
+    carries the update to Bailey is written before the send that carries
+    the WHATSAT's answer and the AT reply.  (It was sent at once, before
+    the round's link write: a SIGKILL in between lost an acknowledged
+    update.)"""
+    strace = shutil.which("strace")
+    assert strace, "strace is needed (make deps installs it)"
+    ports = {"Bailey": free_port(), "Bona": free_port()}
+    servers = {"Bailey": (ports["Bailey"], ["Bona"]), "Bona": (ports["Bona"], ["Bailey"])}
+    quiet = "herd:\n  anti_entropy_ms: 600000\n"     # no SUM on the link meanwhile
+    bailey = start_server(tmp_path, "Bailey", servers=servers, env=with_secret(), extra=quiet)
+    bona = start_server(tmp_path, "Bona", servers=servers, env=with_secret(), extra=quiet,
+                        places={"provider": "google", "base_url": fake.base,
+                                "api_key": '"test-key"', "timeout_ms": 5000})
+    tracer = None
+    try:
+        assert "link-up peer=Bailey" in bona.read_log(wait_for="link-up peer=Bailey")
+        assert exchange(ports["Bona"], b"IAMAT kiwi %s %.9f\n" % (LOC, time.time())).startswith(b"AT ")
+        wait_for(lambda: exchange(ports["Bailey"], b"WHATSAT kiwi 1 1\n").startswith(b"AT Bona "),
+                 10, what="kiwi at Bailey")
+        trace = str(tmp_path / "trace")
+        tracer = subprocess.Popen([strace, "-p", str(bona.proc.pid), "-e", "trace=write,sendto",
+                                   "-s", "16", "-o", trace], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+        assert "attached" in tracer.stderr.readline()
+        fake.delay = 0.3
+        with connect(ports["Bona"]) as c:
+            c.sendall(b"WHATSAT kiwi 10 5\nIAMAT piped +1.0+1.0 %.9f\n" % time.time())
+            c.shutdown(socket.SHUT_WR)
+            reply = recv_until_eof(c)
+        assert b"\nAT Bona " in reply and b" piped " in reply, reply
+        wait_for(lambda: exchange(ports["Bailey"], b"WHATSAT piped 1 1\n").startswith(b"AT Bona "),
+                 10, what="the piped update at Bailey")
+        tracer.send_signal(signal.SIGINT)            # detach
+        tracer.wait(timeout=10)
+        lines = open(trace).read().splitlines()
+        link = [i for i, ln in enumerate(lines) if ln.startswith("write(") and '"\\27\\3\\3' in ln]
+        reply_at = [i for i, ln in enumerate(lines) if ln.startswith("sendto(") and '"AT Bona ' in ln]
+        assert link and reply_at, lines
+        assert link[0] < reply_at[0], "the reply went before the update's forwarding:\n" + \
+            "\n".join(lines)
+    finally:
+        if tracer and tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+        assert stop_server(bona) == 0
+        assert stop_server(bailey) == 0
 
 
 def test_client_gone_mid_request(make_server, fake):
