@@ -116,6 +116,19 @@ MUTATIONS = [
          breaks="the log's summary of a WHATSAT reply counts one result too many",
          tests=["tests/integration/test_logs.py::test_log_summarises_whatsat_json"]),
 
+    dict(id="resumed-reply-before-links", file="server/server.c",
+         original="(see the top of the file) */\n    if (c->state != CONN_DEAD) queue_write(s, c);",
+         mutant="(see the top of the file) */\n    if (c->state != CONN_DEAD) client_write(s, c);",
+         breaks="an IAMAT pipelined behind a WHATSAT that waited upstream is acknowledged before "
+                "its update is handed to the links",
+         tests=["tests/integration/test_places_google.py::"
+                "test_an_iamat_behind_a_waited_whatsat_is_forwarded_before_it_is_answered"]),
+    dict(id="heap-never-ordered", file="server/table.c",
+         original="for (size_t i = t->count / 2; i-- > 0;) sift_down(t, i, t->count);",
+         mutant="(void)0;",
+         breaks="the first evictions of a table filled in random order drop other clients "
+                "than the oldest, so servers disagree on who is kept",
+         tests=["unit/test_table"]),
     # ------------------------------------------------------------- table.c
     dict(id="identical-update-accepted", file="server/table.c",
          original="return update_cmp(t, u, entry_at(t, old)) > 0 ? replace(t, i, u) : NULL;",
