@@ -13,10 +13,12 @@
  * whole line, tells two clients apart), so two servers holding the same
  * updates agree on which is the oldest.  An entry's time is its heap key
  * (exact before the year 2514; the line's text is parsed after it).  The
- * order is only needed once the table is full, so until then an update
- * just writes its key in its place (no sifting: most tables never fill);
- * the first eviction orders the heap at once (Floyd's build, O(n)), and
- * from then on every change keeps it ordered.
+ * order is only needed once the table is full, so while it is small and
+ * not full an update just writes its key in its place (no sifting: most
+ * tables never fill); the first eviction, or the entry past
+ * HEAP_LAZY_MAX, orders the heap at once (Floyd's build, O(n): a few ms
+ * at that size, where a million entries would hold the loop for a quarter
+ * of a second), and from then on every change keeps it ordered.
  *
  * Records: an entry is a record of its size class (its header and line
  * rounded up to 8 bytes), carved out of 64 KiB blocks of that class; a
@@ -315,6 +317,8 @@ static void sift_down(table *t, size_t i, size_t n) {
     heap_put(t, i, h);
 }
 
+#define HEAP_LAZY_MAX 65536
+
 /* The oldest entry is at heap[0] from now on (see the top of the file). */
 static void heap_order(table *t) {
     if (t->heap_ordered) return;
@@ -576,6 +580,7 @@ table_entry *table_offer(table *t, const table_update *u) {
     heap_put(t, t->count, heap_slot(ref, u->t));
     t->count++;
     if (t->heap_ordered) sift_up(t, e->heap_pos);
+    else if (t->count > HEAP_LAZY_MAX) heap_order(t);
     if ((t->count + t->removed) * 4 > t->cap * 3)
         rebuild(t, t->count * 2 > t->cap ? t->cap * 2 : t->cap);
     return e;

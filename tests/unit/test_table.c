@@ -114,6 +114,17 @@ static void test_order_at_first_fill(void) {
           "the oldest went first: %d wrong, %llu evicted", wrong,
           (unsigned long long)t.evicted);
     table_free(&t);
+    /* a big table is ordered before it is full: no long first eviction */
+    table_init(&t);
+    for (int i = 0; i < 70000; i++) {
+        snprintf(id, sizeof id, "b%d", i);
+        snprintf(tm, sizeof tm, "%ld", 1000000L + (long)(next_rand() % 1000000));
+        table_update u = upd("Bailey", id, "+1.0+1.0", tm);
+        table_offer(&t, &u);
+        if (i == 65535) CHECK(!t.heap_ordered, "65,536 entries: still unordered");
+    }
+    CHECK(t.heap_ordered && consistent(&t), "70,000 entries, not full: ordered");
+    table_free(&t);
 }
 
 /* With max N and 2N clients in time order, the newest N stay. */
