@@ -100,13 +100,19 @@ def test_a_changed_places_file_makes_the_cache_stale(tmp_path):
         os.kill(s.proc.pid, signal.SIGUSR1)
         assert s.read_log(wait_for="(places file read again)", timeout=10)
         assert results(s.read_log()) == ["built"] * 3
-        for k, (lat, lng, radius, bound) in enumerate(qs):
-            body = bodies(s.port, [(lat, lng, radius, bound)], b"c%d" % k)[0]
-            qlat, qlng = float(b"%.6f" % lat), float(b"%.6f" % lng)
-            got = re.findall(rb'"place_id" : "([^"]+)"', body)
-            assert [g.decode() for g in got] == scan(places, qlat, qlng, float(radius), bound)
+        assert_answers_as_a_scan(s.port, qs, places)
     finally:
         s.stop()
+
+
+def assert_answers_as_a_scan(port, qs, places):
+    """Each query's places, asked of the server at port, are those a scan
+    of 'places' finds, in its order."""
+    for k, (lat, lng, radius, bound) in enumerate(qs):
+        body = bodies(port, [(lat, lng, radius, bound)], b"c%d" % k)[0]
+        qlat, qlng = float(b"%.6f" % lat), float(b"%.6f" % lng)
+        got = re.findall(rb'"place_id" : "([^"]+)"', body)
+        assert [g.decode() for g in got] == scan(places, qlat, qlng, float(radius), bound)
 
 
 def rewrite_keeping_size_and_mtime(path):
@@ -259,11 +265,7 @@ def test_a_reload_waits_for_a_held_lock_boundedly_with_its_heartbeat_going(sup_h
                       r'server \(waited (\d+) ms\); places read privately', log)
         assert m and 10000 <= int(m.group(1)) < 12000, log
         assert "child-hung" not in h.log("supervisor") and h.pids()["Alpha"] == pid
-        for k, (lat, lng, radius, bound) in enumerate(qs):
-            body = bodies(h.ports["Alpha"], [(lat, lng, radius, bound)], b"c%d" % k)[0]
-            qlat, qlng = float(b"%.6f" % lat), float(b"%.6f" % lng)
-            got = re.findall(rb'"place_id" : "([^"]+)"', body)
-            assert [g.decode() for g in got] == scan(places, qlat, qlng, float(radius), bound)
+        assert_answers_as_a_scan(h.ports["Alpha"], qs, places)
     finally:
         lock.close()
 
