@@ -101,12 +101,6 @@ int peer_secrets_use(server *s, secret_ring *ring, char *err, size_t errlen) {
     return 0;
 }
 
-int peer_secrets_reload(server *s, char *err, size_t errlen) {
-    secret_ring ring;
-    if (peer_secrets_read(s, s->cfg->herd.secret_file, &ring, err, errlen) < 0) return -1;
-    return peer_secrets_use(s, &ring, err, errlen);
-}
-
 int peer_init(server *s, char *err, size_t errlen) {
     if (load_secret(s, err, errlen) < 0) return -1;
     forward_init(s);

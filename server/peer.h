@@ -75,18 +75,14 @@ int peer_init(struct server *s, char *err, size_t errlen);
 void peer_drop_removed(struct server *s, const config *next, int me);
 void peer_reconfigure(struct server *s, const config *old);
 
-/* Read the key ring again (HERD_SECRET, else herd.secret_file) and key
- * every handshake from now on with it; links that are up stay up.  0, or
- * -1 with a message in err when the file cannot be read, breaks the
- * format, or is gone while a ring is loaded: the old ring stays. */
-int peer_secrets_reload(struct server *s, char *err, size_t errlen);
-
-/* Its two steps, for a reload that checks everything before it changes
- * anything (reload.c).  peer_secrets_read: the ring of the file at path (or
- * HERD_SECRET) into *ring; its size, or -1 with a message in err (as above;
- * *ring then holds nothing).  peer_secrets_use: key every handshake from
- * now on with *ring (which it wipes), starting links that had no secret;
- * 0, or -1 with why when their TLS cannot be set up. */
+/* A reload of the key ring, in two steps, so that a reload checks
+ * everything before it changes anything (reload.c); links that are up stay
+ * up.  peer_secrets_read: the ring of the file at path (or HERD_SECRET)
+ * into *ring; its size, or -1 with a message in err when the file cannot
+ * be read, breaks the format, or is gone while a ring is loaded (*ring
+ * then holds nothing, and the loaded ring stays).  peer_secrets_use: key
+ * every handshake from now on with *ring (which it wipes), starting links
+ * that had no secret; 0, or -1 with why when their TLS cannot be set up. */
 int peer_secrets_read(const struct server *s, const char *path, secret_ring *ring, char *err,
                       size_t errlen);
 int peer_secrets_use(struct server *s, secret_ring *ring, char *err, size_t errlen);

@@ -10,7 +10,7 @@
  * or a key id B does not hold finds no key and, having no certificate to
  * fall back on, no handshake either: all are refused by OpenSSL before a
  * byte of data flows, and logged by peer.c.  The callbacks read the ring
- * at each handshake, so a reload (peer_secrets_reload) takes effect at the
+ * at each handshake, so a reload (peer_secrets_use) takes effect at the
  * next one and leaves the links that are up alone.
  */
 #include "tls.h"

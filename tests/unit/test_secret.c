@@ -1,5 +1,5 @@
 /* test_secret.c -- the herd's key ring (common/secret.h) and its reload
- * (peer_secrets_reload, server/peer.h).
+ * (peer_secrets_read and peer_secrets_use, server/peer.h).
  *
  * secret_create(): a new secret file holds 64 hex digits and a newline,
  * mode 0600, and loads back; an existing file is never written through
@@ -214,29 +214,36 @@ static void test_file_write(void) {
     CHECK(lstat(at("wlink"), &st) == 0 && S_ISLNK(st.st_mode), "the link was replaced");
 }
 
+/* What reload.c does with the ring: read it, then put it in place. */
+static int reload(server *s, char *err, size_t errlen) {
+    secret_ring ring;
+    if (peer_secrets_read(s, s->cfg->herd.secret_file, &ring, err, errlen) < 0) return -1;
+    return peer_secrets_use(s, &ring, err, errlen);
+}
+
 static void test_reload(void) {
     static config cfg;
     static server s;
     char err[512] = "";
     s.cfg = &cfg;
     snprintf(cfg.herd.secret_file, sizeof cfg.herd.secret_file, "%s", at("reload"));
-    CHECK(peer_secrets_reload(&s, err, sizeof err) == 0 && s.secrets.n == 0, "none: %s", err);
+    CHECK(reload(&s, err, sizeof err) == 0 && s.secrets.n == 0, "none: %s", err);
     write_file(at("reload"), "old-secret\n", 11);
-    CHECK(peer_secrets_reload(&s, err, sizeof err) == 0 && s.secrets.n == 1, "one: %s", err);
+    CHECK(reload(&s, err, sizeof err) == 0 && s.secrets.n == 1, "one: %s", err);
     write_file(at("reload"), "old-secret\nnew-secret\n", 22);
-    CHECK(peer_secrets_reload(&s, err, sizeof err) == 0 && s.secrets.n == 2, "two: %s", err);
+    CHECK(reload(&s, err, sizeof err) == 0 && s.secrets.n == 2, "two: %s", err);
     CHECK_STR(s.secrets.keys[0].key, "old-secret");
     CHECK_STR(s.secrets.keys[1].id, "31508166");
     write_file(at("reload"), "new-secret\nnew-secret\n", 22);
-    CHECK(peer_secrets_reload(&s, err, sizeof err) == -1, "a bad ring was taken");
+    CHECK(reload(&s, err, sizeof err) == -1, "a bad ring was taken");
     CHECK(s.secrets.n == 2 && !strcmp(s.secrets.keys[0].key, "old-secret"), "old ring lost");
     chmod(at("reload"), 0644);
-    CHECK(peer_secrets_reload(&s, err, sizeof err) == -1 && s.secrets.n == 2, "0644 taken");
+    CHECK(reload(&s, err, sizeof err) == -1 && s.secrets.n == 2, "0644 taken");
     unlink(at("reload"));
-    CHECK(peer_secrets_reload(&s, err, sizeof err) == -1 && s.secrets.n == 2, "gone taken");
+    CHECK(reload(&s, err, sizeof err) == -1 && s.secrets.n == 2, "gone taken");
     CHECK(strstr(err, "is gone") && strstr(err, "keeping the 2 secret(s) loaded"), "%s", err);
     write_file(at("reload"), "new-secret\n", 11);
-    CHECK(peer_secrets_reload(&s, err, sizeof err) == 0 && s.secrets.n == 1, "new: %s", err);
+    CHECK(reload(&s, err, sizeof err) == 0 && s.secrets.n == 1, "new: %s", err);
     CHECK_STR(s.secrets.keys[0].key, "new-secret");
 }
 
