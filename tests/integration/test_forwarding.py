@@ -224,6 +224,29 @@ def test_after_a_kill_and_restart_only_the_catch_up_is_a_repair(tmp_path, report
         h.stop()
 
 
+def digests_asked(peer):
+    """Our fake end of a link to Bona: its AGREE read, ours sent, then a SUM
+    that differs, which Bona answers with its 4096 bucket digests (SUMS
+    lines, 32 a line) and its own SUM.  Returns the link's reader, each SUMS
+    line as (first bucket, its hex digits), the SUM lines and every other
+    line, in order, once SUMS lines for all 4096 buckets and a SUM came."""
+    link = LinkLines(peer)
+    assert link.next().startswith(b"AGREE ")
+    peer.sendall(AGREE + b"SUM 1 0123456789abcdef\n")
+    sums, firsts, sum_lines, other = [], set(), [], []
+    while len(firsts) < 4096 // 32 or not sum_lines:
+        line = link.next()
+        if line.startswith(b"SUMS "):
+            first, hexes = line.split()[1:]
+            sums.append((int(first), hexes))
+            firsts.add(int(first))
+        elif line.startswith(b"SUM "):
+            sum_lines.append(line)
+        else:
+            other.append(line)
+    return link, sums, sum_lines, other
+
+
 def test_bucket_digests_add_up_to_the_sum(herd):
     """Bona's SUMS lines carry its 4096 bucket digests as 16 lowercase hex
     digits each, in the form its SUM line carries the root: the digests
@@ -235,21 +258,15 @@ def test_bucket_digests_add_up_to_the_sum(herd):
         herd.send("Bona", b"IAMAT digest%d +1.0+2.0 %d.5\n" % (i, 100 + i))
     peer = fake_peer(herd, "Bailey", "Bona")
     try:
-        link = LinkLines(peer)
-        assert link.next().startswith(b"AGREE ")
-        peer.sendall(b"AGREE version=2 max_stored_clients=1000000 forwarding=tree\n"
-                     b"SUM 1 0123456789abcdef\n")
-        digests, root = {}, None
-        while len(digests) < 4096 or root is None:
-            line = link.next()
-            if line.startswith(b"SUMS "):
-                first, hexes = line.split()[1:]
-                assert len(hexes) == 32 * 16 and hexes == hexes.lower(), line
-                for i in range(32):
-                    digests[int(first) + i] = int(hexes[16 * i:16 * i + 16], 16)
-            elif line.startswith(b"SUM "):
-                count, root = line.split()[1:]
-                assert count == b"40", line
+        _, sums, sum_lines, _ = digests_asked(peer)
+        digests = {}
+        for first, hexes in sums:
+            assert len(hexes) == 32 * 16 and hexes == hexes.lower(), (first, hexes)
+            for i in range(32):
+                digests[first + i] = int(hexes[16 * i:16 * i + 16], 16)
+        for line in sum_lines:
+            assert line.split()[1] == b"40", line
+        root = sum_lines[-1].split()[2]
         xor = 0
         for d in digests.values():
             xor ^= d
@@ -273,20 +290,11 @@ def test_a_bucket_that_differs_in_one_round_only_is_not_repaired(herd, report):
         held[c] = herd.send("Bona", b"IAMAT %s +1.0+2.0 %d.5\n" % (c, 100 + i))[:-1]
     peer = fake_peer(herd, "Bailey", "Bona")
     try:
-        link = LinkLines(peer)
-        assert link.next().startswith(b"AGREE ")
-        # ours, then a SUM that differs: Bona answers with its digests
-        peer.sendall(b"AGREE version=2 max_stored_clients=1000000 forwarding=tree\n"
-                     b"SUM 1 0123456789abcdef\n")
-        digests, sums, syncs = {}, 0, []
-        while len(digests) < 4096 or not sums:
-            line = link.next()
-            if line.startswith(b"SUMS "):
-                first, hexes = line.split()[1:]
-                for i in range(32):
-                    digests[int(first) + i] = hexes[16 * i:16 * i + 16]
-            sums += line.startswith(b"SUM ")
-            assert not line.startswith(b"SYNC "), line
+        link, lines, sum_lines, other = digests_asked(peer)
+        assert not [line for line in other if line.startswith(b"SYNC ")], other
+        digests = {first + i: hexes[16 * i:16 * i + 16]
+                   for first, hexes in lines for i in range(32)}
+        sums, syncs = len(sum_lines), []
         full = sorted(b for b, d in digests.items() if int(d, 16))
         assert len(full) >= 2, full
         x1, x2 = full[:2]
