@@ -188,18 +188,23 @@ static void test_damaged_caches_are_rebuilt(const buf_t *want) {
     free(good);
 }
 
+/* The replies of the places file read as without a cache, into want. */
+static void uncached_replies(int seed, buf_t *want) {
+    places_local mem;
+    char err[256] = "";
+    CHECK(places_local_load(&mem, places_path, err, sizeof err) == 0, "load: %s", err);
+    replies(&mem, seed, want);
+    places_local_free(&mem);
+}
+
 /* The places file touched, then rewritten: stale, rebuilt, the new places. */
 static void test_a_changed_file_makes_it_stale(void) {
     struct timespec ts[2] = {{0, UTIME_OMIT}, {1700000000, 123456789}};
     CHECK(utimensat(AT_FDCWD, places_path, ts, 0) == 0, "utimensat");
     check_refused("stale", "touched");
     write_places(places_path, 2500, 40);
-    places_local mem;
-    char err[256] = "";
-    CHECK(places_local_load(&mem, places_path, err, sizeof err) == 0, "load: %s", err);
     buf_t want = {0};
-    replies(&mem, 40, &want);
-    places_local_free(&mem);
+    uncached_replies(40, &want);
     check_loads(&want, 40, "rewritten");
     buf_free(&want);
 }
@@ -210,12 +215,8 @@ int main(void) {
     places_path = strdup(check_at(dir, "places.geojson"));
     cache_path = strdup(check_at(dir, PLACES_CACHE_FILE));
     write_places(places_path, 3000, 20);
-    places_local mem;
-    char err[256] = "";
-    CHECK(places_local_load(&mem, places_path, err, sizeof err) == 0, "load: %s", err);
     buf_t want = {0};
-    replies(&mem, 20, &want);
-    places_local_free(&mem);
+    uncached_replies(20, &want);
     CHECK(want.len > 100000, "the queries found places: %zu bytes", want.len);
 
     check_loads(&want, 20, "built");
